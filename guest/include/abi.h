@@ -1,0 +1,243 @@
+/* abi.h — the one definition of the Airlock host<->guest ABI: memory map, control
+ * block, message framing, message kinds, status codes and ABI version.
+ *
+ * Included by the guest runtime (C, both targets) and the host addon (C++).
+ * scripts/gen-abi-ts.mjs turns every `#define AIRLOCK_*` integer constant below into
+ * src/engine/abi.generated.ts, so keep them as plain `#define NAME <integer>` lines.
+ * Bump AIRLOCK_ABI_VERSION on any change a host and guest must agree on.
+ */
+#ifndef AIRLOCK_ABI_H
+#define AIRLOCK_ABI_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define AIRLOCK_ABI_VERSION 1
+
+/* ------------------------------------------------------------------------------
+ * KVM memory map. Guest physical == guest virtual (identity map). Every mapping is a
+ * 2 MiB page: on PVM hosts a guest's first touch of a 4 KiB page costs 2.5-12 us,
+ * of a 2 MiB page ~0.04 us. So guards are whole unmapped 2 MiB slots, which cost no
+ * RAM (the host mapping is MAP_NORESERVE and never touched there).
+ *
+ *  0x0000_0000 +-------------------------------+
+ *              | system: GDT, page tables      |  never mapped for the guest, so the
+ *              |                               |  guest cannot edit its page tables
+ *              |                               |  and a NULL dereference faults
+ *  0x0020_0000 +-------------------------------+ AIRLOCK_IMAGE_BASE
+ *              | image: header, text, rodata,  |  linked at this address; the header
+ *              | data, bss (control block and  |  (struct airlock_image_header) is
+ *              | TLS block live in its bss)    |  the first bytes of the image
+ *              +-------------------------------+ page aligned
+ *              | input buffer  (host -> guest) |
+ *              | output buffer (guest -> host) |
+ *              +-------------------------------+ 2 MiB aligned
+ *              | guard (2 MiB, unmapped)       |  stack overflow faults here
+ *              +-------------------------------+
+ *              | stack (scratch size)          |  grows down from stack_top
+ *              +-------------------------------+ stack_top, 2 MiB aligned
+ *              | heap (heap size)              |  the guest allocator's arena
+ *              +-------------------------------+ memory end, 2 MiB aligned
+ *              (everything above is unmapped)
+ *
+ * The host computes the map from the builder's sizes (rounded up to 2 MiB where
+ * the diagram says so) and writes the addresses into the control block before the
+ * first instruction runs. The guest never assumes addresses beyond its own image.
+ *
+ * Entry: the vCPU starts in 64-bit mode at CPL 3 (CS/SS DPL 3, RFLAGS.IOPL 3 so
+ * `out` is allowed, IF clear) at header.entry, RSP = stack_top, FS base =
+ * header.tls_block (libc's thread pointer: its first word points to itself).
+ * No IDT exists: any CPU exception becomes a triple fault (KVM_EXIT_SHUTDOWN), which
+ * the host treats as a guest abort.
+ * ---------------------------------------------------------------------------- */
+#define AIRLOCK_PAGE_SIZE 4096
+#define AIRLOCK_HUGE_PAGE_SIZE 2097152
+#define AIRLOCK_IMAGE_BASE 2097152
+
+/* The guest exits with `out dx, eax`: dx = AIRLOCK_PORT, eax = AIRLOCK_EXIT_*.
+ * Any other exit (another port, MMIO, HLT, shutdown, entry failure) is a guest abort. */
+#define AIRLOCK_PORT 0x3A1
+#define AIRLOCK_EXIT_RESPONSE 1  /* output holds console msgs + one final message   */
+#define AIRLOCK_EXIT_HOST_CALL 2 /* output holds console msgs + one HOST_CALL message */
+#define AIRLOCK_EXIT_ABORT 3     /* output holds one ABORT message; guest is dead   */
+
+/* ------------------------------------------------------------------------------
+ * Image header: the first bytes of the flat guest image (KVM target only).
+ * Every field is an absolute guest address unless it says otherwise. The host
+ * validates all of them against the image size and the memory map before use.
+ * ---------------------------------------------------------------------------- */
+#define AIRLOCK_IMAGE_MAGIC 0x4D494C41 /* "ALIM" little-endian */
+
+struct airlock_image_header {
+    uint32_t magic;       /* AIRLOCK_IMAGE_MAGIC */
+    uint32_t abi_version; /* AIRLOCK_ABI_VERSION the image was built with */
+    uint64_t load_addr;   /* == AIRLOCK_IMAGE_BASE */
+    uint64_t entry;       /* first instruction */
+    uint64_t file_end;    /* load_addr + bytes of the flat file */
+    uint64_t bss_end;     /* end of zero-initialised memory (page aligned) */
+    uint64_t data_start;  /* first writable byte of the image (page aligned) */
+    uint64_t control;     /* struct airlock_control (page aligned, inside bss) */
+    uint64_t tls_block;   /* FS base for the guest libc */
+};
+#define AIRLOCK_IMG_OFF_MAGIC 0
+#define AIRLOCK_IMG_OFF_ABI_VERSION 4
+#define AIRLOCK_IMG_OFF_LOAD_ADDR 8
+#define AIRLOCK_IMG_OFF_ENTRY 16
+#define AIRLOCK_IMG_OFF_FILE_END 24
+#define AIRLOCK_IMG_OFF_BSS_END 32
+#define AIRLOCK_IMG_OFF_DATA_START 40
+#define AIRLOCK_IMG_OFF_CONTROL 48
+#define AIRLOCK_IMG_OFF_TLS_BLOCK 56
+#define AIRLOCK_IMG_HEADER_SIZE 64
+
+/* ------------------------------------------------------------------------------
+ * Control block: one page shared by host and guest. On KVM it lives in the image's
+ * bss at header.control; on wasm the module exports its address.
+ * Host-written fields are read by the guest; guest-written fields are hostile to
+ * the host and are bounds-checked there before any use.
+ * ---------------------------------------------------------------------------- */
+#define AIRLOCK_CONTROL_MAGIC 0x42434C41 /* "ALCB", written by the guest when ready */
+
+struct airlock_control {
+    /* Guest-written once, when the runtime is initialised. */
+    uint32_t magic;
+    uint32_t abi_version;
+    /* Host-written before the first guest instruction; constant afterwards. */
+    uint64_t input_addr;
+    uint64_t input_size;
+    uint64_t output_addr;
+    uint64_t output_size;
+    uint64_t heap_addr;
+    uint64_t heap_size;
+    uint64_t stack_top;
+    uint64_t stack_size;
+    uint64_t console_limit; /* console bytes kept per call; the rest is counted */
+    uint64_t tsc_khz;       /* KVM: TSC frequency; 0 on wasm (time is imported) */
+    /* Host-written before every entry into the guest. */
+    uint64_t tsc_base;     /* KVM: rdtsc value at the instant wall_ns_base was read */
+    int64_t wall_ns_base;  /* Unix time in nanoseconds at tsc_base */
+    uint32_t request_len;  /* bytes of the message at input_addr */
+    uint32_t host_flags;   /* reserved, 0 */
+    /* Guest-written before every exit. */
+    uint32_t response_len; /* bytes of messages at output_addr */
+    uint32_t guest_flags;  /* reserved, 0 */
+    uint64_t heap_high_water; /* first heap byte never handed out (heap_addr..heap_addr+heap_size) */
+    uint64_t heap_in_use;     /* bytes currently allocated, for statistics */
+};
+#define AIRLOCK_CTRL_OFF_MAGIC 0
+#define AIRLOCK_CTRL_OFF_ABI_VERSION 4
+#define AIRLOCK_CTRL_OFF_INPUT_ADDR 8
+#define AIRLOCK_CTRL_OFF_INPUT_SIZE 16
+#define AIRLOCK_CTRL_OFF_OUTPUT_ADDR 24
+#define AIRLOCK_CTRL_OFF_OUTPUT_SIZE 32
+#define AIRLOCK_CTRL_OFF_HEAP_ADDR 40
+#define AIRLOCK_CTRL_OFF_HEAP_SIZE 48
+#define AIRLOCK_CTRL_OFF_STACK_TOP 56
+#define AIRLOCK_CTRL_OFF_STACK_SIZE 64
+#define AIRLOCK_CTRL_OFF_CONSOLE_LIMIT 72
+#define AIRLOCK_CTRL_OFF_TSC_KHZ 80
+#define AIRLOCK_CTRL_OFF_TSC_BASE 88
+#define AIRLOCK_CTRL_OFF_WALL_NS_BASE 96
+#define AIRLOCK_CTRL_OFF_REQUEST_LEN 104
+#define AIRLOCK_CTRL_OFF_HOST_FLAGS 108
+#define AIRLOCK_CTRL_OFF_RESPONSE_LEN 112
+#define AIRLOCK_CTRL_OFF_GUEST_FLAGS 116
+#define AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER 120
+#define AIRLOCK_CTRL_OFF_HEAP_IN_USE 128
+#define AIRLOCK_CONTROL_SIZE 136
+
+/* ------------------------------------------------------------------------------
+ * Messages. A message is a 16-byte header followed by `length` bytes of body; the
+ * body is `count` fields, each a little-endian uint32 byte length followed by that
+ * many bytes (UTF-8 text or JSON), with no padding. The input buffer holds exactly
+ * one message. The output buffer holds zero or more CONSOLE messages followed by
+ * exactly one final message (RESULT, READY, HOST_CALL or ABORT); response_len
+ * covers them all. Every length is checked against its buffer by the reader.
+ *
+ * Requests (host -> guest) and their fields:
+ *   LOAD_RUNTIME  pairs (module, function) for every registered host function.
+ *                 Replaces the JS context; answered by RESULT.
+ *   LOAD          groups of 4: (tag, namespace, name, source); tag "module" registers
+ *                 a user module (compiled lazily on first import), tag "handler"
+ *                 compiles and evaluates a handler (namespace empty). Answered by
+ *                 RESULT: OK, or COMPILE_ERROR naming the handler/module.
+ *   CALL          (handler name, event JSON); field 2 absent = undefined event.
+ *                 flags: AIRLOCK_CALL_FLAG_GC runs the GC after the call.
+ *   UNLOAD        no fields: drop handlers and modules (fresh JS context).
+ *   HOST_RETURN   answer to HOST_CALL: status OK + (result JSON; absent = undefined)
+ *                 or status HOST_ERROR + (message).
+ *   CHUNK         (bytes): a slice of a request larger than the input buffer. The
+ *                 guest appends it and answers RESULT OK; with flags
+ *                 AIRLOCK_CHUNK_FLAG_LAST it then handles the assembled bytes as
+ *                 the request (which is a whole message with header).
+ *   GC            no fields: run the GC now. Answered by RESULT OK.
+ * Responses (guest -> host):
+ *   READY         (engine version) after boot.
+ *   RESULT        status OK: (result JSON; absent = undefined); status EXCEPTION:
+ *                 (name, message, stack); any other status: (message).
+ *   HOST_CALL     (module, function, args JSON array).
+ *   CONSOLE       (level, text); level is log|info|warn|error|debug.
+ *   ABORT         (message): the guest cannot continue.
+ * ---------------------------------------------------------------------------- */
+struct airlock_msg {
+    uint32_t kind;   /* AIRLOCK_MSG_* */
+    uint32_t status; /* AIRLOCK_STATUS_* in responses; AIRLOCK_*_FLAG_* in requests */
+    uint32_t length; /* bytes of body after this header */
+    uint32_t count;  /* fields in the body */
+};
+#define AIRLOCK_MSG_HEADER_SIZE 16
+#define AIRLOCK_FIELD_HEADER_SIZE 4
+
+#define AIRLOCK_MSG_LOAD_RUNTIME 1
+#define AIRLOCK_MSG_LOAD 2
+#define AIRLOCK_MSG_CALL 3
+#define AIRLOCK_MSG_UNLOAD 4
+#define AIRLOCK_MSG_HOST_RETURN 5
+#define AIRLOCK_MSG_CHUNK 6
+#define AIRLOCK_MSG_GC 7
+#define AIRLOCK_MSG_READY 64
+#define AIRLOCK_MSG_RESULT 65
+#define AIRLOCK_MSG_HOST_CALL 66
+#define AIRLOCK_MSG_CONSOLE 67
+#define AIRLOCK_MSG_ABORT 68
+
+#define AIRLOCK_CALL_FLAG_GC 1
+#define AIRLOCK_CHUNK_FLAG_LAST 1
+
+#define AIRLOCK_STATUS_OK 0
+#define AIRLOCK_STATUS_EXCEPTION 1      /* the handler threw: name, message, stack */
+#define AIRLOCK_STATUS_NO_HANDLER 2     /* CALL named no loaded handler */
+#define AIRLOCK_STATUS_COMPILE_ERROR 3  /* LOAD failed: message names handler and line */
+#define AIRLOCK_STATUS_TOO_LARGE 4      /* result or host-call args exceed output buffer */
+#define AIRLOCK_STATUS_BAD_REQUEST 5    /* malformed request from the host (a host bug) */
+#define AIRLOCK_STATUS_OUT_OF_MEMORY 6  /* guest heap exhausted during the request */
+#define AIRLOCK_STATUS_STACK_OVERFLOW 7 /* guest JS stack exhausted during the request */
+#define AIRLOCK_STATUS_NOT_SERIALIZABLE 8 /* result could not be turned into JSON */
+#define AIRLOCK_STATUS_HOST_ERROR 9     /* HOST_RETURN: the host function threw */
+#define AIRLOCK_STATUS_UNSETTLED 10     /* handler promise never settled */
+#define AIRLOCK_STATUS_INTERRUPTED 11   /* plat_interrupt_requested() stopped the request */
+
+#ifndef __cplusplus
+_Static_assert(sizeof(struct airlock_image_header) == AIRLOCK_IMG_HEADER_SIZE, "image header size");
+_Static_assert(offsetof(struct airlock_image_header, entry) == AIRLOCK_IMG_OFF_ENTRY, "entry");
+_Static_assert(offsetof(struct airlock_image_header, control) == AIRLOCK_IMG_OFF_CONTROL, "control");
+_Static_assert(offsetof(struct airlock_image_header, tls_block) == AIRLOCK_IMG_OFF_TLS_BLOCK, "tls");
+_Static_assert(sizeof(struct airlock_control) == AIRLOCK_CONTROL_SIZE, "control size");
+_Static_assert(offsetof(struct airlock_control, tsc_khz) == AIRLOCK_CTRL_OFF_TSC_KHZ, "tsc_khz");
+_Static_assert(offsetof(struct airlock_control, request_len) == AIRLOCK_CTRL_OFF_REQUEST_LEN, "req");
+_Static_assert(offsetof(struct airlock_control, response_len) == AIRLOCK_CTRL_OFF_RESPONSE_LEN, "resp");
+_Static_assert(offsetof(struct airlock_control, heap_high_water) == AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, "hw");
+_Static_assert(offsetof(struct airlock_control, heap_in_use) == AIRLOCK_CTRL_OFF_HEAP_IN_USE, "in use");
+_Static_assert(sizeof(struct airlock_msg) == AIRLOCK_MSG_HEADER_SIZE, "msg header");
+#else
+static_assert(sizeof(airlock_image_header) == AIRLOCK_IMG_HEADER_SIZE, "image header size");
+static_assert(offsetof(airlock_image_header, control) == AIRLOCK_IMG_OFF_CONTROL, "control");
+static_assert(offsetof(airlock_image_header, tls_block) == AIRLOCK_IMG_OFF_TLS_BLOCK, "tls");
+static_assert(sizeof(airlock_control) == AIRLOCK_CONTROL_SIZE, "control size");
+static_assert(offsetof(airlock_control, request_len) == AIRLOCK_CTRL_OFF_REQUEST_LEN, "req");
+static_assert(offsetof(airlock_control, response_len) == AIRLOCK_CTRL_OFF_RESPONSE_LEN, "resp");
+static_assert(offsetof(airlock_control, heap_high_water) == AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, "hw");
+static_assert(sizeof(airlock_msg) == AIRLOCK_MSG_HEADER_SIZE, "msg header");
+#endif
+
+#endif /* AIRLOCK_ABI_H */

@@ -1,0 +1,77 @@
+// engine.ts — the one interface both tiers (KVM micro-VM, WebAssembly worker) implement.
+// The facade speaks only to this; it never branches on the tier. An engine moves
+// opaque message bytes (framed as guest/include/abi.h says) in and out of one guest
+// and enforces limits; src/engine/protocol.ts gives the bytes their meaning.
+
+export type Backend = 'kvm' | 'wasm';
+
+/** Which monitor or action ended a call early. */
+export type TerminatedBy = 'wall-clock' | 'cpu-time' | 'kill';
+
+export interface EngineConfig {
+  /** Guest heap bytes (the guest allocator's arena). */
+  heapSize: number;
+  /** Guest stack bytes (the builder's scratch size). */
+  stackSize: number;
+  /** Bytes of the host->guest buffer: one request message must fit. */
+  inputSize: number;
+  /** Bytes of the guest->host buffer: console output plus one response must fit. */
+  outputSize: number;
+  /** Console bytes the guest keeps per request; the rest is counted and dropped. */
+  consoleLimit: number;
+}
+
+export interface ExchangeOptions {
+  /** Cancel the request when it has run this long (ms, > 0). */
+  wallClockTimeoutMs?: number;
+  /** Cancel the request when the guest has used this much CPU (ms, > 0); time spent
+   *  in host functions does not count. */
+  cpuTimeoutMs?: number;
+}
+
+export interface ExchangeResult {
+  /** The guest's output buffer: console messages then one final message. */
+  output: Uint8Array;
+  /** Wall-clock duration of the exchange in nanoseconds. */
+  wallTimeNs: number;
+  /** Guest CPU time in nanoseconds, or null where the tier cannot measure it. */
+  cpuTimeNs: number | null;
+}
+
+/**
+ * Called when the guest makes a host call: `output` is the guest's output buffer
+ * (console messages then one HOST_CALL message). Resolves with the HOST_RETURN
+ * message to place in the guest's input buffer. Runs on the Node main thread.
+ */
+export type HostCallHandler = (output: Uint8Array) => Promise<Uint8Array>;
+
+/** Opaque engine-level snapshot; only the engine that made it can restore it. */
+export interface EngineSnapshot {
+  readonly backend: Backend;
+}
+
+export interface GuestEngine {
+  readonly backend: Backend;
+  /** Starts the guest; resolves with its first output (READY or ABORT). */
+  boot(): Promise<Uint8Array>;
+  /**
+   * Sends one request message (at most inputSize bytes) and runs the guest until its
+   * final response, serving host calls through the HostCallHandler meanwhile.
+   * Rejects with AirlockError: ERR_CANCELLED (error.terminatedBy says why) when a
+   * monitor fired or kill() was called, ERR_GUEST_ABORT when the guest died or broke
+   * the protocol, ERR_INTERNAL when the hypervisor or worker failed. The rejection
+   * carries `stats` ({ wallTimeNs, cpuTimeNs }) like a result would.
+   */
+  exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult>;
+  /** Cancels the exchange in flight, if any (ERR_CANCELLED, terminatedBy 'kill'). */
+  kill(): void;
+  /** Captures the guest's state between requests. */
+  snapshot(): Promise<EngineSnapshot>;
+  /** Returns the guest to a snapshot taken by this engine; usable after an abort or kill. */
+  restore(snapshot: EngineSnapshot): Promise<void>;
+  /** Releases the guest and everything it holds; idempotent. */
+  dispose(): Promise<void>;
+}
+
+/** Creates an engine for one sandbox; the facade holds one per tier choice. */
+export type EngineFactory = (config: EngineConfig, onHostCall: HostCallHandler) => GuestEngine;

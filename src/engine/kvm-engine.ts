@@ -1,0 +1,148 @@
+// kvm-engine.ts — the KVM tier: one micro-VM per sandbox, run by the host addon on its
+// own vCPU thread. This file only adapts the addon to the GuestEngine interface.
+import { readFileSync } from 'node:fs';
+import {
+  AirlockError,
+  CancelledError,
+  GuestAbortError,
+  InternalError,
+  InvalidArgumentError,
+  BusyError,
+  UnavailableError,
+} from '../errors.js';
+import type {
+  EngineConfig,
+  EngineSnapshot,
+  ExchangeOptions,
+  ExchangeResult,
+  GuestEngine,
+  HostCallHandler,
+  TerminatedBy,
+} from './engine.js';
+import { loadAddon, type NativeAddon, type NativeVm } from './native.js';
+import { kvmImagePath } from './paths.js';
+import { kvmUnusableReasons } from './probe.js';
+
+let image: Buffer | undefined;
+
+function guestImage(): Buffer {
+  // Read once per process: every VM copies it into its own guest memory.
+  image ??= readFileSync(kvmImagePath);
+  return image;
+}
+
+class KvmSnapshot implements EngineSnapshot {
+  readonly backend = 'kvm' as const;
+  constructor(
+    readonly owner: KvmEngine,
+    readonly native: object,
+  ) {}
+}
+
+/** Turns an addon rejection into the taxonomy, keeping its timing. */
+function fromNative(e: unknown): AirlockError {
+  if (e instanceof AirlockError) return e;
+  const err = e as { code?: string; message?: string; terminatedBy?: string; wallTimeNs?: number; cpuTimeNs?: number };
+  const message = err?.message ?? String(e);
+  let out: AirlockError;
+  switch (err?.code) {
+    case 'ERR_CANCELLED':
+      out = new CancelledError((err.terminatedBy as TerminatedBy) ?? 'kill');
+      break;
+    case 'ERR_GUEST_ABORT':
+      out = new GuestAbortError(message);
+      break;
+    case 'ERR_INVALID_ARG':
+      out = new InvalidArgumentError(message);
+      break;
+    case 'ERR_BUSY':
+      out = new BusyError(message);
+      break;
+    default:
+      out = new InternalError(message, { cause: e });
+  }
+  if (typeof err?.wallTimeNs === 'number') {
+    out.stats = { wallTimeNs: err.wallTimeNs, cpuTimeNs: typeof err.cpuTimeNs === 'number' ? err.cpuTimeNs : null };
+  }
+  return out;
+}
+
+export class KvmEngine implements GuestEngine {
+  readonly backend = 'kvm' as const;
+  private readonly vm: NativeVm;
+  private disposed = false;
+
+  constructor(config: EngineConfig, onHostCall: HostCallHandler) {
+    const reasons = kvmUnusableReasons();
+    if (reasons.length > 0) {
+      throw new UnavailableError(`the KVM backend is unavailable:\n  - ${reasons.join('\n  - ')}`, reasons);
+    }
+    const addon = loadAddon().addon as NativeAddon;
+    this.vm = new addon.Vm(guestImage(), config, (output: Buffer) => {
+      onHostCall(output).then(
+        (reply) => this.answerHostCall(reply),
+        // The handler encodes callback failures itself; reaching here means the
+        // exchange is already being torn down, so there is nobody left to answer.
+        () => undefined,
+      );
+    });
+  }
+
+  private answerHostCall(reply: Uint8Array): void {
+    if (this.disposed) return;
+    try {
+      this.vm.hostReturn(Buffer.from(reply.buffer, reply.byteOffset, reply.byteLength));
+    } catch {
+      // The exchange was cancelled while the callback ran; its answer has no taker.
+    }
+  }
+
+  async boot(): Promise<Uint8Array> {
+    try {
+      return await this.vm.boot();
+    } catch (e) {
+      throw fromNative(e);
+    }
+  }
+
+  async exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
+    try {
+      const buf = Buffer.isBuffer(request) ? request : Buffer.from(request.buffer, request.byteOffset, request.byteLength);
+      const r = await this.vm.send(buf, options);
+      return { output: r.output, wallTimeNs: r.wallTimeNs, cpuTimeNs: r.cpuTimeNs };
+    } catch (e) {
+      throw fromNative(e);
+    }
+  }
+
+  kill(): void {
+    if (!this.disposed) this.vm.kill();
+  }
+
+  async snapshot(): Promise<EngineSnapshot> {
+    try {
+      return new KvmSnapshot(this, await this.vm.snapshot());
+    } catch (e) {
+      throw fromNative(e);
+    }
+  }
+
+  async restore(snapshot: EngineSnapshot): Promise<void> {
+    if (!(snapshot instanceof KvmSnapshot) || snapshot.owner !== this) {
+      throw new InvalidArgumentError('the snapshot was taken from another sandbox');
+    }
+    try {
+      await this.vm.restore(snapshot.native);
+    } catch (e) {
+      throw fromNative(e);
+    }
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.vm.dispose();
+  }
+}
+
+export { guestImage as kvmGuestImage };

@@ -1,0 +1,49 @@
+// native.ts — loads the host addon (the VMM) once and describes its JS surface.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { addonPath } from './paths.js';
+
+export interface NativeSendResult {
+  output: Buffer;
+  wallTimeNs: number;
+  cpuTimeNs: number;
+}
+
+export interface NativeVm {
+  boot(): Promise<Buffer>;
+  send(request: Buffer, opts?: { wallClockTimeoutMs?: number; cpuTimeoutMs?: number }): Promise<NativeSendResult>;
+  hostReturn(reply: Buffer): void;
+  kill(): void;
+  snapshot(): Promise<object>;
+  restore(snapshot: object): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+export interface NativeAddon {
+  abiVersion: number;
+  probe(): { usable: boolean; reasons: string[] };
+  measureExitFloor(iterations: number): Promise<number[]>;
+  Vm: new (
+    image: Buffer,
+    config: { heapSize: number; stackSize: number; inputSize: number; outputSize: number; consoleLimit: number },
+    onHostCall: (output: Buffer) => void,
+  ) => NativeVm;
+}
+
+let cached: { addon?: NativeAddon; error?: string } | undefined;
+
+/** The addon, or the reason it cannot be loaded (with the fix). */
+export function loadAddon(): { addon?: NativeAddon; error?: string } {
+  if (cached) return cached;
+  if (!existsSync(addonPath)) {
+    cached = { error: `the host addon is not built (${addonPath} is missing; run \`npm run setup\`)` };
+    return cached;
+  }
+  try {
+    const req = createRequire(__filename);
+    cached = { addon: req(addonPath) as NativeAddon };
+  } catch (e) {
+    cached = { error: `the host addon failed to load: ${(e as Error).message} (rebuild it with \`npm run setup\`)` };
+  }
+  return cached;
+}

@@ -1,0 +1,131 @@
+// protocol.ts — encodes requests and decodes guest output in the framing of
+// guest/include/abi.h. Shared by both tiers. Guest output is hostile: every length is
+// checked before use and any violation becomes a GuestAbortError (the sandbox is then
+// poisoned by the caller), never an exception escaping as something else.
+import { GuestAbortError } from '../errors.js';
+import {
+  AIRLOCK_FIELD_HEADER_SIZE,
+  AIRLOCK_MSG_ABORT,
+  AIRLOCK_MSG_CONSOLE,
+  AIRLOCK_MSG_HEADER_SIZE,
+} from './abi.generated.js';
+
+/** A field to encode: text (UTF-8) or raw bytes. `undefined` fields must come last and are omitted. */
+export type FieldValue = string | Uint8Array;
+
+export interface Message {
+  kind: number;
+  status: number;
+  fields: Buffer[];
+}
+
+export type ConsoleLevel = 'log' | 'info' | 'warn' | 'error' | 'debug';
+
+export interface ConsoleEntry {
+  level: ConsoleLevel;
+  text: string;
+}
+
+export interface GuestOutput {
+  console: ConsoleEntry[];
+  final: Message;
+}
+
+const CONSOLE_LEVELS: ReadonlySet<string> = new Set(['log', 'info', 'warn', 'error', 'debug']);
+
+/** Bytes an encoded message with these fields occupies (header included). */
+export function encodedSize(fields: readonly FieldValue[]): number {
+  let size = AIRLOCK_MSG_HEADER_SIZE;
+  for (const f of fields) {
+    size += AIRLOCK_FIELD_HEADER_SIZE + (typeof f === 'string' ? Buffer.byteLength(f, 'utf8') : f.byteLength);
+  }
+  return size;
+}
+
+/** Encodes one message: header then `u32le length + bytes` per field. */
+export function encodeMessage(kind: number, status: number, fields: readonly FieldValue[]): Buffer {
+  const total = encodedSize(fields);
+  const buf = Buffer.allocUnsafe(total);
+  buf.writeUInt32LE(kind, 0);
+  buf.writeUInt32LE(status >>> 0, 4);
+  buf.writeUInt32LE(total - AIRLOCK_MSG_HEADER_SIZE, 8);
+  buf.writeUInt32LE(fields.length, 12);
+  let off = AIRLOCK_MSG_HEADER_SIZE;
+  for (const f of fields) {
+    if (typeof f === 'string') {
+      const n = buf.write(f, off + AIRLOCK_FIELD_HEADER_SIZE, 'utf8');
+      buf.writeUInt32LE(n, off);
+      off += AIRLOCK_FIELD_HEADER_SIZE + n;
+    } else {
+      buf.writeUInt32LE(f.byteLength, off);
+      buf.set(f, off + AIRLOCK_FIELD_HEADER_SIZE);
+      off += AIRLOCK_FIELD_HEADER_SIZE + f.byteLength;
+    }
+  }
+  return buf;
+}
+
+function malformed(what: string): never {
+  throw new GuestAbortError(`malformed guest output: ${what}`);
+}
+
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** Decodes the message at `offset`; returns it and the offset after it. */
+export function decodeMessageAt(bytes: Uint8Array, offset: number): { message: Message; next: number } {
+  const buf = asBuffer(bytes);
+  if (offset + AIRLOCK_MSG_HEADER_SIZE > buf.length) malformed(`truncated message header at byte ${offset}`);
+  const kind = buf.readUInt32LE(offset);
+  const status = buf.readUInt32LE(offset + 4);
+  const length = buf.readUInt32LE(offset + 8);
+  const count = buf.readUInt32LE(offset + 12);
+  const bodyStart = offset + AIRLOCK_MSG_HEADER_SIZE;
+  const end = bodyStart + length;
+  if (end > buf.length) malformed(`message body of ${length} bytes overruns the ${buf.length}-byte output`);
+  // Each field needs at least its 4-byte length, which bounds `count` before we loop on it.
+  if (count > length / AIRLOCK_FIELD_HEADER_SIZE) malformed(`message claims ${count} fields in ${length} bytes`);
+  const fields: Buffer[] = [];
+  let off = bodyStart;
+  for (let i = 0; i < count; i++) {
+    if (off + AIRLOCK_FIELD_HEADER_SIZE > end) malformed(`field ${i} header overruns its message`);
+    const n = buf.readUInt32LE(off);
+    off += AIRLOCK_FIELD_HEADER_SIZE;
+    if (n > end - off) malformed(`field ${i} of ${n} bytes overruns its message`);
+    fields.push(buf.subarray(off, off + n));
+    off += n;
+  }
+  if (off !== end) malformed(`message has ${end - off} bytes after its last field`);
+  return { message: { kind, status, fields }, next: end };
+}
+
+/**
+ * Splits a guest output buffer into console entries and the one final message.
+ * ABORT is returned as a final message like any other; the caller decides.
+ */
+export function decodeOutput(bytes: Uint8Array): GuestOutput {
+  const consoleEntries: ConsoleEntry[] = [];
+  let offset = 0;
+  for (;;) {
+    if (offset >= bytes.byteLength) malformed('output has no final message');
+    const { message, next } = decodeMessageAt(bytes, offset);
+    if (message.kind === AIRLOCK_MSG_CONSOLE) {
+      if (message.fields.length !== 2) malformed('console message needs 2 fields');
+      const level = message.fields[0].toString('utf8');
+      if (!CONSOLE_LEVELS.has(level)) malformed(`unknown console level '${level.slice(0, 32)}'`);
+      consoleEntries.push({ level: level as ConsoleLevel, text: message.fields[1].toString('utf8') });
+      offset = next;
+      continue;
+    }
+    if (next !== bytes.byteLength && message.kind !== AIRLOCK_MSG_ABORT) {
+      malformed(`${bytes.byteLength - next} bytes follow the final message`);
+    }
+    return { console: consoleEntries, final: message };
+  }
+}
+
+/** The text of field `i`, or undefined when the message has fewer fields. */
+export function fieldText(message: Message, i: number): string | undefined {
+  return i < message.fields.length ? message.fields[i].toString('utf8') : undefined;
+}

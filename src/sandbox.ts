@@ -1,0 +1,308 @@
+// sandbox.ts — the public sandbox classes, mirroring @hyperlight/js-host-api:
+// ProtoJSSandbox (host functions) -> JSSandbox (handlers, modules) -> LoadedJSSandbox
+// (calls, snapshots, kill). Each is a view over one SandboxCore; consuming a view
+// (loadRuntime, getLoadedSandbox, unload) hands the core to the next one.
+import { ConsumedError, InvalidArgumentError } from './errors.js';
+import type { Backend, EngineSnapshot } from './engine/engine.js';
+import type { CallStats, HostFunction, SandboxCore } from './core.js';
+import {
+  optionalBoolean,
+  optionalTimeout,
+  requireFunction,
+  requireModulePart,
+  requireName,
+  requireString,
+  serializeEvent,
+} from './validate.js';
+
+export type { CallStats } from './core.js';
+
+/** Options of LoadedJSSandbox.callHandler(). */
+export interface CallHandlerOptions {
+  /** Cancel the call after this many milliseconds of wall-clock time. */
+  wallClockTimeoutMs?: number;
+  /** Cancel the call after this many milliseconds of guest CPU time. */
+  cpuTimeoutMs?: number;
+  /** Run the guest's garbage collector after the call (default true). */
+  gc?: boolean;
+}
+
+/**
+ * Backstop for sandboxes that are dropped without dispose(): when every view of a core
+ * has been garbage-collected, the core (its VM or worker, memory, fds) is released.
+ */
+const liveViews = new WeakMap<SandboxCore, number>();
+const viewRegistry = new FinalizationRegistry<SandboxCore>((core) => {
+  const n = (liveViews.get(core) ?? 1) - 1;
+  liveViews.set(core, n);
+  if (n <= 0) void core.dispose().catch(() => undefined);
+});
+
+function track(view: object, core: SandboxCore): void {
+  liveViews.set(core, (liveViews.get(core) ?? 0) + 1);
+  viewRegistry.register(view, core);
+}
+
+abstract class SandboxView {
+  protected readonly core: SandboxCore;
+  private consumedBy: string | undefined;
+
+  protected constructor(core: SandboxCore) {
+    this.core = core;
+    track(this, core);
+  }
+
+  /** The tier this sandbox runs on: 'kvm' (micro-VM) or 'wasm' (WebAssembly worker). */
+  get backend(): Backend {
+    return this.core.backend;
+  }
+
+  /** Releases the sandbox's VM or worker and all its memory. Idempotent. */
+  dispose(): Promise<void> {
+    return this.core.dispose();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
+
+  protected consume(by: string): void {
+    this.assertUsable();
+    this.consumedBy = by;
+  }
+
+  protected release(): void {
+    this.consumedBy = undefined;
+  }
+
+  protected assertUsable(): void {
+    if (this.core.isDisposed) throw new ConsumedError(`this ${this.constructor.name} has been disposed`);
+    if (this.consumedBy) {
+      throw new ConsumedError(`this ${this.constructor.name} was already consumed by ${this.consumedBy}`);
+    }
+  }
+}
+
+/** Registers functions of one host module (`import * as m from "host:<name>"`). */
+export class HostModule {
+  readonly #proto: ProtoJSSandbox;
+  readonly name: string;
+
+  /** @internal */
+  constructor(proto: ProtoJSSandbox, name: string) {
+    this.#proto = proto;
+    this.name = name;
+  }
+
+  /** Registers `callback` as `<module>.<name>`; arguments are spread, the result is JSON-serialised. */
+  register(name: string, callback: HostFunction): this {
+    this.#proto.register(this.name, name, callback);
+    return this;
+  }
+}
+
+/** A booted sandbox waiting for its JavaScript runtime; host functions are registered here. */
+export class ProtoJSSandbox extends SandboxView {
+  /** @internal */
+  constructor(core: SandboxCore) {
+    super(core);
+  }
+
+  /** A builder for the functions of host module `name`. */
+  hostModule(name: string): HostModule {
+    this.assertRegistrationOpen();
+    return new HostModule(this, requireModulePart(name, 'host module name'));
+  }
+
+  /** Registers one host function: shorthand for hostModule(module).register(name, callback). */
+  register(moduleName: string, functionName: string, callback: HostFunction): void {
+    this.assertRegistrationOpen();
+    const module = requireModulePart(moduleName, 'host module name');
+    const fn = requireName(functionName, 'host function name');
+    requireFunction<HostFunction>(callback, 'host function callback');
+    let fns = this.core.hostFunctions.get(module);
+    if (!fns) {
+      fns = new Map();
+      this.core.hostFunctions.set(module, fns);
+    }
+    fns.set(fn, callback);
+  }
+
+  /** Loads the JavaScript runtime with every registered host function. */
+  async loadRuntime(): Promise<JSSandbox> {
+    this.consume('loadRuntime()');
+    try {
+      await this.core.loadRuntime();
+    } catch (e) {
+      this.release();
+      throw e;
+    }
+    return new JSSandbox(this.core);
+  }
+
+  private assertRegistrationOpen(): void {
+    try {
+      this.assertUsable();
+    } catch (e) {
+      if (e instanceof ConsumedError && !this.core.isDisposed) {
+        throw new ConsumedError('host functions must be registered before loadRuntime()');
+      }
+      throw e;
+    }
+  }
+}
+
+interface ModuleEntry {
+  namespace: string;
+  name: string;
+  source: string;
+}
+
+/** A sandbox with its runtime loaded: add handlers and modules, then getLoadedSandbox(). */
+export class JSSandbox extends SandboxView {
+  readonly #handlers = new Map<string, string>();
+  readonly #modules = new Map<string, ModuleEntry>();
+
+  /** @internal */
+  constructor(core: SandboxCore) {
+    super(core);
+  }
+
+  /** Adds (or replaces) the handler for routing key `name`. */
+  addHandler(name: string, code: string): void {
+    this.#handlers.set(requireName(name, 'handler name'), requireString(code, 'handler code'));
+  }
+
+  removeHandler(name: string): void {
+    this.#handlers.delete(requireName(name, 'handler name'));
+  }
+
+  clearHandlers(): void {
+    this.#handlers.clear();
+  }
+
+  /** Adds (or replaces) module `<namespace>:<name>`; the namespace 'host' is reserved. */
+  addModule(name: string, source: string, namespace = 'user'): void {
+    const key = moduleKey(name, namespace);
+    this.#modules.set(key, { namespace, name, source: requireString(source, 'module source') });
+  }
+
+  removeModule(name: string, namespace = 'user'): void {
+    this.#modules.delete(moduleKey(name, namespace));
+  }
+
+  clearModules(): void {
+    this.#modules.clear();
+  }
+
+  /** Compiles the handlers (and, lazily, the modules they import) in the guest. */
+  async getLoadedSandbox(): Promise<LoadedJSSandbox> {
+    this.consume('getLoadedSandbox()');
+    try {
+      await this.core.load(this.#modules, this.#handlers);
+    } catch (e) {
+      this.release();
+      throw e;
+    }
+    return new LoadedJSSandbox(this.core);
+  }
+}
+
+function moduleKey(name: string, namespace: string): string {
+  const ns = requireModulePart(namespace, 'module namespace');
+  if (ns === 'host') throw new InvalidArgumentError("the 'host' namespace is reserved for host functions");
+  return `${ns}:${requireModulePart(name, 'module name')}`;
+}
+
+/** An opaque point-in-time copy of a sandbox's guest state. */
+export class Snapshot {
+  readonly #core: SandboxCore;
+  readonly #state: EngineSnapshot;
+
+  /** @internal */
+  constructor(core: SandboxCore, state: EngineSnapshot) {
+    this.#core = core;
+    this.#state = state;
+  }
+
+  /** @internal */
+  static unwrap(snapshot: unknown, core: SandboxCore): EngineSnapshot {
+    if (!(snapshot instanceof Snapshot)) throw new InvalidArgumentError('restore() needs a Snapshot taken by snapshot()');
+    if (snapshot.#core !== core) throw new InvalidArgumentError('the snapshot was taken from another sandbox');
+    return snapshot.#state;
+  }
+}
+
+/** Stops the handler running in a sandbox; kill() may be called from any callback or timer. */
+export class InterruptHandle {
+  readonly #core: SandboxCore;
+
+  /** @internal */
+  constructor(core: SandboxCore) {
+    this.#core = core;
+  }
+
+  /** Cancels the call in flight (it rejects with ERR_CANCELLED); a no-op when none runs. */
+  kill(): void {
+    this.#core.kill();
+  }
+}
+
+/** A sandbox with handlers loaded, ready to process events. */
+export class LoadedJSSandbox extends SandboxView {
+  readonly #interruptHandle: InterruptHandle;
+
+  /** @internal */
+  constructor(core: SandboxCore) {
+    super(core);
+    this.#interruptHandle = new InterruptHandle(core);
+  }
+
+  /** Calls handler `handlerName` with `eventData` (any JSON-serialisable value). */
+  async callHandler(handlerName: string, eventData: unknown, options?: CallHandlerOptions): Promise<any> {
+    this.assertUsable();
+    const name = requireName(handlerName, 'handler name');
+    if (options !== undefined && (options === null || typeof options !== 'object')) {
+      throw new InvalidArgumentError('callHandler options must be an object');
+    }
+    const wallClockTimeoutMs = optionalTimeout(options?.wallClockTimeoutMs, 'wallClockTimeoutMs');
+    const cpuTimeoutMs = optionalTimeout(options?.cpuTimeoutMs, 'cpuTimeoutMs');
+    const gc = optionalBoolean(options?.gc, 'gc', true);
+    return this.core.call(name, serializeEvent(eventData), { wallClockTimeoutMs, cpuTimeoutMs, gc });
+  }
+
+  /** Drops handlers and modules; returns a JSSandbox to load new ones. Also clears poisoning. */
+  async unload(): Promise<JSSandbox> {
+    this.consume('unload()');
+    try {
+      await this.core.unload();
+    } catch (e) {
+      this.release();
+      throw e;
+    }
+    return new JSSandbox(this.core);
+  }
+
+  async snapshot(): Promise<Snapshot> {
+    this.assertUsable();
+    return new Snapshot(this.core, await this.core.snapshot());
+  }
+
+  /** Returns the guest to `snapshot` (taken from this sandbox) and clears poisoning. */
+  async restore(snapshot: Snapshot): Promise<void> {
+    this.assertUsable();
+    await this.core.restore(Snapshot.unwrap(snapshot, this.core));
+  }
+
+  get interruptHandle(): InterruptHandle {
+    return this.#interruptHandle;
+  }
+
+  get poisoned(): boolean {
+    return this.core.poisoned;
+  }
+
+  get lastCallStats(): CallStats | null {
+    return this.core.lastCallStats;
+  }
+}
