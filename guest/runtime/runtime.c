@@ -1,0 +1,1133 @@
+/* runtime.c — the guest runtime: boots QuickJS over the guest heap, and handles every
+ * request kind of abi.h (LOAD_RUNTIME, LOAD, CALL, UNLOAD, GC, CHUNK), including the
+ * host-call bridge (host:<module> ES modules) and the user-module loader. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "runtime.h"
+
+/* QuickJS's own per-allocation bookkeeping estimate (its MALLOC_OVERHEAD). */
+#define JS_MALLOC_OVERHEAD 8
+#define HANDLER_EXPORT "__airlock_handler__"
+static const char handler_suffix[] =
+    "\n;export const " HANDLER_EXPORT " = typeof handler === 'function' ? handler : undefined;";
+
+struct host_function {
+    char *module;   /* NUL-terminated copies */
+    char *function;
+};
+
+struct user_module {
+    char *specifier; /* "<namespace>:<name>" */
+    char *source;    /* NUL-terminated, as JS_Eval requires */
+    size_t source_len;
+};
+
+struct handler {
+    char *name;
+    JSValue fn;
+};
+
+static struct {
+    JSRuntime *rt;
+    JSContext *ctx;
+    struct host_function *host_fns;
+    uint32_t host_fn_count;
+    struct user_module *modules;
+    uint32_t module_count;
+    struct handler *handlers;
+    uint32_t handler_count;
+    uint8_t *chunk_buf; /* CHUNK staging */
+    size_t chunk_len;
+    uint64_t boot_ns;
+    /* Per-request conditions. */
+    int oom;
+    int interrupted;
+} rt_state;
+
+/* ---------------------------------------------------------------------------
+ * Small helpers */
+
+static char *dup_bytes(const void *p, size_t n)
+{
+    char *s = airlock_malloc(n + 1);
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
+
+static char *dup_field(const struct field *f) { return dup_bytes(f->data, f->len); }
+
+struct out_buf runtime_output(void)
+{
+    struct airlock_control *c = plat_control();
+    uint64_t cap = c->output_size > UINT32_MAX ? UINT32_MAX : c->output_size;
+    /* Invariant: the host mapped [output_addr, +output_size) for the guest. */
+    struct out_buf o = {(uint8_t *)(uintptr_t)c->output_addr, (uint32_t)cap, 0};
+    return o;
+}
+
+void runtime_publish(const struct out_buf *out)
+{
+    struct airlock_control *c = plat_control();
+    c->response_len = out->len;
+    c->heap_high_water = airlock_alloc_high_water();
+    c->heap_in_use = airlock_alloc_in_use();
+}
+
+/* Writes `kind`/`status` with the given text fields as the only message, shortening
+ * the last field if needed so that something always reaches the host. */
+static void write_alone(uint32_t kind, uint32_t status, const char *const *fields, unsigned n)
+{
+    struct out_buf out = runtime_output();
+    struct msg_writer w;
+    msg_begin(&w, &out, kind, status);
+    for (unsigned i = 0; i < n; i++)
+        msg_add_str(&w, fields[i]);
+    if (msg_end(&w) < 0) {
+        out.len = 0;
+        msg_begin(&w, &out, kind, status);
+        for (unsigned i = 0; i < n; i++) {
+            size_t room = out.cap - out.len;
+            size_t len = strlen(fields[i]);
+            size_t keep = room > AIRLOCK_FIELD_HEADER_SIZE ? room - AIRLOCK_FIELD_HEADER_SIZE : 0;
+            msg_add(&w, fields[i], len < keep ? len : keep);
+        }
+        msg_end(&w);
+    }
+    runtime_publish(&out);
+}
+
+void airlock_write_abort(const char *msg)
+{
+    const char *fields[1] = {msg};
+    write_alone(AIRLOCK_MSG_ABORT, 0, fields, 1);
+}
+
+/* The final response: pending console, the dropped-console notice, then RESULT with
+ * `status` and fields. When that does not fit, RESULT TOO_LARGE alone. */
+static void respond(uint32_t status, const struct field *fields, unsigned n)
+{
+    struct out_buf out = runtime_output();
+    size_t console_bytes = console_pending_bytes();
+    int ok = console_write_pending(&out) == 0 && console_write_dropped_notice(&out) == 0;
+    if (ok) {
+        struct msg_writer w;
+        msg_begin(&w, &out, AIRLOCK_MSG_RESULT, status);
+        for (unsigned i = 0; i < n; i++)
+            msg_add(&w, fields[i].data, fields[i].len);
+        ok = msg_end(&w) == 0;
+    }
+    if (ok) {
+        console_clear_pending();
+        runtime_publish(&out);
+        return;
+    }
+    size_t lens[8];
+    for (unsigned i = 0; i < n && i < 8; i++)
+        lens[i] = fields[i].len;
+    char text[200];
+    snprintf(text, sizeof text,
+             "response is %zu bytes (%zu of them console output) but the output buffer holds %u bytes",
+             msg_size(lens, n < 8 ? n : 8) + console_bytes, console_bytes, out.cap);
+    console_clear_pending();
+    const char *f[1] = {text};
+    write_alone(AIRLOCK_MSG_RESULT, AIRLOCK_STATUS_TOO_LARGE, f, 1);
+}
+
+static void respond_text(uint32_t status, const char *text)
+{
+    struct field f = {(const uint8_t *)text, (uint32_t)strlen(text)};
+    respond(status, &f, 1);
+}
+
+static void respond_fmt(uint32_t status, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    respond_text(status, text);
+}
+
+static void respond_ok(void) { respond(AIRLOCK_STATUS_OK, NULL, 0); }
+
+/* ---------------------------------------------------------------------------
+ * QuickJS glue: allocator, interrupts */
+
+static void *js_heap_malloc(JSMallocState *s, size_t size)
+{
+    void *p = airlock_malloc(size);
+    if (!p) {
+        rt_state.oom = 1;
+        return NULL;
+    }
+    s->malloc_count++;
+    s->malloc_size += airlock_usable_size(p) + JS_MALLOC_OVERHEAD;
+    return p;
+}
+
+static void js_heap_free(JSMallocState *s, void *p)
+{
+    if (!p)
+        return;
+    s->malloc_count--;
+    s->malloc_size -= airlock_usable_size(p) + JS_MALLOC_OVERHEAD;
+    airlock_free(p);
+}
+
+static void *js_heap_realloc(JSMallocState *s, void *p, size_t size)
+{
+    if (!p)
+        return size ? js_heap_malloc(s, size) : NULL;
+    size_t old = airlock_usable_size(p);
+    if (size == 0) {
+        js_heap_free(s, p);
+        return NULL;
+    }
+    void *q = airlock_realloc(p, size);
+    if (!q) {
+        rt_state.oom = 1;
+        return NULL;
+    }
+    s->malloc_size += airlock_usable_size(q);
+    s->malloc_size -= old;
+    return q;
+}
+
+static size_t js_heap_usable(const void *p) { return airlock_usable_size(p); }
+
+static const JSMallocFunctions js_heap_functions = {
+    js_heap_malloc,
+    js_heap_free,
+    js_heap_realloc,
+    js_heap_usable,
+};
+
+static int js_interrupt(JSRuntime *rt, void *opaque)
+{
+    (void)rt;
+    (void)opaque;
+    if (plat_interrupt_requested()) {
+        rt_state.interrupted = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Exceptions */
+
+struct exception_info {
+    const char *name;    /* JS C strings or static text */
+    const char *message;
+    const char *stack;
+    int name_owned, message_owned, stack_owned;
+};
+
+static const char *prop_cstring(JSContext *ctx, JSValueConst obj, const char *prop, int *owned)
+{
+    JSValue v = JS_GetPropertyStr(ctx, obj, prop);
+    const char *s = NULL;
+    if (JS_IsException(v)) {
+        JS_FreeValue(ctx, JS_GetException(ctx));
+    } else if (!JS_IsUndefined(v) && !JS_IsNull(v)) {
+        s = JS_ToCString(ctx, v);
+        if (!s)
+            JS_FreeValue(ctx, JS_GetException(ctx));
+    }
+    JS_FreeValue(ctx, v);
+    *owned = s != NULL;
+    return s ? s : "";
+}
+
+static void exception_describe(JSContext *ctx, JSValueConst exc, struct exception_info *info)
+{
+    memset(info, 0, sizeof *info);
+    if (JS_IsObject(exc)) {
+        info->name = prop_cstring(ctx, exc, "name", &info->name_owned);
+        info->message = prop_cstring(ctx, exc, "message", &info->message_owned);
+        info->stack = prop_cstring(ctx, exc, "stack", &info->stack_owned);
+        if (!info->name_owned && JS_IsError(ctx, exc))
+            info->name = "Error";
+        return;
+    }
+    info->name = "";
+    info->stack = "";
+    info->message = JS_ToCString(ctx, exc);
+    info->message_owned = info->message != NULL;
+    if (!info->message) {
+        JS_FreeValue(ctx, JS_GetException(ctx));
+        info->message = "[unprintable thrown value]";
+    }
+}
+
+static void exception_release(JSContext *ctx, struct exception_info *info)
+{
+    if (info->name_owned)
+        JS_FreeCString(ctx, info->name);
+    if (info->message_owned)
+        JS_FreeCString(ctx, info->message);
+    if (info->stack_owned)
+        JS_FreeCString(ctx, info->stack);
+}
+
+static int is_stack_overflow(const struct exception_info *info)
+{
+    return strcmp(info->name, "InternalError") == 0 && strcmp(info->message, "stack overflow") == 0;
+}
+
+/* Copies the location of the first stack frame ("handler:x:3:14") into buf. */
+static void first_frame_location(const char *stack, char *buf, size_t size)
+{
+    buf[0] = '\0';
+    const char *at = strstr(stack, "at ");
+    if (!at)
+        return;
+    at += 3;
+    const char *eol = strchr(at, '\n');
+    size_t n = eol ? (size_t)(eol - at) : strlen(at);
+    const char *open = memchr(at, '(', n);
+    if (open && at[n - 1] == ')') {
+        n = (size_t)(at + n - 1 - (open + 1));
+        at = open + 1;
+    }
+    if (n >= size)
+        n = size - 1;
+    memcpy(buf, at, n);
+    buf[n] = '\0';
+}
+
+/* ---------------------------------------------------------------------------
+ * Host functions: host:<module> ES modules */
+
+static struct host_function *host_fn_lookup(uint32_t index)
+{
+    return index < rt_state.host_fn_count ? &rt_state.host_fns[index] : NULL;
+}
+
+static JSValue throw_host_error(JSContext *ctx, const struct field *msg)
+{
+    JSValue global = JS_GetGlobalObject(ctx);
+    JSValue error_ctor = JS_GetPropertyStr(ctx, global, "Error");
+    JS_FreeValue(ctx, global);
+    JSValue text = msg ? JS_NewStringLen(ctx, (const char *)msg->data, msg->len) : JS_NewString(ctx, "host function failed");
+    JSValue err = JS_CallConstructor(ctx, error_ctor, 1, (JSValueConst *)&text);
+    JS_FreeValue(ctx, text);
+    JS_FreeValue(ctx, error_ctor);
+    if (JS_IsException(err))
+        return err;
+    JS_DefinePropertyValueStr(ctx, err, "name", JS_NewString(ctx, "HostFunctionError"),
+                              JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE);
+    return JS_Throw(ctx, err);
+}
+
+static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
+{
+    (void)this_val;
+    struct host_function *hf = host_fn_lookup((uint32_t)magic);
+    if (!hf)
+        return JS_ThrowInternalError(ctx, "host function table changed under a live module");
+    JSValue args = JS_NewArray(ctx);
+    if (JS_IsException(args))
+        return args;
+    for (int i = 0; i < argc; i++) {
+        if (JS_SetPropertyUint32(ctx, args, (uint32_t)i, JS_DupValue(ctx, argv[i])) < 0) {
+            JS_FreeValue(ctx, args);
+            return JS_EXCEPTION;
+        }
+    }
+    JSValue json = JS_JSONStringify(ctx, args, JS_UNDEFINED, JS_UNDEFINED);
+    JS_FreeValue(ctx, args);
+    if (JS_IsException(json)) {
+        JSValue exc = JS_GetException(ctx);
+        if (rt_state.interrupted || rt_state.oom)
+            return JS_Throw(ctx, exc);
+        struct exception_info info;
+        exception_describe(ctx, exc, &info);
+        JSValue r = JS_ThrowTypeError(ctx, "arguments of host function %s.%s are not JSON-serializable: %s",
+                                      hf->module, hf->function, info.message);
+        exception_release(ctx, &info);
+        JS_FreeValue(ctx, exc);
+        return r;
+    }
+    size_t json_len;
+    const char *json_text = JS_ToCStringLen(ctx, &json_len, json);
+    JS_FreeValue(ctx, json);
+    if (!json_text)
+        return JS_EXCEPTION;
+
+    struct out_buf out = runtime_output();
+    int fits = console_write_pending(&out) == 0;
+    if (fits) {
+        struct msg_writer w;
+        msg_begin(&w, &out, AIRLOCK_MSG_HOST_CALL, 0);
+        msg_add_str(&w, hf->module);
+        msg_add_str(&w, hf->function);
+        msg_add(&w, json_text, json_len);
+        fits = msg_end(&w) == 0;
+    }
+    JS_FreeCString(ctx, json_text);
+    if (!fits)
+        return JS_ThrowRangeError(ctx,
+                                  "arguments of host function %s.%s (%zu bytes of JSON) with %zu bytes of console "
+                                  "output do not fit the %u-byte output buffer",
+                                  hf->module, hf->function, json_len, console_pending_bytes(), out.cap);
+    runtime_publish(&out);
+    plat_exit(AIRLOCK_EXIT_HOST_CALL);
+    console_clear_pending();
+
+    struct airlock_control *c = plat_control();
+    struct msg_view reply;
+    const char *why = NULL;
+    if (c->request_len > c->input_size) {
+        why = "HOST_RETURN is larger than the input buffer";
+    } else if (msg_parse((const uint8_t *)(uintptr_t)c->input_addr, c->request_len, &reply, &why) == 0 &&
+               reply.kind != AIRLOCK_MSG_HOST_RETURN) {
+        why = "expected a HOST_RETURN message";
+    }
+    if (why)
+        return JS_ThrowInternalError(ctx, "host call %s.%s: malformed reply: %s", hf->module, hf->function, why);
+    struct field f;
+    int has_field = msg_field(&reply, 0, &f) == 0;
+    if (reply.status == AIRLOCK_STATUS_HOST_ERROR)
+        return throw_host_error(ctx, has_field ? &f : NULL);
+    if (reply.status != AIRLOCK_STATUS_OK)
+        return JS_ThrowInternalError(ctx, "host call %s.%s: malformed reply: unknown status %u", hf->module,
+                                     hf->function, reply.status);
+    if (!has_field)
+        return JS_UNDEFINED;
+    /* JS_ParseJSON needs a NUL-terminated copy; the JS heap accounts for it. */
+    char *text = js_malloc(ctx, (size_t)f.len + 1);
+    if (!text)
+        return JS_EXCEPTION;
+    memcpy(text, f.data, f.len);
+    text[f.len] = '\0';
+    JSValue result = JS_ParseJSON(ctx, text, f.len, "<host result>");
+    js_free(ctx, text);
+    return result;
+}
+
+static int host_module_init(JSContext *ctx, JSModuleDef *m)
+{
+    JSAtom name_atom = JS_GetModuleName(ctx, m);
+    const char *name = JS_AtomToCString(ctx, name_atom);
+    JS_FreeAtom(ctx, name_atom);
+    if (!name)
+        return -1;
+    const char *module = name + 5; /* after "host:", checked by the loader */
+    int rc = 0;
+    for (uint32_t i = 0; i < rt_state.host_fn_count && rc == 0; i++) {
+        struct host_function *hf = &rt_state.host_fns[i];
+        if (strcmp(hf->module, module) != 0)
+            continue;
+        JSValue fn = JS_NewCFunctionMagic(ctx, js_host_call, hf->function, 0, JS_CFUNC_generic_magic, (int)i);
+        if (JS_IsException(fn) || JS_SetModuleExport(ctx, m, hf->function, fn) < 0)
+            rc = -1;
+    }
+    JS_FreeCString(ctx, name);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * Module loader */
+
+static char *module_normalize(JSContext *ctx, const char *base, const char *name, void *opaque)
+{
+    (void)base;
+    (void)opaque;
+    /* Every specifier is absolute ("host:m", "<ns>:<name>"): no path resolution. */
+    return js_strdup(ctx, name);
+}
+
+static JSModuleDef *module_load(JSContext *ctx, const char *name, void *opaque)
+{
+    (void)opaque;
+    if (strncmp(name, "host:", 5) == 0) {
+        const char *module = name + 5;
+        JSModuleDef *m = NULL;
+        for (uint32_t i = 0; i < rt_state.host_fn_count; i++) {
+            struct host_function *hf = &rt_state.host_fns[i];
+            if (strcmp(hf->module, module) != 0)
+                continue;
+            if (!m) {
+                m = JS_NewCModule(ctx, name, host_module_init);
+                if (!m)
+                    return NULL;
+            }
+            if (JS_AddModuleExport(ctx, m, hf->function) < 0)
+                return NULL;
+        }
+        if (!m)
+            JS_ThrowReferenceError(ctx, "host module '%s' is not registered", name);
+        return m;
+    }
+    for (uint32_t i = 0; i < rt_state.module_count; i++) {
+        struct user_module *um = &rt_state.modules[i];
+        if (strcmp(um->specifier, name) != 0)
+            continue;
+        JSValue fn = JS_Eval(ctx, um->source, um->source_len, name, JS_EVAL_TYPE_MODULE | JS_EVAL_FLAG_COMPILE_ONLY);
+        if (JS_IsException(fn))
+            return NULL;
+        /* Invariant: a COMPILE_ONLY module eval yields a JS_TAG_MODULE value whose
+         * module stays owned by the context after the value is released. */
+        JSModuleDef *m = JS_VALUE_GET_PTR(fn);
+        JS_FreeValue(ctx, fn);
+        return m;
+    }
+    JS_ThrowReferenceError(ctx, "module '%s' is not registered", name);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * Context lifecycle */
+
+static JSValue js_performance_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    (void)argv;
+    return JS_NewFloat64(ctx, (double)(plat_monotonic_ns() - rt_state.boot_ns) / 1e6);
+}
+
+static JSContext *context_create(void)
+{
+    JSContext *ctx = JS_NewContext(rt_state.rt);
+    if (!ctx)
+        return NULL;
+    console_install(ctx);
+    JSValue global = JS_GetGlobalObject(ctx);
+    JSValue perf = JS_NewObject(ctx);
+    JS_SetPropertyStr(ctx, perf, "now", JS_NewCFunction(ctx, js_performance_now, "now", 0));
+    JS_SetPropertyStr(ctx, global, "performance", perf);
+    JS_FreeValue(ctx, global);
+    return ctx;
+}
+
+static void handlers_clear(void)
+{
+    for (uint32_t i = 0; i < rt_state.handler_count; i++) {
+        JS_FreeValue(rt_state.ctx, rt_state.handlers[i].fn);
+        airlock_free(rt_state.handlers[i].name);
+    }
+    airlock_free(rt_state.handlers);
+    rt_state.handlers = NULL;
+    rt_state.handler_count = 0;
+}
+
+static void modules_clear(void)
+{
+    for (uint32_t i = 0; i < rt_state.module_count; i++) {
+        airlock_free(rt_state.modules[i].specifier);
+        airlock_free(rt_state.modules[i].source);
+    }
+    airlock_free(rt_state.modules);
+    rt_state.modules = NULL;
+    rt_state.module_count = 0;
+}
+
+static void host_fns_clear(void)
+{
+    for (uint32_t i = 0; i < rt_state.host_fn_count; i++) {
+        airlock_free(rt_state.host_fns[i].module);
+        airlock_free(rt_state.host_fns[i].function);
+    }
+    airlock_free(rt_state.host_fns);
+    rt_state.host_fns = NULL;
+    rt_state.host_fn_count = 0;
+}
+
+/* Drops handlers and user modules and starts a fresh context. 0, or -1 on OOM. */
+static int context_reset(void)
+{
+    handlers_clear();
+    modules_clear();
+    if (rt_state.ctx)
+        JS_FreeContext(rt_state.ctx);
+    JS_RunGC(rt_state.rt);
+    rt_state.ctx = context_create();
+    return rt_state.ctx ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------------------
+ * Jobs and promises */
+
+/* Runs pending jobs until `promise` (if any) settles or no job is left.
+ * Stops early when the request was interrupted. */
+static void run_jobs(JSValueConst promise)
+{
+    JSContext *job_ctx;
+    for (;;) {
+        if (!JS_IsUndefined(promise) && JS_PromiseState(rt_state.ctx, promise) != JS_PROMISE_PENDING)
+            return;
+        int r = JS_ExecutePendingJob(rt_state.rt, &job_ctx);
+        if (r == 0)
+            return;
+        if (r < 0)
+            JS_FreeValue(job_ctx, JS_GetException(job_ctx));
+        if (rt_state.interrupted)
+            return;
+    }
+}
+
+static void drain_jobs(void) { run_jobs(JS_UNDEFINED); }
+
+/* ---------------------------------------------------------------------------
+ * Requests */
+
+static void handle_message(const uint8_t *buf, size_t len);
+
+static void handle_load_runtime(const struct msg_view *m)
+{
+    if (m->count % 2 != 0) {
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD_RUNTIME needs (module, function) pairs");
+        return;
+    }
+    struct field_iter it;
+    struct field f;
+    field_iter_init(&it, m);
+    while (field_next(&it, &f) == 0) {
+        if (f.len == 0 || memchr(f.data, '\0', f.len)) {
+            respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD_RUNTIME names must be non-empty and contain no NUL");
+            return;
+        }
+    }
+    handlers_clear();
+    modules_clear();
+    host_fns_clear();
+    uint32_t n = m->count / 2;
+    if (n) {
+        rt_state.host_fns = airlock_calloc(n, sizeof *rt_state.host_fns);
+        if (!rt_state.host_fns) {
+            respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted registering host functions");
+            return;
+        }
+    }
+    field_iter_init(&it, m);
+    for (uint32_t i = 0; i < n; i++) {
+        struct field mod, fn;
+        field_next(&it, &mod);
+        field_next(&it, &fn);
+        rt_state.host_fns[i].module = dup_field(&mod);
+        rt_state.host_fns[i].function = dup_field(&fn);
+        rt_state.host_fn_count = i + 1;
+        if (!rt_state.host_fns[i].module || !rt_state.host_fns[i].function) {
+            host_fns_clear();
+            respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted registering host functions");
+            return;
+        }
+    }
+    if (context_reset() < 0) {
+        respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted creating the JavaScript context");
+        return;
+    }
+    respond_ok();
+}
+
+static int register_module(const struct field *ns, const struct field *name, const struct field *source)
+{
+    const char *ns_text = ns->len ? NULL : "user";
+    size_t ns_len = ns->len ? ns->len : 4;
+    size_t spec_len = ns_len + 1 + name->len;
+    char *spec = airlock_malloc(spec_len + 1);
+    char *src = dup_field(source);
+    struct user_module *grown = NULL;
+    if (spec && src)
+        grown = airlock_realloc(rt_state.modules, (rt_state.module_count + 1) * sizeof *rt_state.modules);
+    if (!grown) {
+        airlock_free(spec);
+        airlock_free(src);
+        return -1;
+    }
+    rt_state.modules = grown;
+    memcpy(spec, ns_text ? (const void *)ns_text : (const void *)ns->data, ns_len);
+    spec[ns_len] = ':';
+    memcpy(spec + ns_len + 1, name->data, name->len);
+    spec[spec_len] = '\0';
+    /* A later registration of the same specifier replaces the source. */
+    for (uint32_t i = 0; i < rt_state.module_count; i++) {
+        if (strcmp(rt_state.modules[i].specifier, spec) == 0) {
+            airlock_free(rt_state.modules[i].source);
+            airlock_free(spec);
+            rt_state.modules[i].source = src;
+            rt_state.modules[i].source_len = source->len;
+            return 0;
+        }
+    }
+    rt_state.modules[rt_state.module_count++] = (struct user_module){spec, src, source->len};
+    return 0;
+}
+
+/* Formats "handler 'x': Name: message (location)" from the pending exception. */
+static void compile_error_from_exception(const char *handler_name, char *buf, size_t size)
+{
+    JSValue exc = JS_GetException(rt_state.ctx);
+    struct exception_info info;
+    exception_describe(rt_state.ctx, exc, &info);
+    char loc[160];
+    first_frame_location(info.stack, loc, sizeof loc);
+    snprintf(buf, size, "handler '%s': %s%s%s%s%s%s", handler_name, info.name, info.name[0] ? ": " : "", info.message,
+             loc[0] ? " (" : "", loc, loc[0] ? ")" : "");
+    exception_release(rt_state.ctx, &info);
+    JS_FreeValue(rt_state.ctx, exc);
+}
+
+/* Compiles and evaluates one handler. 0, or -1 with an error message in buf. */
+static int compile_handler(const struct field *name_field, const struct field *source, char *buf, size_t size)
+{
+    JSContext *ctx = rt_state.ctx;
+    char *name = dup_field(name_field);
+    size_t module_name_len = 8 + name_field->len;
+    char *module_name = airlock_malloc(module_name_len + 1);
+    size_t text_len = source->len + sizeof handler_suffix - 1;
+    char *text = airlock_malloc(text_len + 1);
+    JSValue promise = JS_UNDEFINED;
+    int rc = -1;
+    if (!name || !module_name || !text) {
+        snprintf(buf, size, "guest heap exhausted compiling a handler");
+        goto out;
+    }
+    memcpy(module_name, "handler:", 8);
+    memcpy(module_name + 8, name_field->data, name_field->len);
+    module_name[module_name_len] = '\0';
+    memcpy(text, source->data, source->len);
+    memcpy(text + source->len, handler_suffix, sizeof handler_suffix); /* includes the NUL */
+
+    JSValue fn = JS_Eval(ctx, text, text_len, module_name, JS_EVAL_TYPE_MODULE | JS_EVAL_FLAG_COMPILE_ONLY);
+    if (JS_IsException(fn)) {
+        compile_error_from_exception(name, buf, size);
+        goto out;
+    }
+    if (JS_ResolveModule(ctx, fn) < 0) {
+        JS_FreeValue(ctx, fn);
+        compile_error_from_exception(name, buf, size);
+        goto out;
+    }
+    /* Invariant: fn is a JS_TAG_MODULE value (COMPILE_ONLY module eval succeeded); the
+     * module stays alive in the context after JS_EvalFunction consumes the value. */
+    JSModuleDef *mod = JS_VALUE_GET_PTR(fn);
+    promise = JS_EvalFunction(ctx, fn);
+    if (JS_IsException(promise)) {
+        promise = JS_UNDEFINED;
+        compile_error_from_exception(name, buf, size);
+        goto out;
+    }
+    run_jobs(promise);
+    int state = JS_PromiseState(ctx, promise);
+    if (state == JS_PROMISE_REJECTED) {
+        JS_Throw(ctx, JS_PromiseResult(ctx, promise));
+        compile_error_from_exception(name, buf, size);
+        goto out;
+    }
+    if (state == JS_PROMISE_PENDING) {
+        snprintf(buf, size, "handler '%s': top-level await never settled", name);
+        goto out;
+    }
+    JSValue ns = JS_GetModuleNamespace(ctx, mod);
+    if (JS_IsException(ns)) {
+        compile_error_from_exception(name, buf, size);
+        goto out;
+    }
+    JSValue handler_fn = JS_GetPropertyStr(ctx, ns, HANDLER_EXPORT);
+    if (!JS_IsFunction(ctx, handler_fn)) {
+        JS_FreeValue(ctx, handler_fn);
+        handler_fn = JS_GetPropertyStr(ctx, ns, "default");
+    }
+    JS_FreeValue(ctx, ns);
+    if (JS_IsException(handler_fn)) {
+        compile_error_from_exception(name, buf, size);
+        goto out;
+    }
+    if (!JS_IsFunction(ctx, handler_fn)) {
+        JS_FreeValue(ctx, handler_fn);
+        snprintf(buf, size, "handler '%s' does not define a function named handler or a default export", name);
+        goto out;
+    }
+    struct handler *grown = airlock_realloc(rt_state.handlers, (rt_state.handler_count + 1) * sizeof *grown);
+    if (!grown) {
+        JS_FreeValue(ctx, handler_fn);
+        snprintf(buf, size, "guest heap exhausted registering handler '%s'", name);
+        goto out;
+    }
+    rt_state.handlers = grown;
+    for (uint32_t i = 0; i < rt_state.handler_count; i++) {
+        if (strcmp(rt_state.handlers[i].name, name) == 0) {
+            JS_FreeValue(ctx, rt_state.handlers[i].fn);
+            rt_state.handlers[i].fn = handler_fn;
+            rc = 0;
+            goto out;
+        }
+    }
+    rt_state.handlers[rt_state.handler_count++] = (struct handler){name, handler_fn};
+    name = NULL; /* owned by the table now */
+    rc = 0;
+out:
+    JS_FreeValue(ctx, promise);
+    airlock_free(name);
+    airlock_free(module_name);
+    airlock_free(text);
+    return rc;
+}
+
+static void handle_load(const struct msg_view *m)
+{
+    if (m->count % 4 != 0) {
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD needs (tag, namespace, name, source) groups");
+        return;
+    }
+    struct field_iter it;
+    struct field tag, ns, name, source;
+    /* Validate every group, then register all modules, then compile handlers, so
+     * modules and handlers may come in any order. */
+    field_iter_init(&it, m);
+    while (field_next(&it, &tag) == 0) {
+        field_next(&it, &ns);
+        field_next(&it, &name);
+        field_next(&it, &source);
+        int is_module = field_equals(&tag, "module");
+        if (!is_module && !field_equals(&tag, "handler")) {
+            respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD tag must be 'module' or 'handler'");
+            return;
+        }
+        if (name.len == 0 || memchr(name.data, '\0', name.len) || memchr(ns.data, '\0', ns.len) ||
+            memchr(source.data, '\0', source.len)) {
+            respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD names must be non-empty and text must contain no NUL");
+            return;
+        }
+    }
+    field_iter_init(&it, m);
+    while (field_next(&it, &tag) == 0) {
+        field_next(&it, &ns);
+        field_next(&it, &name);
+        field_next(&it, &source);
+        if (field_equals(&tag, "module") && register_module(&ns, &name, &source) < 0) {
+            respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted registering modules");
+            return;
+        }
+    }
+    char error[1024];
+    field_iter_init(&it, m);
+    while (field_next(&it, &tag) == 0) {
+        field_next(&it, &ns);
+        field_next(&it, &name);
+        field_next(&it, &source);
+        if (!field_equals(&tag, "handler"))
+            continue;
+        if (compile_handler(&name, &source, error, sizeof error) < 0) {
+            handlers_clear(); /* LOAD is all-or-nothing */
+            if (rt_state.interrupted)
+                respond_text(AIRLOCK_STATUS_INTERRUPTED, "loading was interrupted by the host");
+            else if (rt_state.oom)
+                respond_fmt(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted while loading: %s", error);
+            else
+                respond_text(AIRLOCK_STATUS_COMPILE_ERROR, error);
+            JS_RunGC(rt_state.rt);
+            return;
+        }
+    }
+    respond_ok();
+}
+
+static struct handler *handler_find(const struct field *name)
+{
+    for (uint32_t i = 0; i < rt_state.handler_count; i++)
+        if (field_equals(name, rt_state.handlers[i].name))
+            return &rt_state.handlers[i];
+    return NULL;
+}
+
+/* Answers with the exception pending in the context (or `value` when it is a
+ * rejection reason), classified as interrupt, OOM, stack overflow or EXCEPTION. */
+static void respond_exception(JSValue exc)
+{
+    JSContext *ctx = rt_state.ctx;
+    if (rt_state.interrupted) {
+        JS_FreeValue(ctx, exc);
+        respond_text(AIRLOCK_STATUS_INTERRUPTED, "execution was interrupted by the host");
+        return;
+    }
+    struct exception_info info;
+    exception_describe(ctx, exc, &info);
+    if (rt_state.oom) {
+        respond_fmt(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap of %llu bytes exhausted (%s: %s)",
+                    (unsigned long long)plat_control()->heap_size, info.name, info.message);
+    } else if (is_stack_overflow(&info)) {
+        respond_fmt(AIRLOCK_STATUS_STACK_OVERFLOW, "guest JavaScript stack exhausted (%s: %s)", info.name,
+                    info.message);
+    } else {
+        struct field f[3] = {
+            {(const uint8_t *)info.name, (uint32_t)strlen(info.name)},
+            {(const uint8_t *)info.message, (uint32_t)strlen(info.message)},
+            {(const uint8_t *)info.stack, (uint32_t)strlen(info.stack)},
+        };
+        respond(AIRLOCK_STATUS_EXCEPTION, f, 3);
+    }
+    exception_release(ctx, &info);
+    JS_FreeValue(ctx, exc);
+}
+
+static void handle_call(const struct msg_view *m)
+{
+    JSContext *ctx = rt_state.ctx;
+    uint32_t flags = m->status;
+    struct field name_field, event_field;
+    if (msg_field(m, 0, &name_field) < 0) {
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "CALL needs a handler name");
+        return;
+    }
+    struct handler *h = handler_find(&name_field);
+    if (!h) {
+        char name[128];
+        size_t n = name_field.len < sizeof name - 1 ? name_field.len : sizeof name - 1;
+        memcpy(name, name_field.data, n);
+        name[n] = '\0';
+        respond_fmt(AIRLOCK_STATUS_NO_HANDLER, "no handler named '%s' is loaded", name);
+        return;
+    }
+    JSValue event = JS_UNDEFINED;
+    if (msg_field(m, 1, &event_field) == 0) {
+        char *text = js_malloc(ctx, (size_t)event_field.len + 1);
+        if (!text) {
+            respond_exception(JS_GetException(ctx));
+            return;
+        }
+        memcpy(text, event_field.data, event_field.len);
+        text[event_field.len] = '\0';
+        event = JS_ParseJSON(ctx, text, event_field.len, "<event>");
+        js_free(ctx, text);
+        if (JS_IsException(event)) {
+            JSValue exc = JS_GetException(ctx);
+            if (rt_state.oom) {
+                respond_exception(exc);
+                return;
+            }
+            struct exception_info info;
+            exception_describe(ctx, exc, &info);
+            respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "event is not valid JSON: %s", info.message);
+            exception_release(ctx, &info);
+            JS_FreeValue(ctx, exc);
+            return;
+        }
+    }
+    /* The request's fields are not used past this point: host calls reuse the input. */
+    JSValue fn = JS_DupValue(ctx, h->fn);
+    JSValue result = JS_Call(ctx, fn, JS_UNDEFINED, 1, (JSValueConst *)&event);
+    JS_FreeValue(ctx, fn);
+    JS_FreeValue(ctx, event);
+    if (JS_IsException(result)) {
+        respond_exception(JS_GetException(ctx));
+        goto done;
+    }
+    if (JS_IsObject(result) && (int)JS_PromiseState(ctx, result) >= 0) { /* -1: not a promise */
+        run_jobs(result);
+        int state = JS_PromiseState(ctx, result);
+        if (rt_state.interrupted) {
+            JS_FreeValue(ctx, result);
+            respond_exception(JS_UNDEFINED);
+            goto done;
+        }
+        if (state == JS_PROMISE_PENDING) {
+            JS_FreeValue(ctx, result);
+            char name[128];
+            snprintf(name, sizeof name, "%s", h->name);
+            respond_fmt(AIRLOCK_STATUS_UNSETTLED, "handler '%s' returned a promise that never settled", name);
+            goto done;
+        }
+        JSValue settled = JS_PromiseResult(ctx, result);
+        JS_FreeValue(ctx, result);
+        if (state == JS_PROMISE_REJECTED) {
+            respond_exception(settled);
+            goto done;
+        }
+        result = settled;
+    }
+    drain_jobs();
+    if (rt_state.interrupted || rt_state.oom) {
+        JS_FreeValue(ctx, result);
+        respond_exception(JS_UNDEFINED);
+        goto done;
+    }
+    JSValue json = JS_JSONStringify(ctx, result, JS_UNDEFINED, JS_UNDEFINED);
+    JS_FreeValue(ctx, result);
+    if (JS_IsException(json)) {
+        JSValue exc = JS_GetException(ctx);
+        if (rt_state.oom || rt_state.interrupted) {
+            respond_exception(exc);
+            goto done;
+        }
+        struct exception_info info;
+        exception_describe(ctx, exc, &info);
+        respond_fmt(AIRLOCK_STATUS_NOT_SERIALIZABLE, "handler result is not JSON-serializable: %s: %s", info.name,
+                    info.message);
+        exception_release(ctx, &info);
+        JS_FreeValue(ctx, exc);
+        goto done;
+    }
+    if (JS_IsUndefined(json)) {
+        respond_ok();
+        goto done;
+    }
+    size_t len;
+    const char *text = JS_ToCStringLen(ctx, &len, json);
+    JS_FreeValue(ctx, json);
+    if (!text) {
+        respond_exception(JS_GetException(ctx));
+        goto done;
+    }
+    struct field f = {(const uint8_t *)text, (uint32_t)len};
+    respond(AIRLOCK_STATUS_OK, &f, 1);
+    JS_FreeCString(ctx, text);
+done:
+    if ((flags & AIRLOCK_CALL_FLAG_GC) || rt_state.oom)
+        JS_RunGC(rt_state.rt);
+}
+
+static void handle_chunk(const struct msg_view *m)
+{
+    struct field f;
+    if (msg_field(m, 0, &f) < 0) {
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "CHUNK needs one field");
+        return;
+    }
+    if (f.len) {
+        uint8_t *grown = airlock_realloc(rt_state.chunk_buf, rt_state.chunk_len + f.len);
+        if (!grown) {
+            airlock_free(rt_state.chunk_buf);
+            rt_state.chunk_buf = NULL;
+            rt_state.chunk_len = 0;
+            respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted assembling a chunked request");
+            return;
+        }
+        memcpy(grown + rt_state.chunk_len, f.data, f.len);
+        rt_state.chunk_buf = grown;
+        rt_state.chunk_len += f.len;
+    }
+    if (!(m->status & AIRLOCK_CHUNK_FLAG_LAST)) {
+        respond_ok();
+        return;
+    }
+    uint8_t *whole = rt_state.chunk_buf;
+    size_t whole_len = rt_state.chunk_len;
+    rt_state.chunk_buf = NULL;
+    rt_state.chunk_len = 0;
+    struct msg_view inner;
+    const char *why;
+    if (!whole || msg_parse(whole, whole_len, &inner, &why) < 0)
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, whole ? why : "empty chunked request");
+    else if (inner.kind == AIRLOCK_MSG_CHUNK)
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "a chunked request cannot itself be a CHUNK");
+    else
+        handle_message(whole, whole_len);
+    airlock_free(whole);
+}
+
+static void handle_message(const uint8_t *buf, size_t len)
+{
+    struct msg_view m;
+    const char *why;
+    if (msg_parse(buf, len, &m, &why) < 0) {
+        respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "malformed request: %s", why);
+        return;
+    }
+    switch (m.kind) {
+    case AIRLOCK_MSG_LOAD_RUNTIME:
+        handle_load_runtime(&m);
+        break;
+    case AIRLOCK_MSG_LOAD: {
+        /* Handler top-level code may call host functions, whose replies overwrite
+         * the input buffer: work from a private copy of the request. */
+        uint8_t *copy = airlock_malloc(len ? len : 1);
+        if (!copy) {
+            respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted copying the LOAD request");
+            break;
+        }
+        memcpy(copy, buf, len);
+        msg_parse(copy, len, &m, &why); /* same bytes: cannot fail */
+        handle_load(&m);
+        airlock_free(copy);
+        break;
+    }
+    case AIRLOCK_MSG_CALL:
+        handle_call(&m);
+        break;
+    case AIRLOCK_MSG_UNLOAD:
+        if (context_reset() < 0)
+            respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted creating the JavaScript context");
+        else
+            respond_ok();
+        break;
+    case AIRLOCK_MSG_GC:
+        JS_RunGC(rt_state.rt);
+        respond_ok();
+        break;
+    case AIRLOCK_MSG_CHUNK:
+        handle_chunk(&m);
+        break;
+    case AIRLOCK_MSG_HOST_RETURN:
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "HOST_RETURN arrived with no host call in flight");
+        break;
+    default:
+        respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "unknown request kind %u", m.kind);
+        break;
+    }
+}
+
+void airlock_runtime_handle(void)
+{
+    struct airlock_control *c = plat_control();
+    rt_state.oom = 0;
+    rt_state.interrupted = 0;
+    console_begin_request();
+    if (!rt_state.ctx) {
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "the runtime failed to boot");
+        return;
+    }
+    if (c->request_len > c->input_size) {
+        respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "request of %u bytes exceeds the %llu-byte input buffer",
+                    c->request_len, (unsigned long long)c->input_size);
+        return;
+    }
+    /* Invariant: the host mapped [input_addr, +input_size) for the guest. */
+    handle_message((const uint8_t *)(uintptr_t)c->input_addr, c->request_len);
+}
+
+/* Leaves room below QuickJS's limit for C frames that run after its last check. */
+static size_t js_stack_budget(uint64_t stack_size)
+{
+    uint64_t margin = stack_size / 4;
+    if (margin < 64 * 1024)
+        margin = stack_size / 2;
+    if (margin > 1024 * 1024)
+        margin = 1024 * 1024;
+    uint64_t budget = stack_size - margin;
+    return budget ? (size_t)budget : 1;
+}
+
+void airlock_runtime_init(void)
+{
+    struct airlock_control *c = plat_control();
+    rt_state.boot_ns = plat_monotonic_ns();
+    /* Invariant: the host mapped [heap_addr, +heap_size) for the guest. */
+    if (airlock_alloc_init((void *)(uintptr_t)c->heap_addr, (size_t)c->heap_size) < 0)
+        plat_abort("guest heap is too small to boot");
+    rt_state.rt = JS_NewRuntime2(&js_heap_functions, NULL);
+    if (!rt_state.rt)
+        plat_abort("guest heap exhausted creating the JavaScript runtime");
+    JS_SetMaxStackSize(rt_state.rt, js_stack_budget(c->stack_size));
+    JS_SetInterruptHandler(rt_state.rt, js_interrupt, NULL);
+    JS_SetModuleLoaderFunc(rt_state.rt, module_normalize, module_load, NULL);
+    /* Atomics.wait would block on a futex: the guest has no kernel to ask. */
+    JS_SetCanBlock(rt_state.rt, 0);
+    rt_state.ctx = context_create();
+    if (!rt_state.ctx)
+        plat_abort("guest heap exhausted creating the JavaScript context");
+    c->magic = AIRLOCK_CONTROL_MAGIC;
+    c->abi_version = AIRLOCK_ABI_VERSION;
+    const char *fields[1] = {AIRLOCK_ENGINE_VERSION};
+    write_alone(AIRLOCK_MSG_READY, 0, fields, 1);
+}

@@ -1,0 +1,37 @@
+/* runtime.h — shared state and helpers of the guest runtime's own files (not a
+ * target interface: that is platform.h). */
+#ifndef AIRLOCK_RUNTIME_H
+#define AIRLOCK_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "platform.h"
+#include "quickjs.h"
+
+/* The engine version READY reports. */
+#define AIRLOCK_ENGINE_VERSION "QuickJS 2025-04-26"
+
+/* The output buffer as described by the control block. */
+struct out_buf runtime_output(void);
+/* Publishes `out` (response_len) and the heap statistics to the control block. */
+void runtime_publish(const struct out_buf *out);
+
+/* Writes an ABORT message with `msg` (truncated to fit) as the only output. Used by
+ * targets' plat_abort before their final exit. */
+void airlock_write_abort(const char *msg);
+
+/* console.c: per-request console capture. */
+void console_install(JSContext *ctx);
+void console_begin_request(void);
+/* Appends the pending console messages to `out`; -1 (out unchanged) when they do not fit. */
+int console_write_pending(struct out_buf *out);
+/* Appends the "N bytes dropped" notice when anything was dropped; -1 when it does not fit. */
+int console_write_dropped_notice(struct out_buf *out);
+/* The pending messages reached the host (after a HOST_CALL exit). */
+void console_clear_pending(void);
+/* Bytes the pending console messages occupy once encoded. */
+size_t console_pending_bytes(void);
+
+#endif /* AIRLOCK_RUNTIME_H */
