@@ -211,6 +211,7 @@ export class JSSandbox extends SandboxView {
 function moduleKey(name: string, namespace: string): string {
   const ns = requireModulePart(namespace, 'module namespace');
   if (ns === 'host') throw new InvalidArgumentError("the 'host' namespace is reserved for host functions");
+  if (ns === 'handler') throw new InvalidArgumentError("the 'handler' namespace is reserved: handlers are the modules 'handler:<routing key>'");
   return `${ns}:${requireModulePart(name, 'module name')}`;
 }
 

@@ -1,4 +1,4 @@
-// vitest.config.ts — one config for every suite. Files run in forked processes (native
+// vitest.config.mts — one config for every suite. Files run in forked processes (native
 // addon and worker threads stay isolated per file); no timing is asserted anywhere.
 import { defineConfig } from 'vitest/config';
 

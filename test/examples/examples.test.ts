@@ -1,0 +1,51 @@
+// examples.test.ts — every file in examples/ and every ```ts block in README.md and docs/
+// runs as a user would run it: through tsx, importing the built package as 'airlock'.
+// A snippet must exit 0; where it prints a documented result, the output is checked.
+import { execFile } from 'node:child_process';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { expect, it } from 'vitest';
+import { describeKvm } from '../support/kvm.js';
+
+const run = promisify(execFile);
+const root = join(__dirname, '..', '..');
+const tsx = join(root, 'node_modules', '.bin', 'tsx');
+
+async function runTs(file: string): Promise<{ stdout: string; stderr: string }> {
+  return run(tsx, [file], { cwd: root, timeout: 120_000, env: { ...process.env, FORCE_COLOR: '0' } });
+}
+
+/** ```ts blocks of a markdown file, skipping those fenced as ```ts no-run. */
+function snippets(markdownFile: string): string[] {
+  const text = readFileSync(markdownFile, 'utf8');
+  return [...text.matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m) => m[1]);
+}
+
+const expectedOutput: Record<string, RegExp[]> = {
+  'simple.ts': [/message: 'Hello, World!'/],
+  'calculator.ts': [/"result":15/, /"result":2.5/, /"result":1024/, /unknown operation: modulo/, /ERR_GUEST_EXCEPTION\] RangeError: division by zero/],
+};
+
+describeKvm('examples', () => {
+  for (const file of readdirSync(join(root, 'examples')).filter((f) => f.endsWith('.ts'))) {
+    it(`examples/${file} runs`, async () => {
+      const { stdout } = await runTs(join(root, 'examples', file));
+      for (const pattern of expectedOutput[file] ?? []) expect(stdout).toMatch(pattern);
+    });
+  }
+
+  const docs = ['README.md', ...readdirSync(join(root, 'docs')).filter((f) => f.endsWith('.md')).map((f) => join('docs', f))];
+  const dir = join(root, 'out', 'doc-snippets');
+  mkdirSync(dir, { recursive: true });
+  for (const doc of docs) {
+    snippets(join(root, doc)).forEach((code, i) => {
+      it(`${doc} snippet ${i + 1} runs`, async () => {
+        // .mts: snippets are ES modules with top-level await, as users write them.
+        const file = join(dir, `${doc.replace(/[/.]/g, '_')}_${i + 1}.mts`);
+        writeFileSync(file, code);
+        await runTs(file);
+      });
+    });
+  }
+});
