@@ -47,7 +47,8 @@ if [[ ! -f node_modules/.package-lock.json || package.json -nt node_modules/.pac
 fi
 
 # 4. Guest images (make rebuilds only what changed). QuickJS takes a minute the first time.
-if ! make -q -C guest >/dev/null 2>&1; then
+# (`make -q` cannot be used: `all` is phony, so it always looks out of date.)
+if make -n -C guest --no-print-directory 2>/dev/null | grep -qv "Nothing to be done"; then
   step "building guest images (KVM image, WebAssembly module, native runner)"
   t=$SECONDS
   make -C guest -j"$(nproc)" --no-print-directory

@@ -6,7 +6,7 @@ import { SandboxBuilder, type LoadedJSSandbox } from '../../src/index.js';
 import type { Backend } from '../../src/engine/engine.js';
 import { describeKvm } from '../support/kvm.js';
 
-export const BACKENDS: readonly Backend[] = ['kvm'];
+export const BACKENDS: readonly Backend[] = ['kvm', 'wasm'];
 
 export interface BackendHarness {
   backend: Backend;

@@ -1,0 +1,131 @@
+/* platform.c — the wasm32 target of the guest runtime: the module's exports (init,
+ * handle, control block address), its imports from the worker thread (module
+ * "airlock"), and the linear-memory layout of the I/O buffers and the heap arena.
+ *
+ * Linear memory, low to high:
+ *   0 .. __stack_high      shadow stack (linked with --stack-first, so running off
+ *                          its low end wraps below address 0 and traps)
+ *   __stack_high ..        data and bss of the module (the control block lives here)
+ *   layout_base ..         input buffer, output buffer, heap arena; grown by
+ *                          airlock_init() from the end of memory at that moment, so
+ *                          nothing the module allocated earlier is overlapped
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "../../runtime/platform.h"
+
+#define AIRLOCK_IMPORT(name) __attribute__((import_module("airlock"), import_name(name)))
+#define AIRLOCK_EXPORT(name) __attribute__((export_name(name), visibility("default")))
+
+/* Blocks the worker until the main thread has answered: for HOST_CALL it writes the
+ * HOST_RETURN message into the input buffer and control.request_len first. */
+AIRLOCK_IMPORT("host_exit") void import_host_exit(uint32_t exit_kind);
+/* Milliseconds as doubles: an i64 would cross the boundary as a BigInt, which is
+ * slower and, for Unix nanoseconds, no more precise than Date's own resolution. */
+AIRLOCK_IMPORT("wall_ms") double import_wall_ms(void);
+AIRLOCK_IMPORT("monotonic_ms") double import_monotonic_ms(void);
+/* Reads the cancel word the main thread sets in shared memory (and, when a CPU
+ * monitor is armed, samples the thread's CPU clock at a bounded rate). */
+AIRLOCK_IMPORT("interrupt_requested") int32_t import_interrupt_requested(void);
+/* Never returns: the worker unwinds the module and reports the message. */
+AIRLOCK_IMPORT("abort") void import_abort(const char *msg, uint32_t len);
+
+#define WASM_PAGE_SIZE 65536u
+/* Bytes of shadow stack kept below QuickJS's limit for C code that runs between
+ * its stack checks (parser, regexp, libc) and above it for the frames of init. */
+#define STACK_RESERVE (128u * 1024u)
+
+extern unsigned char __stack_low;
+extern unsigned char __stack_high;
+
+static struct airlock_control control;
+
+struct airlock_control *plat_control(void) { return &control; }
+
+void plat_exit(uint32_t exit_kind) { import_host_exit(exit_kind); }
+
+int64_t plat_wall_ns(void) { return (int64_t)(import_wall_ms() * 1e6); }
+
+uint64_t plat_monotonic_ns(void)
+{
+    double ms = import_monotonic_ms();
+    return ms > 0 ? (uint64_t)(ms * 1e6) : 0;
+}
+
+int plat_interrupt_requested(void) { return import_interrupt_requested() != 0; }
+
+_Noreturn void plat_abort(const char *msg)
+{
+    import_abort(msg, (uint32_t)strlen(msg));
+    __builtin_unreachable();
+}
+
+/* Error codes of airlock_init, mirrored by src/engine/wasm/channel.ts. */
+#define INIT_OK 0
+#define INIT_BAD_CONFIG 1
+#define INIT_NO_MEMORY 2
+
+static uint64_t align_up(uint64_t value, uint64_t alignment)
+{
+    return (value + alignment - 1) & ~(alignment - 1);
+}
+
+/* Lays out input, output and heap above the current end of memory, growing it to
+ * hold them, fills the control block, then boots the runtime (which writes READY or
+ * ABORT into the output buffer). Called once per instance, before anything else. */
+AIRLOCK_EXPORT("airlock_init")
+uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_size, uint32_t stack_size,
+                      uint32_t console_limit)
+{
+    if (input_size < AIRLOCK_MSG_HEADER_SIZE || output_size < AIRLOCK_MSG_HEADER_SIZE || heap_size == 0 ||
+        stack_size == 0)
+        return INIT_BAD_CONFIG;
+
+    /* 64-bit arithmetic: the sum of three 32-bit sizes cannot wrap, and anything past
+     * the 4 GiB wasm32 address space is refused below. */
+    uint64_t base = (uint64_t)__builtin_wasm_memory_size(0) * WASM_PAGE_SIZE;
+    uint64_t input_addr = base;
+    uint64_t output_addr = align_up(input_addr + input_size, 16);
+    uint64_t heap_addr = align_up(output_addr + output_size, 4096);
+    uint64_t end = align_up(heap_addr + heap_size, WASM_PAGE_SIZE);
+    if (end > (uint64_t)UINT32_MAX + 1)
+        return INIT_NO_MEMORY;
+    uint64_t grow_pages = (end - base) / WASM_PAGE_SIZE;
+    if (grow_pages > 0 && __builtin_wasm_memory_grow(0, (unsigned long)grow_pages) == (unsigned long)-1)
+        return INIT_NO_MEMORY;
+
+    /* The shadow stack is fixed at link time; QuickJS gets what was asked for, up to
+     * what the linked stack can hold with the reserve kept free. */
+    uint64_t linked_stack = (uint64_t)(uintptr_t)&__stack_high - (uint64_t)(uintptr_t)&__stack_low;
+    uint64_t usable_stack = linked_stack > 2 * STACK_RESERVE ? linked_stack - 2 * STACK_RESERVE : 0;
+
+    control.input_addr = input_addr;
+    control.input_size = input_size;
+    control.output_addr = output_addr;
+    control.output_size = output_size;
+    control.heap_addr = heap_addr;
+    control.heap_size = heap_size;
+    control.stack_top = (uint64_t)(uintptr_t)&__stack_high;
+    control.stack_size = stack_size < usable_stack ? stack_size : usable_stack;
+    control.console_limit = console_limit;
+    control.tsc_khz = 0;
+    control.tsc_base = 0;
+    control.wall_ns_base = 0;
+    control.request_len = 0;
+    control.response_len = 0;
+
+    airlock_runtime_init();
+    return INIT_OK;
+}
+
+/* Handles the request the worker placed in the input buffer (control.request_len). */
+AIRLOCK_EXPORT("airlock_handle")
+void airlock_handle(void) { airlock_runtime_handle(); }
+
+AIRLOCK_EXPORT("airlock_control")
+struct airlock_control *airlock_control_block(void) { return &control; }
+
+/* Where the shadow stack ends (highest address): the stack pointer between requests. */
+AIRLOCK_EXPORT("airlock_stack_high")
+uintptr_t airlock_stack_high(void) { return (uintptr_t)&__stack_high; }

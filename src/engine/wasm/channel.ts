@@ -1,0 +1,116 @@
+// channel.ts — the main-thread <-> worker protocol of the WebAssembly tier: the layout
+// of the shared control words, whose turn each state means, operation and outcome
+// codes. Both sides import it, so the numbers exist once.
+
+/** Int32 slots of the control SharedArrayBuffer. */
+export enum Slot {
+  /** Whose turn it is (State). Changed with Atomics.store + Atomics.notify. */
+  State = 0,
+  /** The operation requested with State.Request (Op). */
+  Op = 1,
+  /** Why the request must stop (CancelReason); first writer wins (compareExchange). */
+  Cancel = 2,
+  /** Bytes in the data area (request, reply, output or error text). */
+  Length = 3,
+  /** Outcome of the finished operation (Outcome). */
+  Outcome = 4,
+  /** CPU limit of this exchange in microseconds; 0 = no CPU monitor. */
+  CpuLimitUs = 5,
+  /** Guest CPU time of the last exchange in microseconds; -1 = not measured. */
+  CpuUsedUs = 6,
+  /** airlock_init's return code after Op.Boot. */
+  InitCode = 7,
+  /** The worker's schedstat fd (-1: none). fds are per process and a terminated
+   *  worker runs no cleanup, so the main thread closes it once the worker exited. */
+  SchedstatFd = 8,
+}
+export const CONTROL_SLOTS = 9;
+
+export enum State {
+  /** Nothing in flight; the worker waits. */
+  Idle = 0,
+  /** Main -> worker: run Slot.Op. */
+  Request = 1,
+  /** Worker -> main: the operation finished (Slot.Outcome). */
+  Done = 2,
+  /** Worker -> main: the data area holds the guest output with a HOST_CALL. */
+  HostCall = 3,
+  /** Main -> worker: the data area holds the HOST_RETURN message. */
+  HostReply = 4,
+}
+
+export enum Op {
+  /** Config arrives on the port; instantiate layout and boot the runtime. */
+  Boot = 1,
+  /** The data area holds one request message. */
+  Exchange = 2,
+  /** Post the live memory regions on the port. */
+  Snapshot = 3,
+  /** A snapshot arrives on the port; write it into memory. */
+  Restore = 4,
+}
+
+export enum Outcome {
+  Ok = 0,
+  /** The module trapped (unreachable, out of bounds, V8 stack overflow). Data: message. */
+  Trap = 1,
+  /** The guest called abort or broke the protocol. Data: message. */
+  Abort = 2,
+  /** The worker itself failed. Data: message. */
+  Internal = 3,
+}
+
+export enum CancelReason {
+  None = 0,
+  Kill = 1,
+  WallClock = 2,
+  CpuTime = 3,
+}
+
+/** airlock_init return codes (guest/platform/wasm/platform.c). */
+export const INIT_OK = 0;
+export const INIT_BAD_CONFIG = 1;
+export const INIT_NO_MEMORY = 2;
+
+/** What the worker receives at start-up. */
+export interface WorkerInit {
+  module: WebAssembly.Module;
+  control: SharedArrayBuffer;
+  port: import('node:worker_threads').MessagePort;
+}
+
+/** Sent on the port before Op.Boot. */
+export interface BootConfig {
+  data: SharedArrayBuffer;
+  inputSize: number;
+  outputSize: number;
+  heapSize: number;
+  stackSize: number;
+  consoleLimit: number;
+}
+
+/** One copied range of linear memory. */
+export interface MemoryRegion {
+  addr: number;
+  bytes: Uint8Array;
+}
+
+/** The state a snapshot carries: enough to rebuild the instance in a fresh worker. */
+export interface MemoryImage {
+  /** Linear memory size in bytes when taken. */
+  memorySize: number;
+  /** __stack_pointer when taken. */
+  stackPointer: number;
+  regions: MemoryRegion[];
+  /** Heap high-water mark when taken; bytes above it are zeroed on restore. */
+  heapHighWater: number;
+}
+
+/** Sent on the port before Op.Restore. */
+export interface RestoreRequest {
+  /** Present when the worker has not been booted (a fresh worker after termination). */
+  data?: SharedArrayBuffer;
+  inputSize: number;
+  outputSize: number;
+  image: MemoryImage;
+}

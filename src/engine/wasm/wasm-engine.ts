@@ -1,0 +1,372 @@
+// wasm-engine.ts — the WebAssembly tier: one guest module instance per sandbox, run in
+// its own worker thread (a spinning guest never blocks the event loop). Calls cross
+// on shared memory (channel.ts): the main thread spins briefly, then waits with
+// Atomics.waitAsync. This file owns the main-thread side: exchanges, host calls,
+// monitors, kill, snapshots and the worker's lifetime.
+import {
+  AirlockError,
+  BusyError,
+  CancelledError,
+  GuestAbortError,
+  InternalError,
+  InvalidArgumentError,
+  UnavailableError,
+} from '../../errors.js';
+import { AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_HOST_ERROR } from '../abi.generated.js';
+import type {
+  EngineConfig,
+  EngineSnapshot,
+  ExchangeOptions,
+  ExchangeResult,
+  GuestEngine,
+  HostCallHandler,
+  TerminatedBy,
+} from '../engine.js';
+import { encodeMessage } from '../protocol.js';
+import {
+  CancelReason,
+  INIT_BAD_CONFIG,
+  INIT_OK,
+  Op,
+  Outcome,
+  Slot,
+  State,
+  type MemoryImage,
+  type RestoreRequest,
+} from './channel.js';
+import { acquireWorker, wasmAvailable, type GuestWorker } from './pool.js';
+import { receiveMessageOnPort } from 'node:worker_threads';
+
+/** After a cancel, how long the guest gets to stop by itself (it polls the cancel
+ *  word every ~10k QuickJS operations) before its worker is terminated. */
+const CANCEL_GRACE_MS = 100;
+const MAX_U32 = 0xffff_ffff;
+
+const REASONS: Record<number, TerminatedBy> = {
+  [CancelReason.Kill]: 'kill',
+  [CancelReason.WallClock]: 'wall-clock',
+  [CancelReason.CpuTime]: 'cpu-time',
+};
+
+class WasmSnapshot implements EngineSnapshot {
+  readonly backend = 'wasm' as const;
+  constructor(
+    readonly owner: WasmEngine,
+    readonly image: MemoryImage,
+  ) {}
+}
+
+/** Bookkeeping of the exchange in flight. */
+interface Flight {
+  worker: GuestWorker;
+  /** Resolves when a monitor or kill() cancels the exchange. */
+  cancelled: Promise<void>;
+  cancel: (reason: CancelReason) => void;
+  timers: NodeJS.Timeout[];
+}
+
+function checkSize(name: string, value: number): void {
+  if (!Number.isInteger(value) || value <= 0 || value > MAX_U32) {
+    throw new InvalidArgumentError(`${name} must be an integer between 1 and ${MAX_U32} (got ${value})`);
+  }
+}
+
+export class WasmEngine implements GuestEngine {
+  readonly backend = 'wasm' as const;
+  private worker: GuestWorker | undefined;
+  private booted = false;
+  /** Why the guest's state is gone (trap, abort, terminated worker); restore revives it. */
+  private lostReason: string | undefined;
+  private busy = false;
+  private disposed = false;
+  private flight: Flight | undefined;
+
+  constructor(
+    private readonly config: EngineConfig,
+    private readonly onHostCall: HostCallHandler,
+  ) {
+    const { usable, reasons } = wasmAvailable();
+    if (!usable) {
+      throw new UnavailableError(`the WebAssembly backend is unavailable:\n  - ${reasons.join('\n  - ')}`, reasons);
+    }
+    checkSize('heapSize', config.heapSize);
+    checkSize('stackSize', config.stackSize);
+    checkSize('inputSize', config.inputSize);
+    checkSize('outputSize', config.outputSize);
+    if (!Number.isInteger(config.consoleLimit) || config.consoleLimit < 0 || config.consoleLimit > MAX_U32) {
+      throw new InvalidArgumentError(`consoleLimit must be an integer between 0 and ${MAX_U32} (got ${config.consoleLimit})`);
+    }
+  }
+
+  // --- plumbing -----------------------------------------------------------------
+  private enter(what: string): void {
+    if (this.disposed) throw new InvalidArgumentError(`cannot ${what}: the sandbox was disposed`);
+    if (this.busy) throw new BusyError(`cannot ${what}: the sandbox is busy with another request`);
+    this.busy = true;
+  }
+
+  private dataText(w: GuestWorker): string {
+    const len = Math.min(Math.max(w.control[Slot.Length], 0), w.dataBytes.length);
+    return Buffer.from(w.dataBytes.subarray(0, len)).toString('utf8');
+  }
+
+  /** Runs one non-exchange operation to completion; throws on failure. */
+  private async runOp(w: GuestWorker, op: Op, argument?: RestoreRequest): Promise<void> {
+    try {
+      await w.runOp(op, argument);
+    } catch {
+      throw this.workerGone(w);
+    }
+    this.checkOutcome(w);
+  }
+
+  private workerGone(w: GuestWorker): AirlockError {
+    const reason = w.exitReason ?? 'the worker stopped answering';
+    this.loseGuest(reason);
+    return new InternalError(`the WebAssembly worker failed: ${reason}`);
+  }
+
+  private checkOutcome(w: GuestWorker): void {
+    const outcome = w.control[Slot.Outcome] as Outcome;
+    if (outcome === Outcome.Ok) return;
+    const text = this.dataText(w);
+    if (outcome === Outcome.Trap || outcome === Outcome.Abort) {
+      this.loseGuest(text);
+      throw new GuestAbortError(text);
+    }
+    this.loseGuest(text);
+    throw new InternalError(`the WebAssembly worker failed: ${text}`);
+  }
+
+  private loseGuest(reason: string): void {
+    this.lostReason ??= reason;
+  }
+
+  private liveWorker(what: string): GuestWorker {
+    if (!this.booted || !this.worker) throw new InvalidArgumentError(`cannot ${what}: the guest was not booted`);
+    if (this.lostReason !== undefined) {
+      throw new GuestAbortError(`cannot ${what}: the guest is no longer running (${this.lostReason}); restore a snapshot`);
+    }
+    return this.worker;
+  }
+
+  // --- GuestEngine --------------------------------------------------------------
+  async boot(): Promise<Uint8Array> {
+    this.enter('boot');
+    try {
+      if (this.booted) throw new InvalidArgumentError('the guest is already booted');
+      const w = await acquireWorker(this.config).catch((e: unknown) => {
+        throw new InternalError(`cannot start a WebAssembly worker: ${(e as Error).message}`, { cause: e });
+      });
+      if (this.disposed) {
+        await w.terminate();
+        throw new InvalidArgumentError('cannot boot: the sandbox was disposed');
+      }
+      this.worker = w;
+      let code: number;
+      let output: Buffer;
+      if (w.preBooted) {
+        ({ initCode: code, output } = w.preBooted);
+        w.preBooted = undefined;
+      } else {
+        let r: Awaited<ReturnType<GuestWorker['boot']>>;
+        try {
+          r = await w.boot(this.config);
+        } catch {
+          throw this.workerGone(w);
+        }
+        this.checkOutcome(w);
+        ({ initCode: code, output } = r);
+      }
+      if (code !== INIT_OK) {
+        const why =
+          code === INIT_BAD_CONFIG
+            ? 'the guest refused the configuration'
+            : 'the buffers and heap do not fit the 4 GiB WebAssembly address space';
+        this.loseGuest(why);
+        throw new InvalidArgumentError(why);
+      }
+      this.booted = true;
+      return output;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
+    this.enter('call the guest');
+    const started = performance.now();
+    const stats = (cpuUs: number) => ({
+      wallTimeNs: Math.round((performance.now() - started) * 1e6),
+      cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null,
+    });
+    let w: GuestWorker | undefined;
+    try {
+      w = this.liveWorker('call the guest');
+      if (request.byteLength > this.config.inputSize) {
+        throw new InvalidArgumentError(`request of ${request.byteLength} bytes exceeds the ${this.config.inputSize}-byte input buffer`);
+      }
+      const wall = options?.wallClockTimeoutMs;
+      const cpu = options?.cpuTimeoutMs;
+      if (wall !== undefined && !(wall > 0)) throw new InvalidArgumentError('wallClockTimeoutMs must be > 0');
+      if (cpu !== undefined && !(cpu > 0)) throw new InvalidArgumentError('cpuTimeoutMs must be > 0');
+
+      const ctl = w.control;
+      w.dataBytes.set(request);
+      ctl[Slot.Length] = request.byteLength;
+      ctl[Slot.Op] = Op.Exchange;
+      ctl[Slot.CpuLimitUs] = cpu !== undefined ? Math.max(1, Math.min(Math.round(cpu * 1000), 0x7fff_ffff)) : 0;
+      ctl[Slot.CpuUsedUs] = -1;
+      Atomics.store(ctl, Slot.Cancel, CancelReason.None);
+      const flight = this.startFlight(w, wall);
+      w.signal(State.Request);
+      try {
+        const output = await this.serveExchange(w, flight);
+        const reason = Atomics.load(ctl, Slot.Cancel);
+        if (reason !== CancelReason.None) throw new CancelledError(REASONS[reason] ?? 'kill');
+        return { output, ...stats(ctl[Slot.CpuUsedUs]) };
+      } finally {
+        for (const t of flight.timers) clearTimeout(t);
+        this.flight = undefined;
+      }
+    } catch (e) {
+      const err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
+      err.stats = stats(w ? w.control[Slot.CpuUsedUs] : -1);
+      throw err;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private startFlight(w: GuestWorker, wallMs: number | undefined): Flight {
+    let resolveCancelled!: () => void;
+    const cancelled = new Promise<void>((r) => (resolveCancelled = r));
+    const flight: Flight = {
+      worker: w,
+      cancelled,
+      timers: [],
+      cancel: (reason) => {
+        if (Atomics.compareExchange(w.control, Slot.Cancel, CancelReason.None, reason) !== CancelReason.None) return;
+        resolveCancelled();
+        // A guest that does not reach its next interrupt poll in time loses its worker.
+        flight.timers.push(
+          setTimeout(() => {
+            if (this.flight === flight) {
+              this.loseGuest(`the guest did not stop within ${CANCEL_GRACE_MS} ms of being cancelled and was terminated`);
+              void w.terminate();
+            }
+          }, CANCEL_GRACE_MS),
+        );
+      },
+    };
+    if (wallMs !== undefined) {
+      flight.timers.push(setTimeout(() => flight.cancel(CancelReason.WallClock), wallMs));
+    }
+    this.flight = flight;
+    return flight;
+  }
+
+  /** Runs the exchange's turns until the final output: serves host calls meanwhile. */
+  private async serveExchange(w: GuestWorker, flight: Flight): Promise<Buffer> {
+    let waitingOn = State.Request;
+    for (;;) {
+      const s = await w.waitWhile(waitingOn);
+      if (s === State.Done) {
+        w.signal(State.Idle);
+        this.checkOutcome(w);
+        return w.dataCopy();
+      }
+      if (s !== State.HostCall) {
+        const reason = Atomics.load(w.control, Slot.Cancel);
+        if (reason !== CancelReason.None) {
+          this.loseGuest(w.exitReason ?? 'the worker was terminated');
+          throw new CancelledError(REASONS[reason] ?? 'kill');
+        }
+        throw this.workerGone(w);
+      }
+      const reply = await this.answerHostCall(w, flight);
+      w.dataBytes.set(reply);
+      w.control[Slot.Length] = reply.byteLength;
+      w.signal(State.HostReply);
+      waitingOn = State.HostReply;
+    }
+  }
+
+  private async answerHostCall(w: GuestWorker, flight: Flight): Promise<Uint8Array> {
+    const cancelledReply = () => encodeMessage(AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_HOST_ERROR, ['the call was cancelled']);
+    if (Atomics.load(w.control, Slot.Cancel) !== CancelReason.None) return cancelledReply();
+    const output = w.dataCopy();
+    const reply = await Promise.race([
+      this.onHostCall(output).catch((e: unknown) =>
+        encodeMessage(AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_HOST_ERROR, [String((e as Error)?.message ?? e)]),
+      ),
+      flight.cancelled.then(() => undefined),
+    ]);
+    if (reply === undefined || Atomics.load(w.control, Slot.Cancel) !== CancelReason.None) return cancelledReply();
+    if (reply.byteLength > this.config.inputSize) {
+      return encodeMessage(AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_HOST_ERROR, [
+        `the host function's reply of ${reply.byteLength} bytes exceeds the ${this.config.inputSize}-byte input buffer`,
+      ]);
+    }
+    return reply;
+  }
+
+  kill(): void {
+    this.flight?.cancel(CancelReason.Kill);
+  }
+
+  async snapshot(): Promise<EngineSnapshot> {
+    this.enter('take a snapshot');
+    try {
+      const w = this.liveWorker('take a snapshot');
+      await this.runOp(w, Op.Snapshot);
+      const msg = receiveMessageOnPort(w.port);
+      if (!msg) throw new InternalError('the worker sent no snapshot');
+      return new WasmSnapshot(this, msg.message as MemoryImage);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async restore(snapshot: EngineSnapshot): Promise<void> {
+    if (!(snapshot instanceof WasmSnapshot) || snapshot.owner !== this) {
+      throw new InvalidArgumentError('the snapshot was taken from another sandbox');
+    }
+    this.enter('restore a snapshot');
+    try {
+      let w = this.worker;
+      let fresh = false;
+      if (!w || w.exitReason !== undefined) {
+        w = await acquireWorker(this.config).catch((e: unknown) => {
+          throw new InternalError(`cannot start a WebAssembly worker: ${(e as Error).message}`, { cause: e });
+        });
+        this.worker = w;
+        // A pre-booted worker has this config's layout and data area; an unbooted one
+        // gets its data area with the snapshot.
+        fresh = !w.preBooted;
+        w.preBooted = undefined;
+      }
+      const request: RestoreRequest = {
+        data: fresh ? w.attachData(this.config) : undefined,
+        inputSize: this.config.inputSize,
+        outputSize: this.config.outputSize,
+        image: snapshot.image,
+      };
+      await this.runOp(w, Op.Restore, request);
+      this.lostReason = undefined;
+      this.booted = true;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.flight?.cancel(CancelReason.Kill);
+    const w = this.worker;
+    this.worker = undefined;
+    this.loseGuest('the sandbox was disposed');
+    if (w) await w.terminate();
+  }
+}

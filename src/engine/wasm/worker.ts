@@ -1,0 +1,411 @@
+// worker.ts — the thread that runs one guest module instance. It never returns to its
+// event loop: it blocks on the shared control words (channel.ts), runs what the main
+// thread asks, and pulls bulk arguments (config, snapshots) from its port
+// synchronously. Everything read from linear memory is hostile and bounds-checked.
+import { openSync, readSync } from 'node:fs';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import {
+  AIRLOCK_CTRL_OFF_HEAP_ADDR,
+  AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER,
+  AIRLOCK_CTRL_OFF_HEAP_SIZE,
+  AIRLOCK_CTRL_OFF_INPUT_ADDR,
+  AIRLOCK_CTRL_OFF_INPUT_SIZE,
+  AIRLOCK_CTRL_OFF_OUTPUT_ADDR,
+  AIRLOCK_CTRL_OFF_OUTPUT_SIZE,
+  AIRLOCK_CTRL_OFF_REQUEST_LEN,
+  AIRLOCK_CTRL_OFF_RESPONSE_LEN,
+  AIRLOCK_CONTROL_SIZE,
+  AIRLOCK_EXIT_HOST_CALL,
+} from '../abi.generated.js';
+import {
+  CancelReason,
+  INIT_OK,
+  Op,
+  Outcome,
+  Slot,
+  State,
+  type BootConfig,
+  type MemoryImage,
+  type MemoryRegion,
+  type RestoreRequest,
+  type WorkerInit,
+} from './channel.js';
+
+/** Spin this long for the main thread's answer before sleeping in Atomics.wait. */
+const SPIN_MS = 0.05;
+/** Check the CPU clock on every this-many interrupt polls (a poll comes every ~10k
+ *  QuickJS operations; a clock read costs ~1.6 us). */
+const CPU_CHECK_EVERY = 4;
+
+const init = workerData as WorkerInit;
+const ctl = new Int32Array(init.control);
+const port = init.port;
+
+/** Thrown through the module to unwind it when the guest must not continue. */
+class GuestAbort extends Error {}
+
+interface Layout {
+  control: number;
+  inputAddr: number;
+  inputSize: number;
+  outputAddr: number;
+  outputSize: number;
+  heapAddr: number;
+  heapSize: number;
+  stackHigh: number;
+}
+
+interface Exports {
+  memory: WebAssembly.Memory;
+  __stack_pointer: WebAssembly.Global;
+  _initialize?: () => void;
+  airlock_init: (input: number, output: number, heap: number, stack: number, consoleLimit: number) => number;
+  airlock_handle: () => void;
+  airlock_control: () => number;
+  airlock_stack_high: () => number;
+}
+
+let data: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+let layout: Layout | undefined;
+
+// --- guest CPU time -------------------------------------------------------------
+// The thread's own schedstat: the first number is nanoseconds spent on a CPU. The fd
+// is opened from this thread, so it names this thread for its whole life.
+const schedstatFd = openSchedstat();
+const schedstatBuf = Buffer.alloc(64);
+
+function openSchedstat(): number {
+  try {
+    return openSync('/proc/thread-self/schedstat', 'r');
+  } catch {
+    return -1;
+  }
+}
+
+function threadCpuNs(): number {
+  if (schedstatFd < 0) return -1;
+  const n = readSync(schedstatFd, schedstatBuf, 0, schedstatBuf.length, 0);
+  let v = 0;
+  for (let i = 0; i < n; i++) {
+    const c = schedstatBuf[i];
+    if (c < 48 || c > 57) break;
+    v = v * 10 + (c - 48);
+  }
+  return v;
+}
+
+let cpuStartNs = 0;
+/** CPU spent waiting for host calls in this exchange; not the guest's. */
+let cpuExcludedNs = 0;
+let cpuLimitNs = 0;
+let pollsUntilCpuCheck = CPU_CHECK_EVERY;
+
+function guestCpuNs(): number {
+  return threadCpuNs() - cpuStartNs - cpuExcludedNs;
+}
+
+// --- the module instance --------------------------------------------------------
+const WASI_ERRNO_BADF = 8;
+const WASI_ERRNO_NOSYS = 52;
+
+function memoryView(): DataView {
+  return new DataView(exportsOf.memory.buffer);
+}
+
+/** Trivial WASI imports: the guest makes no system calls at run time, but libc links
+ *  some. Writes are discarded (console output travels in the output buffer). */
+function wasiImports(module: WebAssembly.Module): Record<string, (...args: number[]) => number> {
+  const out: Record<string, (...args: number[]) => number> = {};
+  for (const imp of WebAssembly.Module.imports(module)) {
+    if (imp.module !== 'wasi_snapshot_preview1' || imp.kind !== 'function') continue;
+    switch (imp.name) {
+      case 'fd_write':
+        out[imp.name] = (_fd: number, iovs: number, iovsLen: number, nwrittenPtr: number) => {
+          // Report every byte written so libc does not retry; offsets are checked by DataView.
+          const view = memoryView();
+          let total = 0;
+          for (let i = 0; i < iovsLen; i++) total += view.getUint32(iovs + i * 8 + 4, true);
+          view.setUint32(nwrittenPtr, total >>> 0, true);
+          return 0;
+        };
+        break;
+      case 'clock_time_get':
+        out[imp.name] = ((clockId: number, _precision: bigint, resultPtr: number) => {
+          const ns = clockId === 0 ? Date.now() * 1e6 : performance.now() * 1e6;
+          memoryView().setBigUint64(resultPtr, BigInt(Math.floor(ns)), true);
+          return 0;
+        }) as unknown as (...args: number[]) => number;
+        break;
+      case 'proc_exit':
+        out[imp.name] = (code: number) => {
+          throw new GuestAbort(`the guest exited with code ${code}`);
+        };
+        break;
+      case 'fd_close':
+      case 'fd_seek':
+      case 'fd_fdstat_get':
+        out[imp.name] = () => WASI_ERRNO_BADF;
+        break;
+      default:
+        out[imp.name] = () => WASI_ERRNO_NOSYS;
+    }
+  }
+  return out;
+}
+
+const instance = new WebAssembly.Instance(init.module, {
+  airlock: {
+    host_exit: hostExit,
+    wall_ms: () => performance.timeOrigin + performance.now(),
+    monotonic_ms: () => performance.now(),
+    interrupt_requested: interruptRequested,
+    abort: (ptr: number, len: number) => {
+      throw new GuestAbort(`guest abort: ${readGuestText(ptr, len)}`);
+    },
+  },
+  wasi_snapshot_preview1: wasiImports(init.module),
+});
+const exportsOf = instance.exports as unknown as Exports;
+exportsOf._initialize?.();
+
+function readGuestText(ptr: number, len: number): string {
+  const mem = new Uint8Array(exportsOf.memory.buffer);
+  const start = Math.min(ptr >>> 0, mem.length);
+  const end = Math.min(start + Math.min(len >>> 0, 4096), mem.length);
+  return Buffer.from(mem.subarray(start, end)).toString('utf8');
+}
+
+function interruptRequested(): number {
+  if (Atomics.load(ctl, Slot.Cancel) !== CancelReason.None) return 1;
+  if (cpuLimitNs > 0 && schedstatFd >= 0 && --pollsUntilCpuCheck <= 0) {
+    pollsUntilCpuCheck = CPU_CHECK_EVERY;
+    if (guestCpuNs() > cpuLimitNs) {
+      Atomics.compareExchange(ctl, Slot.Cancel, CancelReason.None, CancelReason.CpuTime);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+// --- waiting --------------------------------------------------------------------
+/** Returns once State is no longer `current`: spins briefly, then sleeps. */
+function waitWhile(current: State): State {
+  const spinUntil = performance.now() + SPIN_MS;
+  let s: number;
+  while ((s = Atomics.load(ctl, Slot.State)) === current) {
+    if (performance.now() > spinUntil) {
+      Atomics.wait(ctl, Slot.State, current);
+    }
+  }
+  return s;
+}
+
+function signal(state: State): void {
+  Atomics.store(ctl, Slot.State, state);
+  Atomics.notify(ctl, Slot.State);
+}
+
+// --- guest output and input -----------------------------------------------------
+/** Copies the guest's output buffer (response_len bytes) into the data area. */
+function publishOutput(l: Layout): void {
+  const view = memoryView();
+  // Hostile: response_len is guest-written; the buffer bounds are the host's layout.
+  const len = view.getUint32(l.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, true);
+  if (len > l.outputSize) throw new GuestAbort(`malformed guest output: response_len ${len} exceeds the ${l.outputSize}-byte output buffer`);
+  if (len > data.length) throw new GuestAbort(`guest output of ${len} bytes does not fit the channel`);
+  data.set(new Uint8Array(exportsOf.memory.buffer, l.outputAddr, len));
+  ctl[Slot.Length] = len;
+}
+
+/** Copies Length bytes of the data area into the guest's input buffer. */
+function deliverInput(l: Layout): void {
+  const len = ctl[Slot.Length];
+  if (len < 0 || len > l.inputSize || len > data.length) {
+    throw new Error(`request of ${len} bytes exceeds the ${l.inputSize}-byte input buffer`);
+  }
+  new Uint8Array(exportsOf.memory.buffer, l.inputAddr, len).set(data.subarray(0, len));
+  memoryView().setUint32(l.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, len, true);
+}
+
+function hostExit(kind: number): void {
+  const l = layout;
+  if (!l) throw new GuestAbort('host exit before the runtime was initialised');
+  if (kind !== AIRLOCK_EXIT_HOST_CALL) throw new GuestAbort(`guest exited with unknown kind ${kind}`);
+  publishOutput(l);
+  const measuring = cpuLimitNs > 0;
+  const pausedAt = measuring ? threadCpuNs() : 0;
+  signal(State.HostCall);
+  waitWhile(State.HostCall);
+  if (measuring) cpuExcludedNs += threadCpuNs() - pausedAt;
+  deliverInput(l);
+}
+
+// --- layout ---------------------------------------------------------------------
+/** Reads the layout the guest wrote at init (or a snapshot restored) and checks it
+ *  against the sizes the host asked for and the memory that exists. */
+function readLayout(inputSize: number, outputSize: number): Layout {
+  const control = exportsOf.airlock_control() >>> 0;
+  const memSize = exportsOf.memory.buffer.byteLength;
+  if (control + AIRLOCK_CONTROL_SIZE > memSize) throw new GuestAbort('control block outside memory');
+  const view = memoryView();
+  const u64 = (off: number): number => {
+    const v = view.getBigUint64(control + off, true);
+    if (v > BigInt(memSize)) throw new GuestAbort(`control block field at ${off} is outside memory`);
+    return Number(v);
+  };
+  const l: Layout = {
+    control,
+    inputAddr: u64(AIRLOCK_CTRL_OFF_INPUT_ADDR),
+    inputSize: u64(AIRLOCK_CTRL_OFF_INPUT_SIZE),
+    outputAddr: u64(AIRLOCK_CTRL_OFF_OUTPUT_ADDR),
+    outputSize: u64(AIRLOCK_CTRL_OFF_OUTPUT_SIZE),
+    heapAddr: u64(AIRLOCK_CTRL_OFF_HEAP_ADDR),
+    heapSize: u64(AIRLOCK_CTRL_OFF_HEAP_SIZE),
+    stackHigh: exportsOf.airlock_stack_high() >>> 0,
+  };
+  const fits = (addr: number, size: number) => addr + size <= memSize;
+  if (l.inputSize !== inputSize || l.outputSize !== outputSize) throw new GuestAbort('guest buffer sizes differ from the configuration');
+  if (!fits(l.inputAddr, l.inputSize) || !fits(l.outputAddr, l.outputSize) || !fits(l.heapAddr, l.heapSize)) {
+    throw new GuestAbort('guest layout lies outside memory');
+  }
+  if (l.inputAddr + l.inputSize > l.outputAddr || l.outputAddr + l.outputSize > l.heapAddr || l.stackHigh > l.inputAddr) {
+    throw new GuestAbort('guest layout regions overlap');
+  }
+  return l;
+}
+
+function heapHighWater(l: Layout): number {
+  // Hostile: clamp into the heap arena so a bad value cannot widen the copy.
+  const hw = Number(memoryView().getBigUint64(l.control + AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, true));
+  if (!(hw >= l.heapAddr)) return l.heapAddr;
+  return Math.min(hw, l.heapAddr + l.heapSize);
+}
+
+// --- operations -----------------------------------------------------------------
+function receive<T>(): T {
+  const msg = receiveMessageOnPort(port);
+  if (!msg) throw new Error('operation arguments missing from the port');
+  return msg.message as T;
+}
+
+function boot(): void {
+  const config = receive<BootConfig>();
+  data = new Uint8Array(config.data);
+  const code = exportsOf.airlock_init(config.inputSize, config.outputSize, config.heapSize, config.stackSize, config.consoleLimit);
+  ctl[Slot.InitCode] = code;
+  if (code !== INIT_OK) {
+    ctl[Slot.Length] = 0;
+    return;
+  }
+  layout = readLayout(config.inputSize, config.outputSize);
+  publishOutput(layout);
+}
+
+function exchange(): void {
+  const l = layout;
+  if (!l) throw new Error('exchange before boot');
+  deliverInput(l);
+  cpuExcludedNs = 0;
+  cpuLimitNs = ctl[Slot.CpuLimitUs] * 1000;
+  pollsUntilCpuCheck = CPU_CHECK_EVERY;
+  // The thread CPU clock (schedstat) advances at scheduler ticks, so it is read only
+  // when a CPU monitor is armed: enough for a limit, too coarse to report for short calls.
+  const measuring = cpuLimitNs > 0 && schedstatFd >= 0;
+  cpuStartNs = measuring ? threadCpuNs() : 0;
+  try {
+    exportsOf.airlock_handle();
+  } finally {
+    ctl[Slot.CpuUsedUs] = measuring ? Math.max(0, Math.round(guestCpuNs() / 1000)) : -1;
+  }
+  publishOutput(l);
+}
+
+function copyRegion(start: number, end: number): MemoryRegion {
+  const bytes = new Uint8Array(end - start);
+  bytes.set(new Uint8Array(exportsOf.memory.buffer, start, end - start));
+  return { addr: start, bytes };
+}
+
+function snapshot(): void {
+  const l = layout;
+  if (!l) throw new Error('snapshot before boot');
+  const memSize = exportsOf.memory.buffer.byteLength;
+  const sp = (exportsOf.__stack_pointer.value as number) >>> 0;
+  const hw = heapHighWater(l);
+  const heapEnd = l.heapAddr + l.heapSize;
+  // Between requests the live state is: the used stack [sp, stackHigh), data+bss and
+  // anything libc allocated before init [stackHigh, inputAddr), the heap up to its
+  // high-water mark, and whatever libc grew past the arena. Buffers hold no state.
+  const regions = [copyRegion(Math.min(sp, l.stackHigh), l.stackHigh), copyRegion(l.stackHigh, l.inputAddr), copyRegion(l.heapAddr, hw)];
+  if (memSize > heapEnd) regions.push(copyRegion(heapEnd, memSize));
+  const image: MemoryImage = { memorySize: memSize, stackPointer: sp, regions, heapHighWater: hw };
+  port.postMessage(image, regions.map((r) => r.bytes.buffer as ArrayBuffer));
+}
+
+function restore(): void {
+  const req = receive<RestoreRequest>();
+  if (req.data) data = new Uint8Array(req.data);
+  const img = req.image;
+  const memory = exportsOf.memory;
+  const have = memory.buffer.byteLength;
+  if (img.memorySize > have) memory.grow((img.memorySize - have) / 65536);
+  const oldHw = layout ? heapHighWater(layout) : 0;
+  const mem = new Uint8Array(memory.buffer);
+  for (const r of img.regions) mem.set(r.bytes, r.addr);
+  // Heap bytes the current instance used above the snapshot's high-water mark go back
+  // to zero, as they were when the snapshot was taken.
+  if (oldHw > img.heapHighWater) mem.fill(0, img.heapHighWater, oldHw);
+  exportsOf.__stack_pointer.value = img.stackPointer;
+  layout = readLayout(req.inputSize, req.outputSize);
+}
+
+function describeError(e: unknown): string {
+  if (e instanceof Error) return e.message;
+  return String(e);
+}
+
+function run(op: Op): void {
+  switch (op) {
+    case Op.Boot:
+      return boot();
+    case Op.Exchange:
+      return exchange();
+    case Op.Snapshot:
+      return snapshot();
+    case Op.Restore:
+      return restore();
+    default:
+      throw new Error(`unknown operation ${op}`);
+  }
+}
+
+function fail(outcome: Outcome, message: string): void {
+  const bytes = Buffer.from(message.slice(0, 2000), 'utf8');
+  const n = Math.min(bytes.length, data.length);
+  data.set(bytes.subarray(0, n));
+  ctl[Slot.Length] = n;
+  ctl[Slot.Outcome] = outcome;
+}
+
+function serve(): never {
+  for (;;) {
+    const state = Atomics.load(ctl, Slot.State);
+    if (state !== State.Request) {
+      waitWhile(state as State);
+      continue;
+    }
+    ctl[Slot.Outcome] = Outcome.Ok;
+    try {
+      run(ctl[Slot.Op] as Op);
+    } catch (e) {
+      if (e instanceof GuestAbort) fail(Outcome.Abort, e.message);
+      else if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) fail(Outcome.Trap, `guest trapped: ${describeError(e)}`);
+      else fail(Outcome.Internal, describeError(e));
+    }
+    signal(State.Done);
+  }
+}
+
+ctl[Slot.SchedstatFd] = schedstatFd;
+parentPort?.postMessage('ready');
+serve();
