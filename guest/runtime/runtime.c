@@ -42,6 +42,9 @@ static struct {
     uint8_t *chunk_buf; /* CHUNK staging */
     size_t chunk_len;
     uint64_t boot_ns;
+    /* No JS has run in ctx since it was made: LOAD_RUNTIME may keep it, since host
+     * modules are resolved lazily by the module loader, not installed in the context. */
+    int ctx_pristine;
     /* Per-request conditions. */
     int oom;
     int interrupted;
@@ -551,6 +554,7 @@ static int context_reset(void)
         JS_FreeContext(rt_state.ctx);
     JS_RunGC(rt_state.rt);
     rt_state.ctx = context_create();
+    rt_state.ctx_pristine = rt_state.ctx != NULL;
     return rt_state.ctx ? 0 : -1;
 }
 
@@ -622,7 +626,9 @@ static void handle_load_runtime(const struct msg_view *m)
             return;
         }
     }
-    if (context_reset() < 0) {
+    /* Creating a context is most of a sandbox's start-up; the boot one is reused when
+     * nothing has run in it yet. */
+    if (!rt_state.ctx_pristine && context_reset() < 0) {
         respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted creating the JavaScript context");
         return;
     }
@@ -776,6 +782,7 @@ out:
 
 static void handle_load(const struct msg_view *m)
 {
+    rt_state.ctx_pristine = 0;
     if (m->count % 4 != 0) {
         respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD needs (tag, namespace, name, source) groups");
         return;
@@ -873,6 +880,7 @@ static void respond_exception(JSValue exc)
 
 static void handle_call(const struct msg_view *m)
 {
+    rt_state.ctx_pristine = 0;
     JSContext *ctx = rt_state.ctx;
     uint32_t flags = m->status;
     struct field name_field, event_field;
@@ -1126,6 +1134,7 @@ void airlock_runtime_init(void)
     rt_state.ctx = context_create();
     if (!rt_state.ctx)
         plat_abort("guest heap exhausted creating the JavaScript context");
+    rt_state.ctx_pristine = 1;
     c->magic = AIRLOCK_CONTROL_MAGIC;
     c->abi_version = AIRLOCK_ABI_VERSION;
     const char *fields[1] = {AIRLOCK_ENGINE_VERSION};

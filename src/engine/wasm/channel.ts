@@ -20,11 +20,8 @@ export enum Slot {
   CpuUsedUs = 6,
   /** airlock_init's return code after Op.Boot. */
   InitCode = 7,
-  /** The worker's schedstat fd (-1: none). fds are per process and a terminated
-   *  worker runs no cleanup, so the main thread closes it once the worker exited. */
-  SchedstatFd = 8,
 }
-export const CONTROL_SLOTS = 9;
+export const CONTROL_SLOTS = 8;
 
 export enum State {
   /** Nothing in flight; the worker waits. */

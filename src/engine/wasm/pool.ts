@@ -1,7 +1,7 @@
 // pool.ts — process-wide resources of the WebAssembly tier: the guest module, compiled
 // once and shared by every worker, and a small pool of pre-started idle workers (each
 // already holding an instantiated module) so creating a sandbox pays no thread start.
-import { closeSync, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
@@ -119,7 +119,6 @@ export class GuestWorker {
   /** `keepAlive`: hold the process open until the worker is ready (someone awaits it). */
   static start(module: WebAssembly.Module, keepAlive: boolean): Promise<GuestWorker> {
     const control = new SharedArrayBuffer(CONTROL_SLOTS * 4);
-    new Int32Array(control)[Slot.SchedstatFd] = -1;
     const { port1, port2 } = new MessageChannel();
     const script = workerScript();
     const init: WorkerInit = { module, control, port: port2 };
@@ -223,16 +222,6 @@ export class GuestWorker {
   private gone(reason: string): void {
     if (this.exitReason !== undefined) return;
     this.exitReason = reason;
-    const fd = this.control[Slot.SchedstatFd];
-    if (fd >= 0) {
-      this.control[Slot.SchedstatFd] = -1;
-      // The worker opened it and never closes it (see Slot.SchedstatFd).
-      try {
-        closeSync(fd);
-      } catch {
-        // Already closed: nothing leaks.
-      }
-    }
     // Wake any main-thread waiter so it notices the exit.
     Atomics.notify(this.control, Slot.State);
     for (const fn of [...this.exitListeners]) fn();

@@ -218,7 +218,7 @@ export class WasmEngine implements GuestEngine {
       ctl[Slot.CpuLimitUs] = cpu !== undefined ? Math.max(1, Math.min(Math.round(cpu * 1000), 0x7fff_ffff)) : 0;
       ctl[Slot.CpuUsedUs] = -1;
       Atomics.store(ctl, Slot.Cancel, CancelReason.None);
-      const flight = this.startFlight(w, wall);
+      const flight = this.startFlight(w, wall, started);
       w.signal(State.Request);
       try {
         const output = await this.serveExchange(w, flight);
@@ -238,7 +238,7 @@ export class WasmEngine implements GuestEngine {
     }
   }
 
-  private startFlight(w: GuestWorker, wallMs: number | undefined): Flight {
+  private startFlight(w: GuestWorker, wallMs: number | undefined, started: number): Flight {
     let resolveCancelled!: () => void;
     const cancelled = new Promise<void>((r) => (resolveCancelled = r));
     const flight: Flight = {
@@ -260,7 +260,19 @@ export class WasmEngine implements GuestEngine {
       },
     };
     if (wallMs !== undefined) {
-      flight.timers.push(setTimeout(() => flight.cancel(CancelReason.WallClock), wallMs));
+      const deadline = started + wallMs;
+      const arm = (ms: number) => {
+        flight.timers.push(
+          setTimeout(() => {
+            // Node's timers run off the event loop's cached clock and can fire a little
+            // early: never cancel before the limit has really passed.
+            const left = deadline - performance.now();
+            if (left > 0) arm(left);
+            else flight.cancel(CancelReason.WallClock);
+          }, ms),
+        );
+      };
+      arm(wallMs);
     }
     this.flight = flight;
     return flight;

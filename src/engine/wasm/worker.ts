@@ -70,7 +70,8 @@ let layout: Layout | undefined;
 
 // --- guest CPU time -------------------------------------------------------------
 // The thread's own schedstat: the first number is nanoseconds spent on a CPU. The fd
-// is opened from this thread, so it names this thread for its whole life.
+// is opened from this thread, so it names this thread for its whole life; Node closes
+// it when the worker exits (also when terminated), so nobody else may.
 const schedstatFd = openSchedstat();
 const schedstatBuf = Buffer.alloc(64);
 
@@ -406,6 +407,5 @@ function serve(): never {
   }
 }
 
-ctl[Slot.SchedstatFd] = schedstatFd;
 parentPort?.postMessage('ready');
 serve();
