@@ -8,6 +8,7 @@ import {
   InternalError,
   InvalidArgumentError,
   BusyError,
+  PoisonedError,
   UnavailableError,
 } from '../errors.js';
 import type {
@@ -58,6 +59,9 @@ function fromNative(e: unknown): AirlockError {
     case 'ERR_BUSY':
       out = new BusyError(message);
       break;
+    case 'ERR_POISONED':
+      out = new PoisonedError(message);
+      break;
     default:
       out = new InternalError(message, { cause: e });
   }
@@ -78,9 +82,9 @@ export class KvmEngine implements GuestEngine {
       throw new UnavailableError(`the KVM backend is unavailable:\n  - ${reasons.join('\n  - ')}`, reasons);
     }
     const addon = loadAddon().addon as NativeAddon;
-    this.vm = new addon.Vm(guestImage(), config, (output: Buffer) => {
+    this.vm = new addon.Vm(guestImage(), config, (output: Buffer, callId: number) => {
       onHostCall(output).then(
-        (reply) => this.answerHostCall(reply),
+        (reply) => this.answerHostCall(reply, callId),
         // The handler encodes callback failures itself; reaching here means the
         // exchange is already being torn down, so there is nobody left to answer.
         () => undefined,
@@ -88,10 +92,12 @@ export class KvmEngine implements GuestEngine {
     });
   }
 
-  private answerHostCall(reply: Uint8Array): void {
+  /** The call id pairs an answer with its question: a late answer to a cancelled
+   *  exchange's host call must never be taken for the next exchange's. */
+  private answerHostCall(reply: Uint8Array, callId: number): void {
     if (this.disposed) return;
     try {
-      this.vm.hostReturn(Buffer.from(reply.buffer, reply.byteOffset, reply.byteLength));
+      this.vm.hostReturn(Buffer.from(reply.buffer, reply.byteOffset, reply.byteLength), callId);
     } catch {
       // The exchange was cancelled while the callback ran; its answer has no taker.
     }

@@ -12,7 +12,8 @@ export interface NativeSendResult {
 export interface NativeVm {
   boot(): Promise<Buffer>;
   send(request: Buffer, opts?: { wallClockTimeoutMs?: number; cpuTimeoutMs?: number }): Promise<NativeSendResult>;
-  hostReturn(reply: Buffer): void;
+  /** Answers host call `callId`; an answer for a call that is no longer waiting is ignored. */
+  hostReturn(reply: Buffer, callId: number): void;
   kill(): void;
   snapshot(): Promise<object>;
   restore(snapshot: object): Promise<void>;
@@ -26,7 +27,7 @@ export interface NativeAddon {
   Vm: new (
     image: Buffer,
     config: { heapSize: number; stackSize: number; inputSize: number; outputSize: number; consoleLimit: number },
-    onHostCall: (output: Buffer) => void,
+    onHostCall: (output: Buffer, callId: number) => void,
   ) => NativeVm;
 }
 

@@ -1,0 +1,24 @@
+# binding.gyp — builds the VMM addon (host/build/Release/airlock.node). C++17, -O2,
+# C++ exceptions on (node-addon-api throws Napi::Error).
+{
+  "targets": [
+    {
+      "target_name": "airlock",
+      "sources": [
+        "src/addon.cc",
+        "src/sandbox.cc",
+        "src/layout.cc",
+        "src/guest_memory.cc",
+        "src/exit_floor.cc",
+        "kvm/kvm.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions", "-O3"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-O3"],
+      "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+      "cflags": ["-O2"],
+      "ldflags": ["-lrt", "-pthread"]
+    }
+  ]
+}
