@@ -49,9 +49,9 @@ fi
 # 4. Guest images (make rebuilds only what changed). QuickJS takes a minute the first time.
 # (`make -q` cannot be used: `all` is phony, so it always looks out of date; the
 # dry run lists commands, less the QuickJS presence check that always runs.)
-# Captured first: with pipefail, `grep -q` quitting early would fail the pipeline.
+# No pipe into `grep -q`: with pipefail, grep quitting early fails the pipeline.
 pending="$(make -n -C guest --no-print-directory 2>/dev/null || echo "dry run failed")"
-if grep -v "Nothing to be done" <<<"$pending" | grep -qv "^test -f"; then
+if grep -qv -e "Nothing to be done" -e "^test -f" <<<"$pending"; then
   step "building guest images (KVM image, WebAssembly module, native runner)"
   t=$SECONDS
   make -C guest -j"$(nproc)" --no-print-directory
