@@ -25,6 +25,11 @@ function snippets(markdownFile: string): string[] {
 const expectedOutput: Record<string, RegExp[]> = {
   'simple.ts': [/message: 'Hello, World!'/],
   'calculator.ts': [/"result":15/, /"result":2.5/, /"result":1024/, /unknown operation: modulo/, /ERR_GUEST_EXCEPTION\] RangeError: division by zero/],
+  'host-functions.ts': [/"name":"ALICE","score":45,"error":"HostFunctionError: no user with id 99"/, /"name":"BOB","score":75/],
+  'user-modules.ts': [/area \{"r":2,"area":"12.57"\}/, /writer \{"count":1\}\nreader \{"count":1\}\nwriter \{"count":2\}\nreader \{"count":2\}/],
+  'interrupt.ts': [/ERR_CANCELLED, terminatedBy=wall-clock/, /poisoned: true/, /after restore, poisoned: false/, /killed: ERR_CANCELLED, terminatedBy=kill/, /\{"finished":true\}/],
+  'cpu-timeout.ts': [/compute: terminatedBy=cpu-time/, /wait: terminatedBy=wall-clock/],
+  'unload.ts': [/\{"version":1,"n":2\}\n\{"version":2,"n":101\}/],
 };
 
 describeKvm('examples', () => {
