@@ -1,0 +1,42 @@
+// package.test.ts — the built package as users load it with plain Node: require('airlock')
+// from CommonJS and `import` from an ES module both reach the same API and run a handler.
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { expect, it } from 'vitest';
+import { describeKvm } from '../support/kvm.js';
+
+const run = promisify(execFile);
+const root = join(__dirname, '..', '..');
+
+const body = `
+  const proto = await new SandboxBuilder().build();
+  const js = await proto.loadRuntime();
+  js.addHandler('h', 'function handler(e) { return { doubled: e * 2 }; }');
+  const loaded = await js.getLoadedSandbox();
+  console.log(JSON.stringify({ result: await loaded.callHandler('h', 21), backend: loaded.backend, errors: typeof AirlockError }));
+  await loaded.dispose();
+`;
+
+describeKvm('package entry points', () => {
+  it("works through require('airlock') (CommonJS)", async () => {
+    const code = `const { SandboxBuilder, AirlockError } = require('airlock');\n(async () => {${body}})().catch((e) => { console.error(e); process.exit(1); });`;
+    const { stdout } = await run(process.execPath, ['-e', code], { cwd: root });
+    expect(JSON.parse(stdout)).toEqual({ result: { doubled: 42 }, backend: 'kvm', errors: 'function' });
+  });
+
+  it("works through import from 'airlock' (ES module)", async () => {
+    const code = `import { SandboxBuilder, AirlockError } from 'airlock';\n${body}`;
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', code], { cwd: root });
+    expect(JSON.parse(stdout)).toEqual({ result: { doubled: 42 }, backend: 'kvm', errors: 'function' });
+  });
+
+  it('gives ESM and CommonJS users the same module instance', async () => {
+    const code = `import { createRequire } from 'node:module';
+      import * as esm from 'airlock';
+      const cjs = createRequire(process.cwd() + '/')('airlock');
+      console.log(esm.SandboxBuilder === cjs.SandboxBuilder && esm.AirlockError === cjs.AirlockError);`;
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', code], { cwd: root });
+    expect(stdout.trim()).toBe('true');
+  });
+});
