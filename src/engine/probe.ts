@@ -10,7 +10,11 @@ let cached: string[] | undefined;
 export function kvmUnusableReasons(): string[] {
   if (cached) return cached;
   const reasons: string[] = [];
-  if (process.platform !== 'linux' || process.arch !== 'x64') {
+  if (process.env.AIRLOCK_DISABLE_KVM === '1') {
+    // An operator's switch: 'auto' then always picks WebAssembly (and tests use it to
+    // exercise the fallback on machines that do have KVM).
+    reasons.push('KVM is disabled by AIRLOCK_DISABLE_KVM=1 (unset it to use KVM)');
+  } else if (process.platform !== 'linux' || process.arch !== 'x64') {
     reasons.push(`KVM micro-VMs need Linux on x86_64 (this is ${process.platform}/${process.arch}); use setBackend('wasm')`);
   } else {
     const { addon, error } = loadAddon();
