@@ -1,6 +1,34 @@
 // channel.ts — the main-thread <-> worker protocol of the WebAssembly tier: the layout
 // of the shared control words, whose turn each state means, operation and outcome
-// codes. Both sides import it, so the numbers exist once.
+// codes, and how either side waits for its turn. Both sides import it, so the numbers
+// exist once.
+
+/** Atomics.waitAsync (ES2024; in Node since 16), typed here for the ES2022 lib;
+ *  undefined where the runtime lacks it (pool.ts then reports the tier unusable). */
+export type WaitAsync = (
+  typed: Int32Array,
+  index: number,
+  value: number,
+) => { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+export const atomicsWaitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
+
+/** Loads of the State word between two clock reads while spinning: a clock read
+ *  allocates (performance.now) and costs twice a load, and a spin must not make garbage. */
+const LOADS_PER_CLOCK_READ = 64;
+
+/** Spins up to `ms` while State is `value`; returns the State last seen. */
+export function spinWhile(control: Int32Array, value: number, ms: number): number {
+  let s = Atomics.load(control, Slot.State);
+  if (s !== value) return s;
+  const until = performance.now() + ms;
+  do {
+    for (let i = 0; i < LOADS_PER_CLOCK_READ; i++) {
+      s = Atomics.load(control, Slot.State);
+      if (s !== value) return s;
+    }
+  } while (performance.now() < until);
+  return s;
+}
 
 /** Int32 slots of the control SharedArrayBuffer. */
 export enum Slot {
@@ -20,8 +48,12 @@ export enum Slot {
   CpuUsedUs = 6,
   /** airlock_init's return code after Op.Boot. */
   InitCode = 7,
+  /** The memory image of Op.Snapshot (the id to keep the new one under) or Op.Restore
+   *  (the one to restore). The worker keeps its latest image: restoring that one again
+   *  needs no RestoreRequest on the port. */
+  ImageId = 8,
 }
-export const CONTROL_SLOTS = 8;
+export const CONTROL_SLOTS = 9;
 
 export enum State {
   /** Nothing in flight; the worker waits. */
@@ -43,8 +75,12 @@ export enum Op {
   Exchange = 2,
   /** Post the live memory regions on the port. */
   Snapshot = 3,
-  /** A snapshot arrives on the port; write it into memory. */
+  /** Write image Slot.ImageId into memory; unless the worker holds it, it arrives on
+   *  the port (RestoreRequest). */
   Restore = 4,
+  /** Drop the guest (instance, memory, data area, layout) and instantiate a fresh
+   *  one, so the thread can serve another sandbox. */
+  Reset = 5,
 }
 
 export enum Outcome {
@@ -86,19 +122,26 @@ export interface BootConfig {
   consoleLimit: number;
 }
 
-/** One copied range of linear memory. */
+/** One copied range of linear memory: `length` bytes at `addr`, kept in the image's
+ *  bytes at `offset`. */
 export interface MemoryRegion {
   addr: number;
-  bytes: Uint8Array;
+  offset: number;
+  length: number;
 }
 
-/** The state a snapshot carries: enough to rebuild the instance in a fresh worker. */
+/**
+ * The state a snapshot carries: enough to rebuild the instance in a fresh worker.
+ * The bytes live in one SharedArrayBuffer, so posting the image to a worker shares
+ * them instead of cloning them; nobody writes them after the snapshot is taken.
+ */
 export interface MemoryImage {
   /** Linear memory size in bytes when taken. */
   memorySize: number;
   /** __stack_pointer when taken. */
   stackPointer: number;
   regions: MemoryRegion[];
+  bytes: SharedArrayBuffer;
   /** Heap high-water mark when taken; bytes above it are zeroed on restore. */
   heapHighWater: number;
 }

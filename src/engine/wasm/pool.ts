@@ -1,12 +1,27 @@
 // pool.ts — process-wide resources of the WebAssembly tier: the guest module, compiled
-// once and shared by every worker, and a small pool of pre-started idle workers (each
-// already holding an instantiated module) so creating a sandbox pays no thread start.
+// once and shared by every worker, and a small pool of idle workers (each holding a
+// fresh instance, usually already booted) so creating a sandbox pays no thread start.
+// A disposed sandbox's healthy worker is reset to a fresh instance and comes back here.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { wasmModulePath } from '../paths.js';
-import { CONTROL_SLOTS, INIT_OK, Op, Outcome, Slot, State, type BootConfig, type WorkerInit } from './channel.js';
+import {
+  CONTROL_SLOTS,
+  INIT_OK,
+  Op,
+  Outcome,
+  Slot,
+  State,
+  atomicsWaitAsync,
+  spinWhile,
+  type BootConfig,
+  type MemoryImage,
+  type RestoreRequest,
+  type WaitAsync,
+  type WorkerInit,
+} from './channel.js';
 
 /** The sizes a guest is booted with (EngineConfig's fields). */
 export interface GuestSizes {
@@ -17,14 +32,6 @@ export interface GuestSizes {
   consoleLimit: number;
 }
 
-/** Atomics.waitAsync (ES2024; in Node since 16), typed here for the ES2022 lib. */
-type WaitAsync = (
-  typed: Int32Array,
-  index: number,
-  value: number,
-) => { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
-const atomicsWaitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
-
 function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
 }
@@ -33,9 +40,14 @@ function sizesKey(c: GuestSizes): string {
  *  finishes inside it; a wake-up through the event loop costs more. */
 const MAIN_SPIN_MS = 0.1;
 
-/** Idle workers kept ready. Each is a thread with a V8 isolate (a few MiB). */
-const POOL_SIZE = 2;
-const REPLENISH_DELAY_MS = 25;
+/** Threads started ahead of demand when the pool runs dry while other sandboxes are
+ *  alive (demand is growing). Each is a thread with a V8 isolate (a few MiB); a start
+ *  costs tens of ms of CPU on a small machine, so one sandbox at a time (created,
+ *  disposed, created again) never starts more than the one thread it reuses. */
+const PRESTART = 2;
+/** Idle workers kept (counting those being reset); a released worker beyond this is
+ *  terminated, so a burst of sandboxes does not leave a crowd of threads behind. */
+const MAX_IDLE = 4;
 
 /** Shadow-stack bytes the module is linked with (guest/platform/wasm/build.mk). */
 export const LINKED_STACK_BYTES = 8 * 1024 * 1024;
@@ -92,17 +104,37 @@ function workerScript(): { source: string; eval: boolean } {
   return { source: `require(${JSON.stringify(hook)}); require(${JSON.stringify(ts)});`, eval: true };
 }
 
+/** A memory image with the id a worker keeps it under (ids are never reused). */
+export interface Image {
+  id: number;
+  image: MemoryImage;
+}
+let nextImageId = 1;
+
+/** What booting a guest gives: how the operation ended, airlock_init's code, the
+ *  guest's first output. */
+export interface BootResult {
+  outcome: Outcome;
+  initCode: number;
+  output: Buffer;
+}
+
 /** One started worker with its instantiated module, owned by at most one engine. */
 export class GuestWorker {
   readonly control: Int32Array;
   readonly port: MessagePort;
   /** Set once the thread is gone; the reason is kept for error messages. */
   exitReason: string | undefined;
+  /** Set when the worker must not serve another sandbox: it is being terminated, or
+   *  its own code failed (its state is then unknown). */
+  private spoiled = false;
   /** The data area shared with the worker; sized by the config at boot or restore. */
   data: SharedArrayBuffer | undefined;
   dataBytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
   /** Set when booted by the pool ahead of use: the sizes and the guest's first output. */
   preBooted: { key: string; output: Buffer; initCode: number } | undefined;
+  /** The memory image the worker keeps (Slot.ImageId); 0: none. */
+  private heldImage = 0;
   private readonly exitListeners = new Set<() => void>();
 
   private constructor(
@@ -152,22 +184,29 @@ export class GuestWorker {
     return this.data;
   }
 
+  /** Whether the worker may be reset and serve another sandbox. */
+  get reusable(): boolean {
+    return this.exitReason === undefined && !this.spoiled;
+  }
+
+  /** Marks the worker as not reusable (its thread failed in a way not the guest's). */
+  spoil(): void {
+    this.spoiled = true;
+  }
+
   signal(state: State): void {
     Atomics.store(this.control, Slot.State, state);
     Atomics.notify(this.control, Slot.State);
   }
 
-  /** Resolves once State is no longer `value` or the thread is gone. */
-  async waitWhile(value: State): Promise<number> {
+  /** Resolves once State is no longer `value` or the thread is gone. `keepAlive`: hold
+   *  the process open meanwhile (someone awaits the answer; the pool's own work does not). */
+  async waitWhile(value: State, keepAlive = true): Promise<number> {
     const ctl = this.control;
-    let s = Atomics.load(ctl, Slot.State);
-    if (s === value) {
-      const until = performance.now() + MAIN_SPIN_MS;
-      while ((s = Atomics.load(ctl, Slot.State)) === value && performance.now() < until);
-    }
+    let s = spinWhile(ctl, value, MAIN_SPIN_MS);
     if (s !== value) return s;
     // Sleeping: keep the process alive until the worker answers.
-    this.thread.ref();
+    if (keepAlive) this.thread.ref();
     try {
       while (s === value && this.exitReason === undefined) {
         const r = (atomicsWaitAsync as WaitAsync)(ctl, Slot.State, value);
@@ -175,22 +214,51 @@ export class GuestWorker {
         s = Atomics.load(ctl, Slot.State);
       }
     } finally {
-      this.thread.unref();
+      if (keepAlive) this.thread.unref();
     }
     return s;
   }
 
   /** Runs one operation to completion. Resolves with Outcome (Done) or rejects with
    *  the exit reason when the thread went away. */
-  async runOp(op: Op, argument?: unknown): Promise<Outcome> {
+  async runOp(op: Op, argument?: unknown, keepAlive = true): Promise<Outcome> {
     if (argument !== undefined) this.port.postMessage(argument);
     this.control[Slot.Op] = op;
     this.control[Slot.Cancel] = 0;
     this.signal(State.Request);
-    const s = await this.waitWhile(State.Request);
+    const s = await this.waitWhile(State.Request, keepAlive);
     if (s !== State.Done) throw new Error(this.exitReason ?? 'the worker stopped answering');
     this.signal(State.Idle);
     return this.control[Slot.Outcome] as Outcome;
+  }
+
+  /** Takes a memory image of the guest. Resolves with the outcome and, when Ok, the image. */
+  async snapshot(keepAlive: boolean): Promise<{ outcome: Outcome; image?: Image }> {
+    const id = nextImageId++;
+    this.control[Slot.ImageId] = id;
+    this.heldImage = 0;
+    const outcome = await this.runOp(Op.Snapshot, undefined, keepAlive);
+    if (outcome !== Outcome.Ok) return { outcome };
+    const msg = receiveMessageOnPort(this.port);
+    if (!msg) throw new Error('the worker sent no snapshot');
+    this.heldImage = id;
+    return { outcome, image: { id, image: msg.message as MemoryImage } };
+  }
+
+  /** Writes `image` into the guest's memory, posting it only if the worker does not
+   *  hold it already. `data`: the data area to attach (a worker not yet booted). */
+  async restore(image: Image, sizes: GuestSizes, data: SharedArrayBuffer | undefined, keepAlive: boolean): Promise<Outcome> {
+    this.control[Slot.ImageId] = image.id;
+    let request: RestoreRequest | undefined;
+    if (this.heldImage !== image.id || data) {
+      request = { data, inputSize: sizes.inputSize, outputSize: sizes.outputSize, image: image.image };
+      // The worker reads Slot.ImageId as "held" only if it matches; make sure it cannot.
+      this.heldImage = 0;
+    }
+    const outcome = await this.runOp(Op.Restore, request, keepAlive);
+    // The worker took the image before writing it, so it holds it whatever the outcome.
+    this.heldImage = image.id;
+    return outcome;
   }
 
   /** Copy of the data area's first Length bytes. */
@@ -203,10 +271,28 @@ export class GuestWorker {
   }
 
   /** Boots the guest with `sizes`; resolves with the outcome, init code and output. */
-  async boot(sizes: GuestSizes): Promise<{ outcome: Outcome; initCode: number; output: Buffer }> {
+  async boot(sizes: GuestSizes, keepAlive = true): Promise<BootResult> {
     const config: BootConfig = { data: this.attachData(sizes), ...pickSizes(sizes) };
-    const outcome = await this.runOp(Op.Boot, config);
+    const outcome = await this.runOp(Op.Boot, config, keepAlive);
     return { outcome, initCode: this.control[Slot.InitCode], output: this.dataCopy() };
+  }
+
+  /**
+   * Replaces the guest with a fresh, unbooted instance, so the thread can serve another
+   * sandbox: the worker drops the instance, its memory and the data area; here the
+   * control words, the data area and any unread message go. Rejects (and the caller
+   * must terminate the worker) if the worker could not do it.
+   */
+  async reset(keepAlive: boolean): Promise<void> {
+    this.preBooted = undefined;
+    this.heldImage = 0;
+    this.data = undefined;
+    this.dataBytes = new Uint8Array(0);
+    while (receiveMessageOnPort(this.port));
+    const outcome = await this.runOp(Op.Reset, undefined, keepAlive);
+    if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');
+    // State is Idle (runOp ended with it); the other words are the old sandbox's.
+    for (let i = 0; i < CONTROL_SLOTS; i++) if (i !== Slot.State) Atomics.store(this.control, i, 0);
   }
 
   /** Calls `fn` when the thread is gone (at once if it already is). */
@@ -229,6 +315,7 @@ export class GuestWorker {
   }
 
   terminate(): Promise<void> {
+    this.spoiled = true;
     if (this.exitReason !== undefined) return Promise.resolve();
     return this.thread.terminate().then(() => undefined);
   }
@@ -239,65 +326,169 @@ function pickSizes(c: GuestSizes): GuestSizes {
 }
 
 const idle: GuestWorker[] = [];
-let starting = 0;
-/** The sizes of the most recent sandbox: idle workers are booted with them ahead of
+/** Workers being started, reset or pre-booted on their way into the pool. */
+let preparing = 0;
+/** Of those, the released workers being reset (or queued for it). */
+let recycling = 0;
+/** Resets run one after another: on a small machine the first comes back soonest that
+ *  way, and a waiting acquireWorker needs only one. */
+let recycleQueue: Promise<unknown> = Promise.resolve();
+/** Workers handed out by acquireWorker and not released (some may have exited since). */
+const lent = new Set<GuestWorker>();
+/** acquireWorker calls waiting for the next prepared worker, first come first served. */
+const waiters: ((w: GuestWorker | undefined) => void)[] = [];
+/** The sizes of the most recent sandbox: pool workers are booted with them ahead of
  *  use, since most processes create many sandboxes of one configuration. */
 let target: GuestSizes | undefined;
 
-async function startIdle(): Promise<GuestWorker> {
-  const w = await GuestWorker.start(await guestModule(), false);
+/** Boots `w` with the target sizes, if any, so its next sandbox skips the boot. */
+async function preBoot(w: GuestWorker): Promise<GuestWorker> {
   const sizes = target;
   if (sizes) {
-    const r = await w.boot(sizes);
-    if (r.outcome !== Outcome.Ok || r.initCode !== INIT_OK) {
-      await w.terminate();
-      throw new Error('pre-boot failed');
-    }
+    const r = await w.boot(sizes, false);
+    if (r.outcome !== Outcome.Ok || r.initCode !== INIT_OK) throw new Error('pre-boot failed');
     w.preBooted = { key: sizesKey(sizes), output: r.output, initCode: r.initCode };
   }
   return w;
 }
 
-function replenish(): void {
-  while (idle.length + starting < POOL_SIZE) {
-    starting++;
-    startIdle().then(
-      (w) => {
-        starting--;
-        if (w.exitReason === undefined) idle.push(w);
-      },
-      () => {
-        // A failed start is retried by the next acquire, which reports the error.
-        starting--;
-      },
-    );
+async function startIdle(): Promise<GuestWorker> {
+  const w = await GuestWorker.start(await guestModule(), false);
+  try {
+    return await preBoot(w);
+  } catch (e) {
+    void w.terminate();
+    throw e;
   }
 }
 
+async function recycle(w: GuestWorker): Promise<GuestWorker> {
+  try {
+    await w.reset(false);
+    return await preBoot(w);
+  } catch (e) {
+    void w.terminate();
+    throw e;
+  } finally {
+    recycling--;
+  }
+}
+
+/** Runs `prepare` in the background; its worker goes to the first waiter, else idle. */
+function prepareInBackground(prepare: () => Promise<GuestWorker>): void {
+  preparing++;
+  prepare().then(
+    (w) => {
+      preparing--;
+      offer(w);
+    },
+    () => {
+      // The waiter counting on this worker starts over (and reports a persistent failure).
+      preparing--;
+      waiters.shift()?.(undefined);
+    },
+  );
+}
+
+function offer(w: GuestWorker): void {
+  if (!w.reusable) {
+    waiters.shift()?.(undefined);
+    return;
+  }
+  const waiter = waiters.shift();
+  if (waiter) waiter(w);
+  else if (idle.length < MAX_IDLE) idle.push(w);
+  else void w.terminate();
+}
+
+/** Workers ready or on their way that nobody has claimed yet. */
+function unclaimed(): number {
+  return idle.length + preparing - waiters.length;
+}
+
+function replenish(): void {
+  while (unclaimed() < PRESTART) prepareInBackground(startIdle);
+}
+
+/** Resolves with the next prepared worker, or undefined if its preparation failed. */
+function nextPrepared(): Promise<GuestWorker | undefined> {
+  // The pool's own work keeps no handle on the event loop; this timer holds the
+  // process open while a caller waits for it.
+  const hold = setInterval(() => undefined, 1 << 30);
+  return new Promise((resolve) => {
+    waiters.push((w) => {
+      clearInterval(hold);
+      resolve(w);
+    });
+  });
+}
+
+function takeIdle(key: string): GuestWorker | undefined {
+  for (let i = idle.length - 1; i >= 0; i--) if (!idle[i].reusable) idle.splice(i, 1);
+  // Booted with these sizes, else unbooted, else booted with others (reset on the spot).
+  let i = idle.findIndex((w) => w.preBooted?.key === key);
+  if (i < 0) i = idle.findIndex((w) => !w.preBooted);
+  if (i < 0) i = idle.length - 1;
+  return i >= 0 ? idle.splice(i, 1)[0] : undefined;
+}
+
 /**
- * A ready worker for a guest of `sizes`: an idle one already booted with them when
- * there is one (its `preBooted` is set), else an unbooted idle one, else a new one.
+ * A ready worker for a guest of `sizes`: one already booted with them (its `preBooted`
+ * is set) when the pool has one, else an unbooted one. Waits for a worker the pool is
+ * preparing rather than starting a thread of its own: a reset is far cheaper than a
+ * thread start, and a start already under way finishes sooner than a new one.
  */
 export async function acquireWorker(sizes: GuestSizes): Promise<GuestWorker> {
   const key = sizesKey(sizes);
-  if (!target || sizesKey(target) !== key) {
-    target = pickSizes(sizes);
-    // Workers booted for other sizes are of no use now; unbooted ones still are.
-    for (const w of idle.splice(0)) {
-      if (w.exitReason !== undefined) continue;
-      if (w.preBooted && w.preBooted.key !== key) void w.terminate();
-      else idle.push(w);
+  if (!target || sizesKey(target) !== key) target = pickSizes(sizes);
+  for (const l of lent) if (l.exitReason !== undefined) lent.delete(l);
+  let w = takeIdle(key);
+  if (!w) {
+    const dry = unclaimed() <= 0;
+    if (dry) prepareInBackground(startIdle);
+    w = await nextPrepared();
+    // More sandboxes alive than workers: demand is growing, so refill the pool now
+    // rather than at the next request (after this caller's worker, which needed the
+    // CPU first).
+    if (dry && lent.size > 0) replenish();
+  }
+  // A failed preparation is repeated here, where its error reaches the caller.
+  if (!w || !w.reusable) w = await GuestWorker.start(await guestModule(), true);
+  lent.add(w);
+  if (w.preBooted && w.preBooted.key !== key) {
+    try {
+      await w.reset(true);
+    } catch (e) {
+      void w.terminate();
+      throw e;
     }
   }
-  let i = idle.findIndex((w) => w.exitReason === undefined && w.preBooted?.key === key);
-  if (i < 0) i = idle.findIndex((w) => w.exitReason === undefined && !w.preBooted);
-  let w: GuestWorker;
-  if (i >= 0) w = idle.splice(i, 1)[0];
-  else w = await GuestWorker.start(await guestModule(), true);
-  // Replenish a little later: a new sandbox's first requests follow right away, and
-  // on a small machine a starting thread would compete with them for the CPU.
-  setTimeout(replenish, REPLENISH_DELAY_MS).unref();
   return w;
+}
+
+/**
+ * Takes back the worker of a disposed sandbox. A healthy one is reset to a fresh
+ * instance (nothing of the old guest survives: instance, memory, data area and control
+ * words are all new or cleared), pre-booted for the latest sizes, and pooled; one that
+ * failed, is being terminated, or is not needed (the pool is full) is terminated.
+ */
+export function releaseWorker(w: GuestWorker): void {
+  lent.delete(w);
+  // Threads still starting do not count against the cap: a reset worker is ready far
+  // sooner, and offer() drops a started one that finds the pool full.
+  if (!w.reusable || (waiters.length === 0 && idle.length + recycling >= MAX_IDLE)) {
+    void w.terminate();
+    return;
+  }
+  recycling++;
+  const queued = recycleQueue.then(() => recycle(w));
+  recycleQueue = queued.catch(() => undefined);
+  prepareInBackground(() => queued);
+}
+
+/** Idle workers and workers being prepared (for tests). */
+export function poolCounts(): { idle: number; preparing: number } {
+  return { idle: idle.length, preparing };
 }
 
 /** Starts the pool ahead of the first sandbox (optional; acquireWorker fills it too). */

@@ -2,7 +2,8 @@
 // its own worker thread (a spinning guest never blocks the event loop). Calls cross
 // on shared memory (channel.ts): the main thread spins briefly, then waits with
 // Atomics.waitAsync. This file owns the main-thread side: exchanges, host calls,
-// monitors, kill, snapshots and the worker's lifetime.
+// monitors, kill, snapshots and the worker's lifetime (a healthy worker goes back to
+// the pool on dispose, pool.ts resets it for the next sandbox).
 import {
   AirlockError,
   BusyError,
@@ -31,11 +32,8 @@ import {
   Outcome,
   Slot,
   State,
-  type MemoryImage,
-  type RestoreRequest,
 } from './channel.js';
-import { acquireWorker, wasmAvailable, type GuestWorker } from './pool.js';
-import { receiveMessageOnPort } from 'node:worker_threads';
+import { acquireWorker, releaseWorker, wasmAvailable, type BootResult, type GuestWorker, type Image } from './pool.js';
 
 /** After a cancel, how long the guest gets to stop by itself (it polls the cancel
  *  word every ~10k QuickJS operations) before its worker is terminated. */
@@ -52,7 +50,7 @@ class WasmSnapshot implements EngineSnapshot {
   readonly backend = 'wasm' as const;
   constructor(
     readonly owner: WasmEngine,
-    readonly image: MemoryImage,
+    readonly image: Image,
   ) {}
 }
 
@@ -111,17 +109,20 @@ export class WasmEngine implements GuestEngine {
   }
 
   /** Runs one non-exchange operation to completion; throws on failure. */
-  private async runOp(w: GuestWorker, op: Op, argument?: RestoreRequest): Promise<void> {
+  private async runOp<T>(w: GuestWorker, op: () => Promise<T>): Promise<T> {
+    let result: T;
     try {
-      await w.runOp(op, argument);
+      result = await op();
     } catch {
       throw this.workerGone(w);
     }
     this.checkOutcome(w);
+    return result;
   }
 
   private workerGone(w: GuestWorker): AirlockError {
     const reason = w.exitReason ?? 'the worker stopped answering';
+    w.spoil();
     this.loseGuest(reason);
     return new InternalError(`the WebAssembly worker failed: ${reason}`);
   }
@@ -135,6 +136,8 @@ export class WasmEngine implements GuestEngine {
       throw new GuestAbortError(text);
     }
     this.loseGuest(text);
+    // The worker's own code failed: its state is unknown, so it serves nobody else.
+    w.spoil();
     throw new InternalError(`the WebAssembly worker failed: ${text}`);
   }
 
@@ -159,7 +162,7 @@ export class WasmEngine implements GuestEngine {
         throw new InternalError(`cannot start a WebAssembly worker: ${(e as Error).message}`, { cause: e });
       });
       if (this.disposed) {
-        await w.terminate();
+        releaseWorker(w);
         throw new InvalidArgumentError('cannot boot: the sandbox was disposed');
       }
       this.worker = w;
@@ -169,7 +172,7 @@ export class WasmEngine implements GuestEngine {
         ({ initCode: code, output } = w.preBooted);
         w.preBooted = undefined;
       } else {
-        let r: Awaited<ReturnType<GuestWorker['boot']>>;
+        let r: BootResult;
         try {
           r = await w.boot(this.config);
         } catch {
@@ -331,10 +334,8 @@ export class WasmEngine implements GuestEngine {
     this.enter('take a snapshot');
     try {
       const w = this.liveWorker('take a snapshot');
-      await this.runOp(w, Op.Snapshot);
-      const msg = receiveMessageOnPort(w.port);
-      if (!msg) throw new InternalError('the worker sent no snapshot');
-      return new WasmSnapshot(this, msg.message as MemoryImage);
+      const { image } = await this.runOp(w, () => w.snapshot(true));
+      return new WasmSnapshot(this, image!);
     } finally {
       this.busy = false;
     }
@@ -347,24 +348,23 @@ export class WasmEngine implements GuestEngine {
     this.enter('restore a snapshot');
     try {
       let w = this.worker;
-      let fresh = false;
+      let data: SharedArrayBuffer | undefined;
       if (!w || w.exitReason !== undefined) {
         w = await acquireWorker(this.config).catch((e: unknown) => {
           throw new InternalError(`cannot start a WebAssembly worker: ${(e as Error).message}`, { cause: e });
         });
+        if (this.disposed) {
+          releaseWorker(w);
+          throw new InvalidArgumentError('cannot restore: the sandbox was disposed');
+        }
         this.worker = w;
         // A pre-booted worker has this config's layout and data area; an unbooted one
         // gets its data area with the snapshot.
-        fresh = !w.preBooted;
+        if (!w.preBooted) data = w.attachData(this.config);
         w.preBooted = undefined;
       }
-      const request: RestoreRequest = {
-        data: fresh ? w.attachData(this.config) : undefined,
-        inputSize: this.config.inputSize,
-        outputSize: this.config.outputSize,
-        image: snapshot.image,
-      };
-      await this.runOp(w, Op.Restore, request);
+      const worker = w;
+      await this.runOp(w, () => worker.restore(snapshot.image, this.config, data, true));
       this.lostReason = undefined;
       this.booted = true;
     } finally {
@@ -375,10 +375,17 @@ export class WasmEngine implements GuestEngine {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    this.flight?.cancel(CancelReason.Kill);
     const w = this.worker;
     this.worker = undefined;
     this.loseGuest('the sandbox was disposed');
-    if (w) await w.terminate();
+    if (!w) return;
+    if (this.busy) {
+      // An operation still runs on the worker and would touch it after a reset:
+      // cancel it and end the thread (the operation then fails as cancelled).
+      this.flight?.cancel(CancelReason.Kill);
+      await w.terminate();
+      return;
+    }
+    releaseWorker(w);
   }
 }

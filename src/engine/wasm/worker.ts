@@ -1,7 +1,9 @@
-// worker.ts — the thread that runs one guest module instance. It never returns to its
-// event loop: it blocks on the shared control words (channel.ts), runs what the main
+// worker.ts — the thread that runs one guest module instance at a time. While serving
+// a sandbox it blocks on the shared control words (channel.ts), runs what the main
 // thread asks, and pulls bulk arguments (config, snapshots) from its port
-// synchronously. Everything read from linear memory is hostile and bounds-checked.
+// synchronously. Op.Reset swaps in a fresh instance so the pool can reuse the thread
+// for another sandbox; idle in the pool, it waits from its event loop instead.
+// Everything read from linear memory is hostile and bounds-checked.
 import { openSync, readSync } from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import {
@@ -24,10 +26,13 @@ import {
   Outcome,
   Slot,
   State,
+  atomicsWaitAsync,
+  spinWhile,
   type BootConfig,
   type MemoryImage,
   type MemoryRegion,
   type RestoreRequest,
+  type WaitAsync,
   type WorkerInit,
 } from './channel.js';
 
@@ -65,8 +70,15 @@ interface Exports {
   airlock_stack_high: () => number;
 }
 
-let data: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
+// Everything below that belongs to one sandbox (the instance, views of its memory, the
+// data area, the layout, CPU accounting) is replaced by Op.Reset; nothing else in this
+// thread holds a reference to it.
+const NO_DATA = new Uint8Array(0);
+let data: Uint8Array<ArrayBufferLike> = NO_DATA;
 let layout: Layout | undefined;
+/** The sandbox's latest memory image (taken or restored), kept so rolling back to it
+ *  again, the usual pattern, needs no message. */
+let held: { id: number; image: MemoryImage; inputSize: number; outputSize: number } | undefined;
 
 // --- guest CPU time -------------------------------------------------------------
 // The thread's own schedstat: the first number is nanoseconds spent on a CPU. The fd
@@ -109,8 +121,37 @@ function guestCpuNs(): number {
 const WASI_ERRNO_BADF = 8;
 const WASI_ERRNO_NOSYS = 52;
 
+/** The current instance's exports (instantiate() sets it before anything runs). */
+let exportsOf!: Exports;
+
+// Views of linear memory, rebuilt only when its buffer changes (a grow detaches the
+// old one), so the per-call path allocates no view objects.
+let memBuffer: ArrayBuffer | undefined;
+let memBytes: Uint8Array = NO_DATA;
+let memView = new DataView(new ArrayBuffer(0));
+
+function dropViews(): void {
+  memBuffer = undefined;
+  memBytes = NO_DATA;
+  memView = new DataView(new ArrayBuffer(0));
+}
+
+function refreshViews(): void {
+  const buffer = exportsOf.memory.buffer;
+  if (buffer === memBuffer) return;
+  memBuffer = buffer;
+  memBytes = new Uint8Array(buffer);
+  memView = new DataView(buffer);
+}
+
 function memoryView(): DataView {
-  return new DataView(exportsOf.memory.buffer);
+  refreshViews();
+  return memView;
+}
+
+function memoryBytes(): Uint8Array {
+  refreshViews();
+  return memBytes;
 }
 
 /** Trivial WASI imports: the guest makes no system calls at run time, but libc links
@@ -154,7 +195,9 @@ function wasiImports(module: WebAssembly.Module): Record<string, (...args: numbe
   return out;
 }
 
-const instance = new WebAssembly.Instance(init.module, {
+// The imports hold no state of their own: they reach the current instance through the
+// module-level bindings, so every instance of this thread shares them.
+const imports: WebAssembly.Imports = {
   airlock: {
     host_exit: hostExit,
     wall_ms: () => performance.timeOrigin + performance.now(),
@@ -165,12 +208,20 @@ const instance = new WebAssembly.Instance(init.module, {
     },
   },
   wasi_snapshot_preview1: wasiImports(init.module),
-});
-const exportsOf = instance.exports as unknown as Exports;
-exportsOf._initialize?.();
+};
+
+/** A fresh instance (with its own fresh memory) of the shared compiled module. */
+function instantiate(): void {
+  const fresh = new WebAssembly.Instance(init.module, imports).exports as unknown as Exports;
+  exportsOf = fresh;
+  dropViews();
+  fresh._initialize?.();
+}
+
+instantiate();
 
 function readGuestText(ptr: number, len: number): string {
-  const mem = new Uint8Array(exportsOf.memory.buffer);
+  const mem = memoryBytes();
   const start = Math.min(ptr >>> 0, mem.length);
   const end = Math.min(start + Math.min(len >>> 0, 4096), mem.length);
   return Buffer.from(mem.subarray(start, end)).toString('utf8');
@@ -191,12 +242,10 @@ function interruptRequested(): number {
 // --- waiting --------------------------------------------------------------------
 /** Returns once State is no longer `current`: spins briefly, then sleeps. */
 function waitWhile(current: State): State {
-  const spinUntil = performance.now() + SPIN_MS;
-  let s: number;
-  while ((s = Atomics.load(ctl, Slot.State)) === current) {
-    if (performance.now() > spinUntil) {
-      Atomics.wait(ctl, Slot.State, current);
-    }
+  let s = spinWhile(ctl, current, SPIN_MS);
+  while (s === current) {
+    Atomics.wait(ctl, Slot.State, current);
+    s = Atomics.load(ctl, Slot.State);
   }
   return s;
 }
@@ -214,7 +263,7 @@ function publishOutput(l: Layout): void {
   const len = view.getUint32(l.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, true);
   if (len > l.outputSize) throw new GuestAbort(`malformed guest output: response_len ${len} exceeds the ${l.outputSize}-byte output buffer`);
   if (len > data.length) throw new GuestAbort(`guest output of ${len} bytes does not fit the channel`);
-  data.set(new Uint8Array(exportsOf.memory.buffer, l.outputAddr, len));
+  data.set(memoryBytes().subarray(l.outputAddr, l.outputAddr + len));
   ctl[Slot.Length] = len;
 }
 
@@ -224,7 +273,7 @@ function deliverInput(l: Layout): void {
   if (len < 0 || len > l.inputSize || len > data.length) {
     throw new Error(`request of ${len} bytes exceeds the ${l.inputSize}-byte input buffer`);
   }
-  new Uint8Array(exportsOf.memory.buffer, l.inputAddr, len).set(data.subarray(0, len));
+  memoryBytes().set(data.subarray(0, len), l.inputAddr);
   memoryView().setUint32(l.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, len, true);
 }
 
@@ -321,43 +370,85 @@ function exchange(): void {
   publishOutput(l);
 }
 
-function copyRegion(start: number, end: number): MemoryRegion {
-  const bytes = new Uint8Array(end - start);
-  bytes.set(new Uint8Array(exportsOf.memory.buffer, start, end - start));
-  return { addr: start, bytes };
-}
-
 function snapshot(): void {
   const l = layout;
   if (!l) throw new Error('snapshot before boot');
-  const memSize = exportsOf.memory.buffer.byteLength;
+  const mem = memoryBytes();
+  const memSize = mem.length;
   const sp = (exportsOf.__stack_pointer.value as number) >>> 0;
   const hw = heapHighWater(l);
   const heapEnd = l.heapAddr + l.heapSize;
   // Between requests the live state is: the used stack [sp, stackHigh), data+bss and
   // anything libc allocated before init [stackHigh, inputAddr), the heap up to its
   // high-water mark, and whatever libc grew past the arena. Buffers hold no state.
-  const regions = [copyRegion(Math.min(sp, l.stackHigh), l.stackHigh), copyRegion(l.stackHigh, l.inputAddr), copyRegion(l.heapAddr, hw)];
-  if (memSize > heapEnd) regions.push(copyRegion(heapEnd, memSize));
-  const image: MemoryImage = { memorySize: memSize, stackPointer: sp, regions, heapHighWater: hw };
-  port.postMessage(image, regions.map((r) => r.bytes.buffer as ArrayBuffer));
+  const ranges: [number, number][] = [[Math.min(sp, l.stackHigh), l.stackHigh], [l.stackHigh, l.inputAddr], [l.heapAddr, hw]];
+  if (memSize > heapEnd) ranges.push([heapEnd, memSize]);
+  let total = 0;
+  for (const [start, end] of ranges) total += end - start;
+  // One shared buffer: the image reaches the main thread, and later any worker
+  // restoring it, without being copied on the way.
+  const bytes = new SharedArrayBuffer(total);
+  const out = new Uint8Array(bytes);
+  const regions: MemoryRegion[] = [];
+  let offset = 0;
+  for (const [start, end] of ranges) {
+    out.set(mem.subarray(start, end), offset);
+    regions.push({ addr: start, offset, length: end - start });
+    offset += end - start;
+  }
+  const image: MemoryImage = { memorySize: memSize, stackPointer: sp, regions, bytes, heapHighWater: hw };
+  held = { id: ctl[Slot.ImageId], image, inputSize: l.inputSize, outputSize: l.outputSize };
+  port.postMessage(image);
 }
 
+const WASM_PAGE = 65536;
+
 function restore(): void {
-  const req = receive<RestoreRequest>();
-  if (req.data) data = new Uint8Array(req.data);
-  const img = req.image;
+  const id = ctl[Slot.ImageId];
+  if (held?.id !== id) {
+    held = undefined;
+    const req = receive<RestoreRequest>();
+    if (req.data) data = new Uint8Array(req.data);
+    held = { id, image: req.image, inputSize: req.inputSize, outputSize: req.outputSize };
+  }
+  const { image: img, inputSize, outputSize } = held;
   const memory = exportsOf.memory;
   const have = memory.buffer.byteLength;
-  if (img.memorySize > have) memory.grow((img.memorySize - have) / 65536);
+  if (img.memorySize > have) memory.grow((img.memorySize - have) / WASM_PAGE);
   const oldHw = layout ? heapHighWater(layout) : 0;
-  const mem = new Uint8Array(memory.buffer);
-  for (const r of img.regions) mem.set(r.bytes, r.addr);
+  const mem = memoryBytes();
+  const src = new Uint8Array(img.bytes);
+  // Only what the snapshot covers is written: the rest of memory is either not state
+  // (buffers, free stack) or cleared below.
+  for (const r of img.regions) {
+    if (r.offset + r.length > src.length || r.addr + r.length > mem.length) throw new Error('snapshot region outside memory');
+    mem.set(src.subarray(r.offset, r.offset + r.length), r.addr);
+  }
   // Heap bytes the current instance used above the snapshot's high-water mark go back
-  // to zero, as they were when the snapshot was taken.
+  // to zero, as they were when the snapshot was taken; so does memory grown since.
   if (oldHw > img.heapHighWater) mem.fill(0, img.heapHighWater, oldHw);
+  if (mem.length > img.memorySize) mem.fill(0, img.memorySize);
   exportsOf.__stack_pointer.value = img.stackPointer;
-  layout = readLayout(req.inputSize, req.outputSize);
+  layout = readLayout(inputSize, outputSize);
+}
+
+/** Forgets the sandbox this thread served and instantiates a fresh guest for the next:
+ *  after this nothing of the old instance, its memory or its data area is reachable.
+ *  If instantiating fails the old instance is still referenced, so the pool terminates
+ *  a worker whose reset did not report Outcome.Ok. */
+function reset(): void {
+  layout = undefined;
+  data = NO_DATA;
+  held = undefined;
+  dropViews();
+  cpuStartNs = 0;
+  cpuExcludedNs = 0;
+  cpuLimitNs = 0;
+  pollsUntilCpuCheck = CPU_CHECK_EVERY;
+  schedstatBuf.fill(0);
+  // Arguments posted for operations that never ran (the old sandbox's) are dropped.
+  while (receiveMessageOnPort(port));
+  instantiate();
 }
 
 function describeError(e: unknown): string {
@@ -375,6 +466,8 @@ function run(op: Op): void {
       return snapshot();
     case Op.Restore:
       return restore();
+    case Op.Reset:
+      return reset();
     default:
       throw new Error(`unknown operation ${op}`);
   }
@@ -388,24 +481,52 @@ function fail(outcome: Outcome, message: string): void {
   ctl[Slot.Outcome] = outcome;
 }
 
-function serve(): never {
+/**
+ * Whether the thread idles in the pool (from start or Op.Reset, through the pre-boot,
+ * until its sandbox's first request) rather than serving a sandbox. An idle thread
+ * waits from its event loop instead of blocking, so V8 can run its own tasks there:
+ * above all the garbage collection that frees the dropped instance's memory. Left
+ * pending, that collection lands in the next sandbox's requests (a blocked thread only
+ * collects when it allocates), and the dropped memory keeps triggering scavenges.
+ */
+let parked = true;
+
+/** Runs operations until the thread parks; blocks between them while serving. */
+function serve(): void {
   for (;;) {
     const state = Atomics.load(ctl, Slot.State);
     if (state !== State.Request) {
+      if (parked) return park();
       waitWhile(state as State);
       continue;
     }
+    const op = ctl[Slot.Op] as Op;
     ctl[Slot.Outcome] = Outcome.Ok;
     try {
-      run(ctl[Slot.Op] as Op);
+      run(op);
     } catch (e) {
       if (e instanceof GuestAbort) fail(Outcome.Abort, e.message);
       else if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) fail(Outcome.Trap, `guest trapped: ${describeError(e)}`);
       else fail(Outcome.Internal, describeError(e));
     }
+    // A reset returns the thread to the pool (whose pre-boot may follow); requests of
+    // a sandbox want the low-latency blocking wait.
+    if (op === Op.Reset) parked = true;
+    else if (op === Op.Exchange) parked = false;
     signal(State.Done);
   }
 }
 
+/** Waits for the next request from the event loop (see `parked`). */
+function park(): void {
+  const state = Atomics.load(ctl, Slot.State);
+  if (state === State.Request) return serve();
+  const r = (atomicsWaitAsync as WaitAsync)(ctl, Slot.State, state);
+  if (r.async) void r.value.then(park);
+  else setImmediate(park);
+}
+
+// A parked thread has nothing else keeping its event loop alive.
+setInterval(() => undefined, 1 << 30);
 parentPort?.postMessage('ready');
 serve();
