@@ -16,21 +16,11 @@ import {
 } from '../../src/engine/abi.generated.js';
 import type { EngineConfig, HostCallHandler } from '../../src/engine/engine.js';
 import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
+import { CONFIG, disposedAfterEach } from './support.js';
 import { WasmEngine, wasmAvailable } from '../../src/engine/wasm/index.js';
 import { AirlockError } from '../../src/errors.js';
 
-const CONFIG: EngineConfig = {
-  heapSize: 16 << 20,
-  stackSize: 1 << 20,
-  inputSize: 64 << 10,
-  outputSize: 64 << 10,
-  consoleLimit: 4096,
-};
-
-const engines: WasmEngine[] = [];
-afterEach(async () => {
-  await Promise.all(engines.splice(0).map((e) => e.dispose()));
-});
+const engines = disposedAfterEach();
 
 /** Host functions by "module.fn"; each gets the decoded args array. */
 type HostFns = Record<string, (args: unknown[]) => unknown>;

@@ -18,22 +18,12 @@ import {
 } from '../../src/engine/abi.generated.js';
 import type { EngineConfig } from '../../src/engine/engine.js';
 import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
+import { CONFIG, disposedAfterEach } from './support.js';
 import { Slot } from '../../src/engine/wasm/channel.js';
 import { WasmEngine } from '../../src/engine/wasm/index.js';
 import { poolCounts, type GuestWorker, type Image } from '../../src/engine/wasm/pool.js';
 
-const CONFIG: EngineConfig = {
-  heapSize: 16 << 20,
-  stackSize: 1 << 20,
-  inputSize: 64 << 10,
-  outputSize: 64 << 10,
-  consoleLimit: 4096,
-};
-
-const engines: WasmEngine[] = [];
-afterEach(async () => {
-  await Promise.all(engines.splice(0).map((e) => e.dispose()));
-});
+const engines = disposedAfterEach();
 
 async function load(handlers: Record<string, string>): Promise<WasmEngine> {
   const engine = new WasmEngine(CONFIG, async () => new Uint8Array(0));
