@@ -1,7 +1,7 @@
 // engine.test.ts — the WebAssembly tier's engine against the real guest module: boot,
 // load and call round trips in abi.h framing, host calls, monitors, kill, snapshots,
 // traps and disposal. Needs out/guest/wasm/airlock-guest.wasm (make -C guest wasm).
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   AIRLOCK_MSG_CALL,
   AIRLOCK_MSG_HOST_RETURN,
@@ -14,7 +14,7 @@ import {
   AIRLOCK_STATUS_OK,
   AIRLOCK_STATUS_STACK_OVERFLOW,
 } from '../../src/engine/abi.generated.js';
-import type { EngineConfig, HostCallHandler } from '../../src/engine/engine.js';
+import type { HostCallHandler } from '../../src/engine/engine.js';
 import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
 import { CONFIG, disposedAfterEach } from './support.js';
 import { WasmEngine, wasmAvailable } from '../../src/engine/wasm/index.js';

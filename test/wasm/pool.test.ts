@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   AIRLOCK_MSG_CALL,
   AIRLOCK_MSG_LOAD,
@@ -16,7 +16,6 @@ import {
   AIRLOCK_MSG_READY,
   AIRLOCK_STATUS_OK,
 } from '../../src/engine/abi.generated.js';
-import type { EngineConfig } from '../../src/engine/engine.js';
 import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
 import { CONFIG, disposedAfterEach } from './support.js';
 import { Slot } from '../../src/engine/wasm/channel.js';
