@@ -240,6 +240,8 @@ export class SandboxCore {
       if (fault) throw fault;
       return { message: this.readFinal(r.output), wallTimeNs: r.wallTimeNs, cpuTimeNs: r.cpuTimeNs };
     } catch (e) {
+      // dispose() stops the guest the way kill() does; say what really happened.
+      if (this.disposed) throw new ConsumedError('the sandbox was disposed while the request ran');
       let err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
       // A malformed host call made us stop the guest; report that, not the stop.
       // (Set by serveHostCall while the exchange was pending, which TS cannot see.)

@@ -133,3 +133,18 @@ describeEachBackend('lifecycle', (h) => {
     await expect(escaped.callHandler('h', {})).rejects.toMatchObject({ code: 'ERR_CONSUMED' });
   });
 });
+
+describeEachBackend('dispose during a call', (h) => {
+  it('rejects the running call and the queued ones with ERR_CONSUMED, and other sandboxes carry on', async () => {
+    const loaded = await h.load({ spin: 'function handler() { for (;;) {} }' });
+    const running = loaded.callHandler('spin', {}).catch((e: { code?: string }) => e.code);
+    const queued = loaded.callHandler('spin', {}).catch((e: { code?: string }) => e.code);
+    await new Promise((r) => setTimeout(r, 20));
+    await loaded.dispose();
+    expect(await running).toBe('ERR_CONSUMED');
+    expect(await queued).toBe('ERR_CONSUMED');
+    const other = await h.load({ one: 'function handler() { return 1; }' });
+    expect(await other.callHandler('one', {})).toBe(1);
+    await other.dispose();
+  });
+});
