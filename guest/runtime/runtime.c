@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "crypto.h"
 #include "runtime.h"
 
 /* QuickJS's own per-allocation bookkeeping estimate (its MALLOC_OVERHEAD). */
@@ -444,13 +445,17 @@ static char *module_normalize(JSContext *ctx, const char *base, const char *name
 {
     (void)base;
     (void)opaque;
-    /* Every specifier is absolute ("host:m", "<ns>:<name>"): no path resolution. */
+    /* Every specifier is absolute ("host:m", "<ns>:<name>", a built-in's bare name):
+     * no path resolution. */
     return js_strdup(ctx, name);
 }
 
 static JSModuleDef *module_load(JSContext *ctx, const char *name, void *opaque)
 {
     (void)opaque;
+    /* Built-in modules: bare names, which no user module can take (those have a ns:). */
+    if (strcmp(name, CRYPTO_MODULE_NAME) == 0)
+        return crypto_module_new(ctx, name);
     if (strncmp(name, "host:", 5) == 0) {
         const char *module = name + 5;
         JSModuleDef *m = NULL;
