@@ -9,7 +9,6 @@ import {
   InvalidArgumentError,
   BusyError,
   PoisonedError,
-  UnavailableError,
 } from '../errors.js';
 import type {
   EngineConfig,
@@ -22,7 +21,7 @@ import type {
 } from './engine.js';
 import { loadAddon, type NativeAddon, type NativeVm } from './native.js';
 import { kvmImagePath } from './paths.js';
-import { kvmUnusableReasons } from './probe.js';
+import { kvmUnusableReasons, unavailableError } from './probe.js';
 
 let image: Buffer | undefined;
 
@@ -79,7 +78,7 @@ export class KvmEngine implements GuestEngine {
   constructor(config: EngineConfig, onHostCall: HostCallHandler) {
     const reasons = kvmUnusableReasons();
     if (reasons.length > 0) {
-      throw new UnavailableError(`the KVM backend is unavailable:\n  - ${reasons.join('\n  - ')}`, reasons);
+      throw unavailableError('kvm', reasons);
     }
     const addon = loadAddon().addon as NativeAddon;
     this.vm = new addon.Vm(guestImage(), config, (output: Buffer, callId: number) => {

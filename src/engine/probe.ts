@@ -2,6 +2,8 @@
 // Each reason names its fix, because users see them in ERR_UNAVAILABLE and in the
 // one-time notice when 'auto' falls back to WebAssembly.
 import { existsSync } from 'node:fs';
+import { UnavailableError } from '../errors.js';
+import type { Backend } from './engine.js';
 import { loadAddon } from './native.js';
 import { kvmImagePath } from './paths.js';
 
@@ -30,4 +32,10 @@ export function kvmUnusableReasons(): string[] {
   }
   cached = reasons;
   return reasons;
+}
+
+/** ERR_UNAVAILABLE for `backend`, listing each reason (each names its fix). */
+export function unavailableError(backend: Backend, reasons: string[]): UnavailableError {
+  const name = backend === 'kvm' ? 'KVM' : 'WebAssembly';
+  return new UnavailableError(`the ${name} backend is unavailable:\n  - ${reasons.join('\n  - ')}`, reasons);
 }

@@ -1,19 +1,14 @@
 // select.ts — picks the tier for a new sandbox: 'kvm', 'wasm', or 'auto' (KVM when
 // usable, else WebAssembly with a one-time notice saying why KVM was not used and how
 // to fix it). The facade never branches on the tier past this point.
-import { UnavailableError } from '../errors.js';
 import type { Backend, EngineFactory } from './engine.js';
 import { KvmEngine } from './kvm-engine.js';
-import { kvmUnusableReasons } from './probe.js';
+import { kvmUnusableReasons, unavailableError } from './probe.js';
 import { WasmEngine, wasmAvailable } from './wasm/index.js';
 
 export type BackendChoice = Backend | 'auto';
 
 let autoNoticeShown = false;
-
-function unavailable(backend: Backend, reasons: string[]): UnavailableError {
-  return new UnavailableError(`the ${backend === 'kvm' ? 'KVM' : 'WebAssembly'} backend is unavailable:\n  - ${reasons.join('\n  - ')}`, reasons);
-}
 
 function resolve(choice: BackendChoice): Backend {
   if (choice !== 'auto') return choice;
@@ -35,10 +30,10 @@ export function engineFactory(choice: BackendChoice): EngineFactory {
   const backend = resolve(choice);
   if (backend === 'kvm') {
     const reasons = kvmUnusableReasons();
-    if (reasons.length > 0) throw unavailable('kvm', reasons);
+    if (reasons.length > 0) throw unavailableError('kvm', reasons);
     return (config, onHostCall) => new KvmEngine(config, onHostCall);
   }
   const wasm = wasmAvailable();
-  if (!wasm.usable) throw unavailable('wasm', wasm.reasons);
+  if (!wasm.usable) throw unavailableError('wasm', wasm.reasons);
   return (config, onHostCall) => new WasmEngine(config, onHostCall);
 }

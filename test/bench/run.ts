@@ -39,11 +39,10 @@ async function guarded(what: string, fn: () => Promise<void>): Promise<void> {
 }
 
 async function loadAirlock(backend: Backend, handlers: Record<string, string>, setup?: (p: import('../../src/index.js').ProtoJSSandbox) => void): Promise<LoadedJSSandbox> {
-  return loadAirlockWith(backend, new SandboxBuilder().setBackend(backend), handlers, setup);
+  return loadAirlockWith(new SandboxBuilder().setBackend(backend), handlers, setup);
 }
 
 async function loadAirlockWith(
-  _backend: Backend,
   builder: SandboxBuilder,
   handlers: Record<string, string>,
   setup?: (p: import('../../src/index.js').ProtoJSSandbox) => void,
@@ -168,8 +167,8 @@ async function benchAirlock(backend: Backend): Promise<void> {
   // identical sandboxes, one with a snapshot taken, called alternately so warm-up and
   // machine noise fall on both alike.
   const bigBuilder = () => new SandboxBuilder().setBackend(backend).setHeapSize(1024 * 1024 * 1024);
-  const plain = await loadAirlockWith(backend, bigBuilder(), { echo: ECHO });
-  const big = await loadAirlockWith(backend, bigBuilder(), { echo: ECHO });
+  const plain = await loadAirlockWith(bigBuilder(), { echo: ECHO });
+  const big = await loadAirlockWith(bigBuilder(), { echo: ECHO });
   try {
     const event = { id: 1, name: 'bench' };
     const snap = await big.snapshot();
