@@ -46,4 +46,10 @@ void airlock_runtime_init(void);
  * times while it runs. */
 void airlock_runtime_handle(void);
 
+/* Work the last request left for after its response was delivered: the post-call GC
+ * (AIRLOCK_CALL_FLAG_GC, or after the heap ran out). Targets call it once the host
+ * has the response, so the collection overlaps the host's handling of the result;
+ * airlock_runtime_handle runs it first if a target did not. */
+void airlock_runtime_after(void);
+
 #endif /* AIRLOCK_PLATFORM_H */

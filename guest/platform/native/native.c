@@ -204,6 +204,7 @@ int main(int argc, char **argv)
     airlock_runtime_init();
     for (;;) {
         send_output(AIRLOCK_EXIT_RESPONSE);
+        airlock_runtime_after();
         if (receive_request() < 0)
             return 0;
         airlock_runtime_handle();

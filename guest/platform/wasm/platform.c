@@ -121,7 +121,16 @@ uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_s
 
 /* Handles the request the worker placed in the input buffer (control.request_len). */
 AIRLOCK_EXPORT("airlock_handle")
-void airlock_handle(void) { airlock_runtime_handle(); }
+void airlock_handle(void)
+{
+    airlock_runtime_handle();
+    airlock_runtime_after();
+}
+
+/* The post-call work of the last request (its GC), for a worker that runs it after
+ * handing the response over; a no-op when airlock_handle already did it. */
+AIRLOCK_EXPORT("airlock_after")
+void airlock_after(void) { airlock_runtime_after(); }
 
 AIRLOCK_EXPORT("airlock_control")
 struct airlock_control *airlock_control_block(void) { return &control; }
