@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define AIRLOCK_ABI_VERSION 1
+#define AIRLOCK_ABI_VERSION 2
 
 /* ------------------------------------------------------------------------------
  * KVM memory map. Guest physical == guest virtual (identity map). Every mapping is a
@@ -60,6 +60,32 @@
 #define AIRLOCK_EXIT_RESPONSE 1  /* output holds console msgs + one final message   */
 #define AIRLOCK_EXIT_HOST_CALL 2 /* output holds console msgs + one HOST_CALL message */
 #define AIRLOCK_EXIT_ABORT 3     /* output holds one ABORT message; guest is dead   */
+#define AIRLOCK_EXIT_IDLE 4      /* polling guest parked: re-enter it with a request */
+
+/* ------------------------------------------------------------------------------
+ * Polling (KVM). An exit costs tens of microseconds on nested/PVM hosts, more than
+ * a whole small call. So between requests a guest that sets AIRLOCK_GUEST_FLAG_POLLS
+ * spins on control.poll_state for up to control.poll_ticks TSC ticks, and a host
+ * thread that is spinning anyway hands requests and responses over through memory:
+ * a back-to-back call makes no exit at all. Every transition is a compare-and-swap
+ * on poll_state by the side named:
+ *   IDLE -> REQUEST_EXIT   host (vCPU thread), before entering the guest with a request
+ *   READY -> REQUEST       host: request written, the host spins for the response
+ *   READY -> REQUEST_EXIT  host (vCPU thread): request written, answer with an exit
+ *   REQUEST -> REQUEST_EXIT host: stopped spinning, answer with an exit after all
+ *   REQUEST -> READY       guest: response written (no exit); then post-call work
+ *   REQUEST_EXIT           guest answers with AIRLOCK_EXIT_RESPONSE; the host sets
+ *                          READY before re-entering it to poll again
+ *   READY -> IDLE          guest: poll window over, then AIRLOCK_EXIT_IDLE;
+ *                          host: taking the guest out of its poll to do other work
+ * The host trusts none of it: a guest that breaks the protocol only stalls or
+ * aborts itself.
+ * ---------------------------------------------------------------------------- */
+#define AIRLOCK_POLL_IDLE 0
+#define AIRLOCK_POLL_READY 1
+#define AIRLOCK_POLL_REQUEST 2
+#define AIRLOCK_POLL_REQUEST_EXIT 3
+#define AIRLOCK_GUEST_FLAG_POLLS 1
 
 /* ------------------------------------------------------------------------------
  * Image header: the first bytes of the flat guest image (KVM target only).
@@ -120,9 +146,13 @@ struct airlock_control {
     uint32_t host_flags;   /* reserved, 0 */
     /* Guest-written before every exit. */
     uint32_t response_len; /* bytes of messages at output_addr */
-    uint32_t guest_flags;  /* reserved, 0 */
+    uint32_t guest_flags;  /* AIRLOCK_GUEST_FLAG_*, set before the first exit */
     uint64_t heap_high_water; /* first heap byte never handed out (heap_addr..heap_addr+heap_size) */
     uint64_t heap_in_use;     /* bytes currently allocated, for statistics */
+    /* Polling (KVM): both sides, compare-and-swap only (see AIRLOCK_POLL_*). */
+    uint32_t poll_state;
+    uint32_t reserved;
+    uint64_t poll_ticks; /* host-written: TSC ticks a guest polls before parking; 0 = never */
 };
 #define AIRLOCK_CTRL_OFF_MAGIC 0
 #define AIRLOCK_CTRL_OFF_ABI_VERSION 4
@@ -144,7 +174,9 @@ struct airlock_control {
 #define AIRLOCK_CTRL_OFF_GUEST_FLAGS 116
 #define AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER 120
 #define AIRLOCK_CTRL_OFF_HEAP_IN_USE 128
-#define AIRLOCK_CONTROL_SIZE 136
+#define AIRLOCK_CTRL_OFF_POLL_STATE 136
+#define AIRLOCK_CTRL_OFF_POLL_TICKS 144
+#define AIRLOCK_CONTROL_SIZE 152
 
 /* ------------------------------------------------------------------------------
  * Messages. A message is a 16-byte header followed by `length` bytes of body; the
@@ -228,6 +260,8 @@ _Static_assert(offsetof(struct airlock_control, request_len) == AIRLOCK_CTRL_OFF
 _Static_assert(offsetof(struct airlock_control, response_len) == AIRLOCK_CTRL_OFF_RESPONSE_LEN, "resp");
 _Static_assert(offsetof(struct airlock_control, heap_high_water) == AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, "hw");
 _Static_assert(offsetof(struct airlock_control, heap_in_use) == AIRLOCK_CTRL_OFF_HEAP_IN_USE, "in use");
+_Static_assert(offsetof(struct airlock_control, poll_state) == AIRLOCK_CTRL_OFF_POLL_STATE, "poll state");
+_Static_assert(offsetof(struct airlock_control, poll_ticks) == AIRLOCK_CTRL_OFF_POLL_TICKS, "poll ticks");
 _Static_assert(sizeof(struct airlock_msg) == AIRLOCK_MSG_HEADER_SIZE, "msg header");
 #else
 static_assert(sizeof(airlock_image_header) == AIRLOCK_IMG_HEADER_SIZE, "image header size");
@@ -237,6 +271,8 @@ static_assert(sizeof(airlock_control) == AIRLOCK_CONTROL_SIZE, "control size");
 static_assert(offsetof(airlock_control, request_len) == AIRLOCK_CTRL_OFF_REQUEST_LEN, "req");
 static_assert(offsetof(airlock_control, response_len) == AIRLOCK_CTRL_OFF_RESPONSE_LEN, "resp");
 static_assert(offsetof(airlock_control, heap_high_water) == AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, "hw");
+static_assert(offsetof(airlock_control, poll_state) == AIRLOCK_CTRL_OFF_POLL_STATE, "poll state");
+static_assert(offsetof(airlock_control, poll_ticks) == AIRLOCK_CTRL_OFF_POLL_TICKS, "poll ticks");
 static_assert(sizeof(airlock_msg) == AIRLOCK_MSG_HEADER_SIZE, "msg header");
 #endif
 

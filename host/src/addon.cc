@@ -122,7 +122,8 @@ public:
         SpinConfig spin;
         spin.mainSpinNs = sizeField(cfg, "mainSpinUs", false, spin.mainSpinNs / 1000) * 1000;
         spin.vcpuSpinNs = sizeField(cfg, "vcpuSpinUs", false, spin.vcpuSpinNs / 1000) * 1000;
-        if (spin.mainSpinNs > 10'000'000 || spin.vcpuSpinNs > 10'000'000)
+        spin.guestPollNs = sizeField(cfg, "guestPollUs", false, spin.guestPollNs / 1000) * 1000;
+        if (spin.mainSpinNs > 10'000'000 || spin.vcpuSpinNs > 10'000'000 || spin.guestPollNs > 10'000'000)
             throw makeError(env, "ERR_INVALID_ARG", "spin budgets are limited to 10000 us");
 
         info.This().As<Napi::Object>().DefineProperty(
@@ -227,7 +228,7 @@ private:
         inFlight_ = true;
         setBusy(true);
         try {
-            sandbox_->post(std::move(op));
+            if (!sandbox_->postFast(op)) sandbox_->post(std::move(op));
         } catch (const std::exception &e) {
             inFlight_ = false;
             pending_.reset();

@@ -34,12 +34,6 @@ uint64_t monotonicNs() {
     return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
 }
 
-uint64_t threadCpuNs() {
-    timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
-}
-
 int64_t realtimeNs() {
     timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -76,6 +70,7 @@ void futexWake(std::atomic<uint32_t> *word) {
 // thread's stack for the thread's lifetime; only lock-free atomics are used.
 struct SignalTarget {
     std::atomic<uint32_t> *reason;
+    std::atomic<bool> *kick;
     std::atomic<uint32_t> *wakeSeq;
     std::atomic<hv::Vcpu *> *vcpu;
 };
@@ -95,7 +90,7 @@ void onCancelSignal(int, siginfo_t *info, void *) {
             uint32_t none = 0;
             target->reason->compare_exchange_strong(none, why);
         }
-        if (target->reason->load() != 0) {
+        if (target->reason->load() != 0 || target->kick->load()) {
             target->wakeSeq->fetch_add(1);
             if (hv::Vcpu *vcpu = target->vcpu->load()) vcpu->requestInterrupt();
         }
@@ -153,6 +148,13 @@ uint64_t disarmTimer(timer_t timer) {
     itimerspec zero{}, old{};
     if (timer_settime(timer, 0, &zero, &old) != 0) return 0;
     return static_cast<uint64_t>(old.it_value.tv_sec) * 1'000'000'000ull + old.it_value.tv_nsec;
+}
+
+// poll_state is shared with the guest: atomic read-modify-write only (abi.h, Polling).
+uint32_t pollLoad(uint32_t *w) { return __atomic_load_n(w, __ATOMIC_ACQUIRE); }
+void pollStore(uint32_t *w, uint32_t v) { __atomic_store_n(w, v, __ATOMIC_RELEASE); }
+bool pollSwap(uint32_t *w, uint32_t from, uint32_t to) {
+    return __atomic_compare_exchange_n(w, &from, to, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
 bool isPrintableUtf8(const uint8_t *p, size_t n) {
@@ -234,6 +236,35 @@ void Sandbox::post(Op op) {
         return;
     }
     wake();
+    // A guest polling for requests keeps the vCPU thread inside KVM_RUN: interrupt it
+    // so the thread takes the op. (The thread re-checks opReady_ after raising
+    // session_, so one of the two always sees the other.)
+    if (session_.load()) {
+        kick_.store(true);
+        sigval value{};
+        pthread_sigqueue(thread_.native_handle(), cancelSignal(), value);
+    }
+}
+
+bool Sandbox::postFast(const Op &op) {
+    if (op.kind != OpKind::Exchange || !session_.load() || !runnable_.load()) return false;
+    uint32_t *w = pollWord();
+    if (pollLoad(w) != AIRLOCK_POLL_READY) return false;
+    // The guest polls and reads nothing of the request until poll_state says REQUEST.
+    cancelReason_.store(0);
+    exchange_.store(kPosting);
+    beginExchange(OpKind::Exchange, &op.request, op.wallTimeoutNs, op.cpuTimeoutNs);
+    record_.guestEntered = true;
+    if (pollSwap(w, AIRLOCK_POLL_READY, AIRLOCK_POLL_REQUEST)) {
+        exchange_.store(kInFlight);
+        fastInFlight_ = true;
+        return true;
+    }
+    // The guest parked first: the vCPU thread must run it.
+    if (record_.wallTimeoutNs) disarmTimer(static_cast<timer_t>(wallTimer_));
+    if (record_.cpuTimeoutNs) disarmTimer(static_cast<timer_t>(cpuTimer_));
+    exchange_.store(kNoExchange);
+    return false;
 }
 
 void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
@@ -260,22 +291,71 @@ std::vector<Event> Sandbox::drainEvents() {
     std::vector<Event> out;
     std::lock_guard<std::mutex> lock(mu_);
     while (!events_.empty()) {
-        out.push_back(std::move(events_.front()));
+        Event &ev = events_.front();
+        if (ev.kind == EventKind::Done && ev.op == OpKind::Exchange) fastInFlight_ = false;
+        out.push_back(std::move(ev));
         events_.pop_front();
     }
     return out;
 }
 
+// Only the guest moves poll_state off REQUEST (to READY, with its response written;
+// then maybe on to IDLE when its poll window ends before we look), except the vCPU
+// thread when it cancels or aborts, which claims the exchange first.
+bool Sandbox::fastAnswered(uint32_t poll) { return poll != AIRLOCK_POLL_REQUEST && poll != AIRLOCK_POLL_REQUEST_EXIT; }
+
+std::optional<Event> Sandbox::takeFastResult() {
+    if (!fastInFlight_ || !fastAnswered(pollLoad(pollWord()))) return std::nullopt;
+    // The response is in the output buffer. If the vCPU thread claimed the exchange
+    // first (cancel, abort, or the guest parked before we looked), its event follows.
+    if (!claimExchange()) return std::nullopt;
+    fastInFlight_ = false;
+    const GuestLayout &l = layout_;
+    Outcome o;
+    // Guest-written and hostile: read once, bound, copy. The guest is running (its
+    // post-call GC), but it writes the output buffer only for the next request.
+    uint32_t len = memory_->read<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
+    if (len > l.outputSize) {
+        std::string message = "guest response_len " + std::to_string(len) + " exceeds the output buffer of " +
+                              std::to_string(l.outputSize) + " bytes";
+        poison("the guest aborted");
+        o.code = OutcomeCode::GuestAbort;
+        o.message = std::move(message);
+    } else {
+        const uint8_t *p = memory_->at(l.outputAddr, len);
+        o.output.assign(p, p + len);
+    }
+    Event ev;
+    ev.kind = EventKind::Done;
+    ev.op = OpKind::Exchange;
+    ev.outcome = finishExchange(std::move(o));
+    exchange_.store(kNoExchange);
+    return ev;
+}
+
 std::vector<Event> Sandbox::awaitEvents(uint64_t spinNs) {
+    auto withFast = [this](std::vector<Event> events) {
+        if (std::optional<Event> fast = takeFastResult()) events.push_back(std::move(*fast));
+        return events;
+    };
     int expected = kIdle;
-    if (!handoff_.compare_exchange_strong(expected, kSpinning)) return drainEvents();
+    if (!handoff_.compare_exchange_strong(expected, kSpinning)) return withFast(drainEvents());
     mainCpu_.store(sched_getcpu(), std::memory_order_relaxed);
+    uint32_t *w = fastInFlight_ ? pollWord() : nullptr;
     if (spinNs > 0) {
         const uint64_t start = monotonicNs();
         uint64_t nextYield = start + kSpinYieldNs;
         for (uint64_t now = start; now < start + spinNs; now = monotonicNs()) {
             for (int i = 0; i < 64; ++i) {
-                if (handoff_.load(std::memory_order_acquire) == kPosted) return drainEvents();
+                if (handoff_.load(std::memory_order_acquire) == kPosted) return withFast(drainEvents());
+                if (w && fastAnswered(pollLoad(w))) {
+                    if (std::optional<Event> fast = takeFastResult()) {
+                        std::vector<Event> events = drainEvents();
+                        events.push_back(std::move(*fast));
+                        return events;
+                    }
+                    w = nullptr; // the vCPU thread finishes this exchange: wait for its event
+                }
                 cpuRelax();
             }
             // Spinning on the vCPU thread's core would only delay it.
@@ -285,6 +365,10 @@ std::vector<Event> Sandbox::awaitEvents(uint64_t spinNs) {
             }
         }
     }
+    // Stop spinning: a guest still working on a fast exchange must now answer with an
+    // exit, so the vCPU thread can notify. If it already answered, take that.
+    if (fastInFlight_ && !pollSwap(pollWord(), AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT))
+        return withFast(drainEvents());
     expected = kSpinning;
     if (handoff_.compare_exchange_strong(expected, kIdle)) return {};
     return drainEvents();
@@ -344,7 +428,7 @@ template <typename Ready> bool Sandbox::waitFor(Ready ready, bool stopOnCancel) 
 }
 
 void Sandbox::threadMain() {
-    SignalTarget target{&cancelReason_, &wakeSeq_, &signalVcpu_};
+    SignalTarget target{&cancelReason_, &kick_, &wakeSeq_, &signalVcpu_};
     t_signalTarget = &target;
     sigset_t mine;
     sigemptyset(&mine);
@@ -357,6 +441,7 @@ void Sandbox::threadMain() {
         if (pthread_getcpuclockid(pthread_self(), &cpuClock) != 0) throw std::runtime_error("pthread_getcpuclockid");
         wallTimer_ = createThreadTimer(CLOCK_MONOTONIC, TerminatedBy::WallClock);
         cpuTimer_ = createThreadTimer(cpuClock, TerminatedBy::CpuTime);
+        vcpuClock_ = cpuClock;
         timersReady_ = true;
     } catch (const std::exception &e) {
         timerError = e.what();
@@ -371,32 +456,44 @@ void Sandbox::threadMain() {
             ops_.pop_front();
             opReady_.store(!ops_.empty());
         }
+        kick_.store(false);
         if (op.kind == OpKind::Stop) break;
-        Outcome outcome;
+        std::optional<Outcome> outcome;
         if (!timersReady_ && (op.kind == OpKind::Boot || op.kind == OpKind::Exchange)) {
-            outcome.code = OutcomeCode::Internal;
-            outcome.message = "cannot create the monitor timers: " + timerError;
+            outcome = Outcome{};
+            outcome->code = OutcomeCode::Internal;
+            outcome->message = "cannot create the monitor timers: " + timerError;
         } else {
             try {
                 outcome = handle(op);
             } catch (const std::exception &e) {
-                // A monitor left armed by the failed exchange must not cancel a later one.
-                if (timersReady_) {
+                session_.store(false);
+                std::string reason = std::string("a hypervisor operation failed: ") + e.what();
+                poison(reason);
+                if (memory_) pollStore(pollWord(), AIRLOCK_POLL_IDLE);
+                outcome.reset();
+                bool session = op.kind == OpKind::Boot || op.kind == OpKind::Exchange;
+                // An exchange still unanswered fails; one already answered owes nothing.
+                if (!session || claimExchange()) {
+                    Outcome o;
+                    o.code = OutcomeCode::Internal;
+                    o.message = reason;
+                    outcome = session ? finishExchange(std::move(o)) : std::move(o);
+                    if (session) exchange_.store(kNoExchange);
+                } else if (timersReady_) {
+                    // A monitor left armed by the failed exchange must not cancel a later one.
                     disarmTimer(static_cast<timer_t>(wallTimer_));
                     disarmTimer(static_cast<timer_t>(cpuTimer_));
                 }
-                runnable_ = false;
-                notRunnableReason_ = std::string("a hypervisor operation failed: ") + e.what();
-                outcome = Outcome{};
-                outcome.code = OutcomeCode::Internal;
-                outcome.message = notRunnableReason_;
             }
         }
-        Event ev;
-        ev.kind = EventKind::Done;
-        ev.op = op.kind;
-        ev.outcome = std::move(outcome);
-        emit(std::move(ev));
+        if (outcome) {
+            Event ev;
+            ev.kind = EventKind::Done;
+            ev.op = op.kind;
+            ev.outcome = std::move(*outcome);
+            emit(std::move(ev));
+        }
     }
 
     tearDownGuest();
@@ -410,7 +507,7 @@ void Sandbox::threadMain() {
     emit(std::move(done));
 }
 
-Outcome Sandbox::handle(const Op &op) {
+std::optional<Outcome> Sandbox::handle(const Op &op) {
     Outcome o;
     switch (op.kind) {
     case OpKind::Boot:
@@ -423,10 +520,13 @@ Outcome Sandbox::handle(const Op &op) {
         }
         if (!runnable_) {
             o.code = OutcomeCode::Poisoned;
+            std::lock_guard<std::mutex> lock(mu_);
             o.message = notRunnableReason_ + "; restore a snapshot before sending";
             return o;
         }
-        return runGuest(&op.request, op.wallTimeoutNs, op.cpuTimeoutNs);
+        startExchange(op);
+        runSession();
+        return std::nullopt; // the session emitted the outcome
     case OpKind::Snapshot:
         return takeSnapshot();
     case OpKind::Restore:
@@ -495,6 +595,8 @@ void Sandbox::setUpGuest() {
 
     const uint64_t tscKhz = vcpu_->tscKhz();
     mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_KHZ, tscKhz);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_POLL_TICKS,
+                        static_cast<uint64_t>(static_cast<unsigned __int128>(spin_.guestPollNs) * tscKhz / 1'000'000));
     // Guest TSC = host TSC + offset (same rate: KVM runs the guest TSC at the host's
     // frequency unless scaling is configured, which we never do).
     uint64_t before = __rdtsc();
@@ -508,7 +610,8 @@ void Sandbox::tearDownGuest() {
     vcpu_.reset();
     vm_.reset();
     memory_.reset();
-    booted_ = runnable_ = false;
+    booted_ = false;
+    runnable_ = false;
 }
 
 void Sandbox::writeClockBase() {
@@ -519,7 +622,7 @@ void Sandbox::writeClockBase() {
     memory_->write<int64_t>(c + AIRLOCK_CTRL_OFF_WALL_NS_BASE, wall);
 }
 
-Outcome Sandbox::boot() {
+std::optional<Outcome> Sandbox::boot() {
     Outcome o;
     if (booted_ || memory_) {
         o.code = OutcomeCode::InvalidArg;
@@ -536,14 +639,11 @@ Outcome Sandbox::boot() {
     }
     booted_ = true;
     runnable_ = true;
-    Outcome o2 = runGuest(nullptr, 0, 0);
-    if (o2.code != OutcomeCode::Ok) {
-        // Even a boot cancelled before the first instruction leaves no usable guest:
-        // its initialisation never completed.
-        runnable_ = false;
-        if (notRunnableReason_.empty()) notRunnableReason_ = "the guest never finished booting";
-    }
-    return o2;
+    Op op;
+    op.kind = OpKind::Boot;
+    startExchange(op);
+    runSession();
+    return std::nullopt; // the session emitted the outcome
 }
 
 std::string Sandbox::describeExit(const hv::Exit &exit) {
@@ -626,105 +726,226 @@ void Sandbox::writeHostReturn(const std::vector<uint8_t> &reply) {
     memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, len);
 }
 
-Outcome Sandbox::runGuest(const std::vector<uint8_t> *request, uint64_t wallTimeoutNs, uint64_t cpuTimeoutNs) {
+// ---- exchanges ----------------------------------------------------------------------
+
+uint32_t *Sandbox::pollWord() const {
+    // Invariant: the control block lies inside the image (parseImageHeader) and
+    // poll_state is 4-byte aligned in it (abi.h static asserts).
+    return reinterpret_cast<uint32_t *>(memory_->at(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_STATE, 4));
+}
+
+uint64_t Sandbox::vcpuCpuNs() const {
+    timespec ts;
+    if (clock_gettime(vcpuClock_, &ts) != 0) return 0;
+    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+}
+
+void Sandbox::poison(std::string reason) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (runnable_.exchange(false) || notRunnableReason_.empty()) notRunnableReason_ = std::move(reason);
+}
+
+// Called by the side that publishes the exchange, before it does.
+void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, uint64_t wallTimeoutNs,
+                            uint64_t cpuTimeoutNs) {
     const GuestLayout &l = layout_;
-    const uint64_t control = l.header.control;
-    timer_t wallTimer = static_cast<timer_t>(wallTimer_);
-    timer_t cpuTimer = static_cast<timer_t>(cpuTimer_);
-
-    const uint64_t wallStart = monotonicNs();
-    uint64_t cpuSegmentStart = threadCpuNs();
-    uint64_t cpuTotal = 0;
-    bool guestEntered = false;
-
     if (request) {
         // The caller checked request->size() <= inputSize.
         std::memcpy(memory_->at(l.inputAddr, request->size()), request->data(), request->size());
-        memory_->write<uint32_t>(control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(request->size()));
+        memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(request->size()));
     }
-    if (wallTimeoutNs) armTimer(wallTimer, wallTimeoutNs);
-    if (cpuTimeoutNs) armTimer(cpuTimer, cpuTimeoutNs);
+    writeClockBase();
+    record_.op = kind;
+    record_.wallTimeoutNs = wallTimeoutNs;
+    record_.cpuTimeoutNs = cpuTimeoutNs;
+    record_.pausedCpuNs.store(0);
+    record_.guestEntered = false;
+    record_.wallStart = monotonicNs();
+    record_.cpuStart = vcpuCpuNs();
+    if (wallTimeoutNs) armTimer(static_cast<timer_t>(wallTimer_), wallTimeoutNs);
+    if (cpuTimeoutNs) armTimer(static_cast<timer_t>(cpuTimer_), cpuTimeoutNs);
+}
 
-    auto finish = [&](Outcome o) {
-        if (wallTimeoutNs) disarmTimer(wallTimer);
-        if (cpuTimeoutNs) disarmTimer(cpuTimer);
-        o.wallNs = monotonicNs() - wallStart;
-        o.cpuNs = cpuTotal + (threadCpuNs() - cpuSegmentStart);
-        return o;
+bool Sandbox::claimExchange() {
+    int expected = kInFlight;
+    return exchange_.compare_exchange_strong(expected, kClaimed);
+}
+
+// The exchange state once a main-thread post attempt (which lasts nanoseconds) is over.
+int Sandbox::settledExchange() {
+    int state;
+    while ((state = exchange_.load()) == kPosting) cpuRelax();
+    return state;
+}
+
+// By the side that claimed the exchange: monitors off, timing filled in.
+Outcome Sandbox::finishExchange(Outcome o) {
+    if (record_.wallTimeoutNs) disarmTimer(static_cast<timer_t>(wallTimer_));
+    if (record_.cpuTimeoutNs) disarmTimer(static_cast<timer_t>(cpuTimer_));
+    o.wallNs = monotonicNs() - record_.wallStart;
+    uint64_t cpu = vcpuCpuNs() - record_.cpuStart;
+    uint64_t paused = record_.pausedCpuNs.load();
+    o.cpuNs = cpu > paused ? cpu - paused : 0;
+    return o;
+}
+
+// vCPU thread, guest stopped: a Boot or an Exchange the guest answers with an exit.
+void Sandbox::startExchange(const Op &op) {
+    beginExchange(op.kind, op.kind == OpKind::Exchange ? &op.request : nullptr, op.wallTimeoutNs, op.cpuTimeoutNs);
+    pollStore(pollWord(), AIRLOCK_POLL_REQUEST_EXIT);
+    exchange_.store(kInFlight);
+}
+
+// vCPU thread: runs the guest while an exchange is in flight and, for a guest that
+// polls, on between exchanges until it parks or an op waits. Emits the Done event of
+// every exchange the vCPU thread claims.
+void Sandbox::runSession() {
+    const GuestLayout &l = layout_;
+    const uint64_t control = l.header.control;
+    uint32_t *w = pollWord();
+    timer_t cpuTimer = static_cast<timer_t>(cpuTimer_);
+
+    auto leave = [&] {
+        session_.store(false);
+        kick_.store(false);
     };
-    auto guestAbort = [&](std::string message) {
-        runnable_ = false;
-        notRunnableReason_ = "the guest aborted";
-        Outcome o;
-        o.code = OutcomeCode::GuestAbort;
-        o.message = std::move(message);
-        return finish(std::move(o));
+    auto done = [&](Outcome o) {
+        OpKind kind = record_.op;
+        o = finishExchange(std::move(o));
+        if (kind == OpKind::Boot && o.code != OutcomeCode::Ok)
+            // Even a boot cancelled before the first instruction leaves no usable guest.
+            poison("the guest never finished booting");
+        exchange_.store(kNoExchange);
+        Event ev;
+        ev.kind = EventKind::Done;
+        ev.op = kind;
+        ev.outcome = std::move(o);
+        emit(std::move(ev));
     };
-    auto cancelled = [&]() {
-        if (guestEntered) {
-            runnable_ = false;
-            notRunnableReason_ = "the guest was cancelled mid-request";
+    // The guest broke down or broke the protocol: it never runs again before a restore.
+    auto abortGuest = [&](std::string message, bool claimed = false) {
+        poison("the guest aborted");
+        pollStore(w, AIRLOCK_POLL_IDLE);
+        leave();
+        if (claimed || claimExchange()) {
+            Outcome o;
+            o.code = OutcomeCode::GuestAbort;
+            o.message = std::move(message);
+            done(std::move(o));
         }
+    };
+    // Cancels the exchange in flight; false if it was answered first.
+    auto cancelled = [&]() {
+        if (!claimExchange()) return false;
+        if (record_.guestEntered) poison("the guest was cancelled mid-request");
+        pollStore(w, AIRLOCK_POLL_IDLE);
+        leave();
         Outcome o;
         o.code = OutcomeCode::Cancelled;
         o.terminatedBy = static_cast<TerminatedBy>(cancelReason_.load());
         o.message = std::string("execution cancelled by ") + terminatedByName(o.terminatedBy);
-        return finish(std::move(o));
+        done(std::move(o));
+        return true;
     };
     // Reads response_len (guest-written, hostile) and returns the output bytes.
-    auto readOutput = [&](std::vector<uint8_t> &out) -> bool {
+    auto readOutput = [&](std::vector<uint8_t> &out, std::string &error) -> bool {
         uint32_t len = memory_->read<uint32_t>(control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
-        if (len > l.outputSize) return false;
+        if (len > l.outputSize) {
+            error = "guest response_len " + std::to_string(len) + " exceeds the output buffer of " +
+                    std::to_string(l.outputSize) + " bytes";
+            return false;
+        }
         const uint8_t *p = memory_->at(l.outputAddr, len);
         out.assign(p, p + len);
         return true;
     };
 
+    session_.store(true);
     for (;;) {
-        if (cancelReason_.load() != 0) return cancelled();
-        writeClockBase();
+        const int state = settledExchange();
+        if (state == kInFlight && cancelReason_.load() != 0 && cancelled()) return;
+        if (state != kInFlight && (opReady_.load() || !runnable_.load())) {
+            // Other work waits (or the guest is done for): take it out of its poll.
+            if (pollSwap(w, AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE) || pollLoad(w) != AIRLOCK_POLL_REQUEST) {
+                leave();
+                return;
+            }
+            continue; // a fast request got in first: serve it
+        }
         vcpuCpu_.store(sched_getcpu(), std::memory_order_relaxed);
-        guestEntered = true;
+        if (state == kInFlight) record_.guestEntered = true;
         hv::Exit exit = vcpu_->run();
         if (exit.kind == hv::ExitKind::Interrupted) {
-            if (cancelReason_.load() != 0) return cancelled();
-            vcpu_->clearInterrupt(); // a late signal of an earlier exchange
+            if (settledExchange() == kInFlight && cancelReason_.load() != 0 && cancelled()) return;
+            vcpu_->clearInterrupt(); // a kick, or a signal that came after its exchange ended
             continue;
         }
         bool protocol = exit.kind == hv::ExitKind::Io && exit.isWrite && exit.port == AIRLOCK_PORT && exit.size == 4 &&
                         exit.count == 1;
-        if (!protocol) return guestAbort("guest stopped outside the protocol: " + describeExit(exit));
+        if (!protocol) return abortGuest("guest stopped outside the protocol: " + describeExit(exit));
 
         switch (exit.value) {
         case AIRLOCK_EXIT_RESPONSE: {
+            if (settledExchange() != kInFlight || !claimExchange())
+                return abortGuest("guest answered with no request in flight");
             Outcome o;
-            if (!readOutput(o.output)) {
-                uint32_t len = memory_->read<uint32_t>(control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
-                return guestAbort("guest response_len " + std::to_string(len) + " exceeds the output buffer of " +
-                                  std::to_string(l.outputSize) + " bytes");
+            std::string error;
+            if (!readOutput(o.output, error)) return abortGuest(error, true);
+            bool polls = memory_->read<uint32_t>(control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS;
+            // The output is copied: the guest may run on (its post-call GC, then poll).
+            pollStore(w, polls ? AIRLOCK_POLL_READY : AIRLOCK_POLL_IDLE);
+            done(std::move(o));
+            if (!polls) {
+                leave();
+                return;
             }
-            return finish(std::move(o));
+            continue;
+        }
+        case AIRLOCK_EXIT_IDLE: {
+            const int now = settledExchange();
+            const uint32_t poll = pollLoad(w);
+            if (poll == AIRLOCK_POLL_IDLE && now == kInFlight) {
+                // It answered through memory and its poll window ended before the
+                // main thread looked (or it broke the protocol): the output buffer
+                // is the answer, whoever claims it first delivers it.
+                if (claimExchange()) {
+                    Outcome o;
+                    std::string error;
+                    if (!readOutput(o.output, error)) return abortGuest(error, true);
+                    leave();
+                    done(std::move(o));
+                    return;
+                }
+            }
+            if (poll == AIRLOCK_POLL_IDLE) {
+                leave();
+                return;
+            }
+            // Parked without saying so: take it at its word unless a request got in.
+            if (poll == AIRLOCK_POLL_READY && pollSwap(w, AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE)) {
+                leave();
+                return;
+            }
+            continue;
         }
         case AIRLOCK_EXIT_ABORT: {
             std::vector<uint8_t> out;
-            std::string text;
-            if (readOutput(out)) text = abortMessage(out.data(), static_cast<uint32_t>(out.size()));
-            return guestAbort(text.empty() ? "guest aborted (no readable abort message)" : "guest aborted: " + text);
+            std::string text, error;
+            if (readOutput(out, error)) text = abortMessage(out.data(), static_cast<uint32_t>(out.size()));
+            return abortGuest(text.empty() ? "guest aborted (no readable abort message)" : "guest aborted: " + text);
         }
         case AIRLOCK_EXIT_HOST_CALL: {
+            if (settledExchange() != kInFlight) return abortGuest("guest called the host with no request in flight");
             Event ev;
             ev.kind = EventKind::HostCall;
             ev.hostCallId = nextHostCallId_++;
-            if (!readOutput(ev.hostCallOutput)) {
-                uint32_t len = memory_->read<uint32_t>(control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
-                return guestAbort("guest response_len " + std::to_string(len) + " exceeds the output buffer of " +
-                                  std::to_string(l.outputSize) + " bytes");
-            }
+            std::string error;
+            if (!readOutput(ev.hostCallOutput, error)) return abortGuest(error);
             const uint64_t id = ev.hostCallId;
             // Time spent waiting for the host function is not guest CPU time: pause
             // the CPU monitor and the accounting while we wait.
-            uint64_t cpuLeft = cpuTimeoutNs ? disarmTimer(cpuTimer) : 0;
-            cpuTotal += threadCpuNs() - cpuSegmentStart;
+            uint64_t cpuLeft = record_.cpuTimeoutNs ? disarmTimer(cpuTimer) : 0;
+            const uint64_t pauseStart = vcpuCpuNs();
             emit(std::move(ev));
             std::optional<Reply> reply;
             for (;;) {
@@ -738,17 +959,21 @@ Outcome Sandbox::runGuest(const std::vector<uint8_t> *request, uint64_t wallTime
                 }
                 reply_.reset(); // an answer to a call that no longer waits
             }
-            cpuSegmentStart = threadCpuNs();
-            if (!reply) return cancelled();
-            if (cpuTimeoutNs) {
+            record_.pausedCpuNs.fetch_add(vcpuCpuNs() - pauseStart);
+            if (!reply) {
+                if (cancelled()) return;
+                continue; // (cannot happen: only a cancel ends the wait without a reply)
+            }
+            if (record_.cpuTimeoutNs) {
                 if (cpuLeft == 0) cpuLeft = 1; // it expired as we paused it: fire now
                 armTimer(cpuTimer, cpuLeft);
             }
             writeHostReturn(reply->bytes);
+            writeClockBase();
             continue;
         }
         default:
-            return guestAbort("guest used unknown exit code " + std::to_string(exit.value) + " at RIP " +
+            return abortGuest("guest used unknown exit code " + std::to_string(exit.value) + " at RIP " +
                               hex(vcpu_->getRegisters().rip));
         }
     }
@@ -769,6 +994,7 @@ Outcome Sandbox::takeSnapshot() {
     }
     if (!runnable_) {
         o.code = OutcomeCode::Poisoned;
+        std::lock_guard<std::mutex> lock(mu_);
         o.message = notRunnableReason_ + "; its state cannot be snapshotted";
         return o;
     }
@@ -823,8 +1049,11 @@ Outcome Sandbox::restoreSnapshot(const Snapshot &snap) {
     vcpu_->setRegisters(snap.regs);
     vcpu_->setFpu(snap.fpu);
     vcpu_->clearInterrupt();
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        notRunnableReason_.clear();
+    }
     runnable_ = true;
-    notRunnableReason_.clear();
     o.wallNs = monotonicNs() - start;
     return o;
 }

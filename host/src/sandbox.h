@@ -74,6 +74,7 @@ struct Event {
 struct SpinConfig {
     uint64_t vcpuSpinNs = 50'000; // vCPU thread: spin before sleeping for the next op / reply
     uint64_t mainSpinNs = 150'000; // main thread: spin after posting before falling back to notify
+    uint64_t guestPollNs = 50'000; // polling guest: wait for the next request before parking
 };
 
 class Sandbox {
@@ -93,6 +94,9 @@ public:
 
     // --- main thread ---
     void post(Op op);                                         // starts the thread on first use
+    // Hands an Exchange straight to a guest polling for it (no exit, no vCPU-thread
+    // handoff). False when the guest is not polling: post() it instead.
+    bool postFast(const Op &op);
     void postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply);
     void cancel(TerminatedBy why);                            // the running exchange ends ERR_CANCELLED
     // Waits up to `spinNs` for events; returns what is there (maybe nothing, in which
@@ -108,11 +112,37 @@ private:
         std::vector<uint8_t> bytes;
     };
 
+    // An exchange (Boot or Exchange op) from the moment it is published until exactly
+    // one side claims it: the main thread when the guest handed the response over in
+    // memory, the vCPU thread on an exit, a cancellation or an abort.
+    enum ExchangeState : int { kNoExchange = 0, kPosting = 1, kInFlight = 2, kClaimed = 3 };
+    struct ExchangeRecord {
+        OpKind op = OpKind::Exchange;
+        uint64_t wallStart = 0;
+        uint64_t cpuStart = 0;
+        uint64_t wallTimeoutNs = 0;
+        uint64_t cpuTimeoutNs = 0;
+        std::atomic<uint64_t> pausedCpuNs{0}; // vCPU time spent waiting for host functions
+        bool guestEntered = false;            // vCPU thread: false until the guest ran it
+    };
+
+    // both threads (whoever owns the exchange at that moment)
+    void beginExchange(OpKind kind, const std::vector<uint8_t> *request, uint64_t wallTimeoutNs, uint64_t cpuTimeoutNs);
+    bool claimExchange();
+    int settledExchange();
+    Outcome finishExchange(Outcome o);
+    uint64_t vcpuCpuNs() const;
+    uint32_t *pollWord() const;
+    void poison(std::string reason);
+    std::optional<Event> takeFastResult();
+    static bool fastAnswered(uint32_t poll);
+
     // vCPU thread
     void threadMain();
-    Outcome handle(const Op &op);
-    Outcome boot();
-    Outcome runGuest(const std::vector<uint8_t> *request, uint64_t wallTimeoutNs, uint64_t cpuTimeoutNs);
+    std::optional<Outcome> handle(const Op &op);
+    std::optional<Outcome> boot();
+    void startExchange(const Op &op);
+    void runSession();
     Outcome takeSnapshot();
     Outcome restoreSnapshot(const Snapshot &snap);
     void setUpGuest();
@@ -146,6 +176,13 @@ private:
     std::atomic<uint32_t> wakeSeq_{0}; // futex word: bumped on every post and by the signal handler
     std::atomic<bool> vcpuSleeping_{false};
     std::atomic<uint32_t> cancelReason_{0}; // TerminatedBy of the exchange in flight
+    std::atomic<bool> kick_{false};         // ops wait: take the guest out of its poll
+
+    std::atomic<int> exchange_{kNoExchange};
+    ExchangeRecord record_;
+    bool fastInFlight_ = false;          // main thread: the exchange in flight was posted fast
+    std::atomic<bool> session_{false};   // vCPU thread is running a guest that may poll
+    clockid_t vcpuClock_{};              // the vCPU thread's CPU-time clock
 
     // Events (vCPU -> main).
     std::deque<Event> events_;
@@ -162,8 +199,8 @@ private:
     std::unique_ptr<hv::Vcpu> vcpu_;
     std::atomic<hv::Vcpu *> signalVcpu_{nullptr}; // what the signal handler may interrupt
     bool booted_ = false;
-    bool runnable_ = false; // false after an abort or cancel until a restore
-    std::string notRunnableReason_;
+    std::atomic<bool> runnable_{false}; // false after an abort or cancel until a restore
+    std::string notRunnableReason_;     // under mu_
     int64_t tscOffset_ = 0; // guest TSC - host TSC
     uint64_t nextHostCallId_ = 1;
     void *wallTimer_ = nullptr;

@@ -65,6 +65,45 @@ _Noreturn void plat_abort(const char *msg)
         plat_exit(AIRLOCK_EXIT_ABORT);
 }
 
+static inline uint32_t poll_state(void) { return __atomic_load_n(&control.poll_state, __ATOMIC_ACQUIRE); }
+
+static inline int poll_swap(uint32_t from, uint32_t to)
+{
+    return __atomic_compare_exchange_n(&control.poll_state, &from, to, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* The response is in the output buffer: hand it to a spinning host through memory,
+ * else exit. After the exit the host re-enters us to poll (READY) or with the next
+ * request (REQUEST_EXIT). */
+static void deliver(void)
+{
+    if (!poll_swap(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_READY))
+        plat_exit(AIRLOCK_EXIT_RESPONSE);
+}
+
+/* Returns when poll_state holds a request. Spins for the host's poll window first:
+ * a request arriving in it costs no exit. Then parks (IDLE) and exits until the
+ * host re-enters with a request. */
+static void await_request(void)
+{
+    uint64_t deadline = rdtsc() + control.poll_ticks;
+    for (;;) {
+        uint32_t s = poll_state();
+        if (s == AIRLOCK_POLL_REQUEST || s == AIRLOCK_POLL_REQUEST_EXIT)
+            return;
+        if (s == AIRLOCK_POLL_READY) {
+            if (rdtsc() < deadline) {
+                __builtin_ia32_pause();
+                continue;
+            }
+            if (!poll_swap(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE))
+                continue; /* a request won the race */
+        }
+        plat_exit(AIRLOCK_EXIT_IDLE);
+        deadline = rdtsc() + control.poll_ticks;
+    }
+}
+
 _Noreturn void airlock_kvm_main(void);
 
 _Noreturn void airlock_kvm_main(void)
@@ -72,9 +111,13 @@ _Noreturn void airlock_kvm_main(void)
     /* musl's start-up code (skipped: it makes syscalls) would point the thread's
      * locale at the global C locale; uselocale does just that, with no syscall. */
     uselocale(LC_GLOBAL_LOCALE);
+    control.guest_flags = AIRLOCK_GUEST_FLAG_POLLS;
     airlock_runtime_init();
     for (;;) {
-        plat_exit(AIRLOCK_EXIT_RESPONSE);
+        deliver();
+        /* The post-call GC runs while the host already has the result. */
+        airlock_runtime_after();
+        await_request();
         airlock_runtime_handle();
     }
 }
