@@ -258,6 +258,7 @@ bool Sandbox::postFast(const Op &op) {
     if (pollSwap(w, AIRLOCK_POLL_READY, AIRLOCK_POLL_REQUEST)) {
         exchange_.store(kInFlight);
         fastInFlight_ = true;
+        pollHit();
         return true;
     }
     // The guest parked first: the vCPU thread must run it.
@@ -595,8 +596,8 @@ void Sandbox::setUpGuest() {
 
     const uint64_t tscKhz = vcpu_->tscKhz();
     mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_KHZ, tscKhz);
-    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_POLL_TICKS,
-                        static_cast<uint64_t>(static_cast<unsigned __int128>(spin_.guestPollNs) * tscKhz / 1'000'000));
+    pollNs_.store(0);
+    setPollWindow(spin_.guestPollNs);
     // Guest TSC = host TSC + offset (same rate: KVM runs the guest TSC at the host's
     // frequency unless scaling is configured, which we never do).
     uint64_t before = __rdtsc();
@@ -768,8 +769,26 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
 
 bool Sandbox::claimExchange() {
     int expected = kInFlight;
-    return exchange_.compare_exchange_strong(expected, kClaimed);
+    if (!exchange_.compare_exchange_strong(expected, kClaimed)) return false;
+    lastAnswerNs_.store(monotonicNs(), std::memory_order_relaxed);
+    return true;
 }
+
+namespace {
+constexpr uint64_t kPollStepNs = 4'000; // smallest window after zero; below half of it, zero
+}
+
+// Either thread. The guest reads poll_ticks each time it starts to wait.
+void Sandbox::setPollWindow(uint64_t ns) {
+    ns = std::min(ns, spin_.guestPollNs);
+    if (ns < kPollStepNs / 2) ns = 0;
+    if (pollNs_.exchange(ns) == ns || !memory_) return;
+    const uint64_t khz = memory_->read<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_TSC_KHZ);
+    memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS,
+                             static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * khz / 1'000'000));
+}
+
+void Sandbox::pollHit() { setPollWindow(std::max(kPollStepNs, pollNs_.load() * 2)); }
 
 // The exchange state once a main-thread post attempt (which lasts nanoseconds) is over.
 int Sandbox::settledExchange() {
@@ -791,6 +810,9 @@ Outcome Sandbox::finishExchange(Outcome o) {
 
 // vCPU thread, guest stopped: a Boot or an Exchange the guest answers with an exit.
 void Sandbox::startExchange(const Op &op) {
+    // A request this soon after the last answer would have met a polling guest.
+    const uint64_t last = lastAnswerNs_.load(std::memory_order_relaxed);
+    if (op.kind == OpKind::Exchange && last && monotonicNs() - last < spin_.guestPollNs) pollHit();
     beginExchange(op.kind, op.kind == OpKind::Exchange ? &op.request : nullptr, op.wallTimeoutNs, op.cpuTimeoutNs);
     pollStore(pollWord(), AIRLOCK_POLL_REQUEST_EXIT);
     exchange_.store(kInFlight);
@@ -891,7 +913,8 @@ void Sandbox::runSession() {
             Outcome o;
             std::string error;
             if (!readOutput(o.output, error)) return abortGuest(error, true);
-            bool polls = memory_->read<uint32_t>(control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS;
+            bool polls = (memory_->read<uint32_t>(control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS) &&
+                         pollNs_.load() > 0;
             // The output is copied: the guest may run on (its post-call GC, then poll).
             pollStore(w, polls ? AIRLOCK_POLL_READY : AIRLOCK_POLL_IDLE);
             done(std::move(o));
@@ -904,6 +927,8 @@ void Sandbox::runSession() {
         case AIRLOCK_EXIT_IDLE: {
             const int now = settledExchange();
             const uint32_t poll = pollLoad(w);
+            // It waited in vain (or answered and nobody looked in time): poll less.
+            setPollWindow(pollNs_.load() / 2);
             if (poll == AIRLOCK_POLL_IDLE && now == kInFlight) {
                 // It answered through memory and its poll window ended before the
                 // main thread looked (or it broke the protocol): the output buffer

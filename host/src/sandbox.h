@@ -123,7 +123,7 @@ private:
         uint64_t wallTimeoutNs = 0;
         uint64_t cpuTimeoutNs = 0;
         std::atomic<uint64_t> pausedCpuNs{0}; // vCPU time spent waiting for host functions
-        bool guestEntered = false;            // vCPU thread: false until the guest ran it
+        std::atomic<bool> guestEntered{false}; // false until the guest may have run it
     };
 
     // both threads (whoever owns the exchange at that moment)
@@ -136,6 +136,8 @@ private:
     void poison(std::string reason);
     std::optional<Event> takeFastResult();
     static bool fastAnswered(uint32_t poll);
+    void setPollWindow(uint64_t ns);
+    void pollHit();
 
     // vCPU thread
     void threadMain();
@@ -182,6 +184,12 @@ private:
     ExchangeRecord record_;
     bool fastInFlight_ = false;          // main thread: the exchange in flight was posted fast
     std::atomic<bool> session_{false};   // vCPU thread is running a guest that may poll
+    // The guest's poll window adapts like halt polling: it doubles when a request
+    // arrives in it (or would have), halves when the guest parks having waited in
+    // vain, down to zero. Requests spaced out, or a host too busy to answer in time,
+    // so stop costing the guest's core; back-to-back calls keep it at the maximum.
+    std::atomic<uint64_t> pollNs_{0};
+    std::atomic<uint64_t> lastAnswerNs_{0}; // monotonic time the last exchange was claimed
     clockid_t vcpuClock_{};              // the vCPU thread's CPU-time clock
 
     // Events (vCPU -> main).

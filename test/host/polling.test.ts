@@ -31,7 +31,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const modes = [
   { name: 'poll window off', guestPollUs: 0 },
-  { name: '1 us poll window', guestPollUs: 1 },
+  { name: '3 us poll window', guestPollUs: 3 },
   { name: 'default poll window', guestPollUs: undefined },
   { name: '10 ms poll window', guestPollUs: 10_000 },
   { name: 'no main-thread spin', guestPollUs: 10_000, mainSpinUs: 0 },
@@ -144,6 +144,17 @@ for (const mode of modes) {
       await vm.restore(snap);
       await vm.restore(snap);
       expect((await call(vm, {})).value).toBe(2);
+    });
+
+    it.skipIf(!present)('an idle sandbox stops spinning once its poll window is over', async () => {
+      const vm = await boot('function handler(e) { return e; }');
+      for (let i = 0; i < 50; i++) await call(vm, i);
+      await sleep(30); // every window here is at most 10 ms
+      const before = process.cpuUsage();
+      await sleep(300);
+      const used = process.cpuUsage(before);
+      // A guest still polling would burn the whole 300 ms on its vCPU thread.
+      expect((used.user + used.system) / 1000).toBeLessThan(100);
     });
 
     it.skipIf(!present)('disposes promptly while the guest polls', async () => {

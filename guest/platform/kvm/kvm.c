@@ -114,8 +114,12 @@ _Noreturn void airlock_kvm_main(void)
     control.guest_flags = AIRLOCK_GUEST_FLAG_POLLS;
     airlock_runtime_init();
     for (;;) {
+        /* Without a poll window the host will not run us again until the next
+         * request: collect now. With one, the post-call GC runs while the host
+         * already has the result. */
+        if (control.poll_ticks == 0)
+            airlock_runtime_after();
         deliver();
-        /* The post-call GC runs while the host already has the result. */
         airlock_runtime_after();
         await_request();
         airlock_runtime_handle();

@@ -119,16 +119,13 @@ uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_s
     return INIT_OK;
 }
 
-/* Handles the request the worker placed in the input buffer (control.request_len). */
+/* Handles the request the worker placed in the input buffer (control.request_len).
+ * Leaves the post-call GC to airlock_after, which the worker runs once the response
+ * is on its way (or this runs first thing in the next request). */
 AIRLOCK_EXPORT("airlock_handle")
-void airlock_handle(void)
-{
-    airlock_runtime_handle();
-    airlock_runtime_after();
-}
+void airlock_handle(void) { airlock_runtime_handle(); }
 
-/* The post-call work of the last request (its GC), for a worker that runs it after
- * handing the response over; a no-op when airlock_handle already did it. */
+/* The post-call work of the last request (its GC); a no-op when there is none. */
 AIRLOCK_EXPORT("airlock_after")
 void airlock_after(void) { airlock_runtime_after(); }
 
