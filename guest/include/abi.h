@@ -69,15 +69,17 @@
  * thread that is spinning anyway hands requests and responses over through memory:
  * a back-to-back call makes no exit at all. Every transition is a compare-and-swap
  * on poll_state by the side named:
- *   IDLE -> REQUEST_EXIT   host (vCPU thread), before entering the guest with a request
+ *   IDLE -> REQUEST_EXIT   host (vCPU thread, guest stopped): request written,
+ *                          answer with an exit
  *   READY -> REQUEST       host: request written, the host spins for the response
- *   READY -> REQUEST_EXIT  host (vCPU thread): request written, answer with an exit
  *   REQUEST -> REQUEST_EXIT host: stopped spinning, answer with an exit after all
  *   REQUEST -> READY       guest: response written (no exit); then post-call work
  *   REQUEST_EXIT           guest answers with AIRLOCK_EXIT_RESPONSE; the host sets
- *                          READY before re-entering it to poll again
+ *                          READY before running it on to poll, or IDLE if it will not
  *   READY -> IDLE          guest: poll window over, then AIRLOCK_EXIT_IDLE;
- *                          host: taking the guest out of its poll to do other work
+ *                          host (vCPU thread): taking the guest out of its poll
+ * With poll_ticks 0 the guest runs its post-call work before answering: the host
+ * will not run it again until the next request.
  * The host trusts none of it: a guest that breaks the protocol only stalls or
  * aborts itself.
  * ---------------------------------------------------------------------------- */
