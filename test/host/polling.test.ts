@@ -9,7 +9,15 @@ import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
-import { decodeMessages, encodeMessage, loadAddon, rejection, type NativeVm } from './raw-guest.js';
+import {
+  buildImage,
+  decodeMessages,
+  defaultConfig,
+  encodeMessage,
+  loadAddon,
+  rejection,
+  type NativeVm,
+} from './raw-guest.js';
 
 const imagePath = join(__dirname, '..', '..', 'out', 'guest', 'kvm', 'airlock-guest.img');
 const base = { heapSize: 64 << 20, stackSize: 1 << 20, inputSize: 1 << 20, outputSize: 1 << 20, consoleLimit: 4096 };
@@ -169,3 +177,36 @@ for (const mode of modes) {
     });
   });
 }
+
+// Hand-assembled guests that claim to poll and then break the protocol (raw-guest.ts
+// explains the encoding; C+116 is guest_flags). The host must neither hang nor crash.
+const SET_POLLS = 'c7042574202000 01000000'; // mov dword [C+116], AIRLOCK_GUEST_FLAG_POLLS
+const BOOT = '66baa103 c7042570202000 00000000 b801000000 ef'; // mov dx, PORT; response_len = 0; RESPONSE
+const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
+
+describeKvm('polling hand-over: a guest that breaks the protocol', () => {
+  const raw = (code: string) => {
+    const vm = new (loadAddon().Vm)(buildImage(hex(code)), defaultConfig, () => {});
+    live.push(vm);
+    return vm;
+  };
+
+  it('answering with no request in flight aborts the guest', async () => {
+    const vm = raw(`${SET_POLLS} ${BOOT} b801000000 ef ebfe`); // a second RESPONSE right away
+    await vm.boot();
+    await sleep(30);
+    const err = await rejection(vm.send(Buffer.from('x')));
+    expect(err.code).toBe('ERR_POISONED');
+    expect(String(err.message)).toContain('aborted');
+  });
+
+  it('parking over and over with a request in flight is stopped by the wall-clock monitor', async () => {
+    const vm = raw(`${SET_POLLS} ${BOOT} b804000000 ef ebf8`); // loop: IDLE exit
+    await vm.boot();
+    await sleep(10);
+    const err = await rejection(vm.send(Buffer.from('x'), { wallClockTimeoutMs: 50 }));
+    expect(err.code).toBe('ERR_CANCELLED');
+    expect(err.terminatedBy).toBe('wall-clock');
+    expect((await rejection(vm.send(Buffer.from('x')))).code).toBe('ERR_POISONED');
+  });
+});
