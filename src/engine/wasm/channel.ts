@@ -15,19 +15,58 @@ export const atomicsWaitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }
 /** Loads of the State word between two clock reads while spinning: a clock read
  *  allocates (performance.now) and costs twice a load, and a spin must not make garbage. */
 const LOADS_PER_CLOCK_READ = 64;
+/** A budget below this catches nothing: the spinner sleeps at once instead. */
+const MIN_BUDGET_MS = 0.002;
 
-/** Spins up to `ms` while State is `value`; returns the State last seen. */
-export function spinWhile(control: Int32Array, value: number, ms: number): number {
-  let s = Atomics.load(control, Slot.State);
-  if (s !== value) return s;
-  const until = performance.now() + ms;
-  do {
-    for (let i = 0; i < LOADS_PER_CLOCK_READ; i++) {
-      s = Atomics.load(control, Slot.State);
-      if (s !== value) return s;
-    }
-  } while (performance.now() < until);
-  return s;
+/**
+ * Spins while the State word keeps a value, for an adaptive time. With a core each,
+ * spinning saves a sleep and a wake-up, which in a VM cost both sides tens of us (the
+ * waker pays for the interrupt too), and while a process warms up the other thread
+ * can take hundreds of us to answer. So, as in halt polling: a wait the spin did not
+ * cover grows the budget when spinning a little longer would have covered it, and
+ * shrinks it when it was too long to spin through.
+ */
+export class Spinner {
+  private budgetMs: number;
+
+  constructor(private readonly maxMs: number) {
+    this.budgetMs = maxMs;
+  }
+
+  /** Spins while State is `value`, up to the current budget; returns the State last seen. */
+  spinWhile(control: Int32Array, value: number): number {
+    return this.spin(control, value, true);
+  }
+
+  /** Spins until State is `value`, up to the current budget; returns the State last seen. */
+  spinUntil(control: Int32Array, value: number): number {
+    return this.spin(control, value, false);
+  }
+
+  /** Whether a spin would run now (its budget is not spent down to nothing). */
+  get spinning(): boolean {
+    return this.budgetMs >= MIN_BUDGET_MS;
+  }
+
+  /** Adapts the budget after a wait the spin did not cover; `waitedMs` runs from the
+   *  start of the wait (the spin included) to the change. */
+  waited(waitedMs: number): void {
+    if (waitedMs <= this.maxMs) this.budgetMs = Math.min(this.maxMs, Math.max(this.budgetMs * 2, waitedMs * 1.25));
+    else this.budgetMs = this.budgetMs >= 2 * MIN_BUDGET_MS ? this.budgetMs / 2 : 0;
+  }
+
+  private spin(control: Int32Array, value: number, whileEqual: boolean): number {
+    let s = Atomics.load(control, Slot.State);
+    if (s === value !== whileEqual || this.budgetMs < MIN_BUDGET_MS) return s;
+    const until = performance.now() + this.budgetMs;
+    do {
+      for (let i = 0; i < LOADS_PER_CLOCK_READ; i++) {
+        s = Atomics.load(control, Slot.State);
+        if (s === value !== whileEqual) return s;
+      }
+    } while (performance.now() < until);
+    return s;
+  }
 }
 
 /** Int32 slots of the control SharedArrayBuffer. */
@@ -56,7 +95,8 @@ export enum Slot {
 export const CONTROL_SLOTS = 9;
 
 export enum State {
-  /** Nothing in flight; the worker waits. */
+  /** Nothing in flight; the worker waits. Stored without a notify: the worker waits
+   *  for Request (or HostReply), not for this. */
   Idle = 0,
   /** Main -> worker: run Slot.Op. */
   Request = 1,
@@ -105,11 +145,21 @@ export const INIT_OK = 0;
 export const INIT_BAD_CONFIG = 1;
 export const INIT_NO_MEMORY = 2;
 
+/** Workers that can take part in spin accounting (see WorkerInit.activity). */
+export const ACTIVITY_SLOTS = 64;
+
 /** What the worker receives at start-up. */
 export interface WorkerInit {
   module: WebAssembly.Module;
   control: SharedArrayBuffer;
   port: import('node:worker_threads').MessagePort;
+  /** Int32 per worker, shared by all workers: 1 while a worker runs or spins, 0 while
+   *  it sleeps. A worker spins only while fewer than `maxActive` others are active, so
+   *  spinning threads never outnumber the cores (the main thread keeps one). */
+  activity: SharedArrayBuffer;
+  /** This worker's slot in `activity`; -1: none (it never spins). */
+  activitySlot: number;
+  maxActive: number;
 }
 
 /** Sent on the port before Op.Boot. */

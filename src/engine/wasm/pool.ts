@@ -3,11 +3,13 @@
 // fresh instance, usually already booted) so creating a sandbox pays no thread start.
 // A disposed sandbox's healthy worker is reset to a fresh instance and comes back here.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { wasmModulePath } from '../paths.js';
 import {
+  ACTIVITY_SLOTS,
   CONTROL_SLOTS,
   INIT_OK,
   Op,
@@ -15,7 +17,7 @@ import {
   Slot,
   State,
   atomicsWaitAsync,
-  spinWhile,
+  Spinner,
   type BootConfig,
   type MemoryImage,
   type RestoreRequest,
@@ -36,9 +38,9 @@ function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
 }
 
-/** How long a waiting main thread spins before sleeping in waitAsync. A trivial call
+/** The longest a waiting main thread spins before sleeping in waitAsync. A trivial call
  *  finishes inside it; a wake-up through the event loop costs more. */
-const MAIN_SPIN_MS = 0.1;
+const MAIN_SPIN_MS = 0.2;
 
 /** Threads started ahead of demand when the pool runs dry while other sandboxes are
  *  alive (demand is growing). Each is a thread with a V8 isolate (a few MiB); a start
@@ -48,6 +50,12 @@ const PRESTART = 2;
 /** Idle workers kept (counting those being reset); a released worker beyond this is
  *  terminated, so a burst of sandboxes does not leave a crowd of threads behind. */
 const MAX_IDLE = 4;
+
+/** Which workers run or spin (WorkerInit.activity), and the free slots in it. */
+const activity = new SharedArrayBuffer(ACTIVITY_SLOTS * 4);
+const freeActivitySlots = Array.from({ length: ACTIVITY_SLOTS }, (_, i) => ACTIVITY_SLOTS - 1 - i);
+/** Workers that may run or spin at once: one core stays with the main thread. */
+const MAX_ACTIVE = Math.max(1, availableParallelism() - 1);
 
 /** Shadow-stack bytes the module is linked with (guest/platform/wasm/build.mk). */
 export const LINKED_STACK_BYTES = 8 * 1024 * 1024;
@@ -136,6 +144,7 @@ export class GuestWorker {
   /** The memory image the worker keeps (Slot.ImageId); 0: none. */
   private heldImage = 0;
   private readonly exitListeners = new Set<() => void>();
+  private readonly spinner = new Spinner(MAIN_SPIN_MS);
 
   private constructor(
     readonly thread: Worker,
@@ -153,7 +162,8 @@ export class GuestWorker {
     const control = new SharedArrayBuffer(CONTROL_SLOTS * 4);
     const { port1, port2 } = new MessageChannel();
     const script = workerScript();
-    const init: WorkerInit = { module, control, port: port2 };
+    const activitySlot = freeActivitySlots.pop() ?? -1;
+    const init: WorkerInit = { module, control, port: port2, activity, activitySlot, maxActive: MAX_ACTIVE };
     const thread = new Worker(script.source, {
       eval: script.eval,
       workerData: init,
@@ -165,6 +175,13 @@ export class GuestWorker {
     if (!keepAlive) thread.unref();
     port1.unref();
     const worker = new GuestWorker(thread, control, port1);
+    if (activitySlot >= 0) {
+      // A thread that is gone can no longer clear its slot: do it for it.
+      worker.onExit(() => {
+        Atomics.store(new Int32Array(activity), activitySlot, 0);
+        freeActivitySlots.push(activitySlot);
+      });
+    }
     return new Promise((resolve, reject) => {
       const onExit = () => reject(new Error(worker.exitReason ?? 'the worker exited during start-up'));
       worker.exitListeners.add(onExit);
@@ -199,11 +216,17 @@ export class GuestWorker {
     Atomics.notify(this.control, Slot.State);
   }
 
+  /** Takes the worker's answer: the worker waits for the next Request, not for this. */
+  idle(): void {
+    Atomics.store(this.control, Slot.State, State.Idle);
+  }
+
   /** Resolves once State is no longer `value` or the thread is gone. `keepAlive`: hold
    *  the process open meanwhile (someone awaits the answer; the pool's own work does not). */
   async waitWhile(value: State, keepAlive = true): Promise<number> {
     const ctl = this.control;
-    let s = spinWhile(ctl, value, MAIN_SPIN_MS);
+    const start = performance.now();
+    let s = this.spinner.spinWhile(ctl, value);
     if (s !== value) return s;
     // Sleeping: keep the process alive until the worker answers.
     if (keepAlive) this.thread.ref();
@@ -216,6 +239,7 @@ export class GuestWorker {
     } finally {
       if (keepAlive) this.thread.unref();
     }
+    this.spinner.waited(performance.now() - start);
     return s;
   }
 
@@ -228,7 +252,7 @@ export class GuestWorker {
     this.signal(State.Request);
     const s = await this.waitWhile(State.Request, keepAlive);
     if (s !== State.Done) throw new Error(this.exitReason ?? 'the worker stopped answering');
-    this.signal(State.Idle);
+    this.idle();
     return this.control[Slot.Outcome] as Outcome;
   }
 

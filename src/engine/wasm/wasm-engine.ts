@@ -287,7 +287,7 @@ export class WasmEngine implements GuestEngine {
     for (;;) {
       const s = await w.waitWhile(waitingOn);
       if (s === State.Done) {
-        w.signal(State.Idle);
+        w.idle();
         this.checkOutcome(w);
         return w.dataCopy();
       }

@@ -27,7 +27,7 @@ import {
   Slot,
   State,
   atomicsWaitAsync,
-  spinWhile,
+  Spinner,
   type BootConfig,
   type MemoryImage,
   type MemoryRegion,
@@ -36,8 +36,10 @@ import {
   type WorkerInit,
 } from './channel.js';
 
-/** Spin this long for the main thread's answer before sleeping in Atomics.wait. */
-const SPIN_MS = 0.05;
+/** Spin at most this long for the main thread's next move before sleeping in
+ *  Atomics.wait: long enough to bridge a main thread that is still warming up. */
+const SPIN_MS = 0.5;
+const spinner = new Spinner(SPIN_MS);
 /** Check the CPU clock on every this-many interrupt polls (a poll comes every ~10k
  *  QuickJS operations; a clock read costs ~1.6 us). */
 const CPU_CHECK_EVERY = 4;
@@ -45,6 +47,7 @@ const CPU_CHECK_EVERY = 4;
 const init = workerData as WorkerInit;
 const ctl = new Int32Array(init.control);
 const port = init.port;
+const activity = new Int32Array(init.activity);
 
 /** Thrown through the module to unwind it when the guest must not continue. */
 class GuestAbort extends Error {}
@@ -66,6 +69,7 @@ interface Exports {
   _initialize?: () => void;
   airlock_init: (input: number, output: number, heap: number, stack: number, consoleLimit: number) => number;
   airlock_handle: () => void;
+  airlock_after: () => void;
   airlock_control: () => number;
   airlock_stack_high: () => number;
 }
@@ -240,14 +244,34 @@ function interruptRequested(): number {
 }
 
 // --- waiting --------------------------------------------------------------------
-/** Returns once State is no longer `current`: spins briefly, then sleeps. */
-function waitWhile(current: State): State {
-  let s = spinWhile(ctl, current, SPIN_MS);
-  while (s === current) {
-    Atomics.wait(ctl, Slot.State, current);
-    s = Atomics.load(ctl, Slot.State);
+function setActive(on: boolean): void {
+  if (init.activitySlot >= 0) Atomics.store(activity, init.activitySlot, on ? 1 : 0);
+}
+
+/** Whether this thread may spin: other workers running or spinning leave a core free. */
+function coreFree(): boolean {
+  if (init.activitySlot < 0) return false;
+  let others = 0;
+  for (let i = 0; i < activity.length; i++) if (i !== init.activitySlot) others += Atomics.load(activity, i);
+  return others < init.maxActive;
+}
+
+/** Returns once State is `wanted` (the main thread's next move): spins, then sleeps. */
+function waitFor(wanted: State): void {
+  const start = performance.now();
+  let s = Atomics.load(ctl, Slot.State);
+  if (s === wanted) return;
+  if (spinner.spinning && coreFree()) {
+    s = spinner.spinUntil(ctl, wanted);
+    if (s === wanted) return;
   }
-  return s;
+  setActive(false);
+  do {
+    Atomics.wait(ctl, Slot.State, s);
+    s = Atomics.load(ctl, Slot.State);
+  } while (s !== wanted);
+  setActive(true);
+  spinner.waited(performance.now() - start);
 }
 
 function signal(state: State): void {
@@ -285,7 +309,7 @@ function hostExit(kind: number): void {
   const measuring = cpuLimitNs > 0;
   const pausedAt = measuring ? threadCpuNs() : 0;
   signal(State.HostCall);
-  waitWhile(State.HostCall);
+  waitFor(State.HostReply);
   if (measuring) cpuExcludedNs += threadCpuNs() - pausedAt;
   deliverInput(l);
 }
@@ -404,6 +428,7 @@ function snapshot(): void {
 const WASM_PAGE = 65536;
 
 function restore(): void {
+  afterFailure = undefined;
   const id = ctl[Slot.ImageId];
   if (held?.id !== id) {
     held = undefined;
@@ -437,6 +462,7 @@ function restore(): void {
  *  If instantiating fails the old instance is still referenced, so the pool terminates
  *  a worker whose reset did not report Outcome.Ok. */
 function reset(): void {
+  afterFailure = undefined;
   layout = undefined;
   data = NO_DATA;
   held = undefined;
@@ -456,7 +482,39 @@ function describeError(e: unknown): string {
   return String(e);
 }
 
+interface Failure {
+  outcome: Outcome;
+  message: string;
+}
+
+function classify(e: unknown): Failure {
+  if (e instanceof GuestAbort) return { outcome: Outcome.Abort, message: e.message };
+  if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) return { outcome: Outcome.Trap, message: `guest trapped: ${describeError(e)}` };
+  return { outcome: Outcome.Internal, message: describeError(e) };
+}
+
+/** A failure of the post-call work (airlock_after), which runs after its exchange was
+ *  reported done: the guest is then broken, so the next operation that needs it
+ *  reports this instead of running. Restore and reset replace the broken state. */
+let afterFailure: Failure | undefined;
+
+/** The last exchange's deferred work (its GC), run once the main thread has the
+ *  response, so the collection overlaps the main thread's handling of it. */
+function runAfter(): void {
+  try {
+    exportsOf.airlock_after();
+  } catch (e) {
+    const f = classify(e);
+    afterFailure = { outcome: f.outcome, message: `after the previous call: ${f.message}` };
+  }
+}
+
 function run(op: Op): void {
+  if (afterFailure && (op === Op.Exchange || op === Op.Snapshot)) {
+    const f = afterFailure;
+    fail(f.outcome, f.message);
+    return;
+  }
   switch (op) {
     case Op.Boot:
       return boot();
@@ -497,7 +555,7 @@ function serve(): void {
     const state = Atomics.load(ctl, Slot.State);
     if (state !== State.Request) {
       if (parked) return park();
-      waitWhile(state as State);
+      waitFor(State.Request);
       continue;
     }
     const op = ctl[Slot.Op] as Op;
@@ -505,22 +563,29 @@ function serve(): void {
     try {
       run(op);
     } catch (e) {
-      if (e instanceof GuestAbort) fail(Outcome.Abort, e.message);
-      else if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) fail(Outcome.Trap, `guest trapped: ${describeError(e)}`);
-      else fail(Outcome.Internal, describeError(e));
+      const f = classify(e);
+      fail(f.outcome, f.message);
     }
     // A reset returns the thread to the pool (whose pre-boot may follow); requests of
     // a sandbox want the low-latency blocking wait.
     if (op === Op.Reset) parked = true;
     else if (op === Op.Exchange) parked = false;
+    const ok = ctl[Slot.Outcome] === Outcome.Ok;
     signal(State.Done);
+    // After Done the main thread owns the control words and the data area; the guest
+    // is still this thread's until the next request, which waits for this.
+    if (op === Op.Exchange && ok) runAfter();
   }
 }
 
 /** Waits for the next request from the event loop (see `parked`). */
 function park(): void {
   const state = Atomics.load(ctl, Slot.State);
-  if (state === State.Request) return serve();
+  if (state === State.Request) {
+    setActive(true);
+    return serve();
+  }
+  setActive(false);
   const r = (atomicsWaitAsync as WaitAsync)(ctl, Slot.State, state);
   if (r.async) void r.value.then(park);
   else setImmediate(park);
