@@ -12,6 +12,7 @@ import {
   AIRLOCK_STATUS_EXCEPTION,
   AIRLOCK_STATUS_HOST_ERROR,
   AIRLOCK_STATUS_OK,
+  AIRLOCK_STATUS_OUT_OF_MEMORY,
   AIRLOCK_STATUS_STACK_OVERFLOW,
 } from '../../src/engine/abi.generated.js';
 import type { HostCallHandler } from '../../src/engine/engine.js';
@@ -222,6 +223,27 @@ describe('wasm engine', () => {
     const req = encodeMessage(AIRLOCK_MSG_CALL, 0, ['x', '{}']);
     expect((await rejection(engine.exchange(req, { wallClockTimeoutMs: -1 }))).code).toBe('ERR_INVALID_ARG');
     expect((await call(engine, 'x', {})).value).toBe('1');
+  });
+
+  it('grows linear memory as the heap is used, up to the heap size and no further', async () => {
+    const MiB = 1 << 20;
+    const engine = await bootWith(
+      {
+        // Keeps what it allocates, so each call's memory stays in use.
+        hold: 'const kept = []; function handler(e) { kept.push(new Uint8Array(e.mb * 1048576)); return kept.length; }',
+      },
+      {},
+      { ...CONFIG, heapSize: 256 * MiB },
+    );
+    const memorySize = async () => ((await engine.snapshot()) as unknown as { image: { image: { memorySize: number } } }).image.image.memorySize;
+    const booted = await memorySize();
+    expect(booted).toBeLessThan(32 * MiB);
+    expect((await call(engine, 'hold', { mb: 100 })).value).toBe('1');
+    const grown = await memorySize();
+    expect(grown).toBeGreaterThan(100 * MiB);
+    expect(grown).toBeLessThan(booted + 200 * MiB);
+    // Past the configured heap: out of memory, as with the heap reserved up front.
+    expect((await call(engine, 'hold', { mb: 200 })).status).toBe(AIRLOCK_STATUS_OUT_OF_MEMORY);
   });
 
   it('dispose() is idempotent and later calls fail cleanly', async () => {

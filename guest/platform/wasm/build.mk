@@ -12,6 +12,7 @@ WASM_OUT_DIR ?= $(abspath $(or $(GUEST_OUT),$(WASM_ROOT_DIR)/out/guest))/wasm
 WASM_OBJ_DIR := $(WASM_OUT_DIR)/obj
 
 WASM_CC ?= clang-19
+comma := ,
 WASM_SYSROOT_INCLUDE ?= /usr/include/wasm32-wasi
 WASM_SYSROOT_LIB ?= /usr/lib/wasm32-wasi
 # Shadow stack linked at the bottom of memory; the engine's stackSize is capped to it
@@ -37,9 +38,12 @@ WASM_QUICKJS_CFLAGS := $(WASM_CFLAGS) -Wno-everything
 WASM_OWN_CFLAGS := $(WASM_CFLAGS) -isystem $(WASM_QUICKJS_DIR) -I$(WASM_GUEST_DIR)/include -I$(WASM_GUEST_DIR)/runtime \
   -std=gnu11 -Wall -Wextra -Wno-unused-parameter
 
+# The allocator's entry points are wrapped by platform.c, which grows linear memory
+# under the heap as it is used.
+WASM_WRAPPED := airlock_malloc airlock_calloc airlock_realloc airlock_memalign
 WASM_LDFLAGS := --target=wasm32-wasi -nostdlib \
   -Wl,--no-entry -Wl,--export=_initialize -Wl,--stack-first -Wl,-z,stack-size=$(WASM_STACK_BYTES) -Wl,--gc-sections \
-  -Wl,--export=__stack_pointer -Wl,--strip-debug \
+  -Wl,--export=__stack_pointer -Wl,--strip-debug $(addprefix -Wl$(comma)--wrap=,$(WASM_WRAPPED)) \
   $(WASM_SYSROOT_LIB)/crt1-reactor.o -L$(WASM_SYSROOT_LIB) -lc \
   $(shell $(WASM_CC) --target=wasm32-wasi -print-libgcc-file-name)
 

@@ -6,13 +6,19 @@
  *   0 .. __stack_high      shadow stack (linked with --stack-first, so running off
  *                          its low end wraps below address 0 and traps)
  *   __stack_high ..        data and bss of the module (the control block lives here)
- *   layout_base ..         input buffer, output buffer, heap arena; grown by
- *                          airlock_init() from the end of memory at that moment, so
- *                          nothing the module allocated earlier is overlapped
+ *   layout_base ..         input buffer, output buffer, heap arena; laid out by
+ *                          airlock_init() from the end of memory at that moment
+ *
+ * Memory is grown to hold the buffers at init, but the heap arena only as the
+ * allocator reaches into it (see "The heap" below): a guest that uses 2 MiB of a
+ * 64 MiB heap has a linear memory of a few MiB, which keeps creating and dropping
+ * instances cheap for the embedder (V8 collects garbage by the memory's size).
  */
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "../../runtime/alloc.h"
 #include "../../runtime/platform.h"
 
 #define AIRLOCK_IMPORT(name) __attribute__((import_module("airlock"), import_name(name)))
@@ -61,6 +67,93 @@ _Noreturn void plat_abort(const char *msg)
     __builtin_unreachable();
 }
 
+/* --- The heap -----------------------------------------------------------------
+ * The allocator (runtime/alloc.c) owns [heap_addr, heap_end) and carves it from the
+ * bottom; it writes nowhere above its high-water mark plus the chunk it is carving.
+ * The build wraps its entry points (-Wl,--wrap): each call first grows linear memory
+ * to cover the high-water mark plus the request, so the allocator only ever touches
+ * memory that exists, and refuses (out of memory) exactly as before, at heap_end. */
+void *__real_airlock_malloc(size_t n);
+void *__real_airlock_calloc(size_t count, size_t size);
+void *__real_airlock_realloc(void *p, size_t n);
+void *__real_airlock_memalign(size_t alignment, size_t n);
+
+/* Bytes past the high-water mark a carve can touch beyond the request: chunk head,
+ * the next chunk's size word, alignment (alloc.c: CHUNK_OVERHEAD, ALIGNMENT, MIN_CHUNK). */
+#define CARVE_SLACK 64u
+/* Memory grows by at least this much, or by the heap's current size if larger:
+ * geometric steps keep grows (and V8's bookkeeping of them) rare. */
+#define GROW_MIN (1024u * 1024u)
+
+static uint64_t heap_start;
+static uint64_t heap_end;
+
+/* Makes [0, need) exist, need clamped to heap_end. Returns 0 when memory cannot grow. */
+static int cover(uint64_t need)
+{
+    if (need > heap_end)
+        need = heap_end;
+    uint64_t have = (uint64_t)__builtin_wasm_memory_size(0) * WASM_PAGE_SIZE;
+    if (need <= have)
+        return 1;
+    uint64_t step = have > heap_start && have - heap_start > GROW_MIN ? have - heap_start : GROW_MIN;
+    uint64_t target = have + step > need ? have + step : need;
+    if (target > heap_end)
+        target = heap_end;
+    uint64_t pages = (target - have + WASM_PAGE_SIZE - 1) / WASM_PAGE_SIZE;
+    if (__builtin_wasm_memory_grow(0, (unsigned long)pages) != (unsigned long)-1)
+        return 1;
+    /* The generous step failed: the exact need may still fit. */
+    pages = (need - have + WASM_PAGE_SIZE - 1) / WASM_PAGE_SIZE;
+    return __builtin_wasm_memory_grow(0, (unsigned long)pages) != (unsigned long)-1;
+}
+
+/* Before the allocator may carve `n` bytes from its top. A request larger than the
+ * whole heap can only be served from freed chunks, which lie below the high-water
+ * mark: nothing to grow. */
+static int cover_request(uint64_t n)
+{
+    if (n > heap_end - heap_start)
+        return 1;
+    return cover((uint64_t)airlock_alloc_high_water() + n + CARVE_SLACK);
+}
+
+void *__wrap_airlock_malloc(size_t n) { return cover_request(n) ? __real_airlock_malloc(n) : NULL; }
+
+void *__wrap_airlock_calloc(size_t count, size_t size)
+{
+    uint64_t n = (uint64_t)count * size; /* no wrap: both are 32-bit */
+    return cover_request(n) ? __real_airlock_calloc(count, size) : NULL;
+}
+
+void *__wrap_airlock_realloc(void *p, size_t n) { return cover_request(n) ? __real_airlock_realloc(p, n) : NULL; }
+
+void *__wrap_airlock_memalign(size_t alignment, size_t n)
+{
+    return cover_request((uint64_t)n + alignment + CARVE_SLACK) ? __real_airlock_memalign(alignment, n) : NULL;
+}
+
+/* libc's own malloc (sbrk) would grow memory at its end, inside the arena that is
+ * not grown yet: QuickJS's few direct libc calls use the guest heap instead, as on
+ * KVM, and count against its size. */
+void *malloc(size_t n) { return airlock_malloc(n); }
+void free(void *p) { airlock_free(p); }
+void *calloc(size_t count, size_t size) { return airlock_calloc(count, size); }
+void *realloc(void *p, size_t n) { return airlock_realloc(p, n); }
+size_t malloc_usable_size(void *p) { return airlock_usable_size(p); }
+void *aligned_alloc(size_t alignment, size_t n) { return airlock_memalign(alignment, n); }
+
+int posix_memalign(void **out, size_t alignment, size_t n)
+{
+    if (alignment < sizeof(void *) || (alignment & (alignment - 1)))
+        return EINVAL;
+    void *p = airlock_memalign(alignment, n);
+    if (!p)
+        return ENOMEM;
+    *out = p;
+    return 0;
+}
+
 /* Error codes of airlock_init, mirrored by src/engine/wasm/channel.ts. */
 #define INIT_OK 0
 #define INIT_BAD_CONFIG 1
@@ -72,8 +165,9 @@ static uint64_t align_up(uint64_t value, uint64_t alignment)
 }
 
 /* Lays out input, output and heap above the current end of memory, growing it to
- * hold them, fills the control block, then boots the runtime (which writes READY or
- * ABORT into the output buffer). Called once per instance, before anything else. */
+ * hold the buffers (the heap grows as it is used), fills the control block, then
+ * boots the runtime (which writes READY or ABORT into the output buffer). Called once
+ * per instance, before anything else. */
 AIRLOCK_EXPORT("airlock_init")
 uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_size, uint32_t stack_size,
                       uint32_t console_limit)
@@ -91,7 +185,9 @@ uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_s
     uint64_t end = align_up(heap_addr + heap_size, WASM_PAGE_SIZE);
     if (end > (uint64_t)UINT32_MAX + 1)
         return INIT_NO_MEMORY;
-    uint64_t grow_pages = (end - base) / WASM_PAGE_SIZE;
+    heap_start = heap_addr;
+    heap_end = heap_addr + heap_size;
+    uint64_t grow_pages = (align_up(heap_addr, WASM_PAGE_SIZE) - base) / WASM_PAGE_SIZE;
     if (grow_pages > 0 && __builtin_wasm_memory_grow(0, (unsigned long)grow_pages) == (unsigned long)-1)
         return INIT_NO_MEMORY;
 

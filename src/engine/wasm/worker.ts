@@ -315,8 +315,12 @@ function hostExit(kind: number): void {
 }
 
 // --- layout ---------------------------------------------------------------------
+/** Bytes a wasm32 memory can address. */
+const WASM32_SPACE = 2 ** 32;
+
 /** Reads the layout the guest wrote at init (or a snapshot restored) and checks it
- *  against the sizes the host asked for and the memory that exists. */
+ *  against the sizes the host asked for and the memory that exists (the buffers) or
+ *  can exist (the heap, which memory covers only as far as the guest has used it). */
 function readLayout(inputSize: number, outputSize: number): Layout {
   const control = exportsOf.airlock_control() >>> 0;
   const memSize = exportsOf.memory.buffer.byteLength;
@@ -324,7 +328,7 @@ function readLayout(inputSize: number, outputSize: number): Layout {
   const view = memoryView();
   const u64 = (off: number): number => {
     const v = view.getBigUint64(control + off, true);
-    if (v > BigInt(memSize)) throw new GuestAbort(`control block field at ${off} is outside memory`);
+    if (v > WASM32_SPACE) throw new GuestAbort(`control block field at ${off} is outside the address space`);
     return Number(v);
   };
   const l: Layout = {
@@ -339,7 +343,7 @@ function readLayout(inputSize: number, outputSize: number): Layout {
   };
   const fits = (addr: number, size: number) => addr + size <= memSize;
   if (l.inputSize !== inputSize || l.outputSize !== outputSize) throw new GuestAbort('guest buffer sizes differ from the configuration');
-  if (!fits(l.inputAddr, l.inputSize) || !fits(l.outputAddr, l.outputSize) || !fits(l.heapAddr, l.heapSize)) {
+  if (!fits(l.inputAddr, l.inputSize) || !fits(l.outputAddr, l.outputSize) || l.heapAddr + l.heapSize > WASM32_SPACE) {
     throw new GuestAbort('guest layout lies outside memory');
   }
   if (l.inputAddr + l.inputSize > l.outputAddr || l.outputAddr + l.outputSize > l.heapAddr || l.stackHigh > l.inputAddr) {
@@ -349,10 +353,11 @@ function readLayout(inputSize: number, outputSize: number): Layout {
 }
 
 function heapHighWater(l: Layout): number {
-  // Hostile: clamp into the heap arena so a bad value cannot widen the copy.
+  // Hostile: clamp into the part of the heap arena that exists, so a bad value cannot
+  // widen the copy.
   const hw = Number(memoryView().getBigUint64(l.control + AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, true));
   if (!(hw >= l.heapAddr)) return l.heapAddr;
-  return Math.min(hw, l.heapAddr + l.heapSize);
+  return Math.min(hw, l.heapAddr + l.heapSize, exportsOf.memory.buffer.byteLength);
 }
 
 // --- operations -----------------------------------------------------------------
@@ -404,7 +409,8 @@ function snapshot(): void {
   const heapEnd = l.heapAddr + l.heapSize;
   // Between requests the live state is: the used stack [sp, stackHigh), data+bss and
   // anything libc allocated before init [stackHigh, inputAddr), the heap up to its
-  // high-water mark, and whatever libc grew past the arena. Buffers hold no state.
+  // high-water mark, and anything past the arena (nothing, unless the guest grew
+  // memory by other means). Buffers hold no state.
   const ranges: [number, number][] = [[Math.min(sp, l.stackHigh), l.stackHigh], [l.stackHigh, l.inputAddr], [l.heapAddr, hw]];
   if (memSize > heapEnd) ranges.push([heapEnd, memSize]);
   let total = 0;
