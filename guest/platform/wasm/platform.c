@@ -221,9 +221,16 @@ uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_s
 AIRLOCK_EXPORT("airlock_handle")
 void airlock_handle(void) { airlock_runtime_handle(); }
 
-/* The post-call work of the last request (its GC); a no-op when there is none. */
+/* The post-call work of the last request (its GC); a no-op when there is none. The
+ * response published the heap's high-water mark before this ran: refresh it, since
+ * the host copies the heap up to it for a snapshot. */
 AIRLOCK_EXPORT("airlock_after")
-void airlock_after(void) { airlock_runtime_after(); }
+void airlock_after(void)
+{
+    airlock_runtime_after();
+    control.heap_high_water = airlock_alloc_high_water();
+    control.heap_in_use = airlock_alloc_in_use();
+}
 
 AIRLOCK_EXPORT("airlock_control")
 struct airlock_control *airlock_control_block(void) { return &control; }
