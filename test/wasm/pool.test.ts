@@ -72,7 +72,9 @@ describe('wasm worker pool', () => {
     const before = (await a.snapshot()) as unknown as { image: Image };
     expect(Buffer.from(new Uint8Array(before.image.image.bytes)).indexOf(secret)).toBeGreaterThan(-1);
     const old = workerOf(a);
-    const oldData = old.data;
+    const oldData = old.data!;
+    // The data area carried the request with the secret.
+    expect(Buffer.from(new Uint8Array(oldData)).indexOf(secret)).toBeGreaterThan(-1);
     const threadId = old.thread.threadId;
     await a.dispose();
     await poolSettled();
@@ -81,7 +83,8 @@ describe('wasm worker pool', () => {
     const b = await loadOnThread(threadId, { peek: 'function handler() { return typeof globalThis.secret; }' });
     const w = workerOf(b);
     expect(w).toBe(old);
-    expect(w.data).not.toBe(oldData);
+    // The data area is reused, cleared.
+    expect(Buffer.from(new Uint8Array(w.data!)).indexOf(secret)).toBe(-1);
     expect(await call(b, 'peek', {})).toBe('"undefined"');
     // Everything the snapshot covers (stack, data, heap up to its high-water mark, any
     // growth) is free of the old guest's bytes; the rest of a fresh memory is zero.

@@ -193,11 +193,17 @@ export class GuestWorker {
     });
   }
 
-  /** Gives the worker a data area for `sizes` (once); returns it to post with the op. */
+  /** Gives the worker a data area for `sizes`; returns it to post with the op. The
+   *  area of an earlier sandbox of the same sizes is reused: the worker clears what it
+   *  carried when it resets, and a fresh one costs an allocation V8 counts against
+   *  the thread's garbage collection. */
   attachData(sizes: GuestSizes): SharedArrayBuffer {
     // The data area carries a request, an output, or an error text between threads.
-    this.data = new SharedArrayBuffer(Math.max(sizes.inputSize, sizes.outputSize, 4096));
-    this.dataBytes = new Uint8Array(this.data);
+    const size = Math.max(sizes.inputSize, sizes.outputSize, 4096);
+    if (this.data?.byteLength !== size) {
+      this.data = new SharedArrayBuffer(size);
+      this.dataBytes = new Uint8Array(this.data);
+    }
     return this.data;
   }
 
@@ -226,7 +232,9 @@ export class GuestWorker {
   async waitWhile(value: State, keepAlive = true): Promise<number> {
     const ctl = this.control;
     const start = performance.now();
-    let s = this.spinner.spinWhile(ctl, value);
+    // The pool's own work (keepAlive false) is in no hurry: it never spins the main
+    // thread, and its long operations do not teach the sandbox's spinner anything.
+    let s = keepAlive ? this.spinner.spinWhile(ctl, value) : Atomics.load(ctl, Slot.State);
     if (s !== value) return s;
     // Sleeping: keep the process alive until the worker answers.
     if (keepAlive) this.thread.ref();
@@ -239,7 +247,7 @@ export class GuestWorker {
     } finally {
       if (keepAlive) this.thread.unref();
     }
-    this.spinner.waited(performance.now() - start);
+    if (keepAlive) this.spinner.waited(performance.now() - start);
     return s;
   }
 
@@ -303,15 +311,13 @@ export class GuestWorker {
 
   /**
    * Replaces the guest with a fresh, unbooted instance, so the thread can serve another
-   * sandbox: the worker drops the instance, its memory and the data area; here the
-   * control words, the data area and any unread message go. Rejects (and the caller
-   * must terminate the worker) if the worker could not do it.
+   * sandbox: the worker drops the instance and its memory and clears the data area
+   * (kept for the next sandbox); here the control words and any unread message go.
+   * Rejects (and the caller must terminate the worker) if the worker could not do it.
    */
   async reset(keepAlive: boolean): Promise<void> {
     this.preBooted = undefined;
     this.heldImage = 0;
-    this.data = undefined;
-    this.dataBytes = new Uint8Array(0);
     while (receiveMessageOnPort(this.port));
     const outcome = await this.runOp(Op.Reset, undefined, keepAlive);
     if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');

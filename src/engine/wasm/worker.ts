@@ -79,6 +79,8 @@ interface Exports {
 // thread holds a reference to it.
 const NO_DATA = new Uint8Array(0);
 let data: Uint8Array<ArrayBufferLike> = NO_DATA;
+/** Bytes at the start of the data area that have carried anything since boot. */
+let dataUsed = 0;
 let layout: Layout | undefined;
 /** The sandbox's latest memory image (taken or restored), kept so rolling back to it
  *  again, the usual pattern, needs no message. */
@@ -248,7 +250,8 @@ function setActive(on: boolean): void {
   if (init.activitySlot >= 0) Atomics.store(activity, init.activitySlot, on ? 1 : 0);
 }
 
-/** Whether this thread may spin: other workers running or spinning leave a core free. */
+/** Whether this thread may spin: other serving workers (running or spinning) leave a
+ *  core free. */
 function coreFree(): boolean {
   if (init.activitySlot < 0) return false;
   let others = 0;
@@ -288,6 +291,7 @@ function publishOutput(l: Layout): void {
   if (len > l.outputSize) throw new GuestAbort(`malformed guest output: response_len ${len} exceeds the ${l.outputSize}-byte output buffer`);
   if (len > data.length) throw new GuestAbort(`guest output of ${len} bytes does not fit the channel`);
   data.set(memoryBytes().subarray(l.outputAddr, l.outputAddr + len));
+  if (len > dataUsed) dataUsed = len;
   ctl[Slot.Length] = len;
 }
 
@@ -297,6 +301,7 @@ function deliverInput(l: Layout): void {
   if (len < 0 || len > l.inputSize || len > data.length) {
     throw new Error(`request of ${len} bytes exceeds the ${l.inputSize}-byte input buffer`);
   }
+  if (len > dataUsed) dataUsed = len;
   memoryBytes().set(data.subarray(0, len), l.inputAddr);
   memoryView().setUint32(l.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, len, true);
 }
@@ -470,6 +475,9 @@ function restore(): void {
 function reset(): void {
   afterFailure = undefined;
   layout = undefined;
+  // The pool hands this data area to the next sandbox: nothing it carried may remain.
+  data.fill(0, 0, Math.min(dataUsed, data.length));
+  dataUsed = 0;
   data = NO_DATA;
   held = undefined;
   dropViews();
@@ -541,6 +549,7 @@ function fail(outcome: Outcome, message: string): void {
   const bytes = Buffer.from(message.slice(0, 2000), 'utf8');
   const n = Math.min(bytes.length, data.length);
   data.set(bytes.subarray(0, n));
+  if (n > dataUsed) dataUsed = n;
   ctl[Slot.Length] = n;
   ctl[Slot.Outcome] = outcome;
 }
@@ -575,7 +584,10 @@ function serve(): void {
     // A reset returns the thread to the pool (whose pre-boot may follow); requests of
     // a sandbox want the low-latency blocking wait.
     if (op === Op.Reset) parked = true;
-    else if (op === Op.Exchange) parked = false;
+    else if (op === Op.Exchange && parked) {
+      parked = false;
+      setActive(true);
+    }
     const ok = ctl[Slot.Outcome] === Outcome.Ok;
     signal(State.Done);
     // After Done the main thread owns the control words and the data area; the guest
@@ -586,12 +598,11 @@ function serve(): void {
 
 /** Waits for the next request from the event loop (see `parked`). */
 function park(): void {
-  const state = Atomics.load(ctl, Slot.State);
-  if (state === State.Request) {
-    setActive(true);
-    return serve();
-  }
+  // A parked thread does the pool's background work, which must not keep a serving
+  // thread from spinning.
   setActive(false);
+  const state = Atomics.load(ctl, Slot.State);
+  if (state === State.Request) return serve();
   const r = (atomicsWaitAsync as WaitAsync)(ctl, Slot.State, state);
   if (r.async) void r.value.then(park);
   else setImmediate(park);
