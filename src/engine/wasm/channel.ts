@@ -121,6 +121,9 @@ export enum Op {
   /** Drop the guest (instance, memory, data area, layout) and instantiate a fresh
    *  one, so the thread can serve another sandbox. */
   Reset = 5,
+  /** Reset, then Boot the fresh instance with the config last posted on the port
+   *  (anything posted before it is stale): a recycled worker in one hand-over. */
+  ResetBoot = 6,
 }
 
 export enum Outcome {

@@ -372,8 +372,7 @@ function receive<T>(): T {
   return msg.message as T;
 }
 
-function boot(): void {
-  const config = receive<BootConfig>();
+function boot(config = receive<BootConfig>()): void {
   data = new Uint8Array(config.data);
   const code = exportsOf.airlock_init(config.inputSize, config.outputSize, config.heapSize, config.stackSize, config.consoleLimit);
   ctl[Slot.InitCode] = code;
@@ -472,7 +471,7 @@ function restore(): void {
  *  after this nothing of the old instance, its memory or its data area is reachable.
  *  If instantiating fails the old instance is still referenced, so the pool terminates
  *  a worker whose reset did not report Outcome.Ok. */
-function reset(): void {
+function reset(): unknown {
   afterFailure = undefined;
   layout = undefined;
   // The pool hands this data area to the next sandbox: nothing it carried may remain.
@@ -486,9 +485,18 @@ function reset(): void {
   cpuLimitNs = 0;
   pollsUntilCpuCheck = CPU_CHECK_EVERY;
   schedstatBuf.fill(0);
-  // Arguments posted for operations that never ran (the old sandbox's) are dropped.
-  while (receiveMessageOnPort(port));
+  // Arguments posted for operations that never ran (the old sandbox's) are dropped;
+  // the last message is returned (Op.ResetBoot posts its config last).
+  let last: { message: unknown } | undefined;
+  for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) last = m;
   instantiate();
+  return last?.message;
+}
+
+function resetBoot(): void {
+  const config = reset();
+  if (!config) throw new Error('boot config missing from the port');
+  boot(config as BootConfig);
 }
 
 function describeError(e: unknown): string {
@@ -539,7 +547,10 @@ function run(op: Op): void {
     case Op.Restore:
       return restore();
     case Op.Reset:
-      return reset();
+      reset();
+      return;
+    case Op.ResetBoot:
+      return resetBoot();
     default:
       throw new Error(`unknown operation ${op}`);
   }
@@ -583,7 +594,7 @@ function serve(): void {
     }
     // A reset returns the thread to the pool (whose pre-boot may follow); requests of
     // a sandbox want the low-latency blocking wait.
-    if (op === Op.Reset) parked = true;
+    if (op === Op.Reset || op === Op.ResetBoot) parked = true;
     else if (op === Op.Exchange && parked) {
       parked = false;
       setActive(true);
