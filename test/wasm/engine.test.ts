@@ -225,6 +225,29 @@ describe('wasm engine', () => {
     expect((await call(engine, 'x', {})).value).toBe('1');
   });
 
+  it('gives a larger configured stack more depth, also across snapshot and restore', async () => {
+    const depthWith = async (stackSize: number) => {
+      const engine = await bootWith(
+        {
+          depth: 'let d = 0; function r() { d++; r(); } function handler() { d = 0; try { r(); } catch (e) {} return d; }',
+          count: 'let n = 0; function handler() { return ++n; }',
+        },
+        {},
+        { ...CONFIG, stackSize },
+      );
+      return { engine, depth: Number((await call(engine, 'depth', {})).value) };
+    };
+    const small = await depthWith(1 << 20);
+    const large = await depthWith(4 << 20);
+    // The linked stack holds the default 1 MiB; 4 MiB is laid out at boot.
+    expect(large.depth).toBeGreaterThan(3 * small.depth);
+    const snap = await large.engine.snapshot();
+    expect((await call(large.engine, 'count', {})).value).toBe('1');
+    await large.engine.restore(snap);
+    expect((await call(large.engine, 'count', {})).value).toBe('1');
+    expect(Number((await call(large.engine, 'depth', {})).value)).toBe(large.depth);
+  });
+
   it('grows linear memory as the heap is used, up to the heap size and no further', async () => {
     const MiB = 1 << 20;
     const engine = await bootWith(

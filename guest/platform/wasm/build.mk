@@ -15,10 +15,11 @@ WASM_CC ?= clang-19
 comma := ,
 WASM_SYSROOT_INCLUDE ?= /usr/include/wasm32-wasi
 WASM_SYSROOT_LIB ?= /usr/lib/wasm32-wasi
-# Shadow stack linked at the bottom of memory; the engine's stackSize is capped to it
-# (minus the reserve in platform.c). Untouched pages of it cost no RAM. Keep in step
-# with LINKED_STACK_BYTES in src/engine/wasm/pool.ts.
-WASM_STACK_BYTES ?= 8388608
+# Shadow stack linked at the bottom of memory: the default 1 MiB scratch plus the two
+# 128 KiB reserves of platform.c. A larger configured stack is laid out at init
+# instead; a smaller link keeps every instance's memory small (V8 collects garbage
+# by memory size).
+WASM_STACK_BYTES ?= 1310720
 
 WASM_QUICKJS_VERSION := $(shell cat $(WASM_QUICKJS_DIR)/VERSION 2>/dev/null)
 WASM_QUICKJS_SRC := $(or $(QJS_FILES),quickjs.c libregexp.c libunicode.c cutils.c dtoa.c)

@@ -3,14 +3,16 @@
  * "airlock"), and the linear-memory layout of the I/O buffers and the heap arena.
  *
  * Linear memory, low to high:
- *   0 .. __stack_high      shadow stack (linked with --stack-first, so running off
- *                          its low end wraps below address 0 and traps)
+ *   0 .. __stack_high      linked shadow stack, sized for the default 1 MiB scratch
+ *                          (--stack-first, so running off its low end wraps below
+ *                          address 0 and traps)
  *   __stack_high ..        data and bss of the module (the control block lives here)
- *   layout_base ..         input buffer, output buffer, heap arena; laid out by
- *                          airlock_init() from the end of memory at that moment
+ *   layout_base ..         laid out by airlock_init() from the end of memory at that
+ *                          moment: a larger shadow stack when the configuration asks
+ *                          for one, then the input buffer, output buffer, heap arena
  *
- * Memory is grown to hold the buffers at init, but the heap arena only as the
- * allocator reaches into it (see "The heap" below): a guest that uses 2 MiB of a
+ * Memory is grown to hold the stack and buffers at init, but the heap arena only as
+ * the allocator reaches into it (see "The heap" below): a guest that uses 2 MiB of a
  * 64 MiB heap has a linear memory of a few MiB, which keeps creating and dropping
  * instances cheap for the embedder (V8 collects garbage by the memory's size).
  */
@@ -39,8 +41,11 @@ AIRLOCK_IMPORT("abort") void import_abort(const char *msg, uint32_t len);
 
 #define WASM_PAGE_SIZE 65536u
 /* Bytes of shadow stack kept below QuickJS's limit for C code that runs between
- * its stack checks (parser, regexp, libc) and above it for the frames of init. */
+ * its stack checks (parser, regexp, libc) and above it for the frames of boot. */
 #define STACK_RESERVE (128u * 1024u)
+/* The largest shadow stack, reserves included: the worker thread's native stack,
+ * which wasm frames use beside it, is sized for it (pool.ts). */
+#define MAX_STACK_BYTES (8u * 1024u * 1024u)
 
 extern unsigned char __stack_low;
 extern unsigned char __stack_high;
@@ -164,10 +169,15 @@ static uint64_t align_up(uint64_t value, uint64_t alignment)
     return (value + alignment - 1) & ~(alignment - 1);
 }
 
-/* Lays out input, output and heap above the current end of memory, growing it to
- * hold the buffers (the heap grows as it is used), fills the control block, then
- * boots the runtime (which writes READY or ABORT into the output buffer). Called once
- * per instance, before anything else. */
+/* Where airlock_init started its layout (the end of the module's static data); in
+ * bss, so a snapshot carries it. */
+static uint64_t layout_base;
+
+/* Lays out the shadow stack (when the linked one is too small), input, output and
+ * heap above the current end of memory, growing it to hold the stack and buffers
+ * (the heap grows as it is used), and fills the control block. Called once per
+ * instance, before anything else; airlock_boot follows, run by the worker on the
+ * stack chosen here (control.stack_top). */
 AIRLOCK_EXPORT("airlock_init")
 uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_size, uint32_t stack_size,
                       uint32_t console_limit)
@@ -179,7 +189,19 @@ uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_s
     /* 64-bit arithmetic: the sum of three 32-bit sizes cannot wrap, and anything past
      * the 4 GiB wasm32 address space is refused below. */
     uint64_t base = (uint64_t)__builtin_wasm_memory_size(0) * WASM_PAGE_SIZE;
+
+    /* QuickJS gets the stack asked for, up to MAX_STACK_BYTES with the reserves kept
+     * free: on the linked stack when it fits (the usual case), else on one laid out
+     * here, whose overflow past QuickJS's limit and the reserve is not a trap. */
+    uint64_t linked_stack = (uint64_t)(uintptr_t)&__stack_high - (uint64_t)(uintptr_t)&__stack_low;
+    uint64_t linked_usable = linked_stack > 2 * STACK_RESERVE ? linked_stack - 2 * STACK_RESERVE : 0;
+    uint64_t usable = stack_size < MAX_STACK_BYTES - 2 * STACK_RESERVE ? stack_size : MAX_STACK_BYTES - 2 * STACK_RESERVE;
+    uint64_t stack_top = (uint64_t)(uintptr_t)&__stack_high;
     uint64_t input_addr = base;
+    if (usable > linked_usable) {
+        stack_top = align_up(base + usable + 2 * STACK_RESERVE, 16);
+        input_addr = stack_top;
+    }
     uint64_t output_addr = align_up(input_addr + input_size, 16);
     uint64_t heap_addr = align_up(output_addr + output_size, 4096);
     uint64_t end = align_up(heap_addr + heap_size, WASM_PAGE_SIZE);
@@ -191,29 +213,28 @@ uint32_t airlock_init(uint32_t input_size, uint32_t output_size, uint32_t heap_s
     if (grow_pages > 0 && __builtin_wasm_memory_grow(0, (unsigned long)grow_pages) == (unsigned long)-1)
         return INIT_NO_MEMORY;
 
-    /* The shadow stack is fixed at link time; QuickJS gets what was asked for, up to
-     * what the linked stack can hold with the reserve kept free. */
-    uint64_t linked_stack = (uint64_t)(uintptr_t)&__stack_high - (uint64_t)(uintptr_t)&__stack_low;
-    uint64_t usable_stack = linked_stack > 2 * STACK_RESERVE ? linked_stack - 2 * STACK_RESERVE : 0;
-
+    layout_base = base;
     control.input_addr = input_addr;
     control.input_size = input_size;
     control.output_addr = output_addr;
     control.output_size = output_size;
     control.heap_addr = heap_addr;
     control.heap_size = heap_size;
-    control.stack_top = (uint64_t)(uintptr_t)&__stack_high;
-    control.stack_size = stack_size < usable_stack ? stack_size : usable_stack;
+    control.stack_top = stack_top;
+    control.stack_size = usable;
     control.console_limit = console_limit;
     control.tsc_khz = 0;
     control.tsc_base = 0;
     control.wall_ns_base = 0;
     control.request_len = 0;
     control.response_len = 0;
-
-    airlock_runtime_init();
     return INIT_OK;
 }
+
+/* Boots the runtime (which writes READY or ABORT into the output buffer). QuickJS
+ * measures its stack limit from where this runs: on control.stack_top. */
+AIRLOCK_EXPORT("airlock_boot")
+void airlock_boot(void) { airlock_runtime_init(); }
 
 /* Handles the request the worker placed in the input buffer (control.request_len).
  * Leaves the post-call GC to airlock_after, which the worker runs once the response
@@ -235,6 +256,11 @@ void airlock_after(void)
 AIRLOCK_EXPORT("airlock_control")
 struct airlock_control *airlock_control_block(void) { return &control; }
 
-/* Where the shadow stack ends (highest address): the stack pointer between requests. */
+/* Where the linked shadow stack ends (highest address), and the module's static data
+ * begins. */
 AIRLOCK_EXPORT("airlock_stack_high")
 uintptr_t airlock_stack_high(void) { return (uintptr_t)&__stack_high; }
+
+/* Where airlock_init's layout begins: the end of the module's static data. */
+AIRLOCK_EXPORT("airlock_layout_base")
+uintptr_t airlock_layout_base(void) { return (uintptr_t)layout_base; }

@@ -57,16 +57,16 @@ const freeActivitySlots = Array.from({ length: ACTIVITY_SLOTS }, (_, i) => ACTIV
 /** Workers that may run or spin at once: one core stays with the main thread. */
 const MAX_ACTIVE = Math.max(1, availableParallelism() - 1);
 
-/** Shadow-stack bytes the module is linked with (guest/platform/wasm/build.mk). */
-export const LINKED_STACK_BYTES = 8 * 1024 * 1024;
+/** The largest shadow stack a guest gets (MAX_STACK_BYTES in platform.c). */
+export const MAX_SHADOW_STACK_BYTES = 8 * 1024 * 1024;
 /**
  * The worker thread's native stack. Wasm frames of a QuickJS recursion live on this
  * stack beside the guest's shadow stack, so it must outlast the largest shadow stack
  * (QuickJS's own limit, a catchable error, must fire first). Measured: one JS call
- * level takes ~2x more native than shadow stack; 4x the linked stack leaves margin.
+ * level takes ~2x more native than shadow stack; 4x the largest one leaves margin.
  * Thread stacks are reserved, not committed, so unused depth costs no RAM.
  */
-const WORKER_STACK_MB = (4 * LINKED_STACK_BYTES) / (1024 * 1024);
+const WORKER_STACK_MB = (4 * MAX_SHADOW_STACK_BYTES) / (1024 * 1024);
 
 /** Reasons the tier cannot run here (empty: usable). */
 export function wasmAvailable(): { usable: boolean; reasons: string[] } {

@@ -16,6 +16,7 @@ import {
   AIRLOCK_CTRL_OFF_OUTPUT_SIZE,
   AIRLOCK_CTRL_OFF_REQUEST_LEN,
   AIRLOCK_CTRL_OFF_RESPONSE_LEN,
+  AIRLOCK_CTRL_OFF_STACK_TOP,
   AIRLOCK_CONTROL_SIZE,
   AIRLOCK_EXIT_HOST_CALL,
 } from '../abi.generated.js';
@@ -60,7 +61,12 @@ interface Layout {
   outputSize: number;
   heapAddr: number;
   heapSize: number;
-  stackHigh: number;
+  /** The shadow stack [stackLow, stackTop): the linked one, or one laid out at init. */
+  stackLow: number;
+  stackTop: number;
+  /** The module's data and bss (and anything libc allocated before init). */
+  staticLow: number;
+  staticHigh: number;
 }
 
 interface Exports {
@@ -68,6 +74,8 @@ interface Exports {
   __stack_pointer: WebAssembly.Global;
   _initialize?: () => void;
   airlock_init: (input: number, output: number, heap: number, stack: number, consoleLimit: number) => number;
+  airlock_boot: () => void;
+  airlock_layout_base: () => number;
   airlock_handle: () => void;
   airlock_after: () => void;
   airlock_control: () => number;
@@ -344,14 +352,23 @@ function readLayout(inputSize: number, outputSize: number): Layout {
     outputSize: u64(AIRLOCK_CTRL_OFF_OUTPUT_SIZE),
     heapAddr: u64(AIRLOCK_CTRL_OFF_HEAP_ADDR),
     heapSize: u64(AIRLOCK_CTRL_OFF_HEAP_SIZE),
-    stackHigh: exportsOf.airlock_stack_high() >>> 0,
+    stackLow: 0,
+    stackTop: u64(AIRLOCK_CTRL_OFF_STACK_TOP),
+    staticLow: exportsOf.airlock_stack_high() >>> 0,
+    staticHigh: exportsOf.airlock_layout_base() >>> 0,
   };
+  // The stack is the linked one below the static data, or lies between the static
+  // data and the input buffer.
+  if (l.stackTop !== l.staticLow) l.stackLow = l.staticHigh;
+  if (l.staticLow > l.staticHigh || l.stackLow > l.stackTop || l.stackTop > l.inputAddr || l.stackTop % 16 !== 0) {
+    throw new GuestAbort('guest stack or static data lies outside its place');
+  }
   const fits = (addr: number, size: number) => addr + size <= memSize;
   if (l.inputSize !== inputSize || l.outputSize !== outputSize) throw new GuestAbort('guest buffer sizes differ from the configuration');
   if (!fits(l.inputAddr, l.inputSize) || !fits(l.outputAddr, l.outputSize) || l.heapAddr + l.heapSize > WASM32_SPACE) {
     throw new GuestAbort('guest layout lies outside memory');
   }
-  if (l.inputAddr + l.inputSize > l.outputAddr || l.outputAddr + l.outputSize > l.heapAddr || l.stackHigh > l.inputAddr) {
+  if (l.inputAddr + l.inputSize > l.outputAddr || l.outputAddr + l.outputSize > l.heapAddr || l.staticHigh > l.inputAddr) {
     throw new GuestAbort('guest layout regions overlap');
   }
   return l;
@@ -380,7 +397,12 @@ function boot(config = receive<BootConfig>()): void {
     ctl[Slot.Length] = 0;
     return;
   }
-  layout = readLayout(config.inputSize, config.outputSize);
+  // The runtime boots on the stack the layout chose: QuickJS measures its stack limit
+  // from there, and every later call starts there.
+  const l = readLayout(config.inputSize, config.outputSize);
+  exportsOf.__stack_pointer.value = l.stackTop;
+  exportsOf.airlock_boot();
+  layout = l;
   publishOutput(layout);
 }
 
@@ -411,11 +433,12 @@ function snapshot(): void {
   const sp = (exportsOf.__stack_pointer.value as number) >>> 0;
   const hw = heapHighWater(l);
   const heapEnd = l.heapAddr + l.heapSize;
-  // Between requests the live state is: the used stack [sp, stackHigh), data+bss and
-  // anything libc allocated before init [stackHigh, inputAddr), the heap up to its
-  // high-water mark, and anything past the arena (nothing, unless the guest grew
-  // memory by other means). Buffers hold no state.
-  const ranges: [number, number][] = [[Math.min(sp, l.stackHigh), l.stackHigh], [l.stackHigh, l.inputAddr], [l.heapAddr, hw]];
+  // Between requests the live state is: the used stack [sp, stackTop), data+bss and
+  // anything libc allocated before init, the heap up to its high-water mark, and
+  // anything past the arena (nothing, unless the guest grew memory by other means).
+  // Buffers hold no state.
+  const spIn = Math.min(Math.max(sp, l.stackLow), l.stackTop);
+  const ranges: [number, number][] = [[spIn, l.stackTop], [l.staticLow, l.staticHigh], [l.heapAddr, hw]];
   if (memSize > heapEnd) ranges.push([heapEnd, memSize]);
   let total = 0;
   for (const [start, end] of ranges) total += end - start;
