@@ -380,11 +380,8 @@ function pickSizes(c: GuestSizes): GuestSizes {
 const idle: GuestWorker[] = [];
 /** Workers being started, reset or pre-booted on their way into the pool. */
 let preparing = 0;
-/** Of those, the released workers being reset (or queued for it). */
+/** Of those, the released workers being reset (at most MAX_IDLE, side by side). */
 let recycling = 0;
-/** Resets run one after another: on a small machine the first comes back soonest that
- *  way, and a waiting acquireWorker needs only one. */
-let recycleQueue: Promise<unknown> = Promise.resolve();
 /** Workers handed out by acquireWorker and not released (some may have exited since). */
 const lent = new Set<GuestWorker>();
 /** acquireWorker calls waiting for the next prepared worker, first come first served. */
@@ -540,9 +537,7 @@ export function releaseWorker(w: GuestWorker): void {
     return;
   }
   recycling++;
-  const queued = recycleQueue.then(() => recycle(w));
-  recycleQueue = queued.catch(() => undefined);
-  prepareInBackground(() => queued);
+  prepareInBackground(() => recycle(w));
 }
 
 /** Idle workers and workers being prepared (for tests). */
