@@ -11,6 +11,7 @@ import {
   AIRLOCK_MSG_RESULT,
   AIRLOCK_STATUS_EXCEPTION,
   AIRLOCK_STATUS_HOST_ERROR,
+  AIRLOCK_STATUS_NO_HANDLER,
   AIRLOCK_STATUS_OK,
   AIRLOCK_STATUS_OUT_OF_MEMORY,
   AIRLOCK_STATUS_STACK_OVERFLOW,
@@ -222,6 +223,25 @@ describe('wasm engine', () => {
     expect((await rejection(engine.exchange(big))).code).toBe('ERR_INVALID_ARG');
     const req = encodeMessage(AIRLOCK_MSG_CALL, 0, ['x', '{}']);
     expect((await rejection(engine.exchange(req, { wallClockTimeoutMs: -1 }))).code).toBe('ERR_INVALID_ARG');
+    expect((await call(engine, 'x', {})).value).toBe('1');
+  });
+
+  it('snapshots the state after loadRuntime in the same hand-over, and only that state', async () => {
+    const engine = new WasmEngine(CONFIG, hostHandler({}));
+    engines.push(engine);
+    await engine.boot();
+    const rt = decodeOutput((await engine.exchange(encodeMessage(AIRLOCK_MSG_LOAD_RUNTIME, 0, []))).output);
+    expect(rt.final.status).toBe(AIRLOCK_STATUS_OK);
+    // Taken with the LOAD_RUNTIME exchange: the runtime without handlers.
+    const bare = await engine.snapshot();
+    const load = (src: string) => engine.exchange(encodeMessage(AIRLOCK_MSG_LOAD, 0, ['handler', '', 'x', src]));
+    await load('function handler() { return 1; }');
+    // An exchange came between: this one is taken afresh and has the handler.
+    const withHandler = await engine.snapshot();
+    expect((await call(engine, 'x', {})).value).toBe('1');
+    await engine.restore(bare);
+    expect((await call(engine, 'x', {})).status).toBe(AIRLOCK_STATUS_NO_HANDLER);
+    await engine.restore(withHandler);
     expect((await call(engine, 'x', {})).value).toBe('1');
   });
 

@@ -124,6 +124,9 @@ export enum Op {
   /** Reset, then Boot the fresh instance with the config last posted on the port
    *  (anything posted before it is stale): a recycled worker in one hand-over. */
   ResetBoot = 6,
+  /** Exchange, then (if it completed) Snapshot under Slot.ImageId before Done: for a
+   *  request a snapshot is known to follow, one hand-over instead of two. */
+  ExchangeSnapshot = 7,
 }
 
 export enum Outcome {

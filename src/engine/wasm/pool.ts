@@ -280,6 +280,23 @@ export class GuestWorker {
     return { outcome, image: { id, image: msg.message as MemoryImage } };
   }
 
+  /** Before an Op.ExchangeSnapshot: the id its image will have. */
+  prepareImage(): number {
+    const id = nextImageId++;
+    this.control[Slot.ImageId] = id;
+    this.heldImage = 0;
+    return id;
+  }
+
+  /** After an Op.ExchangeSnapshot ended (whatever the outcome): its image, if the
+   *  worker took one. */
+  takeImage(id: number): Image | undefined {
+    const msg = receiveMessageOnPort(this.port);
+    if (!msg) return undefined;
+    this.heldImage = id;
+    return { id, image: msg.message as MemoryImage };
+  }
+
   /** Writes `image` into the guest's memory, posting it only if the worker does not
    *  hold it already. `data`: the data area to attach (a worker not yet booted). */
   async restore(image: Image, sizes: GuestSizes, data: SharedArrayBuffer | undefined, keepAlive: boolean): Promise<Outcome> {

@@ -13,7 +13,7 @@ import {
   InvalidArgumentError,
   UnavailableError,
 } from '../../errors.js';
-import { AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_HOST_ERROR } from '../abi.generated.js';
+import { AIRLOCK_MSG_HOST_RETURN, AIRLOCK_MSG_LOAD_RUNTIME, AIRLOCK_STATUS_HOST_ERROR } from '../abi.generated.js';
 import type {
   EngineConfig,
   EngineSnapshot,
@@ -63,6 +63,11 @@ interface Flight {
   timers: NodeJS.Timeout[];
 }
 
+/** The kind field of an encoded message (its first u32); -1 when too short. */
+function messageKind(message: Uint8Array): number {
+  return message.byteLength >= 4 ? (message[0] | (message[1] << 8) | (message[2] << 16) | (message[3] << 24)) >>> 0 : -1;
+}
+
 function checkSize(name: string, value: number): void {
   if (!Number.isInteger(value) || value <= 0 || value > MAX_U32) {
     throw new InvalidArgumentError(`${name} must be an integer between 1 and ${MAX_U32} (got ${value})`);
@@ -78,6 +83,9 @@ export class WasmEngine implements GuestEngine {
   private busy = false;
   private disposed = false;
   private flight: Flight | undefined;
+  /** A snapshot the worker took right after the last exchange (LOAD_RUNTIME, which the
+   *  core follows with one for its baseline); valid until the guest changes. */
+  private eagerImage: Image | undefined;
 
   constructor(
     private readonly config: EngineConfig,
@@ -215,9 +223,11 @@ export class WasmEngine implements GuestEngine {
       if (cpu !== undefined && !(cpu > 0)) throw new InvalidArgumentError('cpuTimeoutMs must be > 0');
 
       const ctl = w.control;
+      this.eagerImage = undefined;
+      const eagerId = messageKind(request) === AIRLOCK_MSG_LOAD_RUNTIME ? w.prepareImage() : 0;
       w.dataBytes.set(request);
       ctl[Slot.Length] = request.byteLength;
-      ctl[Slot.Op] = Op.Exchange;
+      ctl[Slot.Op] = eagerId ? Op.ExchangeSnapshot : Op.Exchange;
       ctl[Slot.CpuLimitUs] = cpu !== undefined ? Math.max(1, Math.min(Math.round(cpu * 1000), 0x7fff_ffff)) : 0;
       ctl[Slot.CpuUsedUs] = -1;
       Atomics.store(ctl, Slot.Cancel, CancelReason.None);
@@ -225,6 +235,7 @@ export class WasmEngine implements GuestEngine {
       w.signal(State.Request);
       try {
         const output = await this.serveExchange(w, flight);
+        if (eagerId) this.eagerImage = w.takeImage(eagerId);
         const reason = Atomics.load(ctl, Slot.Cancel);
         if (reason !== CancelReason.None) throw new CancelledError(REASONS[reason] ?? 'kill');
         return { output, ...stats(ctl[Slot.CpuUsedUs]) };
@@ -334,6 +345,9 @@ export class WasmEngine implements GuestEngine {
     this.enter('take a snapshot');
     try {
       const w = this.liveWorker('take a snapshot');
+      const eager = this.eagerImage;
+      this.eagerImage = undefined;
+      if (eager) return new WasmSnapshot(this, eager);
       const { image } = await this.runOp(w, () => w.snapshot(true));
       return new WasmSnapshot(this, image!);
     } finally {
@@ -346,6 +360,7 @@ export class WasmEngine implements GuestEngine {
       throw new InvalidArgumentError('the snapshot was taken from another sandbox');
     }
     this.enter('restore a snapshot');
+    this.eagerImage = undefined;
     try {
       let w = this.worker;
       let data: SharedArrayBuffer | undefined;

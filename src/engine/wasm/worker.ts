@@ -565,6 +565,16 @@ function run(op: Op): void {
       return boot();
     case Op.Exchange:
       return exchange();
+    case Op.ExchangeSnapshot:
+      exchange();
+      // The snapshot is of the state after the deferred work, as a separate one is.
+      runAfter();
+      try {
+        if (!afterFailure) snapshot();
+      } catch {
+        // No image: the engine takes the snapshot the usual way, which reports this.
+      }
+      return;
     case Op.Snapshot:
       return snapshot();
     case Op.Restore:
@@ -618,7 +628,7 @@ function serve(): void {
     // A reset returns the thread to the pool (whose pre-boot may follow); requests of
     // a sandbox want the low-latency blocking wait.
     if (op === Op.Reset || op === Op.ResetBoot) parked = true;
-    else if (op === Op.Exchange && parked) {
+    else if ((op === Op.Exchange || op === Op.ExchangeSnapshot) && parked) {
       parked = false;
       setActive(true);
     }
