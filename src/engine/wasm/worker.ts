@@ -1,8 +1,9 @@
 // worker.ts — the thread that runs one guest module instance at a time. While serving
 // a sandbox it blocks on the shared control words (channel.ts), runs what the main
 // thread asks, and pulls bulk arguments (config, snapshots) from its port
-// synchronously. Op.Reset swaps in a fresh instance so the pool can reuse the thread
-// for another sandbox; idle in the pool, it waits from its event loop instead.
+// synchronously. Op.Reset (Op.ResetBoot) swaps in a fresh instance so the pool can
+// reuse the thread for another sandbox; idle in the pool, it waits from its event loop
+// instead.
 // Everything read from linear memory is hostile and bounds-checked.
 import { openSync, readSync } from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
