@@ -54,13 +54,48 @@ class WasmSnapshot implements EngineSnapshot {
   ) {}
 }
 
-/** Bookkeeping of the exchange in flight. */
-interface Flight {
-  worker: GuestWorker;
+/** Bookkeeping of the exchange in flight. Allocates nothing a call does not use: most
+ *  calls have no timer and no host call, and this is on every call's path. */
+class Flight {
+  timers: NodeJS.Timeout[] | undefined;
+  private done = false;
+  private cancelledPromise: Promise<void> | undefined;
+  private resolveCancelled: (() => void) | undefined;
+
+  constructor(
+    readonly engine: WasmEngine,
+    readonly worker: GuestWorker,
+  ) {}
+
   /** Resolves when a monitor or kill() cancels the exchange. */
-  cancelled: Promise<void>;
-  cancel: (reason: CancelReason) => void;
-  timers: NodeJS.Timeout[];
+  cancelled(): Promise<void> {
+    if (!this.cancelledPromise) {
+      if (Atomics.load(this.worker.control, Slot.Cancel) !== CancelReason.None) this.cancelledPromise = Promise.resolve();
+      else this.cancelledPromise = new Promise<void>((r) => (this.resolveCancelled = r));
+    }
+    return this.cancelledPromise;
+  }
+
+  cancel(reason: CancelReason): void {
+    const w = this.worker;
+    if (this.done || Atomics.compareExchange(w.control, Slot.Cancel, CancelReason.None, reason) !== CancelReason.None) return;
+    this.resolveCancelled?.();
+    // A guest that does not reach its next interrupt poll in time loses its worker.
+    this.addTimer(
+      setTimeout(() => {
+        if (!this.done) this.engine.terminateUnresponsive(w);
+      }, CANCEL_GRACE_MS),
+    );
+  }
+
+  addTimer(t: NodeJS.Timeout): void {
+    (this.timers ??= []).push(t);
+  }
+
+  end(): void {
+    this.done = true;
+    if (this.timers) for (const t of this.timers) clearTimeout(t);
+  }
 }
 
 /** The kind field of an encoded message (its first u32); -1 when too short. */
@@ -207,10 +242,6 @@ export class WasmEngine implements GuestEngine {
   async exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
     this.enter('call the guest');
     const started = performance.now();
-    const stats = (cpuUs: number) => ({
-      wallTimeNs: Math.round((performance.now() - started) * 1e6),
-      cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null,
-    });
     let w: GuestWorker | undefined;
     try {
       w = this.liveWorker('call the guest');
@@ -238,14 +269,16 @@ export class WasmEngine implements GuestEngine {
         if (eagerId) this.eagerImage = w.takeImage(eagerId);
         const reason = Atomics.load(ctl, Slot.Cancel);
         if (reason !== CancelReason.None) throw new CancelledError(REASONS[reason] ?? 'kill');
-        return { output, ...stats(ctl[Slot.CpuUsedUs]) };
+        const cpuUs = ctl[Slot.CpuUsedUs];
+        return { output, wallTimeNs: Math.round((performance.now() - started) * 1e6), cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null };
       } finally {
-        for (const t of flight.timers) clearTimeout(t);
+        flight.end();
         this.flight = undefined;
       }
     } catch (e) {
       const err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
-      err.stats = stats(w ? w.control[Slot.CpuUsedUs] : -1);
+      const cpuUs = w ? w.control[Slot.CpuUsedUs] : -1;
+      err.stats = { wallTimeNs: Math.round((performance.now() - started) * 1e6), cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null };
       throw err;
     } finally {
       this.busy = false;
@@ -253,30 +286,11 @@ export class WasmEngine implements GuestEngine {
   }
 
   private startFlight(w: GuestWorker, wallMs: number | undefined, started: number): Flight {
-    let resolveCancelled!: () => void;
-    const cancelled = new Promise<void>((r) => (resolveCancelled = r));
-    const flight: Flight = {
-      worker: w,
-      cancelled,
-      timers: [],
-      cancel: (reason) => {
-        if (Atomics.compareExchange(w.control, Slot.Cancel, CancelReason.None, reason) !== CancelReason.None) return;
-        resolveCancelled();
-        // A guest that does not reach its next interrupt poll in time loses its worker.
-        flight.timers.push(
-          setTimeout(() => {
-            if (this.flight === flight) {
-              this.loseGuest(`the guest did not stop within ${CANCEL_GRACE_MS} ms of being cancelled and was terminated`);
-              void w.terminate();
-            }
-          }, CANCEL_GRACE_MS),
-        );
-      },
-    };
+    const flight = new Flight(this, w);
     if (wallMs !== undefined) {
       const deadline = started + wallMs;
       const arm = (ms: number) => {
-        flight.timers.push(
+        flight.addTimer(
           setTimeout(() => {
             // Node's timers run off the event loop's cached clock and can fire a little
             // early: never cancel before the limit has really passed.
@@ -290,6 +304,13 @@ export class WasmEngine implements GuestEngine {
     }
     this.flight = flight;
     return flight;
+  }
+
+  /** The grace timer of a cancel ran out while the exchange still ran: the guest does
+   *  not poll, so its worker goes. */
+  terminateUnresponsive(w: GuestWorker): void {
+    this.loseGuest(`the guest did not stop within ${CANCEL_GRACE_MS} ms of being cancelled and was terminated`);
+    void w.terminate();
   }
 
   /** Runs the exchange's turns until the final output: serves host calls meanwhile. */
@@ -326,7 +347,7 @@ export class WasmEngine implements GuestEngine {
       this.onHostCall(output).catch((e: unknown) =>
         encodeMessage(AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_HOST_ERROR, [String((e as Error)?.message ?? e)]),
       ),
-      flight.cancelled.then(() => undefined),
+      flight.cancelled().then(() => undefined),
     ]);
     if (reply === undefined || Atomics.load(w.control, Slot.Cancel) !== CancelReason.None) return cancelledReply();
     if (reply.byteLength > this.config.inputSize) {
