@@ -159,9 +159,10 @@ export interface WorkerInit {
   module: WebAssembly.Module;
   control: SharedArrayBuffer;
   port: import('node:worker_threads').MessagePort;
-  /** Int32 per worker, shared by all workers: 1 while a worker runs or spins, 0 while
-   *  it sleeps. A worker spins only while fewer than `maxActive` others are active, so
-   *  spinning threads never outnumber the cores (the main thread keeps one). */
+  /** Int32 per worker, shared by all workers: 1 while a worker serving a sandbox runs
+   *  or spins, 0 while it sleeps or does the pool's background work. A worker spins
+   *  only while fewer than `maxActive` others are active, so spinning threads never
+   *  outnumber the cores (the main thread keeps one). */
   activity: SharedArrayBuffer;
   /** This worker's slot in `activity`; -1: none (it never spins). */
   activitySlot: number;

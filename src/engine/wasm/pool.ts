@@ -351,7 +351,8 @@ export class GuestWorker {
     while (receiveMessageOnPort(this.port));
     const config: BootConfig = { data: this.attachData(sizes), ...pickSizes(sizes) };
     const outcome = await this.runOp(Op.ResetBoot, config, keepAlive);
-    // Outcome.Ok here means the reset happened; the boot may still have failed.
+    // Ok: both ran (initCode says whether the guest booted); anything else leaves the
+    // thread in an unknown state.
     if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');
     const result = { outcome, initCode: this.control[Slot.InitCode], output: this.dataCopy() };
     this.clearControl();

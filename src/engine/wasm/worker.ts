@@ -556,7 +556,7 @@ function runAfter(): void {
 }
 
 function run(op: Op): void {
-  if (afterFailure && (op === Op.Exchange || op === Op.Snapshot)) {
+  if (afterFailure && (op === Op.Exchange || op === Op.ExchangeSnapshot || op === Op.Snapshot)) {
     const f = afterFailure;
     fail(f.outcome, f.message);
     return;
