@@ -1,6 +1,7 @@
 // sandbox.cc — the vCPU thread of one sandbox: guest setup, the exchange loop,
 // cancellation through a signal plus the hypervisor's immediate exit, monitors as
-// POSIX timers aimed at the vCPU thread, snapshot/restore, and the handoffs.
+// POSIX timers aimed at the vCPU thread, snapshot/restore, the handoffs, and requests
+// handed to a polling guest through its memory (abi.h, "Polling").
 #include "sandbox.h"
 
 #include <algorithm>

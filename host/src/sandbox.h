@@ -1,7 +1,8 @@
 // sandbox.h — one micro-VM and the dedicated thread that runs its vCPU: guest setup,
 // the exchange loop (requests, host calls, responses), cancellation (kill and the
-// wall-clock / CPU-time monitors), snapshot/restore, and the two handoffs between the
-// Node main thread and the vCPU thread. Knows nothing of N-API.
+// wall-clock / CPU-time monitors), snapshot/restore, the two handoffs between the
+// Node main thread and the vCPU thread, and the hand-over to a polling guest that
+// skips both. Knows nothing of N-API.
 #pragma once
 
 #include <atomic>
