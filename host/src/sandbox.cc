@@ -312,20 +312,14 @@ std::optional<Event> Sandbox::takeFastResult() {
     // first (cancel, abort, or the guest parked before we looked), its event follows.
     if (!claimExchange()) return std::nullopt;
     fastInFlight_ = false;
-    const GuestLayout &l = layout_;
     Outcome o;
-    // Guest-written and hostile: read once, bound, copy. The guest is running (its
-    // post-call GC), but it writes the output buffer only for the next request.
-    uint32_t len = memory_->read<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
-    if (len > l.outputSize) {
-        std::string message = "guest response_len " + std::to_string(len) + " exceeds the output buffer of " +
-                              std::to_string(l.outputSize) + " bytes";
+    // The guest is running (its post-call GC), but it writes the output buffer only
+    // for the next request.
+    std::string error;
+    if (!readOutput(o.output, error)) {
         poison("the guest aborted");
         o.code = OutcomeCode::GuestAbort;
-        o.message = std::move(message);
-    } else {
-        const uint8_t *p = memory_->at(l.outputAddr, len);
-        o.output.assign(p, p + len);
+        o.message = std::move(error);
     }
     Event ev;
     ev.kind = EventKind::Done;
@@ -515,17 +509,7 @@ std::optional<Outcome> Sandbox::handle(const Op &op) {
     case OpKind::Boot:
         return boot();
     case OpKind::Exchange:
-        if (!booted_) {
-            o.code = OutcomeCode::InvalidArg;
-            o.message = "the VM has not booted";
-            return o;
-        }
-        if (!runnable_) {
-            o.code = OutcomeCode::Poisoned;
-            std::lock_guard<std::mutex> lock(mu_);
-            o.message = notRunnableReason_ + "; restore a snapshot before sending";
-            return o;
-        }
+        if (std::optional<Outcome> refused = refuseUnlessRunnable("restore a snapshot before sending")) return refused;
         startExchange(op);
         runSession();
         return std::nullopt; // the session emitted the outcome
@@ -595,8 +579,8 @@ void Sandbox::setUpGuest() {
     regs.rflags = kRing3Rflags;
     vcpu_->setRegisters(regs);
 
-    const uint64_t tscKhz = vcpu_->tscKhz();
-    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_KHZ, tscKhz);
+    tscKhz_ = vcpu_->tscKhz();
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_KHZ, tscKhz_);
     pollNs_.store(0);
     setPollWindow(spin_.guestPollNs);
     // Guest TSC = host TSC + offset (same rate: KVM runs the guest TSC at the host's
@@ -730,6 +714,20 @@ void Sandbox::writeHostReturn(const std::vector<uint8_t> &reply) {
 
 // ---- exchanges ----------------------------------------------------------------------
 
+// Reads response_len (guest-written, hostile: read once, bounded) and copies the output.
+bool Sandbox::readOutput(std::vector<uint8_t> &out, std::string &error) const {
+    const GuestLayout &l = layout_;
+    uint32_t len = memory_->read<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
+    if (len > l.outputSize) {
+        error = "guest response_len " + std::to_string(len) + " exceeds the output buffer of " +
+                std::to_string(l.outputSize) + " bytes";
+        return false;
+    }
+    const uint8_t *p = memory_->at(l.outputAddr, len);
+    out.assign(p, p + len);
+    return true;
+}
+
 uint32_t *Sandbox::pollWord() const {
     // Invariant: the control block lies inside the image (parseImageHeader) and
     // poll_state is 4-byte aligned in it (abi.h static asserts).
@@ -784,9 +782,8 @@ void Sandbox::setPollWindow(uint64_t ns) {
     ns = std::min(ns, spin_.guestPollNs);
     if (ns < kPollStepNs / 2) ns = 0;
     if (pollNs_.exchange(ns) == ns || !memory_) return;
-    const uint64_t khz = memory_->read<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_TSC_KHZ);
     memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS,
-                             static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * khz / 1'000'000));
+                             static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tscKhz_ / 1'000'000));
 }
 
 void Sandbox::pollHit() { setPollWindow(std::max(kPollStepNs, pollNs_.load() * 2)); }
@@ -870,19 +867,6 @@ void Sandbox::runSession() {
         done(std::move(o));
         return true;
     };
-    // Reads response_len (guest-written, hostile) and returns the output bytes.
-    auto readOutput = [&](std::vector<uint8_t> &out, std::string &error) -> bool {
-        uint32_t len = memory_->read<uint32_t>(control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
-        if (len > l.outputSize) {
-            error = "guest response_len " + std::to_string(len) + " exceeds the output buffer of " +
-                    std::to_string(l.outputSize) + " bytes";
-            return false;
-        }
-        const uint8_t *p = memory_->at(l.outputAddr, len);
-        out.assign(p, p + len);
-        return true;
-    };
-
     session_.store(true);
     for (;;) {
         const int state = settledExchange();
@@ -1011,19 +995,24 @@ uint64_t Sandbox::clampHeapHighWater() {
     return std::clamp(hw, l.heapAddr, l.heapAddr + l.heapSize);
 }
 
-Outcome Sandbox::takeSnapshot() {
+// The refusal of an operation that needs a booted, runnable guest; nullopt if it may run.
+std::optional<Outcome> Sandbox::refuseUnlessRunnable(const char *advice) {
     Outcome o;
     if (!booted_) {
         o.code = OutcomeCode::InvalidArg;
         o.message = "the VM has not booted";
         return o;
     }
-    if (!runnable_) {
-        o.code = OutcomeCode::Poisoned;
-        std::lock_guard<std::mutex> lock(mu_);
-        o.message = notRunnableReason_ + "; its state cannot be snapshotted";
-        return o;
-    }
+    if (runnable_) return std::nullopt;
+    o.code = OutcomeCode::Poisoned;
+    std::lock_guard<std::mutex> lock(mu_);
+    o.message = notRunnableReason_ + "; " + advice;
+    return o;
+}
+
+Outcome Sandbox::takeSnapshot() {
+    Outcome o;
+    if (std::optional<Outcome> refused = refuseUnlessRunnable("its state cannot be snapshotted")) return *refused;
     const GuestLayout &l = layout_;
     vcpu_->settle();
     auto snap = std::make_shared<Snapshot>();

@@ -136,6 +136,8 @@ private:
     uint32_t *pollWord() const;
     void poison(std::string reason);
     std::optional<Event> takeFastResult();
+    bool readOutput(std::vector<uint8_t> &out, std::string &error) const;
+    std::optional<Outcome> refuseUnlessRunnable(const char *advice);
     static bool fastAnswered(uint32_t poll);
     void setPollWindow(uint64_t ns);
     void pollHit();
@@ -211,6 +213,7 @@ private:
     std::atomic<bool> runnable_{false}; // false after an abort or cancel until a restore
     std::string notRunnableReason_;     // under mu_
     int64_t tscOffset_ = 0; // guest TSC - host TSC
+    uint64_t tscKhz_ = 0;   // set before the first entry; read by both threads after boot
     uint64_t nextHostCallId_ = 1;
     void *wallTimer_ = nullptr;
     void *cpuTimer_ = nullptr;
