@@ -1,35 +1,15 @@
 /* libc.c — KVM image overrides of the libc functions QuickJS reaches that would make
- * syscalls or use libc's own heap: the malloc family (-> the guest allocator), the
- * clocks (-> rdtsc + host-given base), localtime (UTC: the guest has no time zone
- * data) and abort/assert (-> an ABORT message to the host). The Makefile checks
- * that the linked image takes these from here, not from libc. */
+ * syscalls: the clocks (-> rdtsc + host-given base), localtime (UTC: the guest has no
+ * time zone data) and abort/assert (-> an ABORT message to the host). The malloc
+ * family comes from platform/common/libc_heap.c. The Makefile checks that the linked
+ * image takes all of these from those two files, not from libc. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
 
-#include "alloc.h"
 #include "platform.h"
-
-void *malloc(size_t n) { return airlock_malloc(n); }
-void free(void *p) { airlock_free(p); }
-void *calloc(size_t count, size_t size) { return airlock_calloc(count, size); }
-void *realloc(void *p, size_t n) { return airlock_realloc(p, n); }
-size_t malloc_usable_size(void *p) { return airlock_usable_size(p); }
-void *aligned_alloc(size_t alignment, size_t n) { return airlock_memalign(alignment, n); }
-void *memalign(size_t alignment, size_t n) { return airlock_memalign(alignment, n); }
-
-int posix_memalign(void **out, size_t alignment, size_t n)
-{
-    if (alignment < sizeof(void *) || (alignment & (alignment - 1)))
-        return EINVAL;
-    void *p = airlock_memalign(alignment, n);
-    if (!p)
-        return ENOMEM;
-    *out = p;
-    return 0;
-}
 
 int gettimeofday(struct timeval *restrict tv, void *restrict tz)
 {

@@ -24,7 +24,7 @@ WASM_STACK_BYTES ?= 1310720
 WASM_QUICKJS_VERSION := $(shell cat $(WASM_QUICKJS_DIR)/VERSION 2>/dev/null)
 WASM_QUICKJS_SRC := $(or $(QJS_FILES),quickjs.c libregexp.c libunicode.c cutils.c dtoa.c)
 WASM_RUNTIME_SRC ?= $(sort $(wildcard $(WASM_GUEST_DIR)/runtime/*.c))
-WASM_PLATFORM_SRC := $(WASM_GUEST_DIR)/platform/wasm/platform.c
+WASM_PLATFORM_SRC := $(WASM_GUEST_DIR)/platform/wasm/platform.c $(WASM_GUEST_DIR)/platform/common/libc_heap.c
 
 # -nostdlibinc: Debian's clang also searches /usr/include for this target, which would
 # mix the build host's glibc headers into the module. EMSCRIPTEN is the one switch

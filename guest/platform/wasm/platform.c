@@ -16,7 +16,6 @@
  * 64 MiB heap has a linear memory of a few MiB, which keeps creating and dropping
  * instances cheap for the embedder (V8 collects garbage by the memory's size).
  */
-#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -136,27 +135,6 @@ void *__wrap_airlock_realloc(void *p, size_t n) { return cover_request(n) ? __re
 void *__wrap_airlock_memalign(size_t alignment, size_t n)
 {
     return cover_request((uint64_t)n + alignment + CARVE_SLACK) ? __real_airlock_memalign(alignment, n) : NULL;
-}
-
-/* libc's own malloc (sbrk) would grow memory at its end, inside the arena that is
- * not grown yet: QuickJS's few direct libc calls use the guest heap instead, as on
- * KVM, and count against its size. */
-void *malloc(size_t n) { return airlock_malloc(n); }
-void free(void *p) { airlock_free(p); }
-void *calloc(size_t count, size_t size) { return airlock_calloc(count, size); }
-void *realloc(void *p, size_t n) { return airlock_realloc(p, n); }
-size_t malloc_usable_size(void *p) { return airlock_usable_size(p); }
-void *aligned_alloc(size_t alignment, size_t n) { return airlock_memalign(alignment, n); }
-
-int posix_memalign(void **out, size_t alignment, size_t n)
-{
-    if (alignment < sizeof(void *) || (alignment & (alignment - 1)))
-        return EINVAL;
-    void *p = airlock_memalign(alignment, n);
-    if (!p)
-        return ENOMEM;
-    *out = p;
-    return 0;
 }
 
 /* Error codes of airlock_init, mirrored by src/engine/wasm/channel.ts. */
