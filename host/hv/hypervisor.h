@@ -56,6 +56,21 @@ struct FpuState {
     uint32_t mxcsr = 0;
 };
 
+// The complete extended CPU state (XSAVE image: x87, SSE, AVX/YMM and every other
+// component the hypervisor exposes, plus the XCRs). Opaque bytes owned by the backend
+// that produced them; a snapshot carries it so a restore leaves no register of a later
+// tenant visible to an earlier one's state, or the reverse.
+struct ExtendedState {
+    std::vector<uint8_t> xsave; // backend's XSAVE area (KVM: struct kvm_xsave, or kvm_xsave2's size)
+    std::vector<uint8_t> xcrs;  // backend's XCR list (KVM: struct kvm_xcrs)
+};
+
+// x86 MSRs the sandbox pins. The guest runs at CPL 3 with no kernel: SYSCALL must stay
+// disabled (EFER.SCE = 0) and SYSENTER must fault (SYSENTER_CS = 0).
+constexpr uint32_t kMsrSysenterCs = 0x174;
+constexpr uint32_t kMsrEfer = 0xC0000080;
+constexpr uint64_t kEferSce = 1ull << 0;
+
 enum class ExitKind {
     Io,            // port I/O: port, size, isWrite, value (for writes)
     Mmio,          // access to guest-physical memory no slot backs: address
@@ -101,6 +116,14 @@ public:
     virtual void setSpecialRegisters(const SpecialRegisters &sregs) = 0;
     virtual FpuState getFpu() = 0;
     virtual void setFpu(const FpuState &fpu) = 0;
+    // Full extended state (supersedes getFpu/setFpu for snapshots). setExtendedState
+    // accepts only bytes that getExtendedState of a vCPU of the same backend produced
+    // (throws std::invalid_argument otherwise).
+    virtual ExtendedState getExtendedState() = 0;
+    virtual void setExtendedState(const ExtendedState &state) = 0;
+    // One MSR by index (throws std::system_error when the hypervisor refuses).
+    virtual uint64_t getMsr(uint32_t index) = 0;
+    virtual void setMsr(uint32_t index, uint64_t value) = 0;
 
     // Async-signal-safe: makes the current or next run() return Interrupted promptly.
     // Called from a signal handler on the thread that runs this vCPU.
@@ -123,7 +146,9 @@ public:
     // Backs guest-physical [guestPhys, guestPhys + size) with host memory at hostAddr.
     // The caller keeps the host memory alive for the VM's lifetime.
     virtual void mapMemory(uint32_t slot, uint64_t guestPhys, void *hostAddr, uint64_t size) = 0;
-    // The one vCPU of this VM, prepared for 64-bit guests (CPUID set).
+    // The one vCPU of this VM, prepared for 64-bit ring-3 guests: a minimal CPUID
+    // table (only what the guest runtime needs), SYSCALL/SYSENTER disabled, and guest
+    // MSR access denied by default where the hypervisor offers an MSR filter.
     virtual std::unique_ptr<Vcpu> createVcpu() = 0;
 };
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <stdexcept>
 #include <system_error>
 #include <unistd.h>
 
@@ -36,6 +37,16 @@ static_assert(sizeof(CpuidHeader) == 8 && sizeof(MsrsHeader) == 8, "C layout of 
 constexpr unsigned long kIoctlGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
 constexpr unsigned long kIoctlSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
 constexpr unsigned long kIoctlGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
+constexpr unsigned long kIoctlSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
+// struct kvm_xsave is 4096 bytes in C (a region plus a flexible tail that only
+// KVM_GET_XSAVE2 fills); the ioctl numbers encode that C size.
+struct XsaveRegion {
+    uint32_t region[1024];
+};
+static_assert(sizeof(XsaveRegion) == 4096, "C size of struct kvm_xsave");
+constexpr unsigned long kIoctlGetXsave = _IOR(KVMIO, 0xa4, XsaveRegion);
+constexpr unsigned long kIoctlSetXsave = _IOW(KVMIO, 0xa5, XsaveRegion);
+constexpr unsigned long kIoctlGetXsave2 = _IOR(KVMIO, 0xcf, XsaveRegion);
 
 [[noreturn]] void throwErrno(const char *what) {
     throw std::system_error(errno, std::generic_category(), what);
@@ -111,7 +122,8 @@ kvm_segment toKvm(const Segment &s) {
 
 class KvmVcpu final : public Vcpu {
 public:
-    KvmVcpu(Fd fd, kvm_run *run, size_t runSize) : fd_(std::move(fd)), run_(run), runSize_(runSize) {}
+    KvmVcpu(Fd fd, kvm_run *run, size_t runSize, size_t xsaveSize, bool useXsave2)
+        : fd_(std::move(fd)), run_(run), runSize_(runSize), xsaveSize_(xsaveSize), useXsave2_(useXsave2) {}
     ~KvmVcpu() override { ::munmap(run_, runSize_); }
 
     Exit run() override {
@@ -261,6 +273,53 @@ public:
         if (::ioctl(fd_.get(), KVM_SET_FPU, &k) < 0) throwErrno("KVM_SET_FPU");
     }
 
+    ExtendedState getExtendedState() override {
+        ExtendedState st;
+        // KVM_GET_XSAVE2 writes xsaveSize_ bytes (>= 4096) when the VM offers it; the
+        // classic call writes exactly 4096.
+        st.xsave.assign(xsaveSize_, 0);
+        if (::ioctl(fd_.get(), useXsave2_ ? kIoctlGetXsave2 : kIoctlGetXsave,
+                    st.xsave.data()) < 0)
+            throwErrno("KVM_GET_XSAVE");
+        kvm_xcrs x{};
+        if (::ioctl(fd_.get(), KVM_GET_XCRS, &x) < 0) throwErrno("KVM_GET_XCRS");
+        st.xcrs.assign(reinterpret_cast<const uint8_t *>(&x), reinterpret_cast<const uint8_t *>(&x) + sizeof x);
+        return st;
+    }
+
+    void setExtendedState(const ExtendedState &st) override {
+        if (st.xsave.size() != xsaveSize_ || st.xcrs.size() != sizeof(kvm_xcrs))
+            throw std::invalid_argument("extended CPU state of another size than this vCPU's");
+        kvm_xcrs x{};
+        std::memcpy(&x, st.xcrs.data(), sizeof x);
+        // XCR0 first: the XSAVE image may hold components only a wider XCR0 enables.
+        if (::ioctl(fd_.get(), KVM_SET_XCRS, &x) < 0) throwErrno("KVM_SET_XCRS");
+        // Invariant: st.xsave holds xsaveSize_ bytes, what KVM_SET_XSAVE reads here.
+        if (::ioctl(fd_.get(), kIoctlSetXsave, const_cast<uint8_t *>(st.xsave.data())) < 0) throwErrno("KVM_SET_XSAVE");
+    }
+
+    uint64_t getMsr(uint32_t index) override {
+        struct {
+            MsrsHeader header;
+            kvm_msr_entry entry;
+        } msrs{};
+        msrs.header.nmsrs = 1;
+        msrs.entry.index = index;
+        if (::ioctl(fd_.get(), kIoctlGetMsrs, &msrs) != 1) throwErrno("KVM_GET_MSRS");
+        return msrs.entry.data;
+    }
+
+    void setMsr(uint32_t index, uint64_t value) override {
+        struct {
+            MsrsHeader header;
+            kvm_msr_entry entry;
+        } msrs{};
+        msrs.header.nmsrs = 1;
+        msrs.entry.index = index;
+        msrs.entry.data = value;
+        if (::ioctl(fd_.get(), kIoctlSetMsrs, &msrs) != 1) throwErrno("KVM_SET_MSRS");
+    }
+
     void requestInterrupt() noexcept override {
         // Invariant: run_ stays mapped while this vCPU exists, and signals are only
         // sent to the thread that owns it while it exists.
@@ -291,6 +350,8 @@ private:
     Fd fd_;
     kvm_run *run_;
     size_t runSize_;
+    size_t xsaveSize_;
+    bool useXsave2_;
     bool exitNeedsSettle_ = false;
 };
 
@@ -316,7 +377,10 @@ public:
         if (::ioctl(fd.get(), kIoctlSetCpuid2, cpuid_.data()) < 0) throwErrno("KVM_SET_CPUID2");
         void *run = ::mmap(nullptr, runSize_, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
         if (run == MAP_FAILED) throwErrno("mmap kvm_run");
-        return std::make_unique<KvmVcpu>(std::move(fd), static_cast<kvm_run *>(run), runSize_);
+        // KVM_CAP_XSAVE2 on the VM fd gives the XSAVE area's size (>= 4096).
+        int xsave2 = ::ioctl(vm_.get(), KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+        size_t xsaveSize = xsave2 > static_cast<int>(sizeof(XsaveRegion)) ? static_cast<size_t>(xsave2) : sizeof(XsaveRegion);
+        return std::make_unique<KvmVcpu>(std::move(fd), static_cast<kvm_run *>(run), runSize_, xsaveSize, xsave2 > 0);
     }
 
 private:

@@ -1019,7 +1019,7 @@ Outcome Sandbox::takeSnapshot() {
     snap->ownerId = id_;
     snap->regs = vcpu_->getRegisters();
     snap->sregs = vcpu_->getSpecialRegisters();
-    snap->fpu = vcpu_->getFpu();
+    snap->cpuExtended = vcpu_->getExtendedState();
     auto capture = [&](uint64_t from, uint64_t to) {
         if (to <= from) return;
         const uint8_t *p = memory_->at(from, to - from);
@@ -1062,7 +1062,7 @@ Outcome Sandbox::restoreSnapshot(const Snapshot &snap) {
         std::memcpy(memory_->at(r.gpa, r.bytes.size()), r.bytes.data(), r.bytes.size());
     vcpu_->setSpecialRegisters(snap.sregs);
     vcpu_->setRegisters(snap.regs);
-    vcpu_->setFpu(snap.fpu);
+    vcpu_->setExtendedState(snap.cpuExtended);
     vcpu_->clearInterrupt();
     {
         std::lock_guard<std::mutex> lock(mu_);

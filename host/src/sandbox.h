@@ -36,7 +36,7 @@ struct Snapshot {
     uint64_t ownerId = 0;
     hv::Registers regs;
     hv::SpecialRegisters sregs;
-    hv::FpuState fpu;
+    hv::ExtendedState cpuExtended; // XSAVE image + XCRs: every vector register, not only SSE
     std::vector<Range> ranges;
     uint64_t heapHighWater = 0; // clamped into the heap
     size_t bytes() const;
