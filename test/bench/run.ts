@@ -16,6 +16,11 @@ import { emscriptenContender } from './quickjs-emscripten.js';
 const root = join(__dirname, '..', '..');
 const quick = process.env.AIRLOCK_BENCH_QUICK === '1';
 const scale = (n: number) => (quick ? Math.max(3, Math.ceil(n / 10)) : n);
+// AIRLOCK_BENCH_ONLY=calls,idle runs only those groups (a before/after comparison of
+// one figure needs no full run): exit-floor, calls (per-tier call, host-call, restore,
+// kill), create, snapshot, idle, native, emscripten.
+const only = new Set((process.env.AIRLOCK_BENCH_ONLY ?? '').split(',').filter(Boolean));
+const wants = (group: string) => only.size === 0 || only.has(group);
 
 const FIB = 'function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }\nfunction handler(e) { return fib(e.n); }';
 const ECHO = 'function handler(e) { return e; }';
@@ -62,6 +67,13 @@ async function benchExitFloor(): Promise<void> {
 }
 
 async function benchAirlock(backend: Backend): Promise<void> {
+  if (wants('calls')) await benchCalls(backend);
+  if (wants('create')) await benchCreate(backend);
+  if (wants('snapshot')) await benchSnapshot(backend);
+  if (wants('idle')) await benchIdle(backend);
+}
+
+async function benchCalls(backend: Backend): Promise<void> {
   const contender = `airlock-${backend}`;
   const loaded = await loadAirlock(backend, { echo: ECHO, fib: FIB, spin: 'function handler() { for (;;) {} }', hostloop: 'import { echo } from "host:bench";\nfunction handler(e) { let v = 0; for (let i = 0; i < e.n; i++) v = echo(i); return v; }' }, (p) =>
     p.register('bench', 'echo', (x: unknown) => x),
@@ -138,7 +150,10 @@ async function benchAirlock(backend: Backend): Promise<void> {
   } finally {
     await loaded.dispose();
   }
+}
 
+async function benchCreate(backend: Backend): Promise<void> {
+  const contender = `airlock-${backend}`;
   // create_to_first_result_ms: build -> loadRuntime -> addHandler -> getLoadedSandbox -> first call.
   const created: LoadedJSSandbox[] = [];
   record(summarize(contender, 'create_to_first_result_ms', await collect(scale(40), 3, async () => {
@@ -169,7 +184,10 @@ async function benchAirlock(backend: Backend): Promise<void> {
     await l.dispose();
     return ms;
   })));
+}
 
+async function benchSnapshot(backend: Backend): Promise<void> {
+  const contender = `airlock-${backend}`;
   // Restore cost must follow what the guest used, not its configured size: the same
   // restore with a 1 GiB heap. And a snapshot must not slow the calls after it: two
   // identical sandboxes, one with a snapshot taken, called alternately (ABBA) so
@@ -214,6 +232,33 @@ async function benchAirlock(backend: Backend): Promise<void> {
   } finally {
     await Promise.all([plain.dispose(), big.dispose()]);
   }
+}
+
+/** Process CPU (user + system) in ms over `ms` of wall time with nothing to do. */
+async function cpuOver(ms: number): Promise<number> {
+  const before = process.cpuUsage();
+  await new Promise((r) => setTimeout(r, ms));
+  const used = process.cpuUsage(before);
+  return (used.user + used.system) / 1e3;
+}
+
+// idle_cpu_ms: 10 sandboxes, one call each, 300 ms to settle, then the whole process's
+// CPU over the next second. An idle sandbox must cost nothing: no guest polling, no
+// thread spinning, no timer left armed. (The process's own idle cost is in it too.)
+async function benchIdle(backend: Backend): Promise<void> {
+  const contender = `airlock-${backend}`;
+  const samples: number[] = [];
+  for (let round = 0; round < scale(5); round++) {
+    const sandboxes = await Promise.all(Array.from({ length: 10 }, () => loadAirlock(backend, { echo: ECHO })));
+    try {
+      for (const s of sandboxes) await s.callHandler('echo', { round });
+      await new Promise((r) => setTimeout(r, 300));
+      samples.push(await cpuOver(1000));
+    } finally {
+      await Promise.all(sandboxes.map((s) => s.dispose()));
+    }
+  }
+  record(summarize(contender, 'idle_cpu_ms', samples));
 }
 
 async function benchNative(): Promise<void> {
@@ -306,6 +351,8 @@ function writeReport(): void {
     `| airlock-wasm call_roundtrip (gc: false) / quickjs-emscripten | ${ratio(['airlock-wasm', 'call_roundtrip_nogc_us'], ['quickjs-emscripten', 'call_roundtrip_us'])} | |`,
     `| airlock-wasm compute_fib27 / quickjs-emscripten | ${ratio(['airlock-wasm', 'compute_fib27_ms'], ['quickjs-emscripten', 'compute_fib27_ms'])} | ≤ 1.1× |`,
     `| airlock-kvm restore with 1 GiB heap / with 64 MiB heap | ${ratio(['airlock-kvm', 'restore_1gib_heap_us'], ['airlock-kvm', 'restore_us'])} | ~1× (cost independent of configured size) |`,
+    `| airlock-kvm idle_cpu_ms (10 idle sandboxes, 1 s) | ${p50('airlock-kvm', 'idle_cpu_ms')?.toFixed(1) ?? 'n/a'} | ≤ 5 ms |`,
+    `| airlock-wasm idle_cpu_ms (10 idle sandboxes, 1 s) | ${p50('airlock-wasm', 'idle_cpu_ms')?.toFixed(1) ?? 'n/a'} | ≤ 5 ms |`,
     `| airlock-kvm call after a snapshot / without one | ${ratio(['airlock-kvm', 'call_after_snapshot_us'], ['airlock-kvm', 'call_without_snapshot_us'])} | ~1× (snapshots do not slow calls) |`,
     '',
     '## What each metric measures',
@@ -319,6 +366,7 @@ function writeReport(): void {
     '- `restore_us`: restore() right after a trivial call (default options); `restore_idle_us`: restore() with nothing changed since the last one; `restore_1gib_heap_us`: `restore_us` in a sandbox built with a 1 GiB heap.',
     '- `call_without_snapshot_us` / `call_after_snapshot_us`: the trivial call (`gc: false`) in two identical 1 GiB-heap sandboxes, one of which has a snapshot taken, called alternately.',
     '- `kill_latency_ms`: from `interruptHandle.kill()` to the rejected call, the guest spinning in `for(;;){}`.',
+    '- `idle_cpu_ms`: 10 sandboxes, one call each, 300 ms to settle, then the CPU time (user + system) of the whole process over the next second. An idle sandbox must cost nothing; the target is ≤ 5 ms.',
   );
   if (notes.length) lines.push('', '## Notes from this run', '', ...notes.map((n) => `- ${n}`));
   writeFileSync(join(root, 'docs/BENCHMARKS.md'), lines.join('\n') + '\n');
@@ -328,14 +376,21 @@ async function main(): Promise<void> {
   console.log('Airlock benchmarks' + (quick ? ' (quick)' : ''));
   const kvm = kvmUnusableReasons().length === 0;
   if (kvm) {
-    await guarded('raw-kvm', benchExitFloor);
+    if (wants('exit-floor')) await guarded('raw-kvm', benchExitFloor);
     await guarded('airlock-kvm', () => benchAirlock('kvm'));
   } else {
     notes.push(`KVM unusable: ${kvmUnusableReasons().join('; ')}`);
   }
   await guarded('airlock-wasm', () => benchAirlock('wasm'));
-  await guarded('native-quickjs', benchNative);
-  await guarded('quickjs-emscripten', benchEmscripten);
+  if (wants('native')) await guarded('native-quickjs', benchNative);
+  if (wants('emscripten')) await guarded('quickjs-emscripten', benchEmscripten);
+  if (only.size > 0) {
+    // A partial run must not overwrite the report of a full one.
+    const out = join(root, 'out', 'bench-partial.json');
+    writeFileSync(out, JSON.stringify({ groups: [...only], results }, null, 2) + '\n');
+    console.log(`partial run (${[...only].join(', ')}): wrote ${out}`);
+    return;
+  }
   writeReport();
   console.log('wrote docs/BENCHMARKS.md and docs/benchmarks.json');
 }
