@@ -1,7 +1,7 @@
 // builder.ts — SandboxBuilder: collects sizes, tier and console options, validates
 // them as they are set, and builds a booted ProtoJSSandbox.
 import { SandboxCore, type ConsoleHandler } from './core.js';
-import { InvalidArgumentError } from './errors.js';
+import { ConsumedError, InvalidArgumentError } from './errors.js';
 import { engineFactory, type BackendChoice } from './engine/select.js';
 import { ProtoJSSandbox } from './sandbox.js';
 import { requireFunction, requireSize } from './validate.js';
@@ -27,33 +27,46 @@ export class SandboxBuilder {
   #consoleLimit: number = sizeLimits.consoleLimit.default;
   #backend: BackendChoice = 'auto';
   #console: ConsoleHandler | undefined;
+  #strictOptions = false;
+  // Like the mirrored API, build() consumes the builder: a second build() or a setter
+  // afterwards is ERR_CONSUMED. A build that fails hands the builder back.
+  #consumed = false;
+
+  #open(): void {
+    if (this.#consumed) throw new ConsumedError('this SandboxBuilder was already consumed by build(); create a new one');
+  }
 
   /** Guest heap size in bytes (default 64 MiB). */
   setHeapSize(bytes: number): this {
+    this.#open();
     this.#heapSize = requireSize(bytes, 'heap size', sizeLimits.heap.min, sizeLimits.heap.max);
     return this;
   }
 
   /** Guest scratch size in bytes, which holds the guest stack (default 1 MiB). */
   setScratchSize(bytes: number): this {
+    this.#open();
     this.#scratchSize = requireSize(bytes, 'scratch size', sizeLimits.scratch.min, sizeLimits.scratch.max);
     return this;
   }
 
   /** Host-to-guest buffer in bytes: bounds the size of one event (default 1 MiB). */
   setInputBufferSize(bytes: number): this {
+    this.#open();
     this.#inputBufferSize = requireSize(bytes, 'input buffer size', sizeLimits.inputBuffer.min, sizeLimits.inputBuffer.max);
     return this;
   }
 
   /** Guest-to-host buffer in bytes: bounds one result plus its console output (default 1 MiB). */
   setOutputBufferSize(bytes: number): this {
+    this.#open();
     this.#outputBufferSize = requireSize(bytes, 'output buffer size', sizeLimits.outputBuffer.min, sizeLimits.outputBuffer.max);
     return this;
   }
 
   /** Tier: 'kvm' (micro-VM), 'wasm' (WebAssembly worker) or 'auto' (default: KVM when usable). */
   setBackend(backend: BackendChoice): this {
+    this.#open();
     if (backend !== 'kvm' && backend !== 'wasm' && backend !== 'auto') {
       throw new InvalidArgumentError(`backend must be 'kvm', 'wasm' or 'auto' (got ${JSON.stringify(backend)})`);
     }
@@ -66,18 +79,42 @@ export class SandboxBuilder {
    * `level` is 'log' | 'info' | 'warn' | 'error' | 'debug'.
    */
   setConsoleHandler(handler: ConsoleHandler): this {
+    this.#open();
     this.#console = requireFunction<ConsoleHandler>(handler, 'console handler');
     return this;
   }
 
   /** Console bytes kept per call (default 64 KiB); the rest is dropped with a note. */
   setConsoleLimit(bytes: number): this {
+    this.#open();
     this.#consoleLimit = requireSize(bytes, 'console limit', sizeLimits.consoleLimit.min, sizeLimits.consoleLimit.max);
     return this;
   }
 
-  /** Boots a sandbox on the chosen tier. */
+  /**
+   * Rejects option keys that callHandler() does not know with ERR_INVALID_ARG, instead
+   * of the default: ignoring them, as the mirrored API does, with a one-time warning.
+   */
+  setStrictOptions(strict = true): this {
+    this.#open();
+    if (typeof strict !== 'boolean') throw new InvalidArgumentError(`strict must be a boolean (got ${typeof strict})`);
+    this.#strictOptions = strict;
+    return this;
+  }
+
+  /** Boots a sandbox on the chosen tier. Consumes the builder once it succeeds. */
   async build(): Promise<ProtoJSSandbox> {
+    this.#open();
+    this.#consumed = true;
+    try {
+      return await this.#build();
+    } catch (e) {
+      this.#consumed = false;
+      throw e;
+    }
+  }
+
+  async #build(): Promise<ProtoJSSandbox> {
     const factory = engineFactory(this.#backend);
     const core = await SandboxCore.create(
       {
@@ -90,6 +127,6 @@ export class SandboxBuilder {
       factory,
       this.#console,
     );
-    return new ProtoJSSandbox(core);
+    return new ProtoJSSandbox(core, { unknownOptions: this.#strictOptions ? 'reject' : 'warn' });
   }
 }

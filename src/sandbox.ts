@@ -6,8 +6,10 @@ import { ConsumedError, InvalidArgumentError } from './errors.js';
 import type { Backend, EngineSnapshot } from './engine/engine.js';
 import type { CallStats, HostFunction, SandboxCore } from './core.js';
 import {
+  checkOptionKeys,
   optionalBoolean,
   optionalTimeout,
+  type UnknownOptionPolicy,
   requireFunction,
   requireModulePart,
   requireName,
@@ -27,6 +29,23 @@ export interface CallHandlerOptions {
   gc?: boolean;
 }
 
+/** Per-sandbox settings chosen on the builder that the views (not the engine) apply. @internal */
+export interface ViewSettings {
+  /** What callHandler does with an option key it does not know. */
+  unknownOptions: UnknownOptionPolicy;
+}
+
+const defaultSettings: ViewSettings = { unknownOptions: 'warn' };
+
+const callOptionKeys = ['wallClockTimeoutMs', 'cpuTimeoutMs', 'gc'] as const;
+
+/**
+ * Views with an operation in flight. A view only reachable through its own pending
+ * promise must not be garbage-collected (its finalizer would dispose the sandbox mid-
+ * call): each pending operation holds its view here until it settles.
+ */
+const busyViews = new Map<object, number>();
+
 /**
  * Backstop for sandboxes that are dropped without dispose(): when every view of a core
  * has been garbage-collected, the core (its VM or worker, memory, fds) is released.
@@ -45,11 +64,25 @@ function track(view: object, core: SandboxCore): void {
 
 abstract class SandboxView {
   protected readonly core: SandboxCore;
+  protected readonly settings: ViewSettings;
   private consumedBy: string | undefined;
 
-  protected constructor(core: SandboxCore) {
+  protected constructor(core: SandboxCore, settings: ViewSettings = defaultSettings) {
     this.core = core;
+    this.settings = settings;
     track(this, core);
+  }
+
+  /** Keeps this view strongly reachable until `operation` settles. */
+  protected async pinned<T>(operation: () => Promise<T>): Promise<T> {
+    busyViews.set(this, (busyViews.get(this) ?? 0) + 1);
+    try {
+      return await operation();
+    } finally {
+      const n = (busyViews.get(this) ?? 1) - 1;
+      if (n <= 0) busyViews.delete(this);
+      else busyViews.set(this, n);
+    }
   }
 
   /** The tier this sandbox runs on: 'kvm' (micro-VM) or 'wasm' (WebAssembly worker). */
@@ -104,8 +137,8 @@ export class HostModule {
 /** A booted sandbox waiting for its JavaScript runtime; host functions are registered here. */
 export class ProtoJSSandbox extends SandboxView {
   /** @internal */
-  constructor(core: SandboxCore) {
-    super(core);
+  constructor(core: SandboxCore, settings?: ViewSettings) {
+    super(core, settings);
   }
 
   /** A builder for the functions of host module `name`. */
@@ -131,13 +164,15 @@ export class ProtoJSSandbox extends SandboxView {
   /** Loads the JavaScript runtime with every registered host function. */
   async loadRuntime(): Promise<JSSandbox> {
     this.consume('loadRuntime()');
-    try {
-      await this.core.loadRuntime();
-    } catch (e) {
-      this.release();
-      throw e;
-    }
-    return new JSSandbox(this.core);
+    return this.pinned(async () => {
+      try {
+        await this.core.loadRuntime();
+      } catch (e) {
+        this.release();
+        throw e;
+      }
+      return new JSSandbox(this.core, this.settings);
+    });
   }
 
   private assertRegistrationOpen(): void {
@@ -164,47 +199,68 @@ export class JSSandbox extends SandboxView {
   readonly #modules = new Map<string, ModuleEntry>();
 
   /** @internal */
-  constructor(core: SandboxCore) {
-    super(core);
+  constructor(core: SandboxCore, settings?: ViewSettings) {
+    super(core, settings);
   }
 
   /** Adds (or replaces) the handler for routing key `name`. */
   addHandler(name: string, code: string): void {
+    this.assertUsable();
     this.#handlers.set(requireName(name, 'handler name'), requireString(code, 'handler code'));
   }
 
+  /** Removes the handler for routing key `name`, if any. */
   removeHandler(name: string): void {
+    this.assertUsable();
     this.#handlers.delete(requireName(name, 'handler name'));
   }
 
+  /** Removes every handler added so far. */
   clearHandlers(): void {
+    this.assertUsable();
     this.#handlers.clear();
   }
 
   /** Adds (or replaces) module `<namespace>:<name>`; the namespace 'host' is reserved. */
   addModule(name: string, source: string, namespace = 'user'): void {
+    this.assertUsable();
     const key = moduleKey(name, namespace);
     this.#modules.set(key, { namespace, name, source: requireString(source, 'module source') });
   }
 
+  /** Removes module `<namespace>:<name>`, if any. */
   removeModule(name: string, namespace = 'user'): void {
+    this.assertUsable();
     this.#modules.delete(moduleKey(name, namespace));
   }
 
+  /** Removes every module added so far. */
   clearModules(): void {
+    this.assertUsable();
     this.#modules.clear();
   }
 
-  /** Compiles the handlers (and, lazily, the modules they import) in the guest. */
+  /** Whether the sandbox is poisoned (a call was killed, timed out or aborted) until restored or unloaded. */
+  get poisoned(): boolean {
+    return this.core.poisoned;
+  }
+
+  /**
+   * Compiles the handlers (and, lazily, the modules they import) in the guest. Consumes
+   * this JSSandbox: later edits throw ERR_CONSUMED (LoadedJSSandbox.unload() gives a
+   * fresh one). A failed load (ERR_COMPILE) leaves it usable, to fix and try again.
+   */
   async getLoadedSandbox(): Promise<LoadedJSSandbox> {
     this.consume('getLoadedSandbox()');
-    try {
-      await this.core.load(this.#modules, this.#handlers);
-    } catch (e) {
-      this.release();
-      throw e;
-    }
-    return new LoadedJSSandbox(this.core);
+    return this.pinned(async () => {
+      try {
+        await this.core.load(this.#modules, this.#handlers);
+      } catch (e) {
+        this.release();
+        throw e;
+      }
+      return new LoadedJSSandbox(this.core, this.settings);
+    });
   }
 }
 
@@ -228,7 +284,11 @@ export class Snapshot {
 
   /** @internal */
   static unwrap(snapshot: unknown, core: SandboxCore): EngineSnapshot {
-    if (!(snapshot instanceof Snapshot)) throw new InvalidArgumentError('restore() needs a Snapshot taken by snapshot()');
+    // A brand check, not instanceof: an object that merely inherits from
+    // Snapshot.prototype has no private fields to read.
+    if (typeof snapshot !== 'object' || snapshot === null || !(#core in snapshot)) {
+      throw new InvalidArgumentError('restore() needs a Snapshot taken by snapshot()');
+    }
     if (snapshot.#core !== core) throw new InvalidArgumentError('the snapshot was taken from another sandbox');
     return snapshot.#state;
   }
@@ -254,45 +314,55 @@ export class LoadedJSSandbox extends SandboxView {
   readonly #interruptHandle: InterruptHandle;
 
   /** @internal */
-  constructor(core: SandboxCore) {
-    super(core);
+  constructor(core: SandboxCore, settings?: ViewSettings) {
+    super(core, settings);
     this.#interruptHandle = new InterruptHandle(core);
   }
 
-  /** Calls handler `handlerName` with `eventData` (any JSON-serialisable value). */
+  /**
+   * Calls handler `handlerName` with `eventData` (any JSON-serialisable value). Options:
+   * `wallClockTimeoutMs` and `cpuTimeoutMs` (1 to 3,600,000 ms) cancel the call with
+   * ERR_CANCELLED; `gc: false` skips the post-call collection.
+   */
   async callHandler(handlerName: string, eventData: unknown, options?: CallHandlerOptions): Promise<any> {
     this.assertUsable();
     const name = requireName(handlerName, 'handler name');
     if (options !== undefined && (options === null || typeof options !== 'object')) {
       throw new InvalidArgumentError('callHandler options must be an object');
     }
+    if (options !== undefined) checkOptionKeys(options, callOptionKeys, 'callHandler()', this.settings.unknownOptions);
     const wallClockTimeoutMs = optionalTimeout(options?.wallClockTimeoutMs, 'wallClockTimeoutMs');
     const cpuTimeoutMs = optionalTimeout(options?.cpuTimeoutMs, 'cpuTimeoutMs');
     const gc = optionalBoolean(options?.gc, 'gc', true);
-    return this.core.call(name, serializeEvent(eventData), { wallClockTimeoutMs, cpuTimeoutMs, gc });
+    const event = serializeEvent(eventData);
+    return this.pinned(() => this.core.call(name, event, { wallClockTimeoutMs, cpuTimeoutMs, gc }));
   }
 
   /** Drops handlers and modules; returns a JSSandbox to load new ones. Also clears poisoning. */
   async unload(): Promise<JSSandbox> {
     this.consume('unload()');
-    try {
-      await this.core.unload();
-    } catch (e) {
-      this.release();
-      throw e;
-    }
-    return new JSSandbox(this.core);
+    return this.pinned(async () => {
+      try {
+        await this.core.unload();
+      } catch (e) {
+        this.release();
+        throw e;
+      }
+      return new JSSandbox(this.core, this.settings);
+    });
   }
 
+  /** Captures the guest's state (handlers, modules, globals) to restore() later. */
   async snapshot(): Promise<Snapshot> {
     this.assertUsable();
-    return new Snapshot(this.core, await this.core.snapshot());
+    return this.pinned(async () => new Snapshot(this.core, await this.core.snapshot()));
   }
 
   /** Returns the guest to `snapshot` (taken from this sandbox) and clears poisoning. */
   async restore(snapshot: Snapshot): Promise<void> {
     this.assertUsable();
-    await this.core.restore(Snapshot.unwrap(snapshot, this.core));
+    const state = Snapshot.unwrap(snapshot, this.core);
+    return this.pinned(() => this.core.restore(state));
   }
 
   get interruptHandle(): InterruptHandle {

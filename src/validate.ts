@@ -2,11 +2,28 @@
 // InvalidArgumentError naming the argument and what it must be.
 import { InvalidArgumentError } from './errors.js';
 
+/**
+ * A routing key, module or function name. Names cross into the guest as UTF-8, where a
+ * lone surrogate would become U+FFFD and collide with another name (running the wrong
+ * handler), and a NUL would end the name early: both are refused here, at registration.
+ */
 export function requireName(value: unknown, what: string): string {
   if (typeof value !== 'string' || value.length === 0) {
     throw new InvalidArgumentError(`${what} must be a non-empty string (got ${describe(value)})`);
   }
+  if (!isWellFormed(value)) {
+    throw new InvalidArgumentError(`${what} must be well-formed UTF-16 (it contains a lone surrogate): ${JSON.stringify(value.slice(0, 40))}`);
+  }
+  if (value.includes('\0')) throw new InvalidArgumentError(`${what} must not contain a NUL character: ${JSON.stringify(value.slice(0, 40))}`);
   return value;
+}
+
+// String.prototype.isWellFormed arrived in Node 20; the regular expression is the
+// same test where it is missing.
+function isWellFormed(s: string): boolean {
+  const native = (s as { isWellFormed?: () => boolean }).isWellFormed;
+  if (typeof native === 'function') return native.call(s);
+  return !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(s);
 }
 
 /** A name that becomes part of an import specifier `<namespace>:<name>`. */
@@ -37,13 +54,73 @@ export function requireSize(value: unknown, what: string, min: number, max: numb
   return value;
 }
 
-/** An optional timeout: undefined, or a finite number of milliseconds > 0. */
+/** The range the mirrored API accepts for wallClockTimeoutMs and cpuTimeoutMs, on every tier. */
+export const timeoutLimitsMs = { min: 1, max: 3_600_000 } as const;
+
+/** An optional timeout: undefined, or milliseconds within timeoutLimitsMs. */
 export function optionalTimeout(value: unknown, what: string): number | undefined {
   if (value === undefined) return undefined;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
-    throw new InvalidArgumentError(`${what} must be a finite number of milliseconds greater than 0 (got ${describe(value)})`);
+  const { min, max } = timeoutLimitsMs;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
+    throw new InvalidArgumentError(`${what} must be a number of milliseconds from ${min} to ${max} (got ${describe(value)})`);
   }
   return value;
+}
+
+/** Options objects: what to do with a key the API does not know. */
+export type UnknownOptionPolicy = 'warn' | 'reject';
+
+const warnedOptions = new Set<string>();
+
+/**
+ * Checks `options` for keys outside `known`. The mirrored API ignores unknown keys, so
+ * by default a typo (`{ timeoutMs: 5 }`) keeps working as before but is reported once
+ * per process as a warning naming the closest known option; strict sandboxes reject it.
+ */
+export function checkOptionKeys(options: object, known: readonly string[], where: string, policy: UnknownOptionPolicy): void {
+  for (const key of Object.keys(options)) {
+    if (known.includes(key)) continue;
+    const closest = closestName(key, known);
+    const hint = closest ? ` (did you mean '${closest}'?)` : '';
+    const message = `${where}: unknown option '${key.slice(0, 60)}'${hint}; known options: ${known.join(', ')}`;
+    if (policy === 'reject') throw new InvalidArgumentError(message);
+    const once = `${where}\0${key}`;
+    if (warnedOptions.has(once)) continue;
+    warnedOptions.add(once);
+    process.emitWarning(`${message}. It is ignored; SandboxBuilder.setStrictOptions() makes this an error.`, {
+      type: 'AirlockWarning',
+      code: 'AIRLOCK_UNKNOWN_OPTION',
+    });
+  }
+}
+
+/** The known name nearest to `name` by edit distance (case-insensitive), if near enough. */
+function closestName(name: string, known: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  const a = name.toLowerCase();
+  for (const candidate of known) {
+    const b = candidate.toLowerCase();
+    const d = a.includes(b) || b.includes(a) ? Math.abs(a.length - b.length) / 2 : editDistance(a, b);
+    if (d < bestDistance) {
+      bestDistance = d;
+      best = candidate;
+    }
+  }
+  return bestDistance <= Math.max(2, Math.ceil(name.length / 2)) ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  if (a.length > 64 || b.length > 64) return Infinity;
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = row;
+  }
+  return prev[b.length];
 }
 
 export function optionalBoolean(value: unknown, what: string, fallback: boolean): boolean {
@@ -59,10 +136,31 @@ export function serializeEvent(event: unknown): string | undefined {
   try {
     json = JSON.stringify(event);
   } catch (e) {
-    throw new InvalidArgumentError(`event is not JSON-serialisable: ${(e as Error).message}`);
+    throw new InvalidArgumentError(`event is not JSON-serialisable: ${describeThrown(e)}`);
   }
   if (json === undefined) throw new InvalidArgumentError(`event is not JSON-serialisable (got ${describe(event)})`);
   return json;
+}
+
+/**
+ * A readable account of anything a user callback threw (`throw null`, an object whose
+ * toString throws, a null-prototype object): never throws itself.
+ */
+export function describeThrown(e: unknown): string {
+  try {
+    if (e instanceof Error || (typeof e === 'object' && e !== null && typeof (e as { message?: unknown }).message === 'string')) {
+      const err = e as { name?: unknown; message: string };
+      const name = typeof err.name === 'string' && err.name !== 'Error' ? `${err.name}: ` : '';
+      return name + err.message;
+    }
+    if (typeof e === 'string') return e;
+    if (e === null || e === undefined || typeof e !== 'object') return `${String(e)} was thrown`;
+    const json = JSON.stringify(e);
+    if (typeof json === 'string') return `${json.slice(0, 200)} was thrown`;
+  } catch {
+    // fall through: the value resists every description
+  }
+  return 'a value that cannot be described was thrown';
 }
 
 function describe(value: unknown): string {
