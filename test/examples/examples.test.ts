@@ -1,19 +1,30 @@
 // examples.test.ts — every file in examples/ and every ```ts block in README.md and docs/
 // runs as a user would run it: through tsx, importing the built package as 'airlock'.
 // A snippet must exit 0; where it prints a documented result, the output is checked.
+// Everything runs twice: on KVM, and on the WebAssembly tier (AIRLOCK_DISABLE_KVM=1,
+// so the default 'auto' picks WebAssembly and says why once on stderr).
 import { execFile } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { describeKvm } from '../support/kvm.js';
 
 const run = promisify(execFile);
 const root = join(__dirname, '..', '..');
 const tsx = join(root, 'node_modules', '.bin', 'tsx');
 
-async function runTs(file: string): Promise<{ stdout: string; stderr: string }> {
-  return run(tsx, [file], { cwd: root, timeout: 120_000, env: { ...process.env, FORCE_COLOR: '0' } });
+type Tier = 'kvm' | 'wasm';
+
+async function runTs(file: string, tier: Tier): Promise<{ stdout: string; stderr: string }> {
+  const env: NodeJS.ProcessEnv = { ...process.env, FORCE_COLOR: '0' };
+  if (tier === 'wasm') env.AIRLOCK_DISABLE_KVM = '1';
+  else delete env.AIRLOCK_DISABLE_KVM;
+  const out = await run(tsx, [file], { cwd: root, timeout: 120_000, env });
+  // The notice proves which tier ran: it appears exactly when 'auto' fell back.
+  if (tier === 'wasm') expect(out.stderr).toContain('AIRLOCK_KVM_UNAVAILABLE');
+  else expect(out.stderr).not.toContain('AIRLOCK_KVM_UNAVAILABLE');
+  return out;
 }
 
 /** ```ts blocks of a markdown file, skipping those fenced as ```ts no-run. */
@@ -32,10 +43,15 @@ const expectedOutput: Record<string, RegExp[]> = {
   'unload.ts': [/\{"version":1,"n":2\}\n\{"version":2,"n":101\}/],
 };
 
-describeKvm('examples', () => {
+// Documented output of doc snippets, by file and snippet number.
+const expectedSnippetOutput: Record<string, RegExp[]> = {
+  'README.md 1': [/\{ name: 'World', message: 'Hello, World!' \}/],
+};
+
+function suite(tier: Tier): void {
   for (const file of readdirSync(join(root, 'examples')).filter((f) => f.endsWith('.ts'))) {
     it(`examples/${file} runs`, async () => {
-      const { stdout } = await runTs(join(root, 'examples', file));
+      const { stdout } = await runTs(join(root, 'examples', file), tier);
       for (const pattern of expectedOutput[file] ?? []) expect(stdout).toMatch(pattern);
     });
   }
@@ -47,10 +63,14 @@ describeKvm('examples', () => {
     snippets(join(root, doc)).forEach((code, i) => {
       it(`${doc} snippet ${i + 1} runs`, async () => {
         // .mts: snippets are ES modules with top-level await, as users write them.
-        const file = join(dir, `${doc.replace(/[/.]/g, '_')}_${i + 1}.mts`);
+        const file = join(dir, `${doc.replace(/[/.]/g, '_')}_${i + 1}_${tier}.mts`);
         writeFileSync(file, code);
-        await runTs(file);
+        const { stdout } = await runTs(file, tier);
+        for (const pattern of expectedSnippetOutput[`${doc} ${i + 1}`] ?? []) expect(stdout).toMatch(pattern);
       });
     });
   }
-});
+}
+
+describeKvm('examples [kvm]', () => suite('kvm'));
+describe('examples [wasm]', () => suite('wasm'));
