@@ -21,6 +21,7 @@ import type { Backend, EngineConfig, EngineFactory, EngineSnapshot, ExchangeOpti
 import * as abi from './engine/abi.generated.js';
 import { decodeOutput, encodeMessage, encodedSize, fieldText, type ConsoleEntry, type FieldValue, type Message } from './engine/protocol.js';
 import { poisons } from './poison.js';
+import { describeThrown } from './validate.js';
 
 export type HostFunction = (...args: any[]) => unknown;
 export type ConsoleHandler = (level: ConsoleEntry['level'], message: string) => void;
@@ -35,8 +36,18 @@ export interface CallStats {
   terminatedBy: TerminatedBy | null;
 }
 
-/** The chain of sandboxes whose host callbacks the current async context runs inside. */
-const hostCallChain = new AsyncLocalStorage<readonly SandboxCore[]>();
+/**
+ * One host call in progress: its sandbox waits for it until `active` turns false. Async
+ * work a callback starts (a timer, an emitter, a queue worker) inherits the chain of
+ * the calls it came from, but a call that has been answered no longer blocks anyone.
+ */
+interface HostCallFrame {
+  readonly core: SandboxCore;
+  active: boolean;
+}
+
+/** The host calls whose callbacks the current async context runs inside. */
+const hostCallChain = new AsyncLocalStorage<readonly HostCallFrame[]>();
 
 let nextSandboxId = 1;
 
@@ -49,7 +60,7 @@ export class SandboxCore {
   readonly hostFunctions = new Map<string, Map<string, HostFunction>>();
 
   private queue: Promise<unknown> = Promise.resolve();
-  private callerChain: readonly SandboxCore[] = [];
+  private callerChain: readonly HostCallFrame[] = [];
   private protocolFault: AirlockError | undefined;
   private disposed = false;
   private poisonReason: string | undefined;
@@ -162,15 +173,25 @@ export class SandboxCore {
   snapshot(): Promise<EngineSnapshot> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
-      return this.engine.snapshot();
+      return this.whileAlive(() => this.engine.snapshot());
     });
   }
 
   restore(snapshot: EngineSnapshot): Promise<void> {
     return this.serialize(async () => {
-      await this.engine.restore(snapshot);
+      await this.whileAlive(() => this.engine.restore(snapshot));
       this.poisonReason = undefined;
     });
+  }
+
+  /** An engine operation that dispose() may cut short: that is ERR_CONSUMED, whatever the engine saw. */
+  private async whileAlive<T>(op: () => Promise<T>): Promise<T> {
+    try {
+      return await op();
+    } catch (e) {
+      if (this.disposed) throw new ConsumedError('the sandbox was disposed while the operation ran');
+      throw e;
+    }
   }
 
   /** Cancels the request in flight (if any); safe from any callback or timer. */
@@ -195,8 +216,10 @@ export class SandboxCore {
   /** Queues `op` behind earlier operations; refuses calls that would wait on themselves. */
   private serialize<T>(op: () => Promise<T>): Promise<T> {
     if (this.disposed) return Promise.reject(new ConsumedError('the sandbox has been disposed'));
-    const chain = hostCallChain.getStore() ?? [];
-    if (chain.includes(this)) {
+    // Only frames still waiting count: once a host call has been answered, work it
+    // started may call into its sandbox like any other caller.
+    const chain = (hostCallChain.getStore() ?? []).filter((f) => f.active);
+    if (chain.some((f) => f.core === this)) {
       return Promise.reject(
         new BusyError('a host function cannot call into the sandbox that is waiting for it (it would deadlock)'),
       );
@@ -327,7 +350,7 @@ export class SandboxCore {
       case abi.AIRLOCK_STATUS_COMPILE_ERROR:
         return new CompileError(text);
       case abi.AIRLOCK_STATUS_TOO_LARGE:
-        return new TooLargeError(text);
+        return new TooLargeError(`${text} (raise it with setOutputBufferSize(), or print less with console)`);
       case abi.AIRLOCK_STATUS_OUT_OF_MEMORY:
         return new OutOfMemoryError(text || 'the guest ran out of heap memory');
       case abi.AIRLOCK_STATUS_STACK_OVERFLOW:
@@ -346,7 +369,16 @@ export class SandboxCore {
   // ---------------------------------------------------------------------------
   // Host calls: the guest is paused inside a HOST_CALL exit until we answer.
 
+  /** Answers every host call: whatever a callback throws or returns, the guest gets a reply. */
   private async serveHostCall(output: Uint8Array): Promise<Uint8Array> {
+    try {
+      return await this.answerHostCall(output);
+    } catch (e) {
+      return hostError(`the host could not answer the call: ${describeThrown(e)}`, this.config.inputSize);
+    }
+  }
+
+  private async answerHostCall(output: Uint8Array): Promise<Uint8Array> {
     let module = '';
     let fn = '';
     let args: unknown[];
@@ -372,16 +404,19 @@ export class SandboxCore {
     if (!callback) return hostError(`host function '${module}.${fn}' is not registered`, this.config.inputSize);
 
     let result: unknown;
+    const frame: HostCallFrame = { core: this, active: true };
     try {
-      result = await hostCallChain.run([...this.callerChain, this], () => callback(...args));
+      result = await hostCallChain.run([...this.callerChain, frame], () => callback(...args));
     } catch (e) {
-      return hostError(e instanceof Error ? e.message : String(e), this.config.inputSize);
+      return hostError(describeThrown(e), this.config.inputSize);
+    } finally {
+      frame.active = false;
     }
     let json: string | undefined;
     try {
       json = JSON.stringify(result);
     } catch (e) {
-      return hostError(`host function '${module}.${fn}' returned a value that is not JSON-serialisable: ${(e as Error).message}`, this.config.inputSize);
+      return hostError(`host function '${module}.${fn}' returned a value that is not JSON-serialisable: ${describeThrown(e)}`, this.config.inputSize);
     }
     const fields = json === undefined ? [] : [json];
     const size = encodedSize(fields);
