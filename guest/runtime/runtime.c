@@ -230,10 +230,11 @@ static int js_interrupt(JSRuntime *rt, void *opaque)
  * Exceptions */
 
 struct exception_info {
-    const char *name;    /* JS C strings or static text */
+    const char *name;    /* JS C strings, static text or text_buf */
     const char *message;
     const char *stack;
     int name_owned, message_owned, stack_owned;
+    char text_buf[512]; /* a thrown non-Error object, as JSON, cut to fit */
 };
 
 static const char *prop_cstring(JSContext *ctx, JSValueConst obj, const char *prop, int *owned)
@@ -252,6 +253,31 @@ static const char *prop_cstring(JSContext *ctx, JSValueConst obj, const char *pr
     return s ? s : "";
 }
 
+/* `throw { code: 42 }` carries no message: say what was thrown, as JSON (cut to the
+ * buffer), so the host's error is still useful. */
+static void describe_thrown_object(JSContext *ctx, JSValueConst exc, struct exception_info *info)
+{
+    JSValue json = JS_JSONStringify(ctx, exc, JS_UNDEFINED, JS_UNDEFINED);
+    size_t len = 0;
+    const char *text = JS_IsException(json) || JS_IsUndefined(json) ? NULL : JS_ToCStringLen(ctx, &len, json);
+    if (JS_IsException(json) || !text)
+        JS_FreeValue(ctx, JS_GetException(ctx));
+    JS_FreeValue(ctx, json);
+    const char *what = text ? text : "an object that cannot be shown as JSON";
+    size_t room = sizeof info->text_buf - sizeof "thrown value: ..." ;
+    size_t n = text ? len : strlen(what);
+    int cut = n > room;
+    if (cut) {
+        n = room;
+        while (n > 0 && ((unsigned char)what[n] & 0xc0) == 0x80)
+            n--; /* end on a UTF-8 character boundary */
+    }
+    snprintf(info->text_buf, sizeof info->text_buf, "thrown value: %.*s%s", (int)n, what, cut ? "..." : "");
+    if (text)
+        JS_FreeCString(ctx, text);
+    info->message = info->text_buf;
+}
+
 static void exception_describe(JSContext *ctx, JSValueConst exc, struct exception_info *info)
 {
     memset(info, 0, sizeof *info);
@@ -261,6 +287,8 @@ static void exception_describe(JSContext *ctx, JSValueConst exc, struct exceptio
         info->stack = prop_cstring(ctx, exc, "stack", &info->stack_owned);
         if (!info->name_owned && JS_IsError(ctx, exc))
             info->name = "Error";
+        if (!info->message_owned && !JS_IsError(ctx, exc))
+            describe_thrown_object(ctx, exc, info);
         return;
     }
     info->name = "";

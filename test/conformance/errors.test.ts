@@ -175,4 +175,26 @@ describeEachBackend('compile errors at getLoadedSandbox()', (h) => {
       await proto.dispose();
     }
   });
+  it('describes a thrown value that is not an Error by its JSON', async () => {
+    const proto = await h.builder().build();
+    try {
+      const js = await proto.loadRuntime();
+      js.addHandler(
+        'h',
+        'function handler(e) { if (e === 1) throw { code: 42 }; if (e === 2) { const o = {}; o.o = o; throw o; } throw { long: "é".repeat(1000) }; }',
+      );
+      const loaded = await js.getLoadedSandbox();
+      await expect(loaded.callHandler('h', 1)).rejects.toMatchObject({ code: 'ERR_GUEST_EXCEPTION', message: 'thrown value: {"code":42}' });
+      await expect(loaded.callHandler('h', 2)).rejects.toMatchObject({
+        code: 'ERR_GUEST_EXCEPTION',
+        message: 'thrown value: an object that cannot be shown as JSON',
+      });
+      // Cut to a bounded length on a character boundary, and said to be cut.
+      const long = await loaded.callHandler('h', 3).catch((e: Error) => e.message);
+      expect(long).toMatch(/^thrown value: \{"long":"é+\.\.\.$/);
+      expect(long.length).toBeLessThan(520);
+    } finally {
+      await proto.dispose();
+    }
+  });
 });
