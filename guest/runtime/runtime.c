@@ -543,6 +543,15 @@ static JSContext *context_create(void)
     JSValue perf = JS_NewObject(ctx);
     JS_SetPropertyStr(ctx, perf, "now", JS_NewCFunction(ctx, js_performance_now, "now", 0));
     JS_SetPropertyStr(ctx, global, "performance", perf);
+    /* One thread per guest, so shared memory has no use; and the WebAssembly build of
+     * QuickJS has no Atomics (wasi-libc has no threads). Both tiers offer neither, so
+     * a handler sees the same globals wherever it runs. */
+    static const char *const unshared[] = {"SharedArrayBuffer", "Atomics"};
+    for (size_t i = 0; i < sizeof unshared / sizeof unshared[0]; i++) {
+        JSAtom atom = JS_NewAtom(ctx, unshared[i]);
+        JS_DeleteProperty(ctx, global, atom, 0);
+        JS_FreeAtom(ctx, atom);
+    }
     JS_FreeValue(ctx, global);
     return ctx;
 }
