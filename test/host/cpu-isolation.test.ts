@@ -10,6 +10,8 @@ import {
   DUMP,
   FXSAVE_IMAGE_BYTES,
   FXSAVE_LOAD_OFFSET,
+  FSGS_IMAGE_BYTES,
+  FSGS_LOAD_OFFSET,
   LOAD,
   YMM_IMAGE_BYTES,
   YMM_LOAD_OFFSET,
@@ -170,6 +172,23 @@ describeKvm('KVM sandbox CPU state: exact, private restore', () => {
       return;
     }
     expect(host.flags.has('avx512f')).toBe(true);
+    expect(r.beforeRestore).toEqual(r.tenantB);
+    expect(r.afterRestore).toEqual(r.tenantA);
+  });
+
+  it('restores FS and GS base set with WRFSBASE/WRGSBASE, or those instructions fault', async () => {
+    // Canonical user addresses, distinct per tenant.
+    const bases = (seed: number) => {
+      const image = Buffer.alloc(FSGS_IMAGE_BYTES);
+      image.writeBigUInt64LE(BigInt(seed) * 0x1111000n, 0);
+      image.writeBigUInt64LE(BigInt(seed) * 0x2222000n, 8);
+      return image;
+    };
+    const r = await snapshotRoundTrip(cpuPrograms.fsgsBase, FSGS_LOAD_OFFSET, bases);
+    if (r instanceof Error) {
+      expectCpuFault(r);
+      return;
+    }
     expect(r.beforeRestore).toEqual(r.tenantB);
     expect(r.afterRestore).toEqual(r.tenantA);
   });

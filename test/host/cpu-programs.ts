@@ -25,6 +25,9 @@ export const ZMM_LOAD_OFFSET = 64;
 export const ZMM_IMAGE_BYTES = 32 * 64 + 8 * 8;
 export const FXSAVE_LOAD_OFFSET = 64;
 export const FXSAVE_IMAGE_BYTES = 512;
+/** FS base, then GS base (u64 each). */
+export const FSGS_LOAD_OFFSET = 8;
+export const FSGS_IMAGE_BYTES = 16;
 
 export const cpuPrograms = {
   /** loop: mov rsi,[C+8]; mov rdi,[C+24]; cmp byte [rsi],1; je load;
@@ -72,6 +75,16 @@ export const cpuPrograms = {
       '488b342508202000488b3c2518202000803e017411480fae07c704257020200000020000eb10480fae4e40c704257020' +
       '20000000000066baa103b801000000efebbe',
     )]),
+  /** loop: mov rsi,[C+8]; mov rdi,[C+24]; cmp byte [rsi],1; je load;
+   *  rdfsbase rax; mov [rdi],rax; rdgsbase rax; mov [rdi+8],rax; mov dword [C+112],16; jmp answer;
+   *  load: mov rax,[rsi+8]; wrfsbase rax; mov rax,[rsi+16]; wrgsbase rax; mov dword [C+112],0; answer. */
+  fsgsBase: Buffer.concat([
+    BOOT,
+    hex(
+      '488b342508202000488b3c2518202000803e01741ef3480faec0488907f3480faec848894708c7042570202000100000' +
+      '00eb1d488b4608f3480faed0488b4610f3480faed8c70425702020000000000066baa103b801000000efeba4',
+    ),
+  ]),
   /** The request is a list of (leaf, subleaf) u32 pairs; the answer is eax, ebx, ecx, edx
    *  (u32 each) per pair. loop: mov rsi,[C+8]; mov rdi,[C+24]; mov r8d,[C+104]; shr r8d,3;
    *  mov r9d,r8d; shl r9d,4; mov [C+112],r9d;
