@@ -1,5 +1,7 @@
 // kvm.cc — the KVM backend of the hypervisor seam: /dev/kvm, VM and vCPU file
-// descriptors, the shared kvm_run page, register translation and exit decoding.
+// descriptors, the shared kvm_run page, register translation and exit decoding, and
+// what a vCPU may see and reach (its CPUID table, MSR filter, system-call MSRs;
+// docs/ISOLATION.md).
 // The only file of the addon that includes <linux/kvm.h> or calls ioctl.
 #include "../hv/hypervisor.h"
 
@@ -470,6 +472,7 @@ const kvm_cpuid_entry2 *findCpuid(const std::vector<uint8_t> &table, uint32_t fu
 // instead, and this table then only steers KVM itself.
 std::vector<uint8_t> minimalCpuid(const std::vector<uint8_t> &supported) {
     std::vector<kvm_cpuid_entry2> out;
+    // Each pointer take() returns is used before the next take() may reallocate out.
     auto take = [&](uint32_t function, uint32_t index) -> kvm_cpuid_entry2 * {
         const kvm_cpuid_entry2 *e = findCpuid(supported, function, index);
         if (!e) return nullptr;
@@ -483,11 +486,14 @@ std::vector<uint8_t> minimalCpuid(const std::vector<uint8_t> &supported) {
         e->ecx = 0;
         e->edx &= kLeaf1Edx;
     }
-    // Leaf 0xd is what KVM derives the guest's XCR0 mask and its XSAVE area from: with
-    // it, KVM_GET_XSAVE2 carries every register file the CPU really gives the guest (on
-    // PVM ring 3 runs AVX and AVX-512 under the host's XCR0 whatever CPUID says), so a
-    // restore puts back exactly the snapshot's YMM/ZMM/opmask state; without it those
-    // components would leave the snapshot and come back in their initial state.
+    // Leaf 0xd is what KVM derives the guest's XCR0 mask from, and upstream KVM limits
+    // KVM_GET_XSAVE2 to that mask (plus x87/SSE). On PVM ring 3 runs AVX and AVX-512
+    // under the host's XCR0 whatever CPUID says, so without this leaf such a kernel
+    // would drop YMM/ZMM/opmask from snapshots and a restore would reset them instead
+    // of putting the snapshot's back. (This host's kernel was measured not to limit
+    // it; docs/ISOLATION.md.) KVM_GET_SUPPORTED_CPUID already leaves out dynamic
+    // components (AMX) the process has no permission for, which KVM_SET_CPUID2 would
+    // refuse.
     if (xsaveRoot) {
         take(kLeafXsave, 0);
         if (kvm_cpuid_entry2 *e = take(kLeafXsave, 1)) e->eax = e->ebx = e->ecx = e->edx = 0; // no XSAVES/XSS
