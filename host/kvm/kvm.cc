@@ -1,5 +1,7 @@
 // kvm.cc — the KVM backend of the hypervisor seam: /dev/kvm, VM and vCPU file
-// descriptors, the shared kvm_run page, register translation and exit decoding.
+// descriptors, the shared kvm_run page, register translation and exit decoding, and
+// what a vCPU may see and reach (its CPUID table, MSR filter, system-call MSRs;
+// docs/ISOLATION.md).
 // The only file of the addon that includes <linux/kvm.h> or calls ioctl.
 #include "../hv/hypervisor.h"
 
@@ -21,6 +23,12 @@ namespace {
 
 constexpr int kExpectedApiVersion = 12;
 constexpr uint32_t kMsrIa32Tsc = 0x10;
+constexpr uint32_t kMsrSysenterEsp = 0x175;
+constexpr uint32_t kMsrSysenterEip = 0x176;
+constexpr uint32_t kMsrStar = 0xC0000081;
+constexpr uint32_t kMsrLstar = 0xC0000082;
+constexpr uint32_t kMsrCstar = 0xC0000083;
+constexpr uint32_t kMsrSyscallMask = 0xC0000084;
 
 // <linux/kvm.h>'s flexible-array structs have a different size in C++ than in C
 // (its __DECLARE_FLEX_ARRAY wrapper), which changes the size encoded in these ioctl
@@ -372,18 +380,38 @@ public:
     std::unique_ptr<Vcpu> createVcpu() override {
         Fd fd(::ioctl(vm_.get(), KVM_CREATE_VCPU, 0));
         if (!fd) throwErrno("KVM_CREATE_VCPU");
-        // Invariant: cpuid_ holds a CpuidHeader followed by its nent entries, exactly
-        // as KVM_GET_SUPPORTED_CPUID filled it.
+        // Invariant: cpuid_ holds a CpuidHeader followed by its nent entries, as
+        // minimalCpuid built it.
         if (::ioctl(fd.get(), kIoctlSetCpuid2, cpuid_.data()) < 0) throwErrno("KVM_SET_CPUID2");
         void *run = ::mmap(nullptr, runSize_, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
         if (run == MAP_FAILED) throwErrno("mmap kvm_run");
-        // KVM_CAP_XSAVE2 on the VM fd gives the XSAVE area's size (>= 4096).
+        // KVM_CAP_XSAVE2 on the VM fd gives the XSAVE area's size (>= 4096) for the CPUID
+        // just set; ask after KVM_SET_CPUID2.
         int xsave2 = ::ioctl(vm_.get(), KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
         size_t xsaveSize = xsave2 > static_cast<int>(sizeof(XsaveRegion)) ? static_cast<size_t>(xsave2) : sizeof(XsaveRegion);
-        return std::make_unique<KvmVcpu>(std::move(fd), static_cast<kvm_run *>(run), runSize_, xsaveSize, xsave2 > 0);
+        auto vcpu = std::make_unique<KvmVcpu>(std::move(fd), static_cast<kvm_run *>(run), runSize_, xsaveSize, xsave2 > 0);
+        disableSystemCallEntries(*vcpu);
+        return vcpu;
     }
 
 private:
+    // The guest has no kernel: every way into ring 0 must fault. SYSENTER faults with
+    // SYSENTER_CS = 0 and SYSCALL with EFER.SCE = 0 on hardware that honours it; KVM with
+    // PVM does not (SYSCALL from ring 3 enters ring 0 at LSTAR whatever EFER.SCE says),
+    // so LSTAR/CSTAR are 0 as well: virtual address 0 is never mapped (guest_memory.cc
+    // maps only the TSS page in the first 2 MiB), and the entry faults there. All of
+    // these are KVM's reset values; they are written anyway so no default is relied on.
+    static void disableSystemCallEntries(Vcpu &vcpu) {
+        for (uint32_t msr : {kMsrSysenterCs, kMsrSysenterEsp, kMsrSysenterEip, kMsrStar, kMsrLstar, kMsrCstar,
+                             kMsrSyscallMask})
+            vcpu.setMsr(msr, 0);
+        SpecialRegisters sregs = vcpu.getSpecialRegisters();
+        if (sregs.efer & kEferSce) {
+            sregs.efer &= ~kEferSce;
+            vcpu.setSpecialRegisters(sregs);
+        }
+    }
+
     Fd vm_;
     std::vector<uint8_t> cpuid_;
     size_t runSize_;
@@ -402,6 +430,114 @@ std::vector<uint8_t> supportedCpuid(int kvm) {
         if (errno != E2BIG) throwErrno("KVM_GET_SUPPORTED_CPUID");
     }
     throw std::runtime_error("KVM_GET_SUPPORTED_CPUID: too many entries");
+}
+
+// CPUID bits by name (Intel SDM vol. 2A, AMD APM vol. 3, "CPUID").
+constexpr uint32_t bit(unsigned n) { return 1u << n; }
+// Leaf 1 EDX: what baseline x86-64 code (the runtime is built with musl-gcc -O2, no
+// -march, and has no CPUID dispatch: no cpuid, xgetbv or VEX instruction in the image)
+// and KVM's checks of the 64-bit paging state rely on: FPU, PSE, TSC, PAE, CX8, CMOV,
+// CLFSH, MMX, FXSR, SSE, SSE2. Not SEP: SYSENTER is not offered.
+constexpr uint32_t kLeaf1Edx =
+    bit(0) | bit(3) | bit(4) | bit(6) | bit(8) | bit(15) | bit(19) | bit(23) | bit(24) | bit(25) | bit(26);
+// Leaf 1 EBX: only the CLFLUSH line size (bits 15:8); APIC ID, logical-processor count
+// and brand index read as 0.
+constexpr uint32_t kLeaf1EbxClflushSize = 0xff00;
+// Leaf 0x80000001 EDX: NX and LM, which KVM requires before it accepts EFER.NXE/LME/LMA.
+// Not SYSCALL (bit 11) and not RDTSCP (bit 27).
+constexpr uint32_t kExtLeaf1Edx = bit(20) | bit(29);
+constexpr uint32_t kLeafXsave = 0xd;
+constexpr uint32_t kExtMaxLeaf = 0x80000008;
+
+const kvm_cpuid_entry2 *findCpuid(const std::vector<uint8_t> &table, uint32_t function, uint32_t index) {
+    CpuidHeader header;
+    std::memcpy(&header, table.data(), sizeof header);
+    // Invariant: table holds a CpuidHeader followed by header.nent entries (supportedCpuid
+    // sized it so), and its vector storage is aligned for kvm_cpuid_entry2.
+    const auto *entries = reinterpret_cast<const kvm_cpuid_entry2 *>(table.data() + sizeof header);
+    for (uint32_t i = 0; i < header.nent; ++i) {
+        const kvm_cpuid_entry2 &e = entries[i];
+        bool indexed = e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+        if (e.function == function && (!indexed || e.index == index)) return &e;
+    }
+    return nullptr;
+}
+
+// The CPUID table a vCPU gets: the few leaves the ring-3 runtime and KVM need, each
+// cut down from what KVM supports on this host. Left out: the hypervisor leaves
+// (0x40000000+), the brand string, cache and topology leaves (2, 4, 0xb, 0x1f,
+// 0x8000001d/1e), the PMU and power leaves, and every feature bit above (AVX, AVX-512,
+// RDTSCP, RDPID, RDRAND, XSAVE, the hypervisor bit). Where the hardware lets ring 3 run
+// CPUID untrapped (KVM with PVM: docs/ISOLATION.md) the guest reads the host's CPUID
+// instead, and this table then only steers KVM itself.
+std::vector<uint8_t> minimalCpuid(const std::vector<uint8_t> &supported) {
+    std::vector<kvm_cpuid_entry2> out;
+    // Each pointer take() returns is used before the next take() may reallocate out.
+    auto take = [&](uint32_t function, uint32_t index) -> kvm_cpuid_entry2 * {
+        const kvm_cpuid_entry2 *e = findCpuid(supported, function, index);
+        if (!e) return nullptr;
+        out.push_back(*e);
+        return &out.back();
+    };
+    const kvm_cpuid_entry2 *xsaveRoot = findCpuid(supported, kLeafXsave, 0);
+    if (kvm_cpuid_entry2 *e = take(0, 0)) e->eax = xsaveRoot ? kLeafXsave : 1; // vendor kept: KVM emulates by it
+    if (kvm_cpuid_entry2 *e = take(1, 0)) {
+        e->ebx &= kLeaf1EbxClflushSize;
+        e->ecx = 0;
+        e->edx &= kLeaf1Edx;
+    }
+    // Leaf 0xd is what KVM derives the guest's XCR0 mask from, and upstream KVM limits
+    // KVM_GET_XSAVE2 to that mask (plus x87/SSE). On PVM ring 3 runs AVX and AVX-512
+    // under the host's XCR0 whatever CPUID says, so without this leaf such a kernel
+    // would drop YMM/ZMM/opmask from snapshots and a restore would reset them instead
+    // of putting the snapshot's back. (This host's kernel was measured not to limit
+    // it; docs/ISOLATION.md.) KVM_GET_SUPPORTED_CPUID already leaves out dynamic
+    // components (AMX) the process has no permission for, which KVM_SET_CPUID2 would
+    // refuse.
+    if (xsaveRoot) {
+        take(kLeafXsave, 0);
+        if (kvm_cpuid_entry2 *e = take(kLeafXsave, 1)) e->eax = e->ebx = e->ecx = e->edx = 0; // no XSAVES/XSS
+        uint64_t xcr0 = xsaveRoot->eax | (static_cast<uint64_t>(xsaveRoot->edx) << 32);
+        for (uint32_t component = 2; component < 64; ++component)
+            if (xcr0 & (1ull << component)) take(kLeafXsave, component);
+    }
+    const kvm_cpuid_entry2 *extRoot = findCpuid(supported, 0x80000000, 0);
+    if (extRoot && extRoot->eax >= kExtMaxLeaf) {
+        if (kvm_cpuid_entry2 *e = take(0x80000000, 0)) e->eax = kExtMaxLeaf;
+        if (kvm_cpuid_entry2 *e = take(0x80000001, 0)) {
+            e->eax = e->ebx = e->ecx = 0;
+            e->edx &= kExtLeaf1Edx;
+        }
+        // The address sizes: KVM's reserved-bit checks of guest page tables use them.
+        if (kvm_cpuid_entry2 *e = take(kExtMaxLeaf, 0)) {
+            e->eax &= 0xffff;
+            e->ebx = e->ecx = e->edx = 0;
+        }
+    }
+    std::vector<uint8_t> table(sizeof(CpuidHeader) + out.size() * sizeof(kvm_cpuid_entry2));
+    CpuidHeader header{static_cast<uint32_t>(out.size()), 0};
+    std::memcpy(table.data(), &header, sizeof header);
+    std::memcpy(table.data() + sizeof header, out.data(), out.size() * sizeof(kvm_cpuid_entry2));
+    return table;
+}
+
+// Guest RDMSR/WRMSR are denied unless a range allows them, and this filter allows none:
+// the guest runs at CPL 3 where both fault anyway, so this only matters if guest code
+// ever reached ring 0. The host's own KVM_GET_MSRS/KVM_SET_MSRS are not filtered.
+// Returns false when KVM offers no MSR filter.
+bool denyGuestMsrs(int vm) {
+    if (::ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_X86_MSR_FILTER) <= 0) return false;
+    kvm_msr_filter filter{};
+    filter.flags = KVM_MSR_FILTER_DEFAULT_DENY;
+    // KVM refuses a deny-by-default filter without ranges (EINVAL), so it gets one range
+    // whose bitmap allows nothing. KVM copies the bitmap during the ioctl.
+    uint8_t allowNone = 0;
+    filter.ranges[0].flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE;
+    filter.ranges[0].nmsrs = 1;
+    filter.ranges[0].base = 0;
+    filter.ranges[0].bitmap = &allowNone;
+    if (::ioctl(vm, KVM_X86_SET_MSR_FILTER, &filter) < 0) throwErrno("KVM_X86_SET_MSR_FILTER");
+    return true;
 }
 
 } // namespace
@@ -427,7 +563,7 @@ std::unique_ptr<Vm> createVm() {
         throw std::runtime_error("unsupported KVM API version " + std::to_string(version));
     int runSize = ::ioctl(kvm.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
     if (runSize < static_cast<int>(sizeof(kvm_run))) throwErrno("KVM_GET_VCPU_MMAP_SIZE");
-    auto cpuid = supportedCpuid(kvm.get());
+    std::vector<uint8_t> cpuid = supportedCpuid(kvm.get());
     Fd vm;
     // KVM_CREATE_VM can fail with EINTR while the kernel is busy; retrying is the norm.
     for (int attempt = 0; attempt < 8 && !vm; ++attempt) {
@@ -435,7 +571,8 @@ std::unique_ptr<Vm> createVm() {
         if (!vm && errno != EINTR) break;
     }
     if (!vm) throwErrno("KVM_CREATE_VM");
-    return std::make_unique<KvmVm>(std::move(vm), std::move(cpuid), static_cast<size_t>(runSize));
+    denyGuestMsrs(vm.get());
+    return std::make_unique<KvmVm>(std::move(vm), minimalCpuid(cpuid), static_cast<size_t>(runSize));
 }
 
 ProbeResult probe() {
