@@ -70,6 +70,11 @@ struct ExtendedState {
 constexpr uint32_t kMsrSysenterCs = 0x174;
 constexpr uint32_t kMsrEfer = 0xC0000080;
 constexpr uint64_t kEferSce = 1ull << 0;
+// SYSCALL's 64-bit and compat entry points. On PVM hosts SYSCALL ignores EFER.SCE and
+// enters the guest's ring 0 at LSTAR (docs/ISOLATION.md): LSTAR = 0, never mapped, is
+// what makes it fault there, so a restore checks these too.
+constexpr uint32_t kMsrLstar = 0xC0000082;
+constexpr uint32_t kMsrCstar = 0xC0000083;
 
 enum class ExitKind {
     Io,            // port I/O: port, size, isWrite, value (for writes)

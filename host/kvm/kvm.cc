@@ -26,8 +26,6 @@ constexpr uint32_t kMsrIa32Tsc = 0x10;
 constexpr uint32_t kMsrSysenterEsp = 0x175;
 constexpr uint32_t kMsrSysenterEip = 0x176;
 constexpr uint32_t kMsrStar = 0xC0000081;
-constexpr uint32_t kMsrLstar = 0xC0000082;
-constexpr uint32_t kMsrCstar = 0xC0000083;
 constexpr uint32_t kMsrSyscallMask = 0xC0000084;
 
 // <linux/kvm.h>'s flexible-array structs have a different size in C++ than in C
