@@ -124,6 +124,8 @@ export function splitOutput(bytes: Uint8Array): RawGuestOutput {
     const { message, next } = decodeMessageAt(bytes, offset);
     if (message.kind === AIRLOCK_MSG_CONSOLE) {
       if (message.fields.length !== 2) malformed('console message needs 2 fields');
+      // The guest writes 0; anything else is a word the protocol gives no meaning.
+      if (message.status !== 0) malformed(`console message with status ${message.status}`);
       const level = message.fields[0].toString('utf8');
       if (!CONSOLE_LEVELS.has(level)) malformed(`unknown console level '${level.slice(0, 32)}'`);
       consoleEntries.push({ level: level as ConsoleLevel, text: message.fields[1] });
