@@ -64,7 +64,7 @@ export class GuestConsole {
     for (let i = 0; i < count; i++) {
       const { level, text } = entries[i];
       const cost = text.length + LINE_COST;
-      // Compared as a subtraction so neither side can grow past the limit's range.
+      // Invariant: spent <= limit, so the difference is the allowance left.
       if (cost > this.limit - this.spent) {
         this.dropped += cost;
         continue;
