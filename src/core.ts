@@ -19,12 +19,13 @@ import {
 } from './errors.js';
 import type { Backend, EngineConfig, EngineFactory, EngineSnapshot, ExchangeOptions, GuestEngine, TerminatedBy } from './engine/engine.js';
 import * as abi from './engine/abi.generated.js';
-import { decodeOutput, encodeMessage, encodedSize, fieldText, type ConsoleEntry, type FieldValue, type Message } from './engine/protocol.js';
+import { encodeMessage, encodedSize, fieldText, splitOutput, type FieldValue, type Message } from './engine/protocol.js';
+import { GuestConsole, type ConsoleHandler } from './console.js';
 import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
 
 export type HostFunction = (...args: any[]) => unknown;
-export type ConsoleHandler = (level: ConsoleEntry['level'], message: string) => void;
+export type { ConsoleHandler } from './console.js';
 
 /** Statistics of the most recent callHandler(), as in @hyperlight/js-host-api. */
 export interface CallStats {
@@ -56,7 +57,8 @@ export class SandboxCore {
   readonly config: EngineConfig;
   readonly backend: Backend;
   private readonly engine: GuestEngine;
-  private readonly consoleHandler: ConsoleHandler | undefined;
+  /** Guest console lines of the operation in progress; its budget renews per operation. */
+  private readonly console: GuestConsole;
   readonly hostFunctions = new Map<string, Map<string, HostFunction>>();
 
   private queue: Promise<unknown> = Promise.resolve();
@@ -71,7 +73,7 @@ export class SandboxCore {
 
   private constructor(config: EngineConfig, factory: EngineFactory, consoleHandler: ConsoleHandler | undefined) {
     this.config = config;
-    this.consoleHandler = consoleHandler;
+    this.console = new GuestConsole(this.id, config.consoleLimit, consoleHandler);
     this.engine = factory(config, (output) => this.serveHostCall(output));
     this.backend = this.engine.backend;
   }
@@ -86,6 +88,8 @@ export class SandboxCore {
     } catch (e) {
       await core.dispose();
       throw e;
+    } finally {
+      core.console.end();
     }
     return core;
   }
@@ -231,6 +235,8 @@ export class SandboxCore {
         return await op();
       } finally {
         this.callerChain = [];
+        // Every console line of the operation, host calls included, shared one budget.
+        this.console.end();
       }
     };
     const result = this.queue.then(run, run);
@@ -280,27 +286,12 @@ export class SandboxCore {
 
   /** Decodes an output buffer, emits its console lines and returns the final message. */
   private readFinal(output: Uint8Array): Message {
-    const { console: lines, final } = decodeOutput(output);
-    this.emitConsole(lines);
+    const { console: lines, final } = splitOutput(output);
+    this.console.write(lines, true);
     if (final.kind === abi.AIRLOCK_MSG_ABORT) {
       throw new GuestAbortError(`guest aborted: ${fieldText(final, 0) ?? 'no reason given'}`);
     }
     return final;
-  }
-
-  private emitConsole(lines: ConsoleEntry[]): void {
-    for (const { level, text } of lines) {
-      if (this.consoleHandler) {
-        try {
-          this.consoleHandler(level, text);
-        } catch {
-          // A failing console sink must not fail the guest's call.
-        }
-      } else {
-        const stream = level === 'warn' || level === 'error' ? process.stderr : process.stdout;
-        stream.write(`[airlock:${this.id}] ${text}\n`);
-      }
-    }
   }
 
   private expectOk(reply: Message, what: string): void {
@@ -383,8 +374,8 @@ export class SandboxCore {
     let fn = '';
     let args: unknown[];
     try {
-      const { console: lines, final } = decodeOutput(output);
-      this.emitConsole(lines);
+      const { console: lines, final } = splitOutput(output);
+      this.console.write(lines, false);
       if (final.kind !== abi.AIRLOCK_MSG_HOST_CALL || final.fields.length !== 3) {
         throw new GuestAbortError(`expected a host call, got message kind ${final.kind} with ${final.fields.length} fields`);
       }

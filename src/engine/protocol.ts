@@ -31,6 +31,17 @@ export interface GuestOutput {
   final: Message;
 }
 
+/** A console entry whose text is still the guest's bytes (a view into its output). */
+export interface RawConsoleEntry {
+  level: ConsoleLevel;
+  text: Buffer;
+}
+
+export interface RawGuestOutput {
+  console: RawConsoleEntry[];
+  final: Message;
+}
+
 const CONSOLE_LEVELS: ReadonlySet<string> = new Set(['log', 'info', 'warn', 'error', 'debug']);
 
 /** Bytes an encoded message with these fields occupies (header included). */
@@ -101,20 +112,23 @@ export function decodeMessageAt(bytes: Uint8Array, offset: number): { message: M
 }
 
 /**
- * Splits a guest output buffer into console entries and the one final message.
+ * Splits a guest output buffer into console entries and the one final message, leaving
+ * console text as bytes so a caller that drops it never decodes it.
  * ABORT is returned as a final message like any other; the caller decides.
  */
-export function decodeOutput(bytes: Uint8Array): GuestOutput {
-  const consoleEntries: ConsoleEntry[] = [];
+export function splitOutput(bytes: Uint8Array): RawGuestOutput {
+  const consoleEntries: RawConsoleEntry[] = [];
   let offset = 0;
   for (;;) {
     if (offset >= bytes.byteLength) malformed('output has no final message');
     const { message, next } = decodeMessageAt(bytes, offset);
     if (message.kind === AIRLOCK_MSG_CONSOLE) {
       if (message.fields.length !== 2) malformed('console message needs 2 fields');
+      // The guest writes 0; anything else is a word the protocol gives no meaning.
+      if (message.status !== 0) malformed(`console message with status ${message.status}`);
       const level = message.fields[0].toString('utf8');
       if (!CONSOLE_LEVELS.has(level)) malformed(`unknown console level '${level.slice(0, 32)}'`);
-      consoleEntries.push({ level: level as ConsoleLevel, text: message.fields[1].toString('utf8') });
+      consoleEntries.push({ level: level as ConsoleLevel, text: message.fields[1] });
       offset = next;
       continue;
     }
@@ -123,6 +137,12 @@ export function decodeOutput(bytes: Uint8Array): GuestOutput {
     }
     return { console: consoleEntries, final: message };
   }
+}
+
+/** splitOutput() with console text decoded as UTF-8 (invalid sequences become U+FFFD). */
+export function decodeOutput(bytes: Uint8Array): GuestOutput {
+  const { console: raw, final } = splitOutput(bytes);
+  return { console: raw.map(({ level, text }) => ({ level, text: text.toString('utf8') })), final };
 }
 
 /** The text of field `i`, or undefined when the message has fewer fields. */
