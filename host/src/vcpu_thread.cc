@@ -204,15 +204,12 @@ void Sandbox::setUpGuest() {
     memory_ = std::make_unique<GuestMemory>(l.memoryEnd);
     GuestMemory &mem = *memory_;
 
+    // Text and rodata slots: read-only, so the guest cannot patch its own code; the
+    // rest: no-execute. data_start is 2 MiB aligned (parseImageHeader), so no slot is
+    // both writable and executable.
     std::vector<MappedRange> ranges;
-    // Image slots that end at or before data_start hold only text and rodata: mapped
-    // read-only so the guest cannot patch its own code (data shares the slot otherwise).
-    const uint64_t textEnd = h.dataStart / kHugePageSize * kHugePageSize;
-    if (textEnd > h.loadAddr) ranges.push_back({h.loadAddr, textEnd, false, true});
-    const uint64_t rwStart = std::max(textEnd, h.loadAddr);
-    const uint64_t execEnd = alignUp(h.dataStart, kHugePageSize);
-    if (execEnd > rwStart) ranges.push_back({rwStart, execEnd, true, true});
-    if (l.imageRegionEnd > execEnd) ranges.push_back({execEnd, l.imageRegionEnd, true, false});
+    ranges.push_back({h.loadAddr, h.dataStart, false, true});
+    ranges.push_back({h.dataStart, l.imageRegionEnd, true, false});
     ranges.push_back({l.stackBottom, l.stackTop, true, false});
     ranges.push_back({l.heapAddr, l.memoryEnd, true, false});
     buildSystemRegion(mem, ranges);
