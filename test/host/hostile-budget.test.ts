@@ -18,7 +18,7 @@ afterEach(async () => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function make(program: Buffer, onHostCall: (o: Buffer, id: number) => void = () => {}): NativeVm {
-  const vm = new (loadAddon().Vm)(buildImage(program), { ...defaultConfig, guestPollUs: 50 } as never, onHostCall);
+  const vm = new (loadAddon().Vm)(buildImage(program), { ...defaultConfig, guestPollUs: 50 }, onHostCall);
   live.push(vm);
   return vm;
 }

@@ -28,12 +28,14 @@ export interface VmConfig {
   consoleLimit: number;
   mainSpinUs?: number;
   vcpuSpinUs?: number;
+  guestPollUs?: number;
 }
 
 export interface Addon {
   abiVersion: number;
   probe(): { usable: boolean; reasons: string[] };
   measureExitFloor(iterations: number): Promise<number[]>;
+  setCancelSignal(signal: number): void;
   Vm: new (image: Buffer, config: VmConfig, onHostCall: (output: Buffer, callId: number) => void) => NativeVm;
 }
 
