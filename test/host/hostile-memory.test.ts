@@ -40,19 +40,27 @@ describeKvm('hostile guest: memory the host controls', () => {
   });
 
   it('150 snapshot/restore rounds with one live snapshot keep RSS bounded', async () => {
-    const vm = new (loadAddon().Vm)(buildImage(touchHeap(2048)), { ...defaultConfig, heapSize: 64 * MiB }, () => {});
+    const vm = new (loadAddon().Vm)(buildImage(touchHeap(4096)), { ...defaultConfig, heapSize: 64 * MiB }, () => {});
     live.push(vm);
     await vm.boot();
-    await vm.send(Buffer.from('x')); // 8 MiB of heap touched: each snapshot holds it
-    let snap = await vm.snapshot();
+    await vm.send(Buffer.from('x')); // 16 MiB of heap touched: each snapshot holds it
+    // The last few stay referenced for a while, as an application's would, so they
+    // outlive young-generation collections: only a full GC, which the engine
+    // schedules by the memory it knows of, frees them.
+    const recent: object[] = [await vm.snapshot()];
     const before = rss();
     for (let i = 0; i < 150; i++) {
-      snap = await vm.snapshot(); // the previous one is garbage now
+      recent.push(await vm.snapshot());
+      if (recent.length > 4) recent.shift();
       await vm.send(Buffer.from('x'));
-      await vm.restore(snap);
+      await vm.restore(recent[recent.length - 1]);
+      recent.push(...Array.from({ length: 2000 }, (_, k) => ({ k }))); // ordinary JS garbage alongside
+      recent.splice(-2000);
     }
-    // Uncollected, 150 snapshots of 8 MiB would add 1.2 GiB.
-    expect(rss() - before).toBeLessThan(512 * MiB);
+    // Uncollected, 150 snapshots of 16 MiB would add 2.4 GiB; with the GC unaware of
+    // them, ~500 MiB was measured here; reported, ~260 MiB (the four held, plus what
+    // the allocator keeps).
+    expect(rss() - before).toBeLessThan(400 * MiB);
   });
 
   it('restore gives back heap touched above the snapshot instead of keeping it', async () => {
