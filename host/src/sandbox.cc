@@ -65,7 +65,13 @@ void Sandbox::ring() {
     // before it ever enters the guest. No bell any more: the thread is ending.
     if (!bellTimer_) return;
     bellArmed_.store(true);
-    bellTimer_->arm(1, kBellIntervalNs);
+    bellTimer_->arm(kBellIntervalNs, kBellIntervalNs);
+    // The first ring goes out now; the timer repeats it until the thread acknowledges.
+    sigval value{};
+    value.sival_int = static_cast<int>(TimerTag::Bell);
+    const int rc = pthread_sigqueue(thread_.native_handle(), cancelSignal(), value);
+    // EAGAIN: the real-time signal queue is full; the timer's signal is preallocated.
+    if (rc != 0 && rc != EAGAIN) throw std::system_error(rc, std::generic_category(), "pthread_sigqueue");
 }
 
 void Sandbox::post(Op op) {

@@ -291,7 +291,7 @@ std::optional<Outcome> Sandbox::boot() {
     }
     try {
         setUpGuest();
-        checkNoSystemCalls(*vcpu_);
+        checkNoSystemCalls(*vcpu_, vcpu_->getSpecialRegisters());
     } catch (const std::exception &e) {
         tearDownGuest();
         o.code = OutcomeCode::Internal;
