@@ -321,7 +321,8 @@ Outcome Sandbox::finishExchange(Outcome o) {
     o.wallNs = monotonicNs() - record_.wallStart;
     const uint64_t cpu = vcpuCpuNs() - record_.cpuStart;
     const uint64_t paused = record_.pausedCpuNs.load();
-    o.cpuNs = (cpu > paused ? cpu - paused : 0) + record_.carriedCpuNs;
+    o.cpuNs = cpu > paused ? cpu - paused : 0;
+    o.afterCpuNs = record_.carriedCpuNs;
     return o;
 }
 

@@ -34,7 +34,8 @@ struct Outcome {
     std::string message;
     TerminatedBy terminatedBy = TerminatedBy::None;
     uint64_t wallNs = 0;
-    uint64_t cpuNs = 0;
+    uint64_t cpuNs = 0;      // this request's guest CPU time (host-call waits excluded)
+    uint64_t afterCpuNs = 0; // guest CPU time after the previous answer (post-call GC, poll window)
     std::vector<uint8_t> output;
     std::shared_ptr<const Snapshot> snapshot;
 };
@@ -69,7 +70,8 @@ struct SpinConfig {
 // window) for at most its poll window plus this, measured on CLOCK_MONOTONIC from the
 // answer; then the host interrupts it and takes it out of its poll. A full QuickJS
 // GC costs ~0.5 ms with 10,000 live objects; work left over resumes in the next
-// request, whose cpuTimeNs it is charged to.
+// request (its cpuTimeNs). The time the guest ran inside the window is reported with
+// the next request as afterCpuTimeNs.
 constexpr uint64_t kAfterAnswerAllowanceNs = 2'000'000;
 // How long the GC finalizer (or any synchronous teardown) waits for the vCPU thread
 // to stop before it detaches it instead of joining.

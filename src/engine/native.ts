@@ -7,6 +7,9 @@ export interface NativeSendResult {
   output: Buffer;
   wallTimeNs: number;
   cpuTimeNs: number;
+  /** Guest CPU time after the previous answer (post-call GC, poll window), bounded by
+   *  the host's post-answer window (docs/CANCELLATION.md). */
+  afterCpuTimeNs: number;
 }
 
 export interface NativeVm {

@@ -55,6 +55,19 @@ describeKvm('hostile guest: the post-answer window', () => {
     expect(err.terminatedBy).toBe('cpu-time');
   });
 
+  it('time a guest spends after answering is stopped by the window and reported with the next request', async () => {
+    const vm = make(hostile.spinsUntilEntered());
+    await vm.boot();
+    for (let i = 0; i < 3; i++) {
+      await sleep(20); // the window ends long before: the host took the guest out
+      const r = await vm.send(Buffer.from('x'));
+      expect(r.afterCpuTimeNs).toBeGreaterThan(0);
+      // At most the window (a few ms) even on a loaded machine: a budget, not a speed.
+      expect(r.afterCpuTimeNs).toBeLessThan(500e6);
+    }
+    expect(await idleCpuMs()).toBeLessThan(IDLE_BOUND_MS);
+  });
+
   it.skipIf(!existsSync(imagePath))('the real guest: ten sandboxes after a call each use no CPU', async () => {
     const vms: NativeVm[] = [];
     for (let i = 0; i < 10; i++) {

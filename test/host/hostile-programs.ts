@@ -81,6 +81,15 @@ export const hostile = {
         ),
       ),
     ),
+  /** Polls but never parks: after each answer it spins until the host enters it with
+   *  REQUEST_EXIT, then answers that request with 0 bytes.
+   *  1: cmp dword [C+POLL_STATE], REQUEST_EXIT; jne 1b; response_len = 0; RESPONSE; jmp 1b */
+  spinsUntilEntered: () => {
+    const wait = cat(hex('833c25'), u32(ctrl(abi.AIRLOCK_CTRL_OFF_POLL_STATE)), Buffer.from([abi.AIRLOCK_POLL_REQUEST_EXIT]));
+    const waitLoop = cat(wait, jumpBack(wait.length).subarray(0, 1).fill(0x75), jumpBack(wait.length).subarray(1));
+    const answer = cat(movDword(ctrl(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN), 0), exitWith(abi.AIRLOCK_EXIT_RESPONSE));
+    return cat(bootAsPoller(), waitLoop, answer, jumpBack(waitLoop.length + answer.length));
+  },
   /** Boots, then each request spins forever (for kill tests). */
   spin: () => cat(bootPlain(), spinForever()),
 };

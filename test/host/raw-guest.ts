@@ -12,7 +12,7 @@ export interface NativeVm {
   send(
     request: Buffer,
     opts?: { wallClockTimeoutMs?: number; cpuTimeoutMs?: number },
-  ): Promise<{ output: Buffer; wallTimeNs: number; cpuTimeNs: number }>;
+  ): Promise<{ output: Buffer; wallTimeNs: number; cpuTimeNs: number; afterCpuTimeNs: number }>;
   hostReturn(reply: Buffer, callId?: number): void;
   kill(): void;
   snapshot(): Promise<object>;
