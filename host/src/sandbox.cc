@@ -20,6 +20,7 @@
 #include "../../guest/include/abi.h"
 #include "messages.h"
 #include "timing.h"
+#include "vcpu_thread.h"
 
 namespace airlock {
 
@@ -89,7 +90,7 @@ void Sandbox::post(Op op) {
         if (int rc = pthread_sigmask(SIG_SETMASK, &all, &old); rc != 0)
             throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
         try {
-            thread_ = std::thread([self = shared_from_this()] { self->threadMain(); });
+            thread_ = std::thread([self = shared_from_this()] { VcpuThread(*self).run(); });
         } catch (...) {
             pthread_sigmask(SIG_SETMASK, &old, nullptr);
             std::lock_guard<std::mutex> lock(mu_);
@@ -324,6 +325,15 @@ Outcome Sandbox::finishExchange(Outcome o) {
     o.cpuNs = cpu > paused ? cpu - paused : 0;
     o.afterCpuNs = record_.carriedCpuNs;
     return o;
+}
+
+// Either thread, with the guest stopped or before publishing a request.
+void Sandbox::writeClockBase() {
+    const uint64_t c = layout_.header.control;
+    const uint64_t tsc = __rdtsc();
+    const int64_t wall = realtimeNs();
+    memory_->write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_BASE, tsc + static_cast<uint64_t>(tscOffset_));
+    memory_->write<int64_t>(c + AIRLOCK_CTRL_OFF_WALL_NS_BASE, wall);
 }
 
 // Either thread. The guest reads poll_ticks each time it starts to wait.

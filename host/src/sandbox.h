@@ -1,9 +1,9 @@
 // sandbox.h — one micro-VM: the operations and events both threads exchange, and
-// class Sandbox, whose members are grouped by the thread that runs them. The main
-// thread's handle (post, cancel, await events, stop) lives in sandbox.cc; the vCPU
-// thread (its loop, one handler per exit kind) in vcpu_thread.cc; the hand-over in
-// handover.h; cancellation in cancellation.*; snapshot/restore in snapshot.*; the
-// message codec in messages.*. Knows nothing of N-API.
+// class Sandbox, the main thread's handle (post, cancel, await events, stop; what
+// addon.cc calls) plus the state both threads share. The vCPU thread's code is class
+// VcpuThread (vcpu_thread.*); the hand-over in handover.h; cancellation in
+// cancellation.*; snapshot/restore in snapshot.*; the message codec in messages.*.
+// Knows nothing of N-API.
 #pragma once
 
 #include <atomic>
@@ -126,9 +126,6 @@ private:
         std::atomic<uint64_t> pausedCpuNs{0};    // vCPU time spent waiting for host functions
         std::atomic<bool> guestEntered{false};   // false until the guest may have run it
     };
-    // What the vCPU loop does after handling an exit.
-    enum class Next { Run, Leave };
-
     // ---- main thread ----
     std::optional<Event> takeFastResult();
     void wake();
@@ -145,34 +142,12 @@ private:
     void setPollWindow(uint64_t ns);
     void pollHit();
 
-    // ---- vCPU thread (vcpu_thread.cc) ----
-    void threadMain();
-    void createTimers();
-    void deleteTimers();
-    std::optional<Outcome> handle(const Op &op);
-    std::optional<Outcome> boot();
-    Outcome takeSnapshot();
-    Outcome restore(const Snapshot &snap);
-    void startExchange(const Op &op);
-    void runSession();
-    Next onInterrupted();
-    Next onResponse();
-    Next onIdle();
-    Next onAbort();
-    Next onHostCall();
-    Next abortGuest(std::string message, bool claimed = false);
-    bool cancelInFlight();
-    void done(Outcome o);
-    void leave();
-    bool windowOver() const;
-    void ackInterrupt();
-    void setUpGuest();
-    void tearDownGuest();
-    void emit(Event ev);
-    template <typename Ready> bool waitFor(Ready ready, bool stopOnCancel);
+    // Runs on the vCPU thread, with the guest stopped or before publishing a request.
     void writeClockBase();
-    void writeHostReturn(const std::vector<uint8_t> &reply);
-    std::string describeExit(const hv::Exit &exit);
+
+    // The vCPU thread's code: its type says so. It reads and writes the state the
+    // two threads share (members below marked for both), never the main thread's own.
+    friend class VcpuThread;
 
     const uint64_t id_;
     std::vector<uint8_t> image_;
@@ -230,16 +205,15 @@ private:
     std::string timerError_;
 
     // Guest (vCPU thread only, between setUpGuest and tearDownGuest).
+    // memory_ is also read by the main thread for requests handed over in memory,
+    // only while a session runs (the guest exists then).
     std::unique_ptr<GuestMemory> memory_;
-    std::unique_ptr<hv::Vm> vm_;
-    std::unique_ptr<hv::Vcpu> vcpu_;
     std::atomic<hv::Vcpu *> signalVcpu_{nullptr}; // what the signal handler may interrupt
     bool booted_ = false;
     std::atomic<bool> runnable_{false}; // false after an abort or cancel until a restore
     std::string notRunnableReason_;     // under mu_
     int64_t tscOffset_ = 0;             // guest TSC - host TSC
     uint64_t tscKhz_ = 0;               // set before the first entry; read by both threads after boot
-    uint64_t nextHostCallId_ = 1;
 };
 
 // Bare ring-3 guest doing `out` in a loop: per-round-trip microseconds of
