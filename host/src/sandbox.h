@@ -142,11 +142,12 @@ private:
     void setPollWindow(uint64_t ns);
     void pollHit();
 
-    // Runs on the vCPU thread, with the guest stopped or before publishing a request.
+    // Either thread, with the guest stopped or before publishing a request.
     void writeClockBase();
 
-    // The vCPU thread's code: its type says so. It reads and writes the state the
-    // two threads share (members below marked for both), never the main thread's own.
+    // The vCPU thread's code: its type says so. It uses the shared state below (the
+    // mailbox, events, cancel word, hand-over, exchange record, timers, guest memory)
+    // and never the main thread's own (thread lifetime, fastInFlight_).
     friend class VcpuThread;
 
     const uint64_t id_;

@@ -534,7 +534,13 @@ VcpuThread::Next VcpuThread::onHostCall() {
     emit(std::move(ev));
     std::optional<Sandbox::Reply> reply;
     for (;;) {
-        if (!waitFor([this] { return s_.replyReady_.load(); }, true)) break;
+        // The main thread may claim the exchange meanwhile (the guest handed an answer
+        // over in memory before calling): the post-answer window's timer then wakes
+        // this wait, which must not outlive it.
+        const auto answeredOrClaimed = [this] {
+            return s_.replyReady_.load() || s_.handover_.settle() != Handover::kInFlight;
+        };
+        if (!waitFor(answeredOrClaimed, true) || !s_.replyReady_.load()) break;
         std::lock_guard<std::mutex> lock(s_.mu_);
         s_.replyReady_.store(false);
         if (s_.reply_ && s_.reply_->id == id) {
