@@ -1,0 +1,587 @@
+// vcpu_thread.cc — everything the vCPU thread of a sandbox runs: its mailbox loop,
+// guest setup and teardown, and the run loop of an exchange with one handler per
+// exit kind. The guest runs only under a host budget: an exchange (its monitors,
+// kill) or, after an answer, the post-answer window (kAfterAnswerAllowanceNs).
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <x86intrin.h>
+
+#include "../../guest/include/abi.h"
+#include "messages.h"
+#include "vcpu_thread.h"
+#include "timing.h"
+
+namespace airlock {
+
+namespace {
+std::string hex(uint64_t v) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+    return buf;
+}
+} // namespace
+
+// ---- mailbox loop -----------------------------------------------------------------
+
+void VcpuThread::createTimers() {
+    std::lock_guard<std::mutex> lock(s_.timerMu_);
+    clockid_t cpuClock;
+    if (int rc = pthread_getcpuclockid(pthread_self(), &cpuClock); rc != 0)
+        throw std::system_error(rc, std::generic_category(), "pthread_getcpuclockid");
+    const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+    s_.wallTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TerminatedBy::WallClock), tid);
+    s_.cpuTimer_ = std::make_unique<ThreadTimer>(cpuClock, static_cast<int>(TerminatedBy::CpuTime), tid);
+    s_.windowTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TimerTag::Window), tid);
+    s_.bellTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TimerTag::Bell), tid);
+    s_.vcpuClock_ = cpuClock;
+}
+
+void VcpuThread::deleteTimers() {
+    std::lock_guard<std::mutex> lock(s_.timerMu_);
+    s_.wallTimer_.reset();
+    s_.cpuTimer_.reset();
+    s_.windowTimer_.reset();
+    s_.bellTimer_.reset();
+}
+
+// The thread has seen what the bell rang for and re-checks the state word before it
+// next enters the guest or sleeps (every caller does): the bell may stop.
+void VcpuThread::ackInterrupt() {
+    if (!s_.bellArmed_.load()) return;
+    std::lock_guard<std::mutex> lock(s_.timerMu_);
+    s_.bellArmed_.store(false);
+    if (s_.bellTimer_) s_.bellTimer_->disarm();
+}
+
+void VcpuThread::run() {
+    SignalTarget target{&s_.cancel_, s_.handover_.wakeWord(), &s_.signalVcpu_};
+    try {
+        bindSignalTarget(&target);
+        createTimers();
+    } catch (const std::exception &e) {
+        s_.timerError_ = e.what();
+        deleteTimers();
+    }
+    const bool timersReady = s_.bellTimer_ != nullptr;
+
+    for (;;) {
+        waitFor([this] { return s_.handover_.opWaiting(); }, false);
+        Op op = s_.handover_.takeOp();
+        s_.cancel_.clearKick();
+        ackInterrupt();
+        if (op.kind == OpKind::Stop) break;
+        std::optional<Outcome> outcome;
+        if (!timersReady) {
+            outcome = Outcome{};
+            outcome->code = OutcomeCode::Internal;
+            outcome->message = "cannot set up the vCPU thread's signal and monitor timers: " + s_.timerError_;
+        } else {
+            try {
+                outcome = handle(op);
+            } catch (const std::exception &e) {
+                s_.session_.store(false);
+                std::string reason = std::string("a hypervisor operation failed: ") + e.what();
+                s_.poison(reason);
+                if (s_.handover_.attached()) s_.handover_.setPoll(AIRLOCK_POLL_IDLE);
+                outcome.reset();
+                const bool session = op.kind == OpKind::Boot || op.kind == OpKind::Exchange;
+                // An exchange still unanswered fails; one already answered owes nothing.
+                if (!session || s_.claimExchange(false)) {
+                    Outcome o;
+                    o.code = OutcomeCode::Internal;
+                    o.message = reason;
+                    outcome = session ? s_.finishExchange(std::move(o)) : std::move(o);
+                    if (session) s_.handover_.reset();
+                } else {
+                    // A monitor left armed by the failed exchange must not cancel a later one.
+                    s_.wallTimer_->disarm();
+                    s_.cpuTimer_->disarm();
+                }
+                s_.windowTimer_->disarm();
+                s_.windowEndNs_.store(0);
+            }
+        }
+        if (outcome) {
+            Event ev;
+            ev.kind = EventKind::Done;
+            ev.op = op.kind;
+            ev.outcome = std::move(*outcome);
+            emit(std::move(ev));
+        }
+    }
+
+    tearDownGuest();
+    deleteTimers();
+    unbindSignalTarget();
+    Event done;
+    done.kind = EventKind::Done;
+    done.op = OpKind::Stop;
+    emit(std::move(done));
+    {
+        std::lock_guard<std::mutex> lock(s_.exitMu_);
+        s_.exited_ = true;
+    }
+    s_.exitCv_.notify_all();
+}
+
+std::optional<Outcome> VcpuThread::handle(const Op &op) {
+    Outcome o;
+    switch (op.kind) {
+    case OpKind::Boot:
+        return boot();
+    case OpKind::Exchange:
+        if (std::optional<Outcome> refused = s_.refuseUnlessRunnable("restore a snapshot before sending")) return refused;
+        startExchange(op);
+        runSession();
+        return std::nullopt; // the session emitted the outcome
+    case OpKind::Snapshot:
+        return takeSnapshot();
+    case OpKind::Restore:
+        return restore(*op.snapshot);
+    case OpKind::Stop:
+        break;
+    }
+    o.code = OutcomeCode::Internal;
+    o.message = "unexpected operation";
+    return o;
+}
+
+void VcpuThread::emit(Event ev) {
+    if (s_.handover_.emit(std::move(ev))) s_.notify_();
+}
+
+// Spins for vcpuSpinNs, then sleeps on the futex; every wake-up re-checks. With
+// `stopOnCancel`, a cancel reason ends the wait (false).
+template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCancel) {
+    const uint64_t deadline = monotonicNs() + s_.spin_.vcpuSpinNs;
+    uint64_t nextYield = deadline - s_.spin_.vcpuSpinNs + kSpinYieldNs;
+    bool spinning = s_.spin_.vcpuSpinNs > 0;
+    for (;;) {
+        const uint32_t seq = s_.handover_.wakeSeq();
+        if (ready()) return true;
+        if (stopOnCancel && s_.cancel_.cancelled()) return false;
+        // Not in the guest and about to re-check before sleeping: the bell is heard.
+        if (s_.cancel_.wantsInterrupt()) ackInterrupt();
+        if (spinning) {
+            for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
+            const uint64_t now = monotonicNs();
+            const int cpu = sched_getcpu();
+            s_.handover_.vcpuCpu.store(cpu, std::memory_order_relaxed);
+            // Spinning on the main thread's core would only delay it.
+            if (now >= nextYield || s_.handover_.mainCpu.load(std::memory_order_relaxed) == cpu) {
+                sched_yield();
+                nextYield = now + kSpinYieldNs;
+            }
+            if (now < deadline) continue;
+            spinning = false;
+        }
+        s_.handover_.sleep(seq, !ready() && !(stopOnCancel && s_.cancel_.cancelled()));
+    }
+}
+
+// ---- guest lifetime -------------------------------------------------------------------
+
+void VcpuThread::setUpGuest() {
+    const GuestLayout &l = s_.layout_;
+    const ImageHeader &h = l.header;
+    s_.memory_ = std::make_unique<GuestMemory>(l.memoryEnd);
+    GuestMemory &mem = *s_.memory_;
+
+    // Text and rodata slots: read-only, so the guest cannot patch its own code; the
+    // rest: no-execute. data_start is 2 MiB aligned (parseImageHeader), so no slot is
+    // both writable and executable.
+    std::vector<MappedRange> ranges;
+    ranges.push_back({h.loadAddr, h.dataStart, false, true});
+    ranges.push_back({h.dataStart, l.imageRegionEnd, true, false});
+    ranges.push_back({l.stackBottom, l.stackTop, true, false});
+    ranges.push_back({l.heapAddr, l.memoryEnd, true, false});
+    buildSystemRegion(mem, ranges);
+
+    std::memcpy(mem.at(h.loadAddr, s_.image_.size()), s_.image_.data(), s_.image_.size());
+    // bss is already zero: the mapping is fresh anonymous memory.
+    const uint64_t c = h.control;
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_INPUT_ADDR, l.inputAddr);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_INPUT_SIZE, l.inputSize);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_OUTPUT_ADDR, l.outputAddr);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_OUTPUT_SIZE, l.outputSize);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_HEAP_ADDR, l.heapAddr);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_HEAP_SIZE, l.heapSize);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_STACK_TOP, l.stackTop);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_STACK_SIZE, l.stackSize);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_CONSOLE_LIMIT, l.consoleLimit);
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, l.heapAddr);
+    // The TLS block's first word is the thread pointer itself (x86-64 TLS ABI).
+    mem.write<uint64_t>(h.tlsBlock, h.tlsBlock);
+
+    // Pages the guest surely touches: image and buffers, the top of the stack, the
+    // start of the heap.
+    mem.populate(h.loadAddr, l.imageRegionEnd - h.loadAddr);
+    mem.populate(l.stackTop - kHugePageSize, kHugePageSize);
+    mem.populate(l.heapAddr, kHugePageSize);
+
+    vm_ = hv::createVm();
+    vm_->mapMemory(0, 0, mem.base(), mem.size());
+    vcpu_ = vm_->createVcpu();
+    s_.signalVcpu_.store(vcpu_.get());
+
+    hv::SpecialRegisters sregs = ring3SpecialRegisters(vcpu_->getSpecialRegisters(), h.tlsBlock);
+    vcpu_->setSpecialRegisters(sregs);
+    hv::Registers regs;
+    regs.rip = h.entry;
+    regs.rsp = l.stackTop;
+    regs.rflags = kRing3Rflags;
+    vcpu_->setRegisters(regs);
+
+    s_.tscKhz_ = vcpu_->tscKhz();
+    mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_KHZ, s_.tscKhz_);
+    s_.pollNs_.store(0);
+    s_.setPollWindow(s_.spin_.guestPollNs);
+    // Guest TSC = host TSC + offset (same rate: KVM runs the guest TSC at the host's
+    // frequency unless scaling is configured, which we never do).
+    const uint64_t before = __rdtsc();
+    const uint64_t guest = vcpu_->guestTsc();
+    const uint64_t after = __rdtsc();
+    s_.tscOffset_ = static_cast<int64_t>(guest - (before + (after - before) / 2));
+    // Invariant: the control block lies inside the image (parseImageHeader) and
+    // poll_state is 4-byte aligned in it (abi.h static asserts).
+    s_.handover_.attach(reinterpret_cast<uint32_t *>(mem.at(c + AIRLOCK_CTRL_OFF_POLL_STATE, 4)));
+}
+
+void VcpuThread::tearDownGuest() {
+    s_.signalVcpu_.store(nullptr);
+    s_.handover_.attach(nullptr);
+    vcpu_.reset();
+    vm_.reset();
+    s_.memory_.reset();
+    s_.booted_ = false;
+    s_.runnable_ = false;
+}
+
+std::optional<Outcome> VcpuThread::boot() {
+    Outcome o;
+    if (s_.booted_ || s_.memory_) {
+        o.code = OutcomeCode::InvalidArg;
+        o.message = "the VM has already booted";
+        return o;
+    }
+    try {
+        setUpGuest();
+        checkNoSystemCalls(*vcpu_, vcpu_->getSpecialRegisters());
+    } catch (const std::exception &e) {
+        tearDownGuest();
+        o.code = OutcomeCode::Internal;
+        o.message = std::string("cannot create the micro-VM: ") + e.what();
+        return o;
+    }
+    s_.booted_ = true;
+    s_.runnable_ = true;
+    Op op;
+    op.kind = OpKind::Boot;
+    startExchange(op);
+    runSession();
+    return std::nullopt; // the session emitted the outcome
+}
+
+Outcome VcpuThread::takeSnapshot() {
+    Outcome o;
+    if (std::optional<Outcome> refused = s_.refuseUnlessRunnable("its state cannot be snapshotted")) return *refused;
+    vcpu_->settle();
+    o.snapshot = captureSnapshot(*s_.memory_, *vcpu_, s_.layout_, s_.id_);
+    return o;
+}
+
+Outcome VcpuThread::restore(const Snapshot &snap) {
+    Outcome o;
+    const uint64_t start = monotonicNs();
+    if (!s_.booted_) {
+        o.code = OutcomeCode::InvalidArg;
+        o.message = "the VM has not booted";
+        return o;
+    }
+    if (snap.ownerId != s_.id_) {
+        o.code = OutcomeCode::InvalidArg;
+        o.message = "the snapshot belongs to another VM";
+        return o;
+    }
+    vcpu_->settle();
+    try {
+        restoreSnapshot(*s_.memory_, *vcpu_, s_.layout_, snap);
+    } catch (const UnsafeCpuState &e) {
+        s_.poison(e.what());
+        o.code = OutcomeCode::InvalidArg;
+        o.message = e.what();
+        return o;
+    }
+    vcpu_->clearInterrupt();
+    {
+        std::lock_guard<std::mutex> lock(s_.reasonMu_);
+        s_.notRunnableReason_.clear();
+    }
+    s_.runnable_ = true;
+    o.wallNs = monotonicNs() - start;
+    return o;
+}
+
+// ---- the run loop -------------------------------------------------------------------
+
+// vCPU thread, guest stopped: a Boot or an Exchange the guest answers with an exit.
+void VcpuThread::startExchange(const Op &op) {
+    // A request this soon after the last answer would have met a polling guest.
+    const uint64_t last = s_.lastAnswerNs_.load(std::memory_order_relaxed);
+    if (op.kind == OpKind::Exchange && last && monotonicNs() - last < s_.spin_.guestPollNs) s_.pollHit();
+    s_.beginExchange(op.kind, op.kind == OpKind::Exchange ? &op.request : nullptr, op.wallTimeoutNs, op.cpuTimeoutNs);
+    s_.handover_.setPoll(AIRLOCK_POLL_REQUEST_EXIT);
+    s_.handover_.publish();
+}
+
+// The guest's post-answer window is over (or it has none while nothing is in flight:
+// a guest never runs with neither an exchange nor a window).
+bool VcpuThread::windowOver() const {
+    const uint64_t end = s_.windowEndNs_.load();
+    return end == 0 || monotonicNs() >= end;
+}
+
+// The session ends: the guest is stopped and will not run before the next exchange.
+void VcpuThread::leave() {
+    s_.session_.store(false);
+    s_.cancel_.clearKick();
+    s_.windowEndNs_.store(0);
+    s_.windowTimer_->disarm();
+    s_.chargeAfterAnswer();
+    ackInterrupt();
+}
+
+void VcpuThread::done(Outcome o) {
+    const OpKind kind = s_.record_.op;
+    o = s_.finishExchange(std::move(o));
+    if (kind == OpKind::Boot && o.code != OutcomeCode::Ok)
+        // Even a boot cancelled before the first instruction leaves no usable guest.
+        s_.poison("the guest never finished booting");
+    s_.handover_.reset();
+    Event ev;
+    ev.kind = EventKind::Done;
+    ev.op = kind;
+    ev.outcome = std::move(o);
+    emit(std::move(ev));
+}
+
+// The guest broke down or broke the protocol: it never runs again before a restore.
+// The exchange in flight (if any) ends ERR_GUEST_ABORT; otherwise the next op sees
+// ERR_POISONED with this reason.
+VcpuThread::Next VcpuThread::abortGuest(std::string message, bool claimed) {
+    s_.poison(message.rfind("guest aborted", 0) == 0 ? "the " + message : "the guest aborted: " + message);
+    s_.handover_.setPoll(AIRLOCK_POLL_IDLE);
+    leave();
+    if (claimed || s_.claimExchange(false)) {
+        Outcome o;
+        o.code = OutcomeCode::GuestAbort;
+        o.message = std::move(message);
+        done(std::move(o));
+    }
+    return Next::Leave;
+}
+
+// Cancels the exchange in flight; false if it was answered first.
+bool VcpuThread::cancelInFlight() {
+    if (!s_.claimExchange(false)) return false;
+    if (s_.record_.guestEntered) s_.poison("the guest was cancelled mid-request");
+    s_.handover_.setPoll(AIRLOCK_POLL_IDLE);
+    leave();
+    Outcome o;
+    o.code = OutcomeCode::Cancelled;
+    o.terminatedBy = s_.cancel_.reason();
+    o.message = std::string("execution cancelled by ") + terminatedByName(o.terminatedBy);
+    done(std::move(o));
+    return true;
+}
+
+// vCPU thread: runs the guest while an exchange is in flight and, for a guest that
+// polls, on after the answer within its window, until it parks, an op waits or the
+// window ends. Emits the Done event of every exchange the vCPU thread claims. Every
+// pass either enters the guest under a budget or ends the session.
+void VcpuThread::runSession() {
+    s_.session_.store(true);
+    for (;;) {
+        const uint32_t poll = s_.handover_.poll(); // before the state: see Handover::forged
+        const int state = s_.handover_.settle();
+        if (Handover::forged(poll, state))
+            return void(abortGuest("poll_state " + std::to_string(poll) + " is not a protocol step " +
+                                   (state == Handover::kInFlight ? "during a request" : "with no request in flight")));
+        if (state == Handover::kInFlight && s_.cancel_.cancelled() && cancelInFlight()) return;
+        if (state != Handover::kInFlight &&
+            (s_.handover_.opWaiting() || !s_.runnable_.load() || (state == Handover::kNoExchange && windowOver()))) {
+            // Other work waits, the guest is done for, or its window is over: take it
+            // out of its poll. The guest is stopped, so only a fast request (READY ->
+            // REQUEST) can race the swap; the next pass serves that one.
+            if (s_.handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE) || s_.handover_.poll() == AIRLOCK_POLL_IDLE) {
+                leave();
+                return;
+            }
+            continue;
+        }
+        s_.handover_.vcpuCpu.store(sched_getcpu(), std::memory_order_relaxed);
+        if (state == Handover::kInFlight) s_.record_.guestEntered = true;
+        const hv::Exit exit = vcpu_->run();
+        Next next;
+        if (exit.kind == hv::ExitKind::Interrupted) {
+            next = onInterrupted();
+        } else if (exit.kind != hv::ExitKind::Io || !exit.isWrite || exit.port != AIRLOCK_PORT || exit.size != 4 ||
+                   exit.count != 1) {
+            next = abortGuest("guest stopped outside the protocol: " + describeExit(exit));
+        } else {
+            switch (exit.value) {
+            case AIRLOCK_EXIT_RESPONSE: next = onResponse(); break;
+            case AIRLOCK_EXIT_IDLE: next = onIdle(); break;
+            case AIRLOCK_EXIT_ABORT: next = onAbort(); break;
+            case AIRLOCK_EXIT_HOST_CALL: next = onHostCall(); break;
+            default:
+                next = abortGuest("guest used unknown exit code " + std::to_string(exit.value) + " at RIP " +
+                                  hex(vcpu_->getRegisters().rip));
+            }
+        }
+        if (next == Next::Leave) return;
+    }
+}
+
+// A kill, a monitor, a kick for a waiting op, the window's end, or a late signal. The
+// loop's next pass decides from the state word, the mailbox and the clock; a bell
+// keeps ringing until acknowledged, so clearing the interrupt here loses nothing.
+VcpuThread::Next VcpuThread::onInterrupted() {
+    if (s_.handover_.settle() == Handover::kInFlight && s_.cancel_.cancelled() && cancelInFlight()) return Next::Leave;
+    vcpu_->clearInterrupt();
+    return Next::Run;
+}
+
+VcpuThread::Next VcpuThread::onResponse() {
+    if (s_.handover_.settle() != Handover::kInFlight) return abortGuest("guest answered with no request in flight");
+    const bool polls =
+        (s_.memory_->read<uint32_t>(s_.layout_.header.control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS) &&
+        s_.pollNs_.load() > 0;
+    if (!s_.claimExchange(polls)) return abortGuest("guest answered with no request in flight");
+    Outcome o;
+    std::string error;
+    if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
+    // The output is copied: the guest may run on (its post-call GC, then poll).
+    s_.handover_.setPoll(polls ? AIRLOCK_POLL_READY : AIRLOCK_POLL_IDLE);
+    done(std::move(o));
+    if (!polls) {
+        leave();
+        return Next::Leave;
+    }
+    return Next::Run;
+}
+
+VcpuThread::Next VcpuThread::onIdle() {
+    const uint32_t poll = s_.handover_.poll();
+    const int state = s_.handover_.settle();
+    // It waited in vain (or answered and nobody looked in time): poll less.
+    s_.setPollWindow(s_.pollNs_.load() / 2);
+    if (poll == AIRLOCK_POLL_IDLE && state == Handover::kInFlight && s_.claimExchange(false)) {
+        // It answered through memory and its poll window ended before the main
+        // thread looked (or it broke the protocol): the output buffer is the answer,
+        // whoever claims it first delivers it.
+        Outcome o;
+        std::string error;
+        if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
+        leave();
+        done(std::move(o));
+        return Next::Leave;
+    }
+    // Parked: take it at its word unless a request got in.
+    if (poll == AIRLOCK_POLL_IDLE || (poll == AIRLOCK_POLL_READY && s_.handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE))) {
+        leave();
+        return Next::Leave;
+    }
+    return Next::Run; // a request is in flight (or the loop's check calls it forged)
+}
+
+VcpuThread::Next VcpuThread::onAbort() {
+    std::vector<uint8_t> out;
+    std::string text, error;
+    if (readGuestOutput(*s_.memory_, s_.layout_, out, error)) text = abortText(out.data(), out.size());
+    return abortGuest(text.empty() ? "guest aborted (no readable abort message)" : "guest aborted: " + text);
+}
+
+VcpuThread::Next VcpuThread::onHostCall() {
+    if (s_.handover_.settle() != Handover::kInFlight) return abortGuest("guest called the host with no request in flight");
+    Event ev;
+    ev.kind = EventKind::HostCall;
+    ev.hostCallId = nextHostCallId_++;
+    std::string error;
+    if (!readGuestOutput(*s_.memory_, s_.layout_, ev.hostCallOutput, error)) return abortGuest(error);
+    const uint64_t id = ev.hostCallId;
+    // Time spent waiting for the host function is not guest CPU time: pause the CPU
+    // monitor and the accounting while we wait.
+    uint64_t cpuLeft = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
+    const uint64_t pauseStart = s_.vcpuCpuNs();
+    emit(std::move(ev));
+    std::optional<HostReply> reply;
+    // The main thread may claim the exchange meanwhile (the guest handed an answer
+    // over in memory before calling): the post-answer window's timer then wakes this
+    // wait, which must not outlive it.
+    const auto answeredOrClaimed = [this] {
+        return s_.handover_.replyWaiting() || s_.handover_.settle() != Handover::kInFlight;
+    };
+    while (!reply && waitFor(answeredOrClaimed, true) && s_.handover_.replyWaiting()) reply = s_.handover_.takeReply(id);
+    s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - pauseStart);
+    if (!reply) {
+        if (cancelInFlight()) return Next::Leave;
+        // The exchange was claimed while its host call waited (the guest handed an
+        // answer over in memory and then called the host): not a protocol step.
+        return abortGuest("guest called the host after answering its request");
+    }
+    if (s_.record_.cpuTimeoutNs) s_.cpuTimer_->arm(cpuLeft == 0 ? 1 : cpuLeft); // expired as we paused it: fire now
+    writeHostReturn(reply->bytes);
+    s_.writeClockBase();
+    return Next::Run;
+}
+
+void VcpuThread::writeHostReturn(const std::vector<uint8_t> &reply) {
+    const GuestLayout &l = s_.layout_;
+    uint8_t *input = s_.memory_->at(l.inputAddr, l.inputSize);
+    std::vector<uint8_t> tooLarge;
+    const std::vector<uint8_t> *bytes = &reply;
+    if (reply.size() > l.inputSize) {
+        // The answer cannot cross: tell the guest so, in a message that does fit.
+        tooLarge = encodeHostError("host function result of " + std::to_string(reply.size()) +
+                                       " bytes exceeds the guest input buffer of " + std::to_string(l.inputSize) +
+                                       " bytes",
+                                   l.inputSize);
+        bytes = &tooLarge;
+    }
+    std::memcpy(input, bytes->data(), bytes->size());
+    s_.memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(bytes->size()));
+}
+
+std::string VcpuThread::describeExit(const hv::Exit &exit) {
+    std::string what = hv::exitKindName(exit.kind);
+    switch (exit.kind) {
+    case hv::ExitKind::Io:
+        what += std::string(" (") + (exit.isWrite ? "out to" : "in from") + " port " + hex(exit.port) + ", " +
+                std::to_string(exit.size) + " byte(s)" + (exit.count > 1 ? ", repeated" : "") + ")";
+        break;
+    case hv::ExitKind::Mmio:
+        what += " at " + hex(exit.address);
+        break;
+    case hv::ExitKind::FailEntry:
+    case hv::ExitKind::InternalError:
+    case hv::ExitKind::Other:
+        what += " (code " + std::to_string(exit.detail) + ")";
+        break;
+    default:
+        break;
+    }
+    try {
+        what += " at RIP " + hex(vcpu_->getRegisters().rip);
+    } catch (const std::exception &) {
+        // The exit is reported without its RIP when the registers cannot be read.
+    }
+    return what;
+}
+
+} // namespace airlock
