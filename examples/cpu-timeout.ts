@@ -13,11 +13,15 @@ async function main(): Promise<void> {
   sandbox.addHandler('wait', "import { slowFetch } from 'host:net';\nfunction handler() { return slowFetch(); }");
   const loaded = await sandbox.getLoadedSandbox();
   const snapshot = await loaded.snapshot();
-  const limits = { cpuTimeoutMs: 200, wallClockTimeoutMs: 1000 };
+  // Compute gets a generous wall clock, so the CPU monitor ends it even on a busy host.
+  const limits: Record<string, { cpuTimeoutMs: number; wallClockTimeoutMs: number }> = {
+    compute: { cpuTimeoutMs: 200, wallClockTimeoutMs: 10_000 },
+    wait: { cpuTimeoutMs: 200, wallClockTimeoutMs: 1000 },
+  };
 
   for (const name of ['compute', 'wait']) {
     try {
-      await loaded.callHandler(name, {}, limits);
+      await loaded.callHandler(name, {}, limits[name]);
     } catch (error) {
       const e = error as Error & { code?: string };
       if (e.code !== 'ERR_CANCELLED') throw error;

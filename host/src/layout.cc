@@ -57,8 +57,11 @@ ImageHeader parseImageHeader(const uint8_t *image, size_t size) {
     if (size > kMaxGuestMemory / 2) bad("file is too large");
     if (h.fileEnd != h.loadAddr + size)
         bad("file_end " + hex(h.fileEnd) + " does not match the file size (" + std::to_string(size) + " bytes)");
-    if (h.bssEnd < h.fileEnd || h.bssEnd % kPageSize != 0 || h.bssEnd - h.loadAddr > kMaxGuestMemory / 2)
-        bad("bss_end " + hex(h.bssEnd) + " must be page aligned, at or after file_end and within the memory map");
+    // The image's memory (text, data, bss) is committed at boot: a header must not
+    // make a VM commit gigabytes, so it is bounded well above what the runtime needs.
+    if (h.bssEnd < h.fileEnd || h.bssEnd % kPageSize != 0 || h.bssEnd - h.loadAddr > kMaxImageMemory)
+        bad("bss_end " + hex(h.bssEnd) + " must be page aligned, at or after file_end, and at most " +
+            std::to_string(kMaxImageMemory >> 20) + " MiB past load_addr");
     if (h.dataStart % kPageSize != 0 || h.dataStart < h.loadAddr + AIRLOCK_IMG_HEADER_SIZE || h.dataStart > h.fileEnd)
         bad("data_start " + hex(h.dataStart) + " must be page aligned and inside the file, after the header");
     // Guest memory is mapped in 2 MiB pages: data sharing a slot with code would make

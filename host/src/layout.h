@@ -15,6 +15,8 @@ constexpr uint64_t kHugePageSize = 2ull << 20;
 // 512 GiB; one page-directory page covers 1 GiB).
 constexpr uint64_t kMaxGuestMemory = 64ull << 30;
 constexpr uint64_t kMaxBufferSize = 1ull << 30;
+// Text, data and bss of a guest image (the real one uses ~2 MiB).
+constexpr uint64_t kMaxImageMemory = 64ull << 20;
 
 constexpr uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 

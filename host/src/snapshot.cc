@@ -99,27 +99,32 @@ void checkNoSystemCalls(hv::Vcpu &vcpu, const hv::SpecialRegisters &sregs) {
     if (sregs.efer & hv::kEferSce) throw UnsafeCpuState("the CPU state enables SYSCALL (EFER.SCE): refused");
     if (vcpu.getMsr(hv::kMsrSysenterCs) != 0)
         throw UnsafeCpuState("the CPU state enables SYSENTER (SYSENTER_CS is not 0): refused");
+    // On PVM hosts SYSCALL ignores EFER.SCE and enters ring 0 at LSTAR/CSTAR: 0, never
+    // mapped, is what makes it fault (docs/ISOLATION.md).
+    if (vcpu.getMsr(hv::kMsrLstar) != 0 || vcpu.getMsr(hv::kMsrCstar) != 0)
+        throw UnsafeCpuState("the CPU state has a SYSCALL entry point (LSTAR/CSTAR is not 0): refused");
 }
 
 void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l, const Snapshot &snap) {
     // Before anything is written: EFER is what setSpecialRegisters installs below.
     if (snap.sregs.efer & hv::kEferSce) throw UnsafeCpuState("the snapshot enables SYSCALL (EFER.SCE): refused");
-    // Heap above the snapshot's extent, as far as the guest says it handed heap out
-    // since: within the extent's last 2 MiB slot, zeroed (the slot stays resident, as
-    // the next call will likely use it); every slot above goes back to the host.
-    // The claim only bounds work that commits nothing (zeroing one resident slot,
-    // releasing): a huge claim costs the guest its own restore time, never host
-    // memory. What a guest touched above a claim it understated stays resident until
-    // a later restore: its own data, in its own heap budget (the runtime's claim is
-    // exact, so an honest tenant's heap is always released). Reading residency here
-    // instead (mincore over the whole heap) doubled the restore time.
+    // Heap above the snapshot's extent: within the extent's last 2 MiB slot, zeroed
+    // as far as the guest says it handed heap out since (the slot stays resident, as
+    // the next call will likely use it; zeroing all of it would cost up to 2 MiB of
+    // writes per restore). The claim only bounds that work, which commits nothing: a
+    // huge claim costs the guest its own restore time, never host memory. A guest that
+    // understates its claim can leave bytes in the rest of that one slot, under its
+    // own heap (the runtime's claim is exact, and calloc clears what it hands out).
+    // Reading residency instead (mincore over the heap) doubled the restore time.
     const uint64_t heapEnd = l.heapAddr + l.heapSize;
     const uint64_t slotEnd = std::min(alignUp(snap.heapExtent, kHugePageSize), heapEnd);
     const uint64_t claimNow = std::max(claimedHighWater(mem, l), snap.heapExtent);
     const uint64_t zeroTo = std::min(claimNow, slotEnd);
     if (zeroTo > snap.heapExtent) std::memset(mem.at(snap.heapExtent, zeroTo - snap.heapExtent), 0, zeroTo - snap.heapExtent);
-    const uint64_t releaseTo = std::min(alignUp(claimNow, kHugePageSize), heapEnd);
-    if (releaseTo > slotEnd) release(mem, slotEnd, releaseTo);
+    // Every slot above goes back to the host whatever the guest claims, so nothing a
+    // guest wrote there (say, above a claim it understated) outlives the restore.
+    // madvise over unpopulated page tables is cheap: ~7 us for 1 to 64 GiB here.
+    if (heapEnd > slotEnd) release(mem, slotEnd, heapEnd);
     // Inside each area, pages between the captured runs were not resident then.
     size_t next = 0;
     for (const Snapshot::Area &a : snap.areas) {

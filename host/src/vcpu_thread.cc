@@ -218,9 +218,11 @@ void VcpuThread::setUpGuest() {
     // The TLS block's first word is the thread pointer itself (x86-64 TLS ABI).
     mem.write<uint64_t>(h.tlsBlock, h.tlsBlock);
 
-    // Pages the guest surely touches: image and buffers, the top of the stack, the
-    // start of the heap.
-    mem.populate(h.loadAddr, l.imageRegionEnd - h.loadAddr);
+    // Pages the guest surely touches: the image (up to the end of its last 2 MiB
+    // slot, which holds the start of the buffers), the top of the stack, the start of
+    // the heap. The rest of the buffers stays reserved, not committed: a sandbox with
+    // 64 MiB buffers pays for the part its messages really use.
+    mem.populate(h.loadAddr, std::min(l.imageRegionEnd, alignUp(h.bssEnd, kHugePageSize)) - h.loadAddr);
     mem.populate(l.stackTop - kHugePageSize, kHugePageSize);
     mem.populate(l.heapAddr, kHugePageSize);
 

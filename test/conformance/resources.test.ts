@@ -1,5 +1,7 @@
 // resources.test.ts — sandboxes give back what they take: file descriptors, VMs, workers.
+import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { describeEachBackend } from './backends.js';
 
@@ -29,4 +31,18 @@ describeEachBackend('resources', (h) => {
     const after = openFds();
     expect(after - before).toBeLessThanOrEqual(2);
   });
+
+  it('reserves large I/O buffers instead of committing them at build()', () => {
+    const child = join(__dirname, 'fixtures', 'buffer-rss-child.ts');
+    const r = spawnSync(process.execPath, ['--import', 'tsx', child, h.backend], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      cwd: join(__dirname, '..', '..'),
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const { addedMiB, echoed } = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(echoed).toEqual({ ok: true });
+    // 2 x (64 + 64) MiB of buffers; committing them would add >= 256 MiB.
+    expect(addedMiB).toBeLessThan(64);
+  }, 60_000);
 });
