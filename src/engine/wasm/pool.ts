@@ -24,15 +24,9 @@ import {
   type WaitAsync,
   type WorkerInit,
 } from './channel.js';
+import { MAX_SHADOW_STACK_BYTES, readModuleMemory, type GuestSizes, type ModuleMemory } from './module-memory.js';
 
-/** The sizes a guest is booted with (EngineConfig's fields). */
-export interface GuestSizes {
-  heapSize: number;
-  stackSize: number;
-  inputSize: number;
-  outputSize: number;
-  consoleLimit: number;
-}
+export type { GuestSizes } from './module-memory.js';
 
 function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
@@ -57,8 +51,7 @@ const freeActivitySlots = Array.from({ length: ACTIVITY_SLOTS }, (_, i) => ACTIV
 /** Workers that may run or spin at once: one core stays with the main thread. */
 const MAX_ACTIVE = Math.max(1, availableParallelism() - 1);
 
-/** The largest shadow stack a guest gets (MAX_STACK_BYTES in platform.c). */
-export const MAX_SHADOW_STACK_BYTES = 8 * 1024 * 1024;
+export { MAX_SHADOW_STACK_BYTES };
 /**
  * The worker thread's native stack. Wasm frames of a QuickJS recursion live on this
  * stack beside the guest's shadow stack, so it must outlast the largest shadow stack
@@ -83,11 +76,21 @@ export function wasmAvailable(): { usable: boolean; reasons: string[] } {
   return { usable: reasons.length === 0, reasons };
 }
 
-let compiled: Promise<WebAssembly.Module> | undefined;
+/** The compiled guest module and what its memory needs. */
+export interface GuestModule {
+  module: WebAssembly.Module;
+  memory: ModuleMemory;
+}
+
+let compiled: Promise<GuestModule> | undefined;
 
 /** The guest module, compiled on first use and shared by all workers. */
-export function guestModule(): Promise<WebAssembly.Module> {
-  compiled ??= WebAssembly.compile(readFileSync(wasmModulePath)).catch((e: unknown) => {
+export function guestModule(): Promise<GuestModule> {
+  compiled ??= (async () => {
+    const bytes = readFileSync(wasmModulePath);
+    const memory = readModuleMemory(bytes);
+    return { module: await WebAssembly.compile(bytes), memory };
+  })().catch((e: unknown) => {
     compiled = undefined;
     throw e;
   });
@@ -158,12 +161,12 @@ export class GuestWorker {
   }
 
   /** `keepAlive`: hold the process open until the worker is ready (someone awaits it). */
-  static start(module: WebAssembly.Module, keepAlive: boolean): Promise<GuestWorker> {
+  static start(guest: GuestModule, keepAlive: boolean): Promise<GuestWorker> {
     const control = new SharedArrayBuffer(CONTROL_SLOTS * 4);
     const { port1, port2 } = new MessageChannel();
     const script = workerScript();
     const activitySlot = freeActivitySlots.pop() ?? -1;
-    const init: WorkerInit = { module, control, port: port2, activity, activitySlot, maxActive: MAX_ACTIVE };
+    const init: WorkerInit = { module: guest.module, memory: guest.memory, control, port: port2, activity, activitySlot, maxActive: MAX_ACTIVE };
     const thread = new Worker(script.source, {
       eval: script.eval,
       // The compiled script needs none of the host process's options; inheriting a
@@ -301,13 +304,16 @@ export class GuestWorker {
    *  hold it already. `data`: the data area to attach (a worker not yet booted). */
   async restore(image: Image, sizes: GuestSizes, data: SharedArrayBuffer | undefined, keepAlive: boolean): Promise<Outcome> {
     this.control[Slot.ImageId] = image.id;
-    let request: RestoreRequest | undefined;
     if (this.heldImage !== image.id || data) {
-      request = { data, inputSize: sizes.inputSize, outputSize: sizes.outputSize, image: image.image };
+      // The worker keeps what it is sent, so it gets a copy of its own, moved over.
+      const img = image.image;
+      const bytes = img.bytes.slice(0);
+      const request: RestoreRequest = { data, sizes: pickSizes(sizes), image: { ...img, bytes } };
+      this.port.postMessage(request, [bytes]);
       // The worker reads Slot.ImageId as "held" only if it matches; make sure it cannot.
       this.heldImage = 0;
     }
-    const outcome = await this.runOp(Op.Restore, request, keepAlive);
+    const outcome = await this.runOp(Op.Restore, undefined, keepAlive);
     // The worker took the image before writing it, so it holds it whatever the outcome.
     this.heldImage = image.id;
     return outcome;
