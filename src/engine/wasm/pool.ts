@@ -45,6 +45,21 @@ const PRESTART = 2;
  *  terminated, so a burst of sandboxes does not leave a crowd of threads behind. */
 const MAX_IDLE = 4;
 
+/**
+ * Deadlines of the operations that wait for a worker outside any call's own limits.
+ * The worker may still be in the last call's post-call work (a garbage collection)
+ * when one arrives, and a hostile guest can make that work endless; a worker that
+ * misses a deadline is terminated and never counted as available again, so no later
+ * build() or restore() can wait on it forever. The pool's own operations (reset,
+ * pre-boot) take milliseconds; those a sandbox awaits (boot, snapshot, restore) may
+ * copy or collect a large heap first, and losing the worker there costs the guest.
+ */
+export const POOL_OP_DEADLINE_MS = 5_000;
+export const SANDBOX_OP_DEADLINE_MS = 30_000;
+/** From creating a worker thread to its first message: a start on a loaded machine
+ *  can take hundreds of ms; one that never reports is not waited for. */
+export const START_DEADLINE_MS = 30_000;
+
 /** Which workers run or spin (WorkerInit.activity), and the free slots in it. */
 const activity = new SharedArrayBuffer(ACTIVITY_SLOTS * 4);
 const freeActivitySlots = Array.from({ length: ACTIVITY_SLOTS }, (_, i) => ACTIVITY_SLOTS - 1 - i);
@@ -189,9 +204,15 @@ export class GuestWorker {
       });
     }
     return new Promise((resolve, reject) => {
-      const onExit = () => reject(new Error(worker.exitReason ?? 'the worker exited during start-up'));
+      const timer = setTimeout(() => worker.expire(`the worker did not start within ${START_DEADLINE_MS} ms`), START_DEADLINE_MS);
+      if (!keepAlive) timer.unref();
+      const onExit = () => {
+        clearTimeout(timer);
+        reject(new Error(worker.exitReason ?? 'the worker exited during start-up'));
+      };
       worker.exitListeners.add(onExit);
       thread.once('message', () => {
+        clearTimeout(timer);
         thread.unref();
         worker.exitListeners.delete(onExit);
         resolve(worker);
@@ -234,16 +255,26 @@ export class GuestWorker {
   }
 
   /** Resolves once State is no longer `value` or the thread is gone. `keepAlive`: hold
-   *  the process open meanwhile (someone awaits the answer; the pool's own work does not). */
-  async waitWhile(value: State, keepAlive = true): Promise<number> {
+   *  the process open meanwhile (someone awaits the answer; the pool's own work does
+   *  not). `deadlineMs`: past it the worker is terminated (expire) and this resolves. */
+  async waitWhile(value: State, keepAlive = true, deadlineMs = Infinity): Promise<number> {
     const ctl = this.control;
     const start = performance.now();
     // The pool's own work (keepAlive false) is in no hurry: it never spins the main
     // thread, and its long operations do not teach the sandbox's spinner anything.
     let s = keepAlive ? this.spinner.spinWhile(ctl, value) : Atomics.load(ctl, Slot.State);
     if (s !== value) return s;
-    // Sleeping: keep the process alive until the worker answers.
+    // Sleeping: keep the process alive until the worker answers. The deadline's timer
+    // is armed only here, off the fast path of an answer caught while spinning.
     if (keepAlive) this.thread.ref();
+    let timer: NodeJS.Timeout | undefined;
+    if (deadlineMs !== Infinity) {
+      timer = setTimeout(
+        () => this.expire(`the worker did not answer within ${deadlineMs} ms and was terminated`),
+        Math.max(0, start + deadlineMs - performance.now()),
+      );
+      if (!keepAlive) timer.unref();
+    }
     try {
       while (s === value && this.exitReason === undefined) {
         const r = (atomicsWaitAsync as WaitAsync)(ctl, Slot.State, value);
@@ -251,23 +282,33 @@ export class GuestWorker {
         s = Atomics.load(ctl, Slot.State);
       }
     } finally {
+      clearTimeout(timer);
       if (keepAlive) this.thread.unref();
     }
     if (keepAlive) this.spinner.waited(performance.now() - start);
     return s;
   }
 
-  /** Runs one operation to completion. Resolves with Outcome (Done) or rejects with
-   *  the exit reason when the thread went away. */
-  async runOp(op: Op, argument?: unknown, keepAlive = true): Promise<Outcome> {
+  /** Runs one operation to completion within `deadlineMs`. Resolves with Outcome (Done)
+   *  or rejects with the exit reason when the thread went away or missed the deadline. */
+  async runOp(op: Op, argument: unknown, keepAlive: boolean, deadlineMs: number): Promise<Outcome> {
     if (argument !== undefined) this.port.postMessage(argument);
     this.control[Slot.Op] = op;
     this.control[Slot.Cancel] = 0;
     this.signal(State.Request);
-    const s = await this.waitWhile(State.Request, keepAlive);
+    const s = await this.waitWhile(State.Request, keepAlive, deadlineMs);
     if (s !== State.Done) throw new Error(this.exitReason ?? 'the worker stopped answering');
     this.idle();
     return this.control[Slot.Outcome] as Outcome;
+  }
+
+  /** Gives up on a worker that did not answer in time: from now on it counts as gone
+   *  (never reused, never waited for), and its thread is terminated. */
+  expire(reason: string): void {
+    if (this.exitReason !== undefined) return;
+    this.spoiled = true;
+    this.gone(reason);
+    void this.thread.terminate();
   }
 
   /** Takes a memory image of the guest. Resolves with the outcome and, when Ok, the image. */
@@ -275,7 +316,7 @@ export class GuestWorker {
     const id = nextImageId++;
     this.control[Slot.ImageId] = id;
     this.heldImage = 0;
-    const outcome = await this.runOp(Op.Snapshot, undefined, keepAlive);
+    const outcome = await this.runOp(Op.Snapshot, undefined, keepAlive, SANDBOX_OP_DEADLINE_MS);
     if (outcome !== Outcome.Ok) return { outcome };
     const msg = receiveMessageOnPort(this.port);
     if (!msg) throw new Error('the worker sent no snapshot');
@@ -313,7 +354,7 @@ export class GuestWorker {
       // The worker reads Slot.ImageId as "held" only if it matches; make sure it cannot.
       this.heldImage = 0;
     }
-    const outcome = await this.runOp(Op.Restore, undefined, keepAlive);
+    const outcome = await this.runOp(Op.Restore, undefined, keepAlive, SANDBOX_OP_DEADLINE_MS);
     // The worker took the image before writing it, so it holds it whatever the outcome.
     this.heldImage = image.id;
     return outcome;
@@ -331,7 +372,7 @@ export class GuestWorker {
   /** Boots the guest with `sizes`; resolves with the outcome, init code and output. */
   async boot(sizes: GuestSizes, keepAlive = true): Promise<BootResult> {
     const config: BootConfig = { data: this.attachData(sizes), ...pickSizes(sizes) };
-    const outcome = await this.runOp(Op.Boot, config, keepAlive);
+    const outcome = await this.runOp(Op.Boot, config, keepAlive, keepAlive ? SANDBOX_OP_DEADLINE_MS : POOL_OP_DEADLINE_MS);
     return { outcome, initCode: this.control[Slot.InitCode], output: this.dataCopy() };
   }
 
@@ -345,7 +386,7 @@ export class GuestWorker {
     this.preBooted = undefined;
     this.heldImage = 0;
     while (receiveMessageOnPort(this.port));
-    const outcome = await this.runOp(Op.Reset, undefined, keepAlive);
+    const outcome = await this.runOp(Op.Reset, undefined, keepAlive, POOL_OP_DEADLINE_MS);
     if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');
     this.clearControl();
   }
@@ -356,7 +397,7 @@ export class GuestWorker {
     this.heldImage = 0;
     while (receiveMessageOnPort(this.port));
     const config: BootConfig = { data: this.attachData(sizes), ...pickSizes(sizes) };
-    const outcome = await this.runOp(Op.ResetBoot, config, keepAlive);
+    const outcome = await this.runOp(Op.ResetBoot, config, keepAlive, POOL_OP_DEADLINE_MS);
     // Ok: both ran (initCode says whether the guest booted); anything else leaves the
     // thread in an unknown state.
     if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');

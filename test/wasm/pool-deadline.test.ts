@@ -1,0 +1,83 @@
+// pool-deadline.test.ts — a worker that never answers cannot hold up the WebAssembly
+// tier: hand-assembled guests (hostile-module.ts) loop forever in their post-call work
+// or their boot, and every pool operation waiting on them ends at its deadline with
+// the worker terminated and never handed out again. Its own file: the pool must start
+// empty here.
+import { describe, expect, it } from 'vitest';
+import { AIRLOCK_MSG_CALL, AIRLOCK_MSG_LOAD, AIRLOCK_MSG_LOAD_RUNTIME, AIRLOCK_MSG_READY, AIRLOCK_STATUS_OK } from '../../src/engine/abi.generated.js';
+import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
+import { INIT_OK, Op, Outcome, Slot } from '../../src/engine/wasm/channel.js';
+import { WasmEngine } from '../../src/engine/wasm/index.js';
+import { GuestWorker, POOL_OP_DEADLINE_MS, poolCounts, releaseWorker } from '../../src/engine/wasm/pool.js';
+import { HOSTILE_SIZES, hostileModule, type LoopingExport } from './hostile-module.js';
+import { CONFIG } from './support.js';
+
+/** A started worker running a hostile guest, booted unless the boot itself loops. */
+async function hostileWorker(looping: LoopingExport): Promise<GuestWorker> {
+  const w = await GuestWorker.start(hostileModule(looping), true);
+  if (looping !== 'airlock_init' && looping !== 'airlock_boot') {
+    const booted = await w.boot(HOSTILE_SIZES);
+    expect(booted.outcome).toBe(Outcome.Ok);
+    expect(booted.initCode).toBe(INIT_OK);
+  }
+  return w;
+}
+
+/** Runs one (empty) exchange; the worker answers it, then starts its post-call work. */
+async function exchange(w: GuestWorker): Promise<void> {
+  w.control[Slot.Length] = 0;
+  expect(await w.runOp(Op.Exchange, undefined, true, POOL_OP_DEADLINE_MS)).toBe(Outcome.Ok);
+}
+
+async function threadEnded(w: GuestWorker): Promise<void> {
+  for (let i = 0; i < 500 && w.thread.threadId !== -1; i++) await new Promise((r) => setTimeout(r, 10));
+  expect(w.thread.threadId).toBe(-1);
+}
+
+// Concurrent: each test waits out a deadline, and they share nothing but the pool, which
+// only the last one uses.
+describe.concurrent('wasm pool deadlines', () => {
+  it('terminates a worker stuck in its post-call work when a reset misses the deadline', async () => {
+    const w = await hostileWorker('airlock_after');
+    await exchange(w);
+    await expect(w.reset(false)).rejects.toThrow(`did not answer within ${POOL_OP_DEADLINE_MS} ms`);
+    expect(w.reusable).toBe(false);
+    expect(w.exitReason).toMatch(/did not answer/);
+    await threadEnded(w);
+  });
+
+  it('terminates a worker whose guest never finishes booting', async () => {
+    const w = await hostileWorker('airlock_init');
+    await expect(w.boot(HOSTILE_SIZES, false)).rejects.toThrow(/did not answer within/);
+    expect(w.reusable).toBe(false);
+    await threadEnded(w);
+  });
+
+  it('does not let a released worker that never answers block the next build', async () => {
+    const stuck = await hostileWorker('airlock_after');
+    await exchange(stuck);
+    // The pool takes it back and starts resetting it: the reset never gets an answer.
+    releaseWorker(stuck);
+    expect(poolCounts().preparing).toBe(1);
+    // A new sandbox waits for the worker being prepared, as it should for a healthy
+    // one; at the deadline that worker is dropped and the sandbox gets another.
+    // Disposed here, not by an afterEach: the tests run side by side.
+    const engine = new WasmEngine(CONFIG, async () => new Uint8Array(0));
+    try {
+      expect(decodeOutput(await engine.boot()).final.kind).toBe(AIRLOCK_MSG_READY);
+      expect((engine as unknown as { worker: GuestWorker }).worker).not.toBe(stuck);
+      expect(stuck.reusable).toBe(false);
+      await threadEnded(stuck);
+      expect(decodeOutput((await engine.exchange(encodeMessage(AIRLOCK_MSG_LOAD_RUNTIME, 0, []))).output).final.status).toBe(AIRLOCK_STATUS_OK);
+      const loaded = decodeOutput((await engine.exchange(encodeMessage(AIRLOCK_MSG_LOAD, 0, ['handler', '', 'x', 'function handler() { return 7; }']))).output);
+      expect(loaded.final.status, fieldText(loaded.final, 0)).toBe(AIRLOCK_STATUS_OK);
+      const out = decodeOutput((await engine.exchange(encodeMessage(AIRLOCK_MSG_CALL, 0, ['x', '{}']))).output);
+      expect(fieldText(out.final, 0)).toBe('7');
+      // Nothing of the stuck worker is left in the pool.
+      for (let i = 0; i < 500 && poolCounts().preparing > 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(poolCounts().preparing).toBe(0);
+    } finally {
+      await engine.dispose();
+    }
+  });
+});
