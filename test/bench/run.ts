@@ -12,6 +12,7 @@ import { kvmUnusableReasons } from '../../src/engine/probe.js';
 import { collect, summarize, usSince, type Result } from './stats.js';
 import { NativeGuest } from '../guest/driver.js';
 import { emscriptenContender } from './quickjs-emscripten.js';
+import { idleCpuMs } from './idle-cpu.js';
 
 const root = join(__dirname, '..', '..');
 const quick = process.env.AIRLOCK_BENCH_QUICK === '1';
@@ -170,6 +171,9 @@ async function benchAirlock(backend: Backend): Promise<void> {
     return ms;
   })));
 
+  // idle_cpu_ms: idle sandboxes must cost no CPU (test/bench/idle-cpu.ts).
+  record(summarize(contender, 'idle_cpu_ms', await collect(scale(5), 0, () => idleCpuMs(backend))));
+
   // Restore cost must follow what the guest used, not its configured size: the same
   // restore with a 1 GiB heap. And a snapshot must not slow the calls after it: two
   // identical sandboxes, one with a snapshot taken, called alternately (ABBA) so
@@ -306,6 +310,8 @@ function writeReport(): void {
     `| airlock-wasm call_roundtrip (gc: false) / quickjs-emscripten | ${ratio(['airlock-wasm', 'call_roundtrip_nogc_us'], ['quickjs-emscripten', 'call_roundtrip_us'])} | |`,
     `| airlock-wasm compute_fib27 / quickjs-emscripten | ${ratio(['airlock-wasm', 'compute_fib27_ms'], ['quickjs-emscripten', 'compute_fib27_ms'])} | ≤ 1.1× |`,
     `| airlock-kvm restore with 1 GiB heap / with 64 MiB heap | ${ratio(['airlock-kvm', 'restore_1gib_heap_us'], ['airlock-kvm', 'restore_us'])} | ~1× (cost independent of configured size) |`,
+    `| airlock-kvm idle_cpu_ms (10 idle sandboxes, 1 s) | ${p50('airlock-kvm', 'idle_cpu_ms')?.toFixed(1) ?? 'n/a'} | ≤ 5 ms |`,
+    `| airlock-wasm idle_cpu_ms (10 idle sandboxes, 1 s) | ${p50('airlock-wasm', 'idle_cpu_ms')?.toFixed(1) ?? 'n/a'} | ≤ 5 ms |`,
     `| airlock-kvm call after a snapshot / without one | ${ratio(['airlock-kvm', 'call_after_snapshot_us'], ['airlock-kvm', 'call_without_snapshot_us'])} | ~1× (snapshots do not slow calls) |`,
     '',
     '## What each metric measures',
@@ -318,6 +324,7 @@ function writeReport(): void {
     '- `compute_fib27_ms`: a handler computing fib(27) recursively; native-quickjs is the same runtime and QuickJS built as a Linux program, driven over a pipe.',
     '- `restore_us`: restore() right after a trivial call (default options); `restore_idle_us`: restore() with nothing changed since the last one; `restore_1gib_heap_us`: `restore_us` in a sandbox built with a 1 GiB heap.',
     '- `call_without_snapshot_us` / `call_after_snapshot_us`: the trivial call (`gc: false`) in two identical 1 GiB-heap sandboxes, one of which has a snapshot taken, called alternately.',
+    '- `idle_cpu_ms`: 10 sandboxes, one call each, 300 ms to settle, then the process CPU time (all threads) over the next 1 s (test/bench/idle-cpu.ts); 5 runs.',
     '- `kill_latency_ms`: from `interruptHandle.kill()` to the rejected call, the guest spinning in `for(;;){}`.',
   );
   if (notes.length) lines.push('', '## Notes from this run', '', ...notes.map((n) => `- ${n}`));
