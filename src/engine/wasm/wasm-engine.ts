@@ -383,29 +383,42 @@ export class WasmEngine implements GuestEngine {
     this.enter('restore a snapshot');
     this.eagerImage = undefined;
     try {
-      let w = this.worker;
-      let data: SharedArrayBuffer | undefined;
-      if (!w || w.exitReason !== undefined) {
-        w = await acquireWorker(this.config).catch((e: unknown) => {
-          throw new InternalError(`cannot start a WebAssembly worker: ${(e as Error).message}`, { cause: e });
-        });
-        if (this.disposed) {
-          releaseWorker(w);
-          throw new InvalidArgumentError('cannot restore: the sandbox was disposed');
+      // A restore replaces the guest, so a worker that is gone (or goes, missing the
+      // deadline while stuck in the previous guest's post-call work) is replaced once.
+      for (let attempt = 1; ; attempt++) {
+        const { w, data } = await this.restoreWorker();
+        try {
+          await this.runOp(w, () => w.restore(snapshot.image, this.config, data, true));
+          break;
+        } catch (e) {
+          if (attempt >= 2 || w.exitReason === undefined || this.disposed) throw e;
         }
-        this.worker = w;
-        // A pre-booted worker has this config's layout and data area; an unbooted one
-        // gets its data area with the snapshot.
-        if (!w.preBooted) data = w.attachData(this.config);
-        w.preBooted = undefined;
       }
-      const worker = w;
-      await this.runOp(w, () => worker.restore(snapshot.image, this.config, data, true));
       this.lostReason = undefined;
       this.booted = true;
     } finally {
       this.busy = false;
     }
+  }
+
+  /** The worker to restore into: the sandbox's own while it lives, else a fresh one;
+   *  `data`: the data area to send with the snapshot, for a worker not yet booted. */
+  private async restoreWorker(): Promise<{ w: GuestWorker; data?: SharedArrayBuffer }> {
+    const own = this.worker;
+    if (own && own.exitReason === undefined) return { w: own };
+    const w = await acquireWorker(this.config).catch((e: unknown) => {
+      throw new InternalError(`cannot start a WebAssembly worker: ${(e as Error).message}`, { cause: e });
+    });
+    if (this.disposed) {
+      releaseWorker(w);
+      throw new InvalidArgumentError('cannot restore: the sandbox was disposed');
+    }
+    this.worker = w;
+    // A pre-booted worker has this config's instance, layout and data area; an unbooted
+    // one creates its instance from the snapshot and gets its data area with it.
+    const data = w.preBooted ? undefined : w.attachData(this.config);
+    w.preBooted = undefined;
+    return { w, data };
   }
 
   async dispose(): Promise<void> {
