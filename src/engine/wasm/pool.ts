@@ -2,6 +2,7 @@
 // once and shared by every worker, and a small pool of idle workers (each holding a
 // fresh instance, usually already booted) so creating a sandbox pays no thread start.
 // A disposed sandbox's healthy worker is reset to a fresh instance and comes back here.
+// Every wait on a worker here has a deadline; a worker that misses one is terminated.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
