@@ -1,8 +1,9 @@
 // hostile-module.ts — hand-assembled guest modules for the WebAssembly tier's hostile
 // tests: the tier's counterpart of test/host's raw guests. Each imports its memory and
 // exports what the worker calls, with a control block that passes the worker's layout
-// checks, and misbehaves in one chosen export (an endless loop), so a test can make a
-// worker that never answers at a chosen point of the protocol.
+// checks, and misbehaves in a chosen way: an endless loop in one export, so a test can
+// make a worker that never answers at a chosen point of the protocol, or a request
+// handler that grows its memory by itself.
 import {
   AIRLOCK_CTRL_OFF_HEAP_ADDR,
   AIRLOCK_CTRL_OFF_HEAP_SIZE,
@@ -60,6 +61,8 @@ const section = (id: number, body: number[]) => [id, ...leb(body.length), ...bod
 const I32 = 0x7f;
 const END = 0x0b;
 const I32_CONST = 0x41;
+const MEMORY_GROW = 0x40;
+const DROP = 0x1a;
 const LOOP_FOREVER = [0x03, 0x40, 0x0c, 0x00, END]; // loop: br 0; end
 
 /** The control block the worker reads at boot: buffers and heap in the second page. */
@@ -79,9 +82,17 @@ function controlBlock(): Buffer {
   return c;
 }
 
-/** The binary of a guest module that loops forever in `looping` and otherwise does the
- *  least the worker needs: its memory layout is valid and every output is empty. */
-export function hostileModuleBytes(looping: LoopingExport): Uint8Array<ArrayBuffer> {
+/** How a hostile module misbehaves. */
+export interface Hostility {
+  /** This export never returns. */
+  looping?: LoopingExport;
+  /** airlock_handle asks for this many more pages of memory (memory.grow). */
+  growPages?: number;
+}
+
+/** The binary of a guest module that misbehaves as `hostility` says and otherwise does
+ *  the least the worker needs: its memory layout is valid and every output is empty. */
+export function hostileModuleBytes(hostility: Hostility): Uint8Array<ArrayBuffer> {
   // Types: 0 () -> (); 1 (i32 x5) -> i32; 2 () -> i32.
   const types = section(1, vec([[0x60, 0, 0], [0x60, 5, I32, I32, I32, I32, I32, 1, I32], [0x60, 0, 1, I32]]));
   const imports = section(2, vec([[...name('env'), ...name('memory'), 0x02, 0x00, ...leb(MEMORY_PAGES)]]));
@@ -95,7 +106,10 @@ export function hostileModuleBytes(looping: LoopingExport): Uint8Array<ArrayBuff
     { export: 'airlock_layout_base', type: 2, code: [I32_CONST, ...sleb(LAYOUT_BASE), END] },
   ];
   for (const b of bodies) {
-    if (b.export !== looping) continue;
+    if (b.export === 'airlock_handle' && hostility.growPages !== undefined) {
+      b.code = [I32_CONST, ...sleb(hostility.growPages), MEMORY_GROW, 0x00, DROP, END];
+    }
+    if (b.export !== hostility.looping) continue;
     b.code = b.type === 1 || b.type === 2 ? [...LOOP_FOREVER, I32_CONST, 0, END] : [...LOOP_FOREVER, END];
   }
   const functions = section(3, vec(bodies.map((b) => leb(b.type))));
@@ -119,7 +133,7 @@ export function hostileModuleBytes(looping: LoopingExport): Uint8Array<ArrayBuff
 }
 
 /** The compiled hostile module with what the pool reads from it, ready for GuestWorker.start. */
-export function hostileModule(looping: LoopingExport): GuestModule {
-  const bytes = hostileModuleBytes(looping);
+export function hostileModule(hostility: Hostility): GuestModule {
+  const bytes = hostileModuleBytes(hostility);
   return { module: new WebAssembly.Module(bytes), memory: readModuleMemory(bytes) };
 }

@@ -17,9 +17,11 @@ import {
 import type { EngineConfig, EngineSnapshot } from '../../src/engine/engine.js';
 import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
 import { wasmModulePath } from '../../src/engine/paths.js';
-import type { MemoryImage } from '../../src/engine/wasm/channel.js';
+import { Op, Outcome, Slot, type MemoryImage } from '../../src/engine/wasm/channel.js';
 import { WasmEngine } from '../../src/engine/wasm/index.js';
 import { WASM_PAGE_BYTES, maximumPages, readModuleMemory } from '../../src/engine/wasm/module-memory.js';
+import { GuestWorker, SANDBOX_OP_DEADLINE_MS } from '../../src/engine/wasm/pool.js';
+import { HOSTILE_SIZES, hostileModule } from './hostile-module.js';
 import { CONFIG, disposedAfterEach } from './support.js';
 
 const engines = disposedAfterEach();
@@ -120,6 +122,23 @@ describe('wasm guest memory', () => {
     await engine.restore(fresh);
     expect((await call(engine, 'grab', { mb: 1 })).status).toBe(AIRLOCK_STATUS_OK);
     expect(await call(engine, 'ok', {})).toEqual({ status: AIRLOCK_STATUS_OK, value: '"alive"' });
+  });
+
+  it('refuses a guest that grows its memory by itself past the configured maximum', async () => {
+    const guest = hostileModule({ growPages: 1000 });
+    const w = await GuestWorker.start(guest, true);
+    try {
+      expect((await w.boot(HOSTILE_SIZES)).outcome).toBe(Outcome.Ok);
+      w.control[Slot.Length] = 0;
+      // The request handler runs memory.grow(1000): 62.5 MiB for a guest of ~0.5 MiB.
+      expect(await w.runOp(Op.Exchange, undefined, true, SANDBOX_OP_DEADLINE_MS)).toBe(Outcome.Ok);
+      const { outcome, image } = await w.snapshot(true);
+      expect(outcome).toBe(Outcome.Ok);
+      expect(image!.image.memorySize).toBe(guest.memory.staticPages * WASM_PAGE_BYTES);
+      expect(image!.image.memorySize).toBeLessThanOrEqual(maximumPages(guest.memory, HOSTILE_SIZES) * WASM_PAGE_BYTES);
+    } finally {
+      await w.terminate();
+    }
   });
 
   it('sizes a snapshot by what memory holds, not by the heap high-water mark the guest reports', async () => {

@@ -14,7 +14,7 @@ import { CONFIG } from './support.js';
 
 /** A started worker running a hostile guest, booted unless the boot itself loops. */
 async function hostileWorker(looping: LoopingExport): Promise<GuestWorker> {
-  const w = await GuestWorker.start(hostileModule(looping), true);
+  const w = await GuestWorker.start(hostileModule({ looping }), true);
   if (looping !== 'airlock_init' && looping !== 'airlock_boot') {
     const booted = await w.boot(HOSTILE_SIZES);
     expect(booted.outcome).toBe(Outcome.Ok);
