@@ -8,6 +8,8 @@ import { AIRLOCK_MSG_CALL, AIRLOCK_MSG_LOAD, AIRLOCK_MSG_LOAD_RUNTIME, AIRLOCK_M
 import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
 import { INIT_OK, Op, Outcome, Slot } from '../../src/engine/wasm/channel.js';
 import { WasmEngine } from '../../src/engine/wasm/index.js';
+import { POST_CALL_DEADLINE_MS } from '../../src/engine/wasm/wasm-engine.js';
+import type { AirlockError } from '../../src/errors.js';
 import { GuestWorker, POOL_OP_DEADLINE_MS, poolCounts, releaseWorker } from '../../src/engine/wasm/pool.js';
 import { HOSTILE_SIZES, hostileModule, type LoopingExport } from './hostile-module.js';
 import { CONFIG } from './support.js';
@@ -51,6 +53,26 @@ describe.concurrent('wasm pool deadlines', () => {
     await expect(w.boot(HOSTILE_SIZES, false)).rejects.toThrow(/did not answer within/);
     expect(w.reusable).toBe(false);
     await threadEnded(w);
+  });
+
+  it("gives up a guest whose post-call work outlasts the next request's deadline", async () => {
+    const w = await hostileWorker('airlock_after');
+    const engine = new WasmEngine(HOSTILE_SIZES, async () => new Uint8Array(0));
+    // The engine serves this booted hostile guest as if it had booted it.
+    Object.assign(engine as unknown as object, { worker: w, booted: true });
+    try {
+      // Answered at once; the guest then loops in its post-call work.
+      expect((await engine.exchange(new Uint8Array(0))).output.byteLength).toBe(0);
+      const err = (await engine.exchange(new Uint8Array(0)).catch((e: unknown) => e)) as AirlockError;
+      expect(err.code).toBe('ERR_GUEST_ABORT');
+      expect(err.message).toContain(`ran past ${POST_CALL_DEADLINE_MS} ms`);
+      expect(w.reusable).toBe(false);
+      await threadEnded(w);
+      // Lost until restored: later requests fail at once.
+      expect(((await engine.exchange(new Uint8Array(0)).catch((e: unknown) => e)) as AirlockError).code).toBe('ERR_GUEST_ABORT');
+    } finally {
+      await engine.dispose();
+    }
   });
 
   it('does not let a released worker that never answers block the next build', async () => {

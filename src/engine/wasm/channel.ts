@@ -92,8 +92,11 @@ export enum Slot {
    *  (the one to restore). The worker keeps its latest image: restoring that one again
    *  needs no RestoreRequest on the port. */
   ImageId = 8,
+  /** 1 while the worker runs the last exchange's post-call work (airlock_after), which
+   *  it starts as it answers; the main thread bounds how long a request waits on it. */
+  PostCall = 9,
 }
-export const CONTROL_SLOTS = 9;
+export const CONTROL_SLOTS = 10;
 
 export enum State {
   /** Nothing in flight; the worker waits. Stored without a notify: the worker waits

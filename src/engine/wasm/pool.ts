@@ -257,8 +257,14 @@ export class GuestWorker {
 
   /** Resolves once State is no longer `value` or the thread is gone. `keepAlive`: hold
    *  the process open meanwhile (someone awaits the answer; the pool's own work does
-   *  not). `deadlineMs`: past it the worker is terminated (expire) and this resolves. */
-  async waitWhile(value: State, keepAlive = true, deadlineMs = Infinity): Promise<number> {
+   *  not). `deadlineMs`: past it `onDeadline` runs, by default terminating the worker
+   *  (expire), which ends the wait. */
+  async waitWhile(
+    value: State,
+    keepAlive = true,
+    deadlineMs = Infinity,
+    onDeadline?: () => void,
+  ): Promise<number> {
     const ctl = this.control;
     const start = performance.now();
     // The pool's own work (keepAlive false) is in no hurry: it never spins the main
@@ -270,10 +276,8 @@ export class GuestWorker {
     if (keepAlive) this.thread.ref();
     let timer: NodeJS.Timeout | undefined;
     if (deadlineMs !== Infinity) {
-      timer = setTimeout(
-        () => this.expire(`the worker did not answer within ${deadlineMs} ms and was terminated`),
-        Math.max(0, start + deadlineMs - performance.now()),
-      );
+      const late = onDeadline ?? (() => this.expire(`the worker did not answer within ${deadlineMs} ms and was terminated`));
+      timer = setTimeout(late, Math.max(0, start + deadlineMs - performance.now()));
       if (!keepAlive) timer.unref();
     }
     try {

@@ -38,6 +38,10 @@ import { acquireWorker, releaseWorker, wasmAvailable, type BootResult, type Gues
 /** After a cancel, how long the guest gets to stop by itself (it polls the cancel
  *  word every ~10k QuickJS operations) before its worker is terminated. */
 const CANCEL_GRACE_MS = 100;
+/** How long a request waits for the previous call's post-call work (its GC) before the
+ *  guest is given up: that work runs outside any call's limits, and a hostile guest can
+ *  make it endless. A collection of a very large heap takes well under this. */
+export const POST_CALL_DEADLINE_MS = 5_000;
 const MAX_U32 = 0xffff_ffff;
 
 const REASONS: Record<number, TerminatedBy> = {
@@ -306,6 +310,22 @@ export class WasmEngine implements GuestEngine {
     return flight;
   }
 
+  /** Set when the guest's post-call work ran past its deadline and its worker went. */
+  private postCallOverrun: string | undefined;
+
+  /** POST_CALL_DEADLINE_MS into a request: if the worker is still in the previous
+   *  call's post-call work, the guest is lost and its worker terminated; if it is
+   *  running this request, the request's own limits (or none) apply. */
+  // A field, not a method: the per-call path passes it without allocating a closure.
+  private readonly checkPostCall = (): void => {
+    const w = this.flight?.worker;
+    if (!w || Atomics.load(w.control, Slot.PostCall) !== 1 || Atomics.load(w.control, Slot.State) !== State.Request) return;
+    const reason = `the guest's work after its previous call ran past ${POST_CALL_DEADLINE_MS} ms; its worker was terminated`;
+    this.postCallOverrun = reason;
+    this.loseGuest(reason);
+    w.expire(reason);
+  };
+
   /** The grace timer of a cancel ran out while the exchange still ran: the guest does
    *  not poll, so its worker goes. */
   terminateUnresponsive(w: GuestWorker): void {
@@ -317,7 +337,11 @@ export class WasmEngine implements GuestEngine {
   private async serveExchange(w: GuestWorker, flight: Flight): Promise<Buffer> {
     let waitingOn = State.Request;
     for (;;) {
-      const s = await w.waitWhile(waitingOn);
+      const s =
+        waitingOn === State.Request
+          ? await w.waitWhile(waitingOn, true, POST_CALL_DEADLINE_MS, this.checkPostCall)
+          : await w.waitWhile(waitingOn);
+      if (this.postCallOverrun !== undefined) throw new GuestAbortError(this.postCallOverrun);
       if (s === State.Done) {
         w.idle();
         this.checkOutcome(w);
@@ -395,6 +419,7 @@ export class WasmEngine implements GuestEngine {
         }
       }
       this.lostReason = undefined;
+      this.postCallOverrun = undefined;
       this.booted = true;
     } finally {
       this.busy = false;

@@ -676,10 +676,16 @@ function serve(): void {
       setActive(true);
     }
     const ok = ctl[Slot.Outcome] === Outcome.Ok;
+    const after = op === Op.Exchange && ok;
+    if (after) Atomics.store(ctl, Slot.PostCall, 1);
     signal(State.Done);
     // After Done the main thread owns the control words and the data area; the guest
-    // is still this thread's until the next request, which waits for this.
-    if (op === Op.Exchange && ok) runAfter();
+    // is still this thread's until the next request, which waits for this (within a
+    // deadline: Slot.PostCall).
+    if (after) {
+      runAfter();
+      Atomics.store(ctl, Slot.PostCall, 0);
+    }
   }
 }
 
