@@ -27,8 +27,6 @@ import {
 } from './channel.js';
 import { MAX_SHADOW_STACK_BYTES, readModuleMemory, type GuestSizes, type ModuleMemory } from './module-memory.js';
 
-export type { GuestSizes } from './module-memory.js';
-
 function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
 }
@@ -67,7 +65,6 @@ const freeActivitySlots = Array.from({ length: ACTIVITY_SLOTS }, (_, i) => ACTIV
 /** Workers that may run or spin at once: one core stays with the main thread. */
 const MAX_ACTIVE = Math.max(1, availableParallelism() - 1);
 
-export { MAX_SHADOW_STACK_BYTES };
 /**
  * The worker thread's native stack. Wasm frames of a QuickJS recursion live on this
  * stack beside the guest's shadow stack, so it must outlast the largest shadow stack
