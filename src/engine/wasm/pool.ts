@@ -55,6 +55,11 @@ const MAX_IDLE = 4;
  */
 export const POOL_OP_DEADLINE_MS = 5_000;
 export const SANDBOX_OP_DEADLINE_MS = 30_000;
+/** How long anything waits for the previous call's post-call work (its GC) before the
+ *  guest is given up as hostile: a collection of a very large heap takes well under
+ *  this. Applies to every operation and to the next call (wasm-engine.ts). */
+export const POST_CALL_DEADLINE_MS = 5_000;
+const POST_CALL_OVERRUN = `the guest's work after its previous call ran past ${POST_CALL_DEADLINE_MS} ms; its worker was terminated`;
 /** From creating a worker thread to its first message: a start on a loaded machine
  *  can take hundreds of ms; one that never reports is not waited for. */
 export const START_DEADLINE_MS = 30_000;
@@ -152,6 +157,9 @@ export class GuestWorker {
   /** Set when the worker must not serve another sandbox: it is being terminated, or
    *  its own code failed (its state is then unknown). */
   private spoiled = false;
+  /** Set when the worker was terminated for its guest's misbehaviour (post-call work
+   *  past its deadline), not its own: the guest aborted. */
+  guestAtFault = false;
   /** The data area shared with the worker; sized by the config at boot or restore. */
   data: SharedArrayBuffer | undefined;
   dataBytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
@@ -255,12 +263,13 @@ export class GuestWorker {
   /** Resolves once State is no longer `value` or the thread is gone. `keepAlive`: hold
    *  the process open meanwhile (someone awaits the answer; the pool's own work does
    *  not). `deadlineMs`: past it `onDeadline` runs, by default terminating the worker
-   *  (expire), which ends the wait. */
+   *  (expire), which ends the wait; `onDeadline` returns how many ms more to wait
+   *  before that, or nothing when it dealt with the deadline itself. */
   async waitWhile(
     value: State,
     keepAlive = true,
     deadlineMs = Infinity,
-    onDeadline?: () => void,
+    onDeadline?: () => number | void,
   ): Promise<number> {
     const ctl = this.control;
     const start = performance.now();
@@ -272,10 +281,16 @@ export class GuestWorker {
     // is armed only here, off the fast path of an answer caught while spinning.
     if (keepAlive) this.thread.ref();
     let timer: NodeJS.Timeout | undefined;
-    if (deadlineMs !== Infinity) {
-      const late = onDeadline ?? (() => this.expire(`the worker did not answer within ${deadlineMs} ms and was terminated`));
-      timer = setTimeout(late, Math.max(0, start + deadlineMs - performance.now()));
+    const arm = (ms: number, fire: () => void) => {
+      timer = setTimeout(fire, ms);
       if (!keepAlive) timer.unref();
+    };
+    if (deadlineMs !== Infinity) {
+      arm(Math.max(0, start + deadlineMs - performance.now()), () => {
+        const more = onDeadline ? onDeadline() : 0;
+        if (more === undefined) return;
+        arm(more, () => this.expire(`the worker did not answer within ${deadlineMs + more} ms and was terminated`));
+      });
     }
     try {
       while (s === value && this.exitReason === undefined) {
@@ -298,7 +313,10 @@ export class GuestWorker {
     this.control[Slot.Op] = op;
     this.control[Slot.Cancel] = 0;
     this.signal(State.Request);
-    const s = await this.waitWhile(State.Request, keepAlive, deadlineMs);
+    // A worker still in the previous guest's post-call work after POST_CALL_DEADLINE_MS
+    // is given up at once; one busy with this operation gets the rest of the deadline.
+    const first = Math.min(deadlineMs, POST_CALL_DEADLINE_MS);
+    const s = await this.waitWhile(State.Request, keepAlive, first, () => (this.expireIfInPostCall() ? undefined : deadlineMs - first));
     if (s !== State.Done) throw new Error(this.exitReason ?? 'the worker stopped answering');
     this.idle();
     return this.control[Slot.Outcome] as Outcome;
@@ -311,6 +329,16 @@ export class GuestWorker {
     this.spoiled = true;
     this.gone(reason);
     void this.thread.terminate();
+  }
+
+  /** For a request waiting POST_CALL_DEADLINE_MS: when the worker is still in the
+   *  previous exchange's post-call work, gives it up (the guest's fault) and says so. */
+  expireIfInPostCall(): boolean {
+    const ctl = this.control;
+    if (Atomics.load(ctl, Slot.PostCall) !== 1 || Atomics.load(ctl, Slot.State) !== State.Request) return false;
+    this.guestAtFault = true;
+    this.expire(POST_CALL_OVERRUN);
+    return true;
   }
 
   /** Takes a memory image of the guest. Resolves with the outcome and, when Ok, the image. */

@@ -33,15 +33,20 @@ import {
   Slot,
   State,
 } from './channel.js';
-import { acquireWorker, releaseWorker, wasmAvailable, type BootResult, type GuestWorker, type Image } from './pool.js';
+import {
+  POST_CALL_DEADLINE_MS,
+  acquireWorker,
+  releaseWorker,
+  wasmAvailable,
+  type BootResult,
+  type GuestWorker,
+  type Image,
+} from './pool.js';
 
 /** After a cancel, how long the guest gets to stop by itself (it polls the cancel
  *  word every ~10k QuickJS operations) before its worker is terminated. */
 const CANCEL_GRACE_MS = 100;
-/** How long a request waits for the previous call's post-call work (its GC) before the
- *  guest is given up: that work runs outside any call's limits, and a hostile guest can
- *  make it endless. A collection of a very large heap takes well under this. */
-export const POST_CALL_DEADLINE_MS = 5_000;
+
 const MAX_U32 = 0xffff_ffff;
 
 const REASONS: Record<number, TerminatedBy> = {
@@ -171,6 +176,7 @@ export class WasmEngine implements GuestEngine {
     const reason = w.exitReason ?? 'the worker stopped answering';
     w.spoil();
     this.loseGuest(reason);
+    if (w.guestAtFault) return new GuestAbortError(reason);
     return new InternalError(`the WebAssembly worker failed: ${reason}`);
   }
 
@@ -310,20 +316,12 @@ export class WasmEngine implements GuestEngine {
     return flight;
   }
 
-  /** Set when the guest's post-call work ran past its deadline and its worker went. */
-  private postCallOverrun: string | undefined;
-
   /** POST_CALL_DEADLINE_MS into a request: if the worker is still in the previous
    *  call's post-call work, the guest is lost and its worker terminated; if it is
-   *  running this request, the request's own limits (or none) apply. */
-  // A field, not a method: the per-call path passes it without allocating a closure.
+   *  running this request, the request's own limits (or none) apply. A field, not a
+   *  method: the per-call path passes it without allocating a closure. */
   private readonly checkPostCall = (): void => {
-    const w = this.flight?.worker;
-    if (!w || Atomics.load(w.control, Slot.PostCall) !== 1 || Atomics.load(w.control, Slot.State) !== State.Request) return;
-    const reason = `the guest's work after its previous call ran past ${POST_CALL_DEADLINE_MS} ms; its worker was terminated`;
-    this.postCallOverrun = reason;
-    this.loseGuest(reason);
-    w.expire(reason);
+    this.flight?.worker.expireIfInPostCall();
   };
 
   /** The grace timer of a cancel ran out while the exchange still ran: the guest does
@@ -341,7 +339,6 @@ export class WasmEngine implements GuestEngine {
         waitingOn === State.Request
           ? await w.waitWhile(waitingOn, true, POST_CALL_DEADLINE_MS, this.checkPostCall)
           : await w.waitWhile(waitingOn);
-      if (this.postCallOverrun !== undefined) throw new GuestAbortError(this.postCallOverrun);
       if (s === State.Done) {
         w.idle();
         this.checkOutcome(w);
@@ -419,7 +416,6 @@ export class WasmEngine implements GuestEngine {
         }
       }
       this.lostReason = undefined;
-      this.postCallOverrun = undefined;
       this.booted = true;
     } finally {
       this.busy = false;
