@@ -1,8 +1,8 @@
 // pool-deadline.test.ts — a worker that never answers cannot hold up the WebAssembly
 // tier: hand-assembled guests (hostile-module.ts) loop forever in their post-call work
-// or their boot, and every pool operation waiting on them ends at its deadline with
-// the worker terminated and never handed out again. Its own file: the pool must start
-// empty here.
+// or their boot, and every pool operation, call, snapshot or restore waiting on them
+// ends at its deadline with the worker terminated and never handed out again. Its own
+// file: the pool must start empty here.
 import { describe, expect, it } from 'vitest';
 import { AIRLOCK_MSG_CALL, AIRLOCK_MSG_LOAD, AIRLOCK_MSG_LOAD_RUNTIME, AIRLOCK_MSG_READY, AIRLOCK_STATUS_OK } from '../../src/engine/abi.generated.js';
 import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
@@ -114,6 +114,35 @@ describe.concurrent('wasm pool deadlines', () => {
       // Nothing of the stuck worker is left in the pool.
       for (let i = 0; i < 500 && poolCounts().preparing > 0; i++) await new Promise((r) => setTimeout(r, 10));
       expect(poolCounts().preparing).toBe(0);
+    } finally {
+      await engine.dispose();
+    }
+  });
+});
+
+// After the concurrent ones: this one takes workers from the pool, whose emptiness the
+// last test above relies on.
+describe('wasm restore past a stuck worker', () => {
+  it('restores a sandbox whose worker is stuck in post-call work into a fresh worker', async () => {
+    const engine = new WasmEngine(CONFIG, async () => new Uint8Array(0));
+    try {
+      expect(decodeOutput(await engine.boot()).final.kind).toBe(AIRLOCK_MSG_READY);
+      await engine.exchange(encodeMessage(AIRLOCK_MSG_LOAD_RUNTIME, 0, []));
+      await engine.exchange(encodeMessage(AIRLOCK_MSG_LOAD, 0, ['handler', '', 'count', 'let n = 0; function handler() { return ++n; }']));
+      const call = async () => fieldText(decodeOutput((await engine.exchange(encodeMessage(AIRLOCK_MSG_CALL, 0, ['count', '{}']))).output).final, 0);
+      expect(await call()).toBe('1');
+      const snap = await engine.snapshot();
+      // The sandbox's worker is swapped for one whose guest loops in its post-call work.
+      const own = (engine as unknown as { worker: GuestWorker }).worker;
+      const stuck = await hostileWorker('airlock_after');
+      await exchange(stuck);
+      Object.assign(engine as unknown as object, { worker: stuck });
+      releaseWorker(own);
+      await engine.restore(snap);
+      expect(stuck.guestAtFault).toBe(true);
+      await threadEnded(stuck);
+      expect((engine as unknown as { worker: GuestWorker }).worker).not.toBe(stuck);
+      expect(await call()).toBe('2');
     } finally {
       await engine.dispose();
     }
