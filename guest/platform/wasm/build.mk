@@ -60,9 +60,11 @@ WASM_HEADERS := $(WASM_GUEST_DIR)/include/abi.h $(wildcard $(WASM_GUEST_DIR)/run
 all: wasm
 wasm: $(WASM_OUT_DIR)/airlock-guest.wasm
 
-$(WASM_OUT_DIR)/airlock-guest.wasm: $(WASM_QUICKJS_OBJ) $(WASM_OWN_OBJ)
+# Relinked when this file changes too: the link flags decide the module's imports
+# (--import-memory), which the worker depends on.
+$(WASM_OUT_DIR)/airlock-guest.wasm: $(WASM_QUICKJS_OBJ) $(WASM_OWN_OBJ) $(WASM_GUEST_DIR)/platform/wasm/build.mk
 	@mkdir -p $(@D)
-	$(WASM_CC) -o $@.tmp $^ $(WASM_LDFLAGS)
+	$(WASM_CC) -o $@.tmp $(filter %.o,$^) $(WASM_LDFLAGS)
 	mv $@.tmp $@
 
 $(WASM_OBJ_DIR)/quickjs/%.o: $(WASM_QUICKJS_DIR)/%.c
