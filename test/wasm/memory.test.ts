@@ -20,7 +20,7 @@ import { wasmModulePath } from '../../src/engine/paths.js';
 import { Op, Outcome, Slot, type MemoryImage } from '../../src/engine/wasm/channel.js';
 import { WasmEngine } from '../../src/engine/wasm/index.js';
 import { WASM_PAGE_BYTES, maximumPages, readModuleMemory } from '../../src/engine/wasm/module-memory.js';
-import { GuestWorker, SANDBOX_OP_DEADLINE_MS } from '../../src/engine/wasm/pool.js';
+import { GuestWorker, deadlines } from '../../src/engine/wasm/pool.js';
 import { HOSTILE_SIZES, hostileModule } from './hostile-module.js';
 import { CONFIG, disposedAfterEach } from './support.js';
 
@@ -131,7 +131,7 @@ describe('wasm guest memory', () => {
       expect((await w.boot(HOSTILE_SIZES)).outcome).toBe(Outcome.Ok);
       w.control[Slot.Length] = 0;
       // The request handler runs memory.grow(1000): 62.5 MiB for a guest of ~0.5 MiB.
-      expect(await w.runOp(Op.Exchange, undefined, true, SANDBOX_OP_DEADLINE_MS)).toBe(Outcome.Ok);
+      expect(await w.runOp(Op.Exchange, undefined, true, deadlines.sandboxOpMs)).toBe(Outcome.Ok);
       const { outcome, image } = await w.snapshot(true);
       expect(outcome).toBe(Outcome.Ok);
       expect(image!.image.memorySize).toBe(guest.memory.staticPages * WASM_PAGE_BYTES);

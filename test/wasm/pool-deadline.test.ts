@@ -8,10 +8,15 @@ import { AIRLOCK_MSG_CALL, AIRLOCK_MSG_LOAD, AIRLOCK_MSG_LOAD_RUNTIME, AIRLOCK_M
 import { decodeOutput, encodeMessage, fieldText } from '../../src/engine/protocol.js';
 import { INIT_OK, Op, Outcome, Slot } from '../../src/engine/wasm/channel.js';
 import { WasmEngine } from '../../src/engine/wasm/index.js';
-import { GuestWorker, POOL_OP_DEADLINE_MS, POST_CALL_DEADLINE_MS, poolCounts, releaseWorker } from '../../src/engine/wasm/pool.js';
+import { GuestWorker, deadlines, poolCounts, releaseWorker } from '../../src/engine/wasm/pool.js';
 import type { AirlockError } from '../../src/errors.js';
 import { HOSTILE_SIZES, hostileModule, type LoopingExport } from './hostile-module.js';
 import { CONFIG } from './support.js';
+
+// Shorter than the defaults so these tests wait (and their hostile guests spin) for
+// 1 s, not 5: the behaviour at the deadline is the same.
+deadlines.poolOpMs = 1_000;
+deadlines.postCallMs = 1_000;
 
 /** A started worker running a hostile guest, booted unless the boot itself loops. */
 async function hostileWorker(looping: LoopingExport): Promise<GuestWorker> {
@@ -27,7 +32,7 @@ async function hostileWorker(looping: LoopingExport): Promise<GuestWorker> {
 /** Runs one (empty) exchange; the worker answers it, then starts its post-call work. */
 async function exchange(w: GuestWorker): Promise<void> {
   w.control[Slot.Length] = 0;
-  expect(await w.runOp(Op.Exchange, undefined, true, POOL_OP_DEADLINE_MS)).toBe(Outcome.Ok);
+  expect(await w.runOp(Op.Exchange, undefined, true, deadlines.poolOpMs)).toBe(Outcome.Ok);
 }
 
 async function threadEnded(w: GuestWorker): Promise<void> {
@@ -41,7 +46,7 @@ describe.concurrent('wasm pool deadlines', () => {
   it('terminates a worker stuck in its post-call work when a reset misses the deadline', async () => {
     const w = await hostileWorker('airlock_after');
     await exchange(w);
-    await expect(w.reset(false)).rejects.toThrow(`after its previous call ran past ${POST_CALL_DEADLINE_MS} ms`);
+    await expect(w.reset(false)).rejects.toThrow(`after its previous call ran past ${deadlines.postCallMs} ms`);
     expect(w.reusable).toBe(false);
     expect(w.guestAtFault).toBe(true);
     await threadEnded(w);
@@ -49,7 +54,7 @@ describe.concurrent('wasm pool deadlines', () => {
 
   it('terminates a worker whose guest never finishes booting', async () => {
     const w = await hostileWorker('airlock_init');
-    await expect(w.boot(HOSTILE_SIZES, false)).rejects.toThrow(`did not answer within ${POOL_OP_DEADLINE_MS} ms`);
+    await expect(w.boot(HOSTILE_SIZES, false)).rejects.toThrow(`did not answer within ${deadlines.poolOpMs} ms`);
     expect(w.reusable).toBe(false);
     expect(w.guestAtFault).toBe(false);
     await threadEnded(w);
@@ -65,7 +70,7 @@ describe.concurrent('wasm pool deadlines', () => {
       expect((await engine.exchange(new Uint8Array(0))).output.byteLength).toBe(0);
       const err = (await engine.exchange(new Uint8Array(0)).catch((e: unknown) => e)) as AirlockError;
       expect(err.code).toBe('ERR_GUEST_ABORT');
-      expect(err.message).toContain(`ran past ${POST_CALL_DEADLINE_MS} ms`);
+      expect(err.message).toContain(`ran past ${deadlines.postCallMs} ms`);
       expect(w.reusable).toBe(false);
       await threadEnded(w);
       // Lost until restored: later requests fail at once.
@@ -84,7 +89,7 @@ describe.concurrent('wasm pool deadlines', () => {
       // A snapshot may wait for a large heap's copy for up to 30 s, but not for this.
       const err = (await engine.snapshot().catch((e: unknown) => e)) as AirlockError;
       expect(err.code).toBe('ERR_GUEST_ABORT');
-      expect(err.message).toContain(`ran past ${POST_CALL_DEADLINE_MS} ms`);
+      expect(err.message).toContain(`ran past ${deadlines.postCallMs} ms`);
       await threadEnded(w);
     } finally {
       await engine.dispose();

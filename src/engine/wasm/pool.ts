@@ -49,20 +49,23 @@ const MAX_IDLE = 4;
  * The worker may still be in the last call's post-call work (a garbage collection)
  * when one arrives, and a hostile guest can make that work endless; a worker that
  * misses a deadline is terminated and never counted as available again, so no later
- * build() or restore() can wait on it forever. The pool's own operations (reset,
- * pre-boot) take milliseconds; those a sandbox awaits (boot, snapshot, restore) may
- * copy or collect a large heap first, and losing the worker there costs the guest.
+ * build() or restore() can wait on it forever. One object, so a process (or a test)
+ * can tune them; read when each wait starts.
  */
-export const POOL_OP_DEADLINE_MS = 5_000;
-export const SANDBOX_OP_DEADLINE_MS = 30_000;
-/** How long anything waits for the previous call's post-call work (its GC) before the
- *  guest is given up as hostile: a collection of a very large heap takes well under
- *  this. Applies to every operation and to the next call (wasm-engine.ts). */
-export const POST_CALL_DEADLINE_MS = 5_000;
-const POST_CALL_OVERRUN = `the guest's work after its previous call ran past ${POST_CALL_DEADLINE_MS} ms; its worker was terminated`;
-/** From creating a worker thread to its first message: a start on a loaded machine
- *  can take hundreds of ms; one that never reports is not waited for. */
-export const START_DEADLINE_MS = 30_000;
+export const deadlines = {
+  /** The pool's own operations (reset, pre-boot): milliseconds of work. */
+  poolOpMs: 5_000,
+  /** Those a sandbox awaits (boot, snapshot, restore): they may copy or collect a large
+   *  heap first, and losing the worker there costs the guest. */
+  sandboxOpMs: 30_000,
+  /** How long anything waits for the previous call's post-call work before the guest
+   *  is given up as hostile: a collection of a very large heap takes well under this.
+   *  Applies to every operation and to the next call (wasm-engine.ts). */
+  postCallMs: 5_000,
+  /** From creating a worker thread to its first message: a start on a loaded machine
+   *  can take hundreds of ms; one that never reports is not waited for. */
+  startMs: 30_000,
+};
 
 /** Which workers run or spin (WorkerInit.activity), and the free slots in it. */
 const activity = new SharedArrayBuffer(ACTIVITY_SLOTS * 4);
@@ -210,7 +213,8 @@ export class GuestWorker {
       });
     }
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => worker.expire(`the worker did not start within ${START_DEADLINE_MS} ms`), START_DEADLINE_MS);
+      const startMs = deadlines.startMs;
+      const timer = setTimeout(() => worker.expire(`the worker did not start within ${startMs} ms`), startMs);
       if (!keepAlive) timer.unref();
       const onExit = () => {
         clearTimeout(timer);
@@ -313,9 +317,9 @@ export class GuestWorker {
     this.control[Slot.Op] = op;
     this.control[Slot.Cancel] = 0;
     this.signal(State.Request);
-    // A worker still in the previous guest's post-call work after POST_CALL_DEADLINE_MS
+    // A worker still in the previous guest's post-call work after deadlines.postCallMs
     // is given up at once; one busy with this operation gets the rest of the deadline.
-    const first = Math.min(deadlineMs, POST_CALL_DEADLINE_MS);
+    const first = Math.min(deadlineMs, deadlines.postCallMs);
     const s = await this.waitWhile(State.Request, keepAlive, first, () => (this.expireIfInPostCall() ? undefined : deadlineMs - first));
     if (s !== State.Done) throw new Error(this.exitReason ?? 'the worker stopped answering');
     this.idle();
@@ -331,13 +335,13 @@ export class GuestWorker {
     void this.thread.terminate();
   }
 
-  /** For a request waiting POST_CALL_DEADLINE_MS: when the worker is still in the
+  /** For a request waiting deadlines.postCallMs: when the worker is still in the
    *  previous exchange's post-call work, gives it up (the guest's fault) and says so. */
   expireIfInPostCall(): boolean {
     const ctl = this.control;
     if (Atomics.load(ctl, Slot.PostCall) !== 1 || Atomics.load(ctl, Slot.State) !== State.Request) return false;
     this.guestAtFault = true;
-    this.expire(POST_CALL_OVERRUN);
+    this.expire(`the guest's work after its previous call ran past ${deadlines.postCallMs} ms; its worker was terminated`);
     return true;
   }
 
@@ -346,7 +350,7 @@ export class GuestWorker {
     const id = nextImageId++;
     this.control[Slot.ImageId] = id;
     this.heldImage = 0;
-    const outcome = await this.runOp(Op.Snapshot, undefined, keepAlive, SANDBOX_OP_DEADLINE_MS);
+    const outcome = await this.runOp(Op.Snapshot, undefined, keepAlive, deadlines.sandboxOpMs);
     if (outcome !== Outcome.Ok) return { outcome };
     const msg = receiveMessageOnPort(this.port);
     if (!msg) throw new Error('the worker sent no snapshot');
@@ -384,7 +388,7 @@ export class GuestWorker {
       // The worker reads Slot.ImageId as "held" only if it matches; make sure it cannot.
       this.heldImage = 0;
     }
-    const outcome = await this.runOp(Op.Restore, undefined, keepAlive, SANDBOX_OP_DEADLINE_MS);
+    const outcome = await this.runOp(Op.Restore, undefined, keepAlive, deadlines.sandboxOpMs);
     // The worker took the image before writing it, so it holds it whatever the outcome.
     this.heldImage = image.id;
     return outcome;
@@ -402,7 +406,7 @@ export class GuestWorker {
   /** Boots the guest with `sizes`; resolves with the outcome, init code and output. */
   async boot(sizes: GuestSizes, keepAlive = true): Promise<BootResult> {
     const config: BootConfig = { data: this.attachData(sizes), ...pickSizes(sizes) };
-    const outcome = await this.runOp(Op.Boot, config, keepAlive, keepAlive ? SANDBOX_OP_DEADLINE_MS : POOL_OP_DEADLINE_MS);
+    const outcome = await this.runOp(Op.Boot, config, keepAlive, keepAlive ? deadlines.sandboxOpMs : deadlines.poolOpMs);
     return { outcome, initCode: this.control[Slot.InitCode], output: this.dataCopy() };
   }
 
@@ -416,7 +420,7 @@ export class GuestWorker {
     this.preBooted = undefined;
     this.heldImage = 0;
     while (receiveMessageOnPort(this.port));
-    const outcome = await this.runOp(Op.Reset, undefined, keepAlive, POOL_OP_DEADLINE_MS);
+    const outcome = await this.runOp(Op.Reset, undefined, keepAlive, deadlines.poolOpMs);
     if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');
     this.clearControl();
   }
@@ -427,7 +431,7 @@ export class GuestWorker {
     this.heldImage = 0;
     while (receiveMessageOnPort(this.port));
     const config: BootConfig = { data: this.attachData(sizes), ...pickSizes(sizes) };
-    const outcome = await this.runOp(Op.ResetBoot, config, keepAlive, POOL_OP_DEADLINE_MS);
+    const outcome = await this.runOp(Op.ResetBoot, config, keepAlive, deadlines.poolOpMs);
     // Ok: both ran (initCode says whether the guest booted); anything else leaves the
     // thread in an unknown state.
     if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');

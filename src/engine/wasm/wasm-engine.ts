@@ -34,8 +34,8 @@ import {
   State,
 } from './channel.js';
 import {
-  POST_CALL_DEADLINE_MS,
   acquireWorker,
+  deadlines,
   releaseWorker,
   wasmAvailable,
   type BootResult,
@@ -316,7 +316,7 @@ export class WasmEngine implements GuestEngine {
     return flight;
   }
 
-  /** POST_CALL_DEADLINE_MS into a request: if the worker is still in the previous
+  /** deadlines.postCallMs into a request: if the worker is still in the previous
    *  call's post-call work, the guest is lost and its worker terminated; if it is
    *  running this request, the request's own limits (or none) apply. A field, not a
    *  method: the per-call path passes it without allocating a closure. */
@@ -337,7 +337,7 @@ export class WasmEngine implements GuestEngine {
     for (;;) {
       const s =
         waitingOn === State.Request
-          ? await w.waitWhile(waitingOn, true, POST_CALL_DEADLINE_MS, this.checkPostCall)
+          ? await w.waitWhile(waitingOn, true, deadlines.postCallMs, this.checkPostCall)
           : await w.waitWhile(waitingOn);
       if (s === State.Done) {
         w.idle();
