@@ -47,7 +47,7 @@ WASM_OWN_CFLAGS := $(WASM_CFLAGS) -isystem $(WASM_QUICKJS_DIR) -I$(WASM_GUEST_DI
 # under the heap as it is used.
 WASM_WRAPPED := airlock_malloc airlock_calloc airlock_realloc airlock_memalign
 WASM_LDFLAGS := --target=wasm32-wasi -nostdlib \
-  -Wl,--no-entry -Wl,--export=_initialize -Wl,--stack-first -Wl,-z,stack-size=$(WASM_STACK_BYTES) -Wl,--gc-sections \
+  -Wl,--no-entry -Wl,--import-memory -Wl,--export=_initialize -Wl,--stack-first -Wl,-z,stack-size=$(WASM_STACK_BYTES) -Wl,--gc-sections \
   -Wl,--export=__stack_pointer -Wl,--strip-debug $(addprefix -Wl$(comma)--wrap=,$(WASM_WRAPPED)) \
   $(WASM_SYSROOT_LIB)/crt1-reactor.o -L$(WASM_SYSROOT_LIB) -lc \
   $(shell $(WASM_CC) --target=wasm32-wasi -print-libgcc-file-name)
@@ -60,9 +60,11 @@ WASM_HEADERS := $(WASM_GUEST_DIR)/include/abi.h $(wildcard $(WASM_GUEST_DIR)/run
 all: wasm
 wasm: $(WASM_OUT_DIR)/airlock-guest.wasm
 
-$(WASM_OUT_DIR)/airlock-guest.wasm: $(WASM_QUICKJS_OBJ) $(WASM_OWN_OBJ)
+# Relinked when this file changes too: the link flags decide the module's imports
+# (--import-memory), which the worker depends on.
+$(WASM_OUT_DIR)/airlock-guest.wasm: $(WASM_QUICKJS_OBJ) $(WASM_OWN_OBJ) $(WASM_GUEST_DIR)/platform/wasm/build.mk
 	@mkdir -p $(@D)
-	$(WASM_CC) -o $@.tmp $^ $(WASM_LDFLAGS)
+	$(WASM_CC) -o $@.tmp $(filter %.o,$^) $(WASM_LDFLAGS)
 	mv $@.tmp $@
 
 $(WASM_OBJ_DIR)/quickjs/%.o: $(WASM_QUICKJS_DIR)/%.c

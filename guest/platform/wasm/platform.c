@@ -11,6 +11,11 @@
  *                          moment: a larger shadow stack when the configuration asks
  *                          for one, then the input buffer, output buffer, heap arena
  *
+ * The memory is imported (-Wl,--import-memory): the worker creates it with a maximum
+ * computed from the configuration by the same layout rules (src/engine/wasm/
+ * module-memory.ts), so the cap on the guest's memory is the host's, and nothing
+ * written in linear memory (heap_end below, the allocator's limits) can raise it.
+ *
  * Memory is grown to hold the stack and buffers at init, but the heap arena only as
  * the allocator reaches into it (see "The heap" below): a guest that uses 2 MiB of a
  * 64 MiB heap has a linear memory of a few MiB, which keeps creating and dropping
@@ -76,7 +81,9 @@ _Noreturn void plat_abort(const char *msg)
  * bottom; it writes nowhere above its high-water mark plus the chunk it is carving.
  * The build wraps its entry points (-Wl,--wrap): each call first grows linear memory
  * to cover the high-water mark plus the request, so the allocator only ever touches
- * memory that exists, and refuses (out of memory) exactly as before, at heap_end. */
+ * memory that exists, and refuses (out of memory) exactly as before, at heap_end.
+ * heap_end is only this module's bookkeeping: past the memory's maximum (the host's)
+ * a grow fails whatever it says, and the allocation is refused the same way. */
 void *__real_airlock_malloc(size_t n);
 void *__real_airlock_calloc(size_t count, size_t size);
 void *__real_airlock_realloc(void *p, size_t n);
@@ -85,9 +92,12 @@ void *__real_airlock_memalign(size_t alignment, size_t n);
 /* Bytes past the high-water mark a carve can touch beyond the request: chunk head,
  * the next chunk's size word, alignment (alloc.c: CHUNK_OVERHEAD, ALIGNMENT, MIN_CHUNK). */
 #define CARVE_SLACK 64u
-/* Memory grows by at least this much, or by the heap's current size if larger:
- * geometric steps keep grows (and V8's bookkeeping of them) rare. */
-#define GROW_MIN (1024u * 1024u)
+/* Memory grows by at least this much, or by an eighth of the heap's current size if
+ * larger: geometric steps keep grows (and V8's bookkeeping of them) rare, and a small
+ * ratio keeps little never-used memory above the heap, which the host scans for
+ * content on every snapshot and restore (it sizes both by what memory holds). */
+#define GROW_MIN (64u * 1024u)
+#define GROW_SHIFT 3
 
 static uint64_t heap_start;
 static uint64_t heap_end;
@@ -100,7 +110,8 @@ static int cover(uint64_t need)
     uint64_t have = (uint64_t)__builtin_wasm_memory_size(0) * WASM_PAGE_SIZE;
     if (need <= have)
         return 1;
-    uint64_t step = have > heap_start && have - heap_start > GROW_MIN ? have - heap_start : GROW_MIN;
+    uint64_t heap_part = have > heap_start ? have - heap_start : 0;
+    uint64_t step = heap_part >> GROW_SHIFT > GROW_MIN ? heap_part >> GROW_SHIFT : GROW_MIN;
     uint64_t target = have + step > need ? have + step : need;
     if (target > heap_end)
         target = heap_end;

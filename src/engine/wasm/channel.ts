@@ -2,6 +2,7 @@
 // of the shared control words, whose turn each state means, operation and outcome
 // codes, and how either side waits for its turn. Both sides import it, so the numbers
 // exist once.
+import type { GuestSizes, ModuleMemory } from './module-memory.js';
 
 /** Atomics.waitAsync (ES2024; in Node since 16), typed here for the ES2022 lib;
  *  undefined where the runtime lacks it (pool.ts then reports the tier unusable). */
@@ -91,8 +92,11 @@ export enum Slot {
    *  (the one to restore). The worker keeps its latest image: restoring that one again
    *  needs no RestoreRequest on the port. */
   ImageId = 8,
+  /** 1 while the worker runs the last exchange's post-call work (airlock_after), which
+   *  it starts as it answers; the main thread bounds how long a request waits on it. */
+  PostCall = 9,
 }
-export const CONTROL_SLOTS = 9;
+export const CONTROL_SLOTS = 10;
 
 export enum State {
   /** Nothing in flight; the worker waits. Stored without a notify: the worker waits
@@ -157,6 +161,8 @@ export const ACTIVITY_SLOTS = 64;
 /** What the worker receives at start-up. */
 export interface WorkerInit {
   module: WebAssembly.Module;
+  /** What the module needs of the memory the worker creates for each instance. */
+  memory: ModuleMemory;
   control: SharedArrayBuffer;
   port: import('node:worker_threads').MessagePort;
   /** Int32 per worker, shared by all workers: 1 while a worker serving a sandbox runs
@@ -170,13 +176,30 @@ export interface WorkerInit {
 }
 
 /** Sent on the port before Op.Boot. */
-export interface BootConfig {
+export interface BootConfig extends GuestSizes {
   data: SharedArrayBuffer;
+}
+
+/**
+ * Where a guest's regions lie in its linear memory. Read from the control block once,
+ * at boot, while no guest code has run yet, and checked against the sizes and memory
+ * the host gave it; from then on the host keeps its own copy (also in every snapshot)
+ * and never reads these addresses from guest memory again.
+ */
+export interface GuestLayout {
+  control: number;
+  inputAddr: number;
   inputSize: number;
+  outputAddr: number;
   outputSize: number;
+  heapAddr: number;
   heapSize: number;
-  stackSize: number;
-  consoleLimit: number;
+  /** The shadow stack [stackLow, stackTop): the linked one, or one laid out at init. */
+  stackLow: number;
+  stackTop: number;
+  /** The module's data and bss (and anything libc allocated before init). */
+  staticLow: number;
+  staticHigh: number;
 }
 
 /** One copied range of linear memory: `length` bytes at `addr`, kept in the image's
@@ -189,25 +212,30 @@ export interface MemoryRegion {
 
 /**
  * The state a snapshot carries: enough to rebuild the instance in a fresh worker.
- * The bytes live in one SharedArrayBuffer, so posting the image to a worker shares
- * them instead of cloning them; nobody writes them after the snapshot is taken.
+ * The bytes are an ordinary (not shared) ArrayBuffer, moved between threads by
+ * transfer: each thread's garbage collector then counts the bytes it holds, so dropped
+ * images are collected even on a worker that is blocked between requests (a
+ * SharedArrayBuffer is not counted there, and dropped ones piled up by the GiB).
+ * Its size is what the host saw in memory, never a size the guest claims.
  */
 export interface MemoryImage {
   /** Linear memory size in bytes when taken. */
   memorySize: number;
-  /** __stack_pointer when taken. */
+  /** __stack_pointer when taken, clamped into the stack. */
   stackPointer: number;
   regions: MemoryRegion[];
-  bytes: SharedArrayBuffer;
-  /** Heap high-water mark when taken; bytes above it are zeroed on restore. */
-  heapHighWater: number;
+  bytes: ArrayBuffer;
+  /** Where the copied heap ends: every byte of memory from here up was zero when the
+   *  snapshot was taken, and is made zero again by a restore. */
+  heapExtent: number;
+  layout: GuestLayout;
 }
 
 /** Sent on the port before Op.Restore. */
 export interface RestoreRequest {
   /** Present when the worker has not been booted (a fresh worker after termination). */
   data?: SharedArrayBuffer;
-  inputSize: number;
-  outputSize: number;
+  /** The sandbox's sizes: a worker with no instance creates one for them. */
+  sizes: GuestSizes;
   image: MemoryImage;
 }

@@ -2,6 +2,7 @@
 // once and shared by every worker, and a small pool of idle workers (each holding a
 // fresh instance, usually already booted) so creating a sandbox pays no thread start.
 // A disposed sandbox's healthy worker is reset to a fresh instance and comes back here.
+// Every wait on a worker here has a deadline; a worker that misses one is terminated.
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
@@ -24,15 +25,7 @@ import {
   type WaitAsync,
   type WorkerInit,
 } from './channel.js';
-
-/** The sizes a guest is booted with (EngineConfig's fields). */
-export interface GuestSizes {
-  heapSize: number;
-  stackSize: number;
-  inputSize: number;
-  outputSize: number;
-  consoleLimit: number;
-}
+import { MAX_SHADOW_STACK_BYTES, readModuleMemory, type GuestSizes, type ModuleMemory } from './module-memory.js';
 
 function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
@@ -51,14 +44,35 @@ const PRESTART = 2;
  *  terminated, so a burst of sandboxes does not leave a crowd of threads behind. */
 const MAX_IDLE = 4;
 
+/**
+ * Deadlines of the operations that wait for a worker outside any call's own limits.
+ * The worker may still be in the last call's post-call work (a garbage collection)
+ * when one arrives, and a hostile guest can make that work endless; a worker that
+ * misses a deadline is terminated and never counted as available again, so no later
+ * build() or restore() can wait on it forever. One object, so a process (or a test)
+ * can tune them; read when each wait starts.
+ */
+export const deadlines = {
+  /** The pool's own operations (reset, pre-boot): milliseconds of work. */
+  poolOpMs: 5_000,
+  /** Those a sandbox awaits (boot, snapshot, restore): they may copy or collect a large
+   *  heap first, and losing the worker there costs the guest. */
+  sandboxOpMs: 30_000,
+  /** How long anything waits for the previous call's post-call work before the guest
+   *  is given up as hostile: a collection of a very large heap takes well under this.
+   *  Applies to every operation and to the next call (wasm-engine.ts). */
+  postCallMs: 5_000,
+  /** From creating a worker thread to its first message: a start on a loaded machine
+   *  can take hundreds of ms; one that never reports is not waited for. */
+  startMs: 30_000,
+};
+
 /** Which workers run or spin (WorkerInit.activity), and the free slots in it. */
 const activity = new SharedArrayBuffer(ACTIVITY_SLOTS * 4);
 const freeActivitySlots = Array.from({ length: ACTIVITY_SLOTS }, (_, i) => ACTIVITY_SLOTS - 1 - i);
 /** Workers that may run or spin at once: one core stays with the main thread. */
 const MAX_ACTIVE = Math.max(1, availableParallelism() - 1);
 
-/** The largest shadow stack a guest gets (MAX_STACK_BYTES in platform.c). */
-export const MAX_SHADOW_STACK_BYTES = 8 * 1024 * 1024;
 /**
  * The worker thread's native stack. Wasm frames of a QuickJS recursion live on this
  * stack beside the guest's shadow stack, so it must outlast the largest shadow stack
@@ -83,11 +97,21 @@ export function wasmAvailable(): { usable: boolean; reasons: string[] } {
   return { usable: reasons.length === 0, reasons };
 }
 
-let compiled: Promise<WebAssembly.Module> | undefined;
+/** The compiled guest module and what its memory needs. */
+export interface GuestModule {
+  module: WebAssembly.Module;
+  memory: ModuleMemory;
+}
+
+let compiled: Promise<GuestModule> | undefined;
 
 /** The guest module, compiled on first use and shared by all workers. */
-export function guestModule(): Promise<WebAssembly.Module> {
-  compiled ??= WebAssembly.compile(readFileSync(wasmModulePath)).catch((e: unknown) => {
+export function guestModule(): Promise<GuestModule> {
+  compiled ??= (async () => {
+    const bytes = readFileSync(wasmModulePath);
+    const memory = readModuleMemory(bytes);
+    return { module: await WebAssembly.compile(bytes), memory };
+  })().catch((e: unknown) => {
     compiled = undefined;
     throw e;
   });
@@ -136,6 +160,9 @@ export class GuestWorker {
   /** Set when the worker must not serve another sandbox: it is being terminated, or
    *  its own code failed (its state is then unknown). */
   private spoiled = false;
+  /** Set when the worker was terminated for its guest's misbehaviour (post-call work
+   *  past its deadline), not its own: the guest aborted. */
+  guestAtFault = false;
   /** The data area shared with the worker; sized by the config at boot or restore. */
   data: SharedArrayBuffer | undefined;
   dataBytes: Uint8Array<ArrayBufferLike> = new Uint8Array(0);
@@ -158,12 +185,12 @@ export class GuestWorker {
   }
 
   /** `keepAlive`: hold the process open until the worker is ready (someone awaits it). */
-  static start(module: WebAssembly.Module, keepAlive: boolean): Promise<GuestWorker> {
+  static start(guest: GuestModule, keepAlive: boolean): Promise<GuestWorker> {
     const control = new SharedArrayBuffer(CONTROL_SLOTS * 4);
     const { port1, port2 } = new MessageChannel();
     const script = workerScript();
     const activitySlot = freeActivitySlots.pop() ?? -1;
-    const init: WorkerInit = { module, control, port: port2, activity, activitySlot, maxActive: MAX_ACTIVE };
+    const init: WorkerInit = { module: guest.module, memory: guest.memory, control, port: port2, activity, activitySlot, maxActive: MAX_ACTIVE };
     const thread = new Worker(script.source, {
       eval: script.eval,
       // The compiled script needs none of the host process's options; inheriting a
@@ -186,9 +213,16 @@ export class GuestWorker {
       });
     }
     return new Promise((resolve, reject) => {
-      const onExit = () => reject(new Error(worker.exitReason ?? 'the worker exited during start-up'));
+      const startMs = deadlines.startMs;
+      const timer = setTimeout(() => worker.expire(`the worker did not start within ${startMs} ms`), startMs);
+      if (!keepAlive) timer.unref();
+      const onExit = () => {
+        clearTimeout(timer);
+        reject(new Error(worker.exitReason ?? 'the worker exited during start-up'));
+      };
       worker.exitListeners.add(onExit);
       thread.once('message', () => {
+        clearTimeout(timer);
         thread.unref();
         worker.exitListeners.delete(onExit);
         resolve(worker);
@@ -231,16 +265,37 @@ export class GuestWorker {
   }
 
   /** Resolves once State is no longer `value` or the thread is gone. `keepAlive`: hold
-   *  the process open meanwhile (someone awaits the answer; the pool's own work does not). */
-  async waitWhile(value: State, keepAlive = true): Promise<number> {
+   *  the process open meanwhile (someone awaits the answer; the pool's own work does
+   *  not). `deadlineMs`: past it `onDeadline` runs, by default terminating the worker
+   *  (expire), which ends the wait; `onDeadline` returns how many ms more to wait
+   *  before that, or nothing when it dealt with the deadline itself. */
+  async waitWhile(
+    value: State,
+    keepAlive = true,
+    deadlineMs = Infinity,
+    onDeadline?: () => number | void,
+  ): Promise<number> {
     const ctl = this.control;
     const start = performance.now();
     // The pool's own work (keepAlive false) is in no hurry: it never spins the main
     // thread, and its long operations do not teach the sandbox's spinner anything.
     let s = keepAlive ? this.spinner.spinWhile(ctl, value) : Atomics.load(ctl, Slot.State);
     if (s !== value) return s;
-    // Sleeping: keep the process alive until the worker answers.
+    // Sleeping: keep the process alive until the worker answers. The deadline's timer
+    // is armed only here, off the fast path of an answer caught while spinning.
     if (keepAlive) this.thread.ref();
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (ms: number, fire: () => void) => {
+      timer = setTimeout(fire, ms);
+      if (!keepAlive) timer.unref();
+    };
+    if (deadlineMs !== Infinity) {
+      arm(Math.max(0, start + deadlineMs - performance.now()), () => {
+        const more = onDeadline ? onDeadline() : 0;
+        if (more === undefined) return;
+        arm(more, () => this.expire(`the worker did not answer within ${deadlineMs + more} ms and was terminated`));
+      });
+    }
     try {
       while (s === value && this.exitReason === undefined) {
         const r = (atomicsWaitAsync as WaitAsync)(ctl, Slot.State, value);
@@ -248,23 +303,46 @@ export class GuestWorker {
         s = Atomics.load(ctl, Slot.State);
       }
     } finally {
+      clearTimeout(timer);
       if (keepAlive) this.thread.unref();
     }
     if (keepAlive) this.spinner.waited(performance.now() - start);
     return s;
   }
 
-  /** Runs one operation to completion. Resolves with Outcome (Done) or rejects with
-   *  the exit reason when the thread went away. */
-  async runOp(op: Op, argument?: unknown, keepAlive = true): Promise<Outcome> {
+  /** Runs one operation to completion within `deadlineMs`. Resolves with Outcome (Done)
+   *  or rejects with the exit reason when the thread went away or missed the deadline. */
+  async runOp(op: Op, argument: unknown, keepAlive: boolean, deadlineMs: number): Promise<Outcome> {
     if (argument !== undefined) this.port.postMessage(argument);
     this.control[Slot.Op] = op;
     this.control[Slot.Cancel] = 0;
     this.signal(State.Request);
-    const s = await this.waitWhile(State.Request, keepAlive);
+    // A worker still in the previous guest's post-call work after deadlines.postCallMs
+    // is given up at once; one busy with this operation gets the rest of the deadline.
+    const first = Math.min(deadlineMs, deadlines.postCallMs);
+    const s = await this.waitWhile(State.Request, keepAlive, first, () => (this.expireIfInPostCall() ? undefined : deadlineMs - first));
     if (s !== State.Done) throw new Error(this.exitReason ?? 'the worker stopped answering');
     this.idle();
     return this.control[Slot.Outcome] as Outcome;
+  }
+
+  /** Gives up on a worker that did not answer in time: from now on it counts as gone
+   *  (never reused, never waited for), and its thread is terminated. */
+  expire(reason: string): void {
+    if (this.exitReason !== undefined) return;
+    this.spoiled = true;
+    this.gone(reason);
+    void this.thread.terminate();
+  }
+
+  /** For a request waiting deadlines.postCallMs: when the worker is still in the
+   *  previous exchange's post-call work, gives it up (the guest's fault) and says so. */
+  expireIfInPostCall(): boolean {
+    const ctl = this.control;
+    if (Atomics.load(ctl, Slot.PostCall) !== 1 || Atomics.load(ctl, Slot.State) !== State.Request) return false;
+    this.guestAtFault = true;
+    this.expire(`the guest's work after its previous call ran past ${deadlines.postCallMs} ms; its worker was terminated`);
+    return true;
   }
 
   /** Takes a memory image of the guest. Resolves with the outcome and, when Ok, the image. */
@@ -272,7 +350,7 @@ export class GuestWorker {
     const id = nextImageId++;
     this.control[Slot.ImageId] = id;
     this.heldImage = 0;
-    const outcome = await this.runOp(Op.Snapshot, undefined, keepAlive);
+    const outcome = await this.runOp(Op.Snapshot, undefined, keepAlive, deadlines.sandboxOpMs);
     if (outcome !== Outcome.Ok) return { outcome };
     const msg = receiveMessageOnPort(this.port);
     if (!msg) throw new Error('the worker sent no snapshot');
@@ -301,13 +379,16 @@ export class GuestWorker {
    *  hold it already. `data`: the data area to attach (a worker not yet booted). */
   async restore(image: Image, sizes: GuestSizes, data: SharedArrayBuffer | undefined, keepAlive: boolean): Promise<Outcome> {
     this.control[Slot.ImageId] = image.id;
-    let request: RestoreRequest | undefined;
     if (this.heldImage !== image.id || data) {
-      request = { data, inputSize: sizes.inputSize, outputSize: sizes.outputSize, image: image.image };
+      // The worker keeps what it is sent, so it gets a copy of its own, moved over.
+      const img = image.image;
+      const bytes = img.bytes.slice(0);
+      const request: RestoreRequest = { data, sizes: pickSizes(sizes), image: { ...img, bytes } };
+      this.port.postMessage(request, [bytes]);
       // The worker reads Slot.ImageId as "held" only if it matches; make sure it cannot.
       this.heldImage = 0;
     }
-    const outcome = await this.runOp(Op.Restore, request, keepAlive);
+    const outcome = await this.runOp(Op.Restore, undefined, keepAlive, deadlines.sandboxOpMs);
     // The worker took the image before writing it, so it holds it whatever the outcome.
     this.heldImage = image.id;
     return outcome;
@@ -325,7 +406,7 @@ export class GuestWorker {
   /** Boots the guest with `sizes`; resolves with the outcome, init code and output. */
   async boot(sizes: GuestSizes, keepAlive = true): Promise<BootResult> {
     const config: BootConfig = { data: this.attachData(sizes), ...pickSizes(sizes) };
-    const outcome = await this.runOp(Op.Boot, config, keepAlive);
+    const outcome = await this.runOp(Op.Boot, config, keepAlive, keepAlive ? deadlines.sandboxOpMs : deadlines.poolOpMs);
     return { outcome, initCode: this.control[Slot.InitCode], output: this.dataCopy() };
   }
 
@@ -339,7 +420,7 @@ export class GuestWorker {
     this.preBooted = undefined;
     this.heldImage = 0;
     while (receiveMessageOnPort(this.port));
-    const outcome = await this.runOp(Op.Reset, undefined, keepAlive);
+    const outcome = await this.runOp(Op.Reset, undefined, keepAlive, deadlines.poolOpMs);
     if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');
     this.clearControl();
   }
@@ -350,7 +431,7 @@ export class GuestWorker {
     this.heldImage = 0;
     while (receiveMessageOnPort(this.port));
     const config: BootConfig = { data: this.attachData(sizes), ...pickSizes(sizes) };
-    const outcome = await this.runOp(Op.ResetBoot, config, keepAlive);
+    const outcome = await this.runOp(Op.ResetBoot, config, keepAlive, deadlines.poolOpMs);
     // Ok: both ran (initCode says whether the guest booted); anything else leaves the
     // thread in an unknown state.
     if (outcome !== Outcome.Ok) throw new Error('the worker could not reset its guest');

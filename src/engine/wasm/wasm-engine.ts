@@ -33,11 +33,20 @@ import {
   Slot,
   State,
 } from './channel.js';
-import { acquireWorker, releaseWorker, wasmAvailable, type BootResult, type GuestWorker, type Image } from './pool.js';
+import {
+  acquireWorker,
+  deadlines,
+  releaseWorker,
+  wasmAvailable,
+  type BootResult,
+  type GuestWorker,
+  type Image,
+} from './pool.js';
 
 /** After a cancel, how long the guest gets to stop by itself (it polls the cancel
  *  word every ~10k QuickJS operations) before its worker is terminated. */
 const CANCEL_GRACE_MS = 100;
+
 const MAX_U32 = 0xffff_ffff;
 
 const REASONS: Record<number, TerminatedBy> = {
@@ -167,6 +176,7 @@ export class WasmEngine implements GuestEngine {
     const reason = w.exitReason ?? 'the worker stopped answering';
     w.spoil();
     this.loseGuest(reason);
+    if (w.guestAtFault) return new GuestAbortError(reason);
     return new InternalError(`the WebAssembly worker failed: ${reason}`);
   }
 
@@ -306,6 +316,14 @@ export class WasmEngine implements GuestEngine {
     return flight;
   }
 
+  /** deadlines.postCallMs into a request: if the worker is still in the previous
+   *  call's post-call work, the guest is lost and its worker terminated; if it is
+   *  running this request, the request's own limits (or none) apply. A field, not a
+   *  method: the per-call path passes it without allocating a closure. */
+  private readonly checkPostCall = (): void => {
+    this.flight?.worker.expireIfInPostCall();
+  };
+
   /** The grace timer of a cancel ran out while the exchange still ran: the guest does
    *  not poll, so its worker goes. */
   terminateUnresponsive(w: GuestWorker): void {
@@ -317,7 +335,10 @@ export class WasmEngine implements GuestEngine {
   private async serveExchange(w: GuestWorker, flight: Flight): Promise<Buffer> {
     let waitingOn = State.Request;
     for (;;) {
-      const s = await w.waitWhile(waitingOn);
+      const s =
+        waitingOn === State.Request
+          ? await w.waitWhile(waitingOn, true, deadlines.postCallMs, this.checkPostCall)
+          : await w.waitWhile(waitingOn);
       if (s === State.Done) {
         w.idle();
         this.checkOutcome(w);
@@ -383,29 +404,42 @@ export class WasmEngine implements GuestEngine {
     this.enter('restore a snapshot');
     this.eagerImage = undefined;
     try {
-      let w = this.worker;
-      let data: SharedArrayBuffer | undefined;
-      if (!w || w.exitReason !== undefined) {
-        w = await acquireWorker(this.config).catch((e: unknown) => {
-          throw new InternalError(`cannot start a WebAssembly worker: ${(e as Error).message}`, { cause: e });
-        });
-        if (this.disposed) {
-          releaseWorker(w);
-          throw new InvalidArgumentError('cannot restore: the sandbox was disposed');
+      // A restore replaces the guest, so a worker that is gone (or goes, missing the
+      // deadline while stuck in the previous guest's post-call work) is replaced once.
+      for (let attempt = 1; ; attempt++) {
+        const { w, data } = await this.restoreWorker();
+        try {
+          await this.runOp(w, () => w.restore(snapshot.image, this.config, data, true));
+          break;
+        } catch (e) {
+          if (attempt >= 2 || w.exitReason === undefined || this.disposed) throw e;
         }
-        this.worker = w;
-        // A pre-booted worker has this config's layout and data area; an unbooted one
-        // gets its data area with the snapshot.
-        if (!w.preBooted) data = w.attachData(this.config);
-        w.preBooted = undefined;
       }
-      const worker = w;
-      await this.runOp(w, () => worker.restore(snapshot.image, this.config, data, true));
       this.lostReason = undefined;
       this.booted = true;
     } finally {
       this.busy = false;
     }
+  }
+
+  /** The worker to restore into: the sandbox's own while it lives, else a fresh one;
+   *  `data`: the data area to send with the snapshot, for a worker not yet booted. */
+  private async restoreWorker(): Promise<{ w: GuestWorker; data?: SharedArrayBuffer }> {
+    const own = this.worker;
+    if (own && own.exitReason === undefined) return { w: own };
+    const w = await acquireWorker(this.config).catch((e: unknown) => {
+      throw new InternalError(`cannot start a WebAssembly worker: ${(e as Error).message}`, { cause: e });
+    });
+    if (this.disposed) {
+      releaseWorker(w);
+      throw new InvalidArgumentError('cannot restore: the sandbox was disposed');
+    }
+    this.worker = w;
+    // A pre-booted worker has this config's instance, layout and data area; an unbooted
+    // one creates its instance from the snapshot and gets its data area with it.
+    const data = w.preBooted ? undefined : w.attachData(this.config);
+    w.preBooted = undefined;
+    return { w, data };
   }
 
   async dispose(): Promise<void> {

@@ -1,15 +1,16 @@
 // worker.ts — the thread that runs one guest module instance at a time. While serving
 // a sandbox it blocks on the shared control words (channel.ts), runs what the main
 // thread asks, and pulls bulk arguments (config, snapshots) from its port
-// synchronously. Op.Reset (Op.ResetBoot) swaps in a fresh instance so the pool can
-// reuse the thread for another sandbox; idle in the pool, it waits from its event loop
+// synchronously. It creates each instance's memory itself, with a maximum sized from
+// the sandbox's configuration (module-memory.ts), when the guest boots or a snapshot is
+// restored into it. Op.Reset (Op.ResetBoot) drops the instance so the pool can reuse
+// the thread for another sandbox; idle in the pool, it waits from its event loop
 // instead.
 // Everything read from linear memory is hostile and bounds-checked.
 import { openSync, readSync } from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import {
   AIRLOCK_CTRL_OFF_HEAP_ADDR,
-  AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER,
   AIRLOCK_CTRL_OFF_HEAP_SIZE,
   AIRLOCK_CTRL_OFF_INPUT_ADDR,
   AIRLOCK_CTRL_OFF_INPUT_SIZE,
@@ -31,12 +32,14 @@ import {
   atomicsWaitAsync,
   Spinner,
   type BootConfig,
+  type GuestLayout,
   type MemoryImage,
   type MemoryRegion,
   type RestoreRequest,
   type WaitAsync,
   type WorkerInit,
 } from './channel.js';
+import { WASM_PAGE_BYTES, maximumPages, type GuestSizes } from './module-memory.js';
 
 /** Spin at most this long for the main thread's next move before sleeping in
  *  Atomics.wait: long enough to bridge a main thread that is still warming up. */
@@ -54,24 +57,9 @@ const activity = new Int32Array(init.activity);
 /** Thrown through the module to unwind it when the guest must not continue. */
 class GuestAbort extends Error {}
 
-interface Layout {
-  control: number;
-  inputAddr: number;
-  inputSize: number;
-  outputAddr: number;
-  outputSize: number;
-  heapAddr: number;
-  heapSize: number;
-  /** The shadow stack [stackLow, stackTop): the linked one, or one laid out at init. */
-  stackLow: number;
-  stackTop: number;
-  /** The module's data and bss (and anything libc allocated before init). */
-  staticLow: number;
-  staticHigh: number;
-}
+type Layout = GuestLayout;
 
 interface Exports {
-  memory: WebAssembly.Memory;
   __stack_pointer: WebAssembly.Global;
   _initialize?: () => void;
   airlock_init: (input: number, output: number, heap: number, stack: number, consoleLimit: number) => number;
@@ -91,9 +79,11 @@ let data: Uint8Array<ArrayBufferLike> = NO_DATA;
 /** Bytes at the start of the data area that have carried anything since boot. */
 let dataUsed = 0;
 let layout: Layout | undefined;
+/** The sizes the current guest was booted (or restored) with. */
+let bootSizes: GuestSizes | undefined;
 /** The sandbox's latest memory image (taken or restored), kept so rolling back to it
  *  again, the usual pattern, needs no message. */
-let held: { id: number; image: MemoryImage; inputSize: number; outputSize: number } | undefined;
+let held: { id: number; image: MemoryImage; sizes: GuestSizes } | undefined;
 
 // --- guest CPU time -------------------------------------------------------------
 // The thread's own schedstat: the first number is nanoseconds spent on a CPU. The fd
@@ -136,26 +126,31 @@ function guestCpuNs(): number {
 const WASI_ERRNO_BADF = 8;
 const WASI_ERRNO_NOSYS = 52;
 
-/** The current instance's exports (instantiate() sets it before anything runs). */
+/** The current instance's exports and memory; set by instantiate() when the guest
+ *  boots or a snapshot is restored into the thread, cleared by a reset. */
 let exportsOf!: Exports;
+let guestMemory: WebAssembly.Memory | undefined;
+/** Bytes the current memory can never grow past. */
+let memoryLimit = 0;
 
 // Views of linear memory, rebuilt only when its buffer changes (a grow detaches the
 // old one), so the per-call path allocates no view objects.
 let memBuffer: ArrayBuffer | undefined;
-let memBytes: Uint8Array = NO_DATA;
+let memBytes: Buffer = Buffer.alloc(0);
 let memView = new DataView(new ArrayBuffer(0));
 
 function dropViews(): void {
   memBuffer = undefined;
-  memBytes = NO_DATA;
+  memBytes = Buffer.alloc(0);
   memView = new DataView(new ArrayBuffer(0));
 }
 
 function refreshViews(): void {
-  const buffer = exportsOf.memory.buffer;
+  if (!guestMemory) throw new Error('no guest instance');
+  const buffer = guestMemory.buffer;
   if (buffer === memBuffer) return;
   memBuffer = buffer;
-  memBytes = new Uint8Array(buffer);
+  memBytes = Buffer.from(buffer);
   memView = new DataView(buffer);
 }
 
@@ -164,7 +159,7 @@ function memoryView(): DataView {
   return memView;
 }
 
-function memoryBytes(): Uint8Array {
+function memoryBytes(): Buffer {
   refreshViews();
   return memBytes;
 }
@@ -225,15 +220,25 @@ const imports: WebAssembly.Imports = {
   wasi_snapshot_preview1: wasiImports(init.module),
 };
 
-/** A fresh instance (with its own fresh memory) of the shared compiled module. */
-function instantiate(): void {
-  const fresh = new WebAssembly.Instance(init.module, imports).exports as unknown as Exports;
+/** A fresh instance of the shared compiled module, with a fresh memory whose maximum
+ *  holds exactly what a guest of `sizes` may use: the host's cap, out of the guest's reach. */
+function instantiate(sizes: GuestSizes): void {
+  const maximum = maximumPages(init.memory, sizes);
+  const memory = new WebAssembly.Memory({ initial: init.memory.staticPages, maximum });
+  const fresh = new WebAssembly.Instance(init.module, { ...imports, env: { memory } }).exports as unknown as Exports;
   exportsOf = fresh;
+  guestMemory = memory;
+  memoryLimit = maximum * WASM_PAGE_BYTES;
   dropViews();
   fresh._initialize?.();
 }
 
-instantiate();
+function dropInstance(): void {
+  exportsOf = undefined as unknown as Exports;
+  guestMemory = undefined;
+  memoryLimit = 0;
+  dropViews();
+}
 
 function readGuestText(ptr: number, len: number): string {
   const mem = memoryBytes();
@@ -332,12 +337,13 @@ function hostExit(kind: number): void {
 /** Bytes a wasm32 memory can address. */
 const WASM32_SPACE = 2 ** 32;
 
-/** Reads the layout the guest wrote at init (or a snapshot restored) and checks it
- *  against the sizes the host asked for and the memory that exists (the buffers) or
- *  can exist (the heap, which memory covers only as far as the guest has used it). */
+/** Reads the layout the guest wrote at init and checks it against the sizes the host
+ *  asked for, the memory that exists (the buffers) and the memory's maximum (the heap,
+ *  which memory covers only as far as the guest has used it). Called once per guest,
+ *  right after airlock_init, before any guest JavaScript has run. */
 function readLayout(inputSize: number, outputSize: number): Layout {
   const control = exportsOf.airlock_control() >>> 0;
-  const memSize = exportsOf.memory.buffer.byteLength;
+  const memSize = memoryBytes().length;
   if (control + AIRLOCK_CONTROL_SIZE > memSize) throw new GuestAbort('control block outside memory');
   const view = memoryView();
   const u64 = (off: number): number => {
@@ -366,7 +372,7 @@ function readLayout(inputSize: number, outputSize: number): Layout {
   }
   const fits = (addr: number, size: number) => addr + size <= memSize;
   if (l.inputSize !== inputSize || l.outputSize !== outputSize) throw new GuestAbort('guest buffer sizes differ from the configuration');
-  if (!fits(l.inputAddr, l.inputSize) || !fits(l.outputAddr, l.outputSize) || l.heapAddr + l.heapSize > WASM32_SPACE) {
+  if (!fits(l.inputAddr, l.inputSize) || !fits(l.outputAddr, l.outputSize) || l.heapAddr + l.heapSize > memoryLimit) {
     throw new GuestAbort('guest layout lies outside memory');
   }
   if (l.inputAddr + l.inputSize > l.outputAddr || l.outputAddr + l.outputSize > l.heapAddr || l.staticHigh > l.inputAddr) {
@@ -375,12 +381,42 @@ function readLayout(inputSize: number, outputSize: number): Layout {
   return l;
 }
 
-function heapHighWater(l: Layout): number {
-  // Hostile: clamp into the part of the heap arena that exists, so a bad value cannot
-  // widen the copy.
-  const hw = Number(memoryView().getBigUint64(l.control + AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, true));
-  if (!(hw >= l.heapAddr)) return l.heapAddr;
-  return Math.min(hw, l.heapAddr + l.heapSize, exportsOf.memory.buffer.byteLength);
+// --- zero detection ---------------------------------------------------------------
+// Snapshots and restores size their work by what memory holds, found with native
+// compares against a zero page (tens of GB/s), not by the guest's claims.
+const ZERO_PAGE = Buffer.alloc(WASM_PAGE_BYTES);
+const ZERO_BLOCK = 4096;
+
+function isZero(mem: Buffer, start: number, end: number): boolean {
+  return mem.compare(ZERO_PAGE, 0, end - start, start, end) === 0;
+}
+
+/** The end of the last 4 KiB block of [start, end) holding a non-zero byte; `start`
+ *  when every byte is zero. Blocks are counted from `start`. */
+function contentEnd(mem: Buffer, start: number, end: number): number {
+  let hi = end;
+  while (hi > start) {
+    const lo = Math.max(start, hi - WASM_PAGE_BYTES);
+    if (!isZero(mem, lo, hi)) {
+      let q = hi;
+      while (q > lo) {
+        const b = start + Math.floor((q - 1 - start) / ZERO_BLOCK) * ZERO_BLOCK;
+        if (!isZero(mem, Math.max(b, lo), q)) return q;
+        q = Math.max(b, lo);
+      }
+    }
+    hi = lo;
+  }
+  return start;
+}
+
+/** Makes [start, end) zero, writing only the pages that are not: a page of memory the
+ *  guest never touched stays untouched (and costs no RAM). */
+function clearToZero(mem: Buffer, start: number, end: number): void {
+  for (let lo = start; lo < end; lo += WASM_PAGE_BYTES) {
+    const hi = Math.min(end, lo + WASM_PAGE_BYTES);
+    if (!isZero(mem, lo, hi)) mem.fill(0, lo, hi);
+  }
 }
 
 // --- operations -----------------------------------------------------------------
@@ -392,6 +428,8 @@ function receive<T>(): T {
 
 function boot(config = receive<BootConfig>()): void {
   data = new Uint8Array(config.data);
+  instantiate(config);
+  bootSizes = { heapSize: config.heapSize, stackSize: config.stackSize, inputSize: config.inputSize, outputSize: config.outputSize, consoleLimit: config.consoleLimit };
   const code = exportsOf.airlock_init(config.inputSize, config.outputSize, config.heapSize, config.stackSize, config.consoleLimit);
   ctl[Slot.InitCode] = code;
   if (code !== INIT_OK) {
@@ -431,21 +469,18 @@ function snapshot(): void {
   if (!l) throw new Error('snapshot before boot');
   const mem = memoryBytes();
   const memSize = mem.length;
-  const sp = (exportsOf.__stack_pointer.value as number) >>> 0;
-  const hw = heapHighWater(l);
-  const heapEnd = l.heapAddr + l.heapSize;
   // Between requests the live state is: the used stack [sp, stackTop), data+bss and
-  // anything libc allocated before init, the heap up to its high-water mark, and
-  // anything past the arena (nothing, unless the guest grew memory by other means).
-  // Buffers hold no state.
-  const spIn = Math.min(Math.max(sp, l.stackLow), l.stackTop);
-  const ranges: [number, number][] = [[spIn, l.stackTop], [l.staticLow, l.staticHigh], [l.heapAddr, hw]];
-  if (memSize > heapEnd) ranges.push([heapEnd, memSize]);
+  // anything libc allocated before init, and the heap with anything the guest grew
+  // memory for past it, up to where its content ends. Buffers hold no state. Every
+  // bound is the host's: the layout checked at boot, the memory's own size, and what
+  // the memory holds (the stack pointer, which the guest writes, only chooses a point
+  // inside its stack).
+  const sp = Math.min(Math.max((exportsOf.__stack_pointer.value as number) >>> 0, l.stackLow), l.stackTop);
+  const heapExtent = contentEnd(mem, l.heapAddr, memSize);
+  const ranges: [number, number][] = [[sp, l.stackTop], [l.staticLow, l.staticHigh], [l.heapAddr, heapExtent]];
   let total = 0;
   for (const [start, end] of ranges) total += end - start;
-  // One shared buffer: the image reaches the main thread, and later any worker
-  // restoring it, without being copied on the way.
-  const bytes = new SharedArrayBuffer(total);
+  const bytes = new ArrayBuffer(total);
   const out = new Uint8Array(bytes);
   const regions: MemoryRegion[] = [];
   let offset = 0;
@@ -454,12 +489,14 @@ function snapshot(): void {
     regions.push({ addr: start, offset, length: end - start });
     offset += end - start;
   }
-  const image: MemoryImage = { memorySize: memSize, stackPointer: sp, regions, bytes, heapHighWater: hw };
-  held = { id: ctl[Slot.ImageId], image, inputSize: l.inputSize, outputSize: l.outputSize };
-  port.postMessage(image);
+  const image: MemoryImage = { memorySize: memSize, stackPointer: sp, regions, bytes, heapExtent, layout: l };
+  if (!bootSizes) throw new Error('snapshot before boot');
+  held = { id: ctl[Slot.ImageId], image, sizes: bootSizes };
+  // The main thread gets its own copy, moved over rather than cloned (one copy, made
+  // here): this thread keeps the original for the next restore.
+  const sent: MemoryImage = { ...image, regions: regions.slice(), bytes: bytes.slice(0) };
+  port.postMessage(sent, [sent.bytes]);
 }
-
-const WASM_PAGE = 65536;
 
 function restore(): void {
   afterFailure = undefined;
@@ -468,13 +505,20 @@ function restore(): void {
     held = undefined;
     const req = receive<RestoreRequest>();
     if (req.data) data = new Uint8Array(req.data);
-    held = { id, image: req.image, inputSize: req.inputSize, outputSize: req.outputSize };
+    held = { id, image: req.image, sizes: req.sizes };
   }
-  const { image: img, inputSize, outputSize } = held;
-  const memory = exportsOf.memory;
+  const { image: img, sizes } = held;
+  if (!guestMemory) instantiate(sizes);
+  bootSizes = sizes;
+  const memory = guestMemory!;
+  const l = img.layout;
+  // The image is the host's own, taken from a guest of these sizes; checked anyway,
+  // since a failed check here costs nothing and a wrong write would corrupt the guest.
+  if (img.memorySize > memoryLimit || img.memorySize % WASM_PAGE_BYTES !== 0 || l.heapAddr + l.heapSize > memoryLimit) {
+    throw new Error('the snapshot does not fit this guest\'s memory');
+  }
   const have = memory.buffer.byteLength;
-  if (img.memorySize > have) memory.grow((img.memorySize - have) / WASM_PAGE);
-  const oldHw = layout ? heapHighWater(layout) : 0;
+  if (img.memorySize > have) memory.grow((img.memorySize - have) / WASM_PAGE_BYTES);
   const mem = memoryBytes();
   const src = new Uint8Array(img.bytes);
   // Only what the snapshot covers is written: the rest of memory is either not state
@@ -483,27 +527,26 @@ function restore(): void {
     if (r.offset + r.length > src.length || r.addr + r.length > mem.length) throw new Error('snapshot region outside memory');
     mem.set(src.subarray(r.offset, r.offset + r.length), r.addr);
   }
-  // Heap bytes the current instance used above the snapshot's high-water mark go back
-  // to zero, as they were when the snapshot was taken; so does memory grown since.
-  if (oldHw > img.heapHighWater) mem.fill(0, img.heapHighWater, oldHw);
-  if (mem.length > img.memorySize) mem.fill(0, img.memorySize);
+  // Everything above the snapshot's heap content was zero when it was taken, and is
+  // again (memory grown since included), whatever the guest wrote there meanwhile.
+  clearToZero(mem, img.heapExtent, mem.length);
   exportsOf.__stack_pointer.value = img.stackPointer;
-  layout = readLayout(inputSize, outputSize);
+  layout = l;
 }
 
-/** Forgets the sandbox this thread served and instantiates a fresh guest for the next:
- *  after this nothing of the old instance, its memory or its data area is reachable.
- *  If instantiating fails the old instance is still referenced, so the pool terminates
- *  a worker whose reset did not report Outcome.Ok. */
+/** Forgets the sandbox this thread served and drops its instance, so the thread can
+ *  serve the next: after this nothing of the old instance, its memory or its data area
+ *  is reachable (the next boot or restore creates a fresh instance). */
 function reset(): unknown {
   afterFailure = undefined;
   layout = undefined;
+  bootSizes = undefined;
   // The pool hands this data area to the next sandbox: nothing it carried may remain.
   data.fill(0, 0, Math.min(dataUsed, data.length));
   dataUsed = 0;
   data = NO_DATA;
   held = undefined;
-  dropViews();
+  dropInstance();
   cpuStartNs = 0;
   cpuExcludedNs = 0;
   cpuLimitNs = 0;
@@ -513,7 +556,6 @@ function reset(): unknown {
   // the last message is returned (Op.ResetBoot posts its config last).
   let last: { message: unknown } | undefined;
   for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) last = m;
-  instantiate();
   return last?.message;
 }
 
@@ -634,10 +676,16 @@ function serve(): void {
       setActive(true);
     }
     const ok = ctl[Slot.Outcome] === Outcome.Ok;
+    const after = op === Op.Exchange && ok;
+    if (after) Atomics.store(ctl, Slot.PostCall, 1);
     signal(State.Done);
     // After Done the main thread owns the control words and the data area; the guest
-    // is still this thread's until the next request, which waits for this.
-    if (op === Op.Exchange && ok) runAfter();
+    // is still this thread's until the next request, which waits for this (within a
+    // deadline: Slot.PostCall).
+    if (after) {
+      runAfter();
+      Atomics.store(ctl, Slot.PostCall, 0);
+    }
   }
 }
 
