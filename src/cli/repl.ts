@@ -6,7 +6,8 @@
 // `let`, `const` and `class` declarations are scoped to their line, as in any indirect
 // eval. A promise a line evaluates to is awaited. A line that poisons the sandbox
 // (a timeout, kill, or guest abort) rolls it back to the fresh runtime, losing its
-// globals; `.clear` does the same on request.
+// globals; `.clear` does the same on request. A line the guest finds unfinished (an open
+// brace, bracket or template) continues on the next one, as in Node's own REPL.
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -47,6 +48,19 @@ export default async function (event) {
 /** Where history is kept between sessions (AIRLOCK_REPL_HISTORY overrides; '' turns it off). */
 function historyPath(): string {
   return process.env.AIRLOCK_REPL_HISTORY ?? join(homedir(), '.airlock_repl_history');
+}
+
+/**
+ * Whether the guest rejected `code` only because it ended early, so the REPL should
+ * read another line instead of reporting it: QuickJS names the end of input as the
+ * empty token (an open brace or bracket). An unterminated template continues too, but
+ * not a quoted string, which a line end breaks for good (QuickJS says "unexpected end
+ * of string" for both; an odd number of backticks tells them apart).
+ */
+function isIncomplete(e: unknown, code: string): boolean {
+  if (!(e instanceof GuestExceptionError) || e.name !== 'SyntaxError') return false;
+  if (/: ''$/.test(e.message)) return true;
+  return e.message === 'unexpected end of string' && (code.split('`').length - 1) % 2 === 1;
 }
 
 function formatError(e: unknown): string {
@@ -116,6 +130,10 @@ export async function replCommand(options: ReplOptions): Promise<number> {
       pending = loaded.callHandler(ROUTE, { code }, callOptions).then(
         (text: string) => callback(null, text),
         async (e: unknown) => {
+          if (isIncomplete(e, code)) {
+            callback(new repl.Recoverable(e as Error), undefined);
+            return;
+          }
           let text = formatError(e);
           if (e instanceof AirlockError && loaded.poisoned) {
             await loaded.restore(fresh);

@@ -199,6 +199,15 @@ function tierSuite(tier: 'kvm' | 'wasm'): void {
     expect(r.stdout).toMatch(/"k": \[\s*1\s*\]/);
   });
 
+  it('repl: an unfinished line continues on the next, a broken one is reported', async () => {
+    const r = await repl(backend, ['function add(a, b) {', '  return a + b;', '}', 'add(2,', '3)', '`x', 'y`.length', '"open', '1 + 1']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/\.\.\. 5\n/);
+    expect(r.stdout).toMatch(/\.\.\. 3\n/);
+    expect(r.stdout).toContain('Uncaught SyntaxError: unexpected end of string');
+    expect(r.stdout).toMatch(/> 2\n/);
+  });
+
   it('repl: a poisoning line resets the sandbox, and so does .clear', async () => {
     const r = await repl(['--wall-ms', '100', ...backend], ['var a = 1', 'for (;;) {}', 'a', 'var b = 2', 'b + 1', '.clear', 'typeof b']);
     expect(r.code).toBe(0);
