@@ -2,6 +2,9 @@
 # fetch-quickjs.sh — brings QuickJS's source into out/quickjs/src from Debian's source
 # package, pinned to one version and checked against a known SHA-256. The system's
 # apt configuration is left alone: a private sources list and cache live under out/apt.
+# `--check` only answers whether the source is present and verified (exit 0) or not (1).
+# Progress goes to stdout and apt's own output to out/apt/*.log; a failure prints the
+# logs' last lines, so scripts/setup.sh's log shows why.
 set -euo pipefail
 
 VERSION="2025.04.26"
@@ -18,6 +21,9 @@ stamp="$out/quickjs/.stamp"
 
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$ORIG_SHA256" && -f "$dest/quickjs.c" ]]; then
   exit 0
+fi
+if [[ "${1:-}" == "--check" ]]; then
+  exit 1
 fi
 
 apt_dir="$out/apt"
@@ -41,6 +47,7 @@ apt-get "${apt_opts[@]}" -q update >"$apt_dir/update.log" 2>&1 || true
 cd "$out/quickjs/download"
 rm -f ./*.dsc ./*.tar.*
 if ! apt-get "${apt_opts[@]}" -q source --download-only "quickjs=${DEB_VERSION}" >"$apt_dir/source.log" 2>&1; then
+  tail -n 15 "$apt_dir/update.log" "$apt_dir/source.log" >&2
   echo "error: could not download quickjs=${DEB_VERSION} from Debian (see $apt_dir/source.log and $apt_dir/update.log)" >&2
   exit 1
 fi
