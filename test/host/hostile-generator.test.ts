@@ -14,6 +14,9 @@ const targetSteps = Number(process.env.AIRLOCK_HOSTILE_STEPS ?? 100_000);
 // Far above a healthy run (about a minute for 100,000 steps on 2 busy cores, more
 // under the sanitizers): only a host that stopped making progress reaches it.
 const timeLimitMs = Number(process.env.AIRLOCK_HOSTILE_TIME_LIMIT_MS ?? 300_000);
+// Under AddressSanitizer (scripts/test-sanitized.sh) freed memory waits in ASan's
+// quarantine on purpose, so RSS says nothing about the host there.
+const sanitized = (process.env.LD_PRELOAD ?? '').includes('libasan');
 const documented = ['ERR_GUEST_ABORT', 'ERR_CANCELLED', 'ERR_POISONED', 'ERR_INVALID_ARG', 'ERR_BUSY'];
 
 interface Summary {
@@ -53,7 +56,7 @@ describeKvm('host addon: seeded random hostile guests', () => {
       expect(summary.end.fds, report).toBeLessThanOrEqual(summary.start.fds);
       expect(summary.end.threads, report).toBeLessThanOrEqual(summary.start.threads);
       // ... and its memory (guest memory, snapshots) released.
-      expect(summary.end.rss, report).toBeLessThanOrEqual(summary.start.rss * 1.1);
+      if (!sanitized) expect(summary.end.rss, report).toBeLessThanOrEqual(summary.start.rss * 1.1);
     },
     timeLimitMs + 30_000,
   );
