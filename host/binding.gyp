@@ -7,6 +7,10 @@
       "sources": [
         "src/addon.cc",
         "src/sandbox.cc",
+        "src/vcpu_thread.cc",
+        "src/cancellation.cc",
+        "src/snapshot.cc",
+        "src/messages.cc",
         "src/layout.cc",
         "src/guest_memory.cc",
         "src/exit_floor.cc",

@@ -11,6 +11,7 @@
 
 #include "../../guest/include/abi.h"
 #include "../hv/hypervisor.h"
+#include "messages.h"
 #include "sandbox.h"
 
 namespace airlock {
@@ -53,19 +54,10 @@ uint64_t sizeField(const Napi::Object &config, const char *name, bool required, 
     return static_cast<uint64_t>(d);
 }
 
+// A host function's error as the guest reads it; the text is capped so a huge message
+// from JavaScript costs the guest no more than 4 KiB of its input buffer.
 std::vector<uint8_t> hostErrorMessage(const std::string &text) {
-    std::string t = text.substr(0, 4096);
-    airlock_msg m{};
-    m.kind = AIRLOCK_MSG_HOST_RETURN;
-    m.status = AIRLOCK_STATUS_HOST_ERROR;
-    m.count = 1;
-    m.length = static_cast<uint32_t>(AIRLOCK_FIELD_HEADER_SIZE + t.size());
-    std::vector<uint8_t> out(AIRLOCK_MSG_HEADER_SIZE + m.length);
-    std::memcpy(out.data(), &m, sizeof m);
-    uint32_t len = static_cast<uint32_t>(t.size());
-    std::memcpy(out.data() + AIRLOCK_MSG_HEADER_SIZE, &len, sizeof len);
-    std::memcpy(out.data() + AIRLOCK_MSG_HEADER_SIZE + AIRLOCK_FIELD_HEADER_SIZE, t.data(), t.size());
-    return out;
+    return encodeHostError(text, AIRLOCK_MSG_HEADER_SIZE + AIRLOCK_FIELD_HEADER_SIZE + 4096);
 }
 
 class VmWrap;
@@ -142,8 +134,7 @@ public:
         auto notifier = std::make_shared<Notifier>(notify_);
         notifyContext_->notifier = notifier;
         try {
-            sandbox_ = std::make_unique<Sandbox>(image.Data(), image.Length(), config, spin,
-                                                 [notifier] { notifier->call(); });
+            sandbox_ = Sandbox::create(image.Data(), image.Length(), config, spin, [notifier] { notifier->call(); });
         } catch (const ArgumentError &e) {
             releaseNotify();
             throw makeError(env, "ERR_INVALID_ARG", e.what());
@@ -154,7 +145,8 @@ public:
     }
 
     ~VmWrap() override {
-        // GC backstop (or environment teardown): stop the vCPU thread synchronously.
+        // GC backstop (or environment teardown): stop the vCPU thread synchronously,
+        // waiting a bounded time (then the thread finishes on its own; see Sandbox).
         // The channel closes first so the stopping thread does not notify anyone.
         releaseNotify();
         if (sandbox_) sandbox_->stopAndJoin();
@@ -298,8 +290,17 @@ private:
             }
             case OpKind::Snapshot: {
                 auto *holder = new std::shared_ptr<const Snapshot>(o.snapshot);
+                // The snapshot's bytes live outside the JavaScript heap: tell the GC, so
+                // dropped snapshots are collected before they pile up.
+                const int64_t bytes = static_cast<int64_t>(o.snapshot->bytes());
+                int64_t ignored = 0;
+                napi_adjust_external_memory(env, bytes, &ignored);
                 auto ext = Napi::External<std::shared_ptr<const Snapshot>>::New(
-                    env, holder, [](Napi::Env, std::shared_ptr<const Snapshot> *p) { delete p; });
+                    env, holder, [bytes](Napi::Env e, std::shared_ptr<const Snapshot> *p) {
+                        delete p;
+                        int64_t left = 0;
+                        napi_adjust_external_memory(e, -bytes, &left);
+                    });
                 napi_type_tag_object(env, ext, &kSnapshotTag);
                 d.Resolve(ext);
                 break;
@@ -397,8 +398,12 @@ private:
     }
 
     Napi::Value Kill(const Napi::CallbackInfo &info) {
-        if (sandbox_ && inFlight_ && (pendingKind_ == OpKind::Boot || pendingKind_ == OpKind::Exchange))
-            sandbox_->cancel(TerminatedBy::Kill);
+        try {
+            if (sandbox_ && inFlight_ && (pendingKind_ == OpKind::Boot || pendingKind_ == OpKind::Exchange))
+                sandbox_->cancel(TerminatedBy::Kill);
+        } catch (const std::exception &e) {
+            throw makeError(info.Env(), "ERR_INTERNAL", std::string("cannot signal the vCPU thread: ") + e.what());
+        }
         return info.Env().Undefined();
     }
 
@@ -435,7 +440,14 @@ private:
             state_ = State::Disposing;
             if (inFlight_) {
                 // The running operation ends first (an exchange is cancelled), then Stop.
-                if (pendingKind_ == OpKind::Boot || pendingKind_ == OpKind::Exchange) sandbox_->cancel(TerminatedBy::Kill);
+                if (pendingKind_ == OpKind::Boot || pendingKind_ == OpKind::Exchange) {
+                    try {
+                        sandbox_->cancel(TerminatedBy::Kill);
+                    } catch (const std::exception &e) {
+                        // The bell could not be armed: the exchange still ends by its
+                        // monitors or its answer, and Stop follows it.
+                    }
+                }
             } else {
                 startStop();
             }
@@ -443,7 +455,7 @@ private:
         return d.Promise();
     }
 
-    std::unique_ptr<Sandbox> sandbox_;
+    std::shared_ptr<Sandbox> sandbox_; // co-owned by its vCPU thread while that runs
     napi_threadsafe_function notify_ = nullptr;
     NotifyContext *notifyContext_ = nullptr;
     std::optional<Napi::Promise::Deferred> pending_;
@@ -506,7 +518,23 @@ Napi::Value MeasureExitFloor(const Napi::CallbackInfo &info) {
     return p;
 }
 
+// setCancelSignal(n): the real-time signal that interrupts vCPU threads, chosen before
+// the first VM (0 = automatic; AIRLOCK_KVM_SIGNAL also selects it).
+Napi::Value SetCancelSignal(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    double n = info.Length() >= 1 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : NAN;
+    if (!std::isfinite(n) || n != std::floor(n) || n < 0 || n > 1024)
+        throw makeError(env, "ERR_INVALID_ARG", "setCancelSignal(signal) needs a real-time signal number");
+    try {
+        setCancelSignal(static_cast<int>(n));
+    } catch (const std::exception &e) {
+        throw makeError(env, "ERR_INVALID_ARG", e.what());
+    }
+    return env.Undefined();
+}
+
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
+    exports.Set("setCancelSignal", Napi::Function::New(env, SetCancelSignal, "setCancelSignal"));
     exports.Set("abiVersion", Napi::Number::New(env, AIRLOCK_ABI_VERSION));
     exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
     exports.Set("measureExitFloor", Napi::Function::New(env, MeasureExitFloor, "measureExitFloor"));

@@ -1,11 +1,13 @@
-// sandbox.h — one micro-VM and the dedicated thread that runs its vCPU: guest setup,
-// the exchange loop (requests, host calls, responses), cancellation (kill and the
-// wall-clock / CPU-time monitors), snapshot/restore, the two handoffs between the
-// Node main thread and the vCPU thread, and the hand-over to a polling guest that
-// skips both. Knows nothing of N-API.
+// sandbox.h — one micro-VM: the operations and events both threads exchange, and
+// class Sandbox, whose members are grouped by the thread that runs them. The main
+// thread's handle (post, cancel, await events, stop) lives in sandbox.cc; the vCPU
+// thread (its loop, one handler per exit kind) in vcpu_thread.cc; the hand-over in
+// handover.h; cancellation in cancellation.*; snapshot/restore in snapshot.*; the
+// message codec in messages.*. Knows nothing of N-API.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -17,30 +19,15 @@
 #include <vector>
 
 #include "../hv/hypervisor.h"
+#include "cancellation.h"
 #include "guest_memory.h"
+#include "handover.h"
 #include "layout.h"
+#include "snapshot.h"
 
 namespace airlock {
 
-enum class TerminatedBy : uint32_t { None = 0, Kill = 1, WallClock = 2, CpuTime = 3 };
-const char *terminatedByName(TerminatedBy why);
-
 enum class OutcomeCode { Ok, Cancelled, GuestAbort, Internal, InvalidArg, Poisoned };
-
-// Guest state captured between requests. Belongs to the sandbox that made it.
-struct Snapshot {
-    struct Range {
-        uint64_t gpa = 0;
-        std::vector<uint8_t> bytes;
-    };
-    uint64_t ownerId = 0;
-    hv::Registers regs;
-    hv::SpecialRegisters sregs;
-    hv::ExtendedState cpuExtended; // XSAVE image + XCRs: every vector register, not only SSE
-    std::vector<Range> ranges;
-    uint64_t heapHighWater = 0; // clamped into the heap
-    size_t bytes() const;
-};
 
 struct Outcome {
     OutcomeCode code = OutcomeCode::Ok;
@@ -78,14 +65,24 @@ struct SpinConfig {
     uint64_t guestPollNs = 50'000; // polling guest: wait for the next request before parking
 };
 
-class Sandbox {
+// After each answer a polling guest may run on (its post-call GC, then its poll
+// window) for at most its poll window plus this, measured on CLOCK_MONOTONIC from the
+// answer; then the host interrupts it and takes it out of its poll. A full QuickJS
+// GC costs ~0.5 ms with 10,000 live objects; work left over resumes in the next
+// request, whose cpuTimeNs it is charged to.
+constexpr uint64_t kAfterAnswerAllowanceNs = 2'000'000;
+// How long the GC finalizer (or any synchronous teardown) waits for the vCPU thread
+// to stop before it detaches it instead of joining.
+constexpr uint64_t kTeardownWaitNs = 2'000'000'000;
+
+class Sandbox : public std::enable_shared_from_this<Sandbox> {
 public:
     // Validates the image and the sizes (throws ArgumentError); allocates nothing big.
     // `notify` is called from the vCPU thread when events are waiting and the main
     // thread is not spinning for them.
-    Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &config, const SpinConfig &spin,
-            std::function<void()> notify);
-    ~Sandbox(); // stops and joins the vCPU thread
+    static std::shared_ptr<Sandbox> create(const uint8_t *image, size_t imageSize, const SandboxConfig &config,
+                                           const SpinConfig &spin, std::function<void()> notify);
+    ~Sandbox();
     Sandbox(const Sandbox &) = delete;
     Sandbox &operator=(const Sandbox &) = delete;
 
@@ -93,63 +90,80 @@ public:
     const GuestLayout &layout() const { return layout_; }
     const SpinConfig &spin() const { return spin_; }
 
-    // --- main thread ---
-    void post(Op op);                                         // starts the thread on first use
+    // ---- main thread (sandbox.cc) -------------------------------------------------
+    void post(Op op); // starts the thread on first use
     // Hands an Exchange straight to a guest polling for it (no exit, no vCPU-thread
     // handoff). False when the guest is not polling: post() it instead.
     bool postFast(const Op &op);
     void postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply);
-    void cancel(TerminatedBy why);                            // the running exchange ends ERR_CANCELLED
-    // Waits up to `spinNs` for events; returns what is there (maybe nothing, in which
-    // case `notify` fires when something arrives).
+    void cancel(TerminatedBy why); // the running exchange ends ERR_CANCELLED
+    // The main thread's waiting strategy: waits up to `spinNs` for events; returns
+    // what is there (maybe nothing, in which case `notify` fires when something arrives).
     std::vector<Event> awaitEvents(uint64_t spinNs);
     std::vector<Event> drainEvents();
-    void stopAndJoin();                                       // synchronous teardown
-    void join();                                              // after the Stop op's Done event
+    // Synchronous teardown with a bounded wait: false when the vCPU thread did not
+    // stop within kTeardownWaitNs and was detached (it owns the sandbox until it ends).
+    bool stopAndJoin();
+    void join(); // after the Stop op's Done event
 
 private:
+    Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &config, const SpinConfig &spin,
+            std::function<void()> notify);
+
     struct Reply {
         uint64_t id;
         std::vector<uint8_t> bytes;
     };
-
-    // An exchange (Boot or Exchange op) from the moment it is published until exactly
-    // one side claims it: the main thread when the guest handed the response over in
-    // memory, the vCPU thread on an exit, a cancellation or an abort.
-    enum ExchangeState : int { kNoExchange = 0, kPosting = 1, kInFlight = 2, kClaimed = 3 };
     struct ExchangeRecord {
         OpKind op = OpKind::Exchange;
         uint64_t wallStart = 0;
         uint64_t cpuStart = 0;
         uint64_t wallTimeoutNs = 0;
         uint64_t cpuTimeoutNs = 0;
-        std::atomic<uint64_t> pausedCpuNs{0}; // vCPU time spent waiting for host functions
-        std::atomic<bool> guestEntered{false}; // false until the guest may have run it
+        uint64_t carriedCpuNs = 0;               // guest time after the previous answer
+        std::atomic<uint64_t> pausedCpuNs{0};    // vCPU time spent waiting for host functions
+        std::atomic<bool> guestEntered{false};   // false until the guest may have run it
     };
+    // What the vCPU loop does after handling an exit.
+    enum class Next { Run, Leave };
 
-    // both threads (whoever owns the exchange at that moment)
-    void beginExchange(OpKind kind, const std::vector<uint8_t> *request, uint64_t wallTimeoutNs, uint64_t cpuTimeoutNs);
-    bool claimExchange();
-    int settledExchange();
-    Outcome finishExchange(Outcome o);
-    uint64_t vcpuCpuNs() const;
-    uint32_t *pollWord() const;
-    void poison(std::string reason);
+    // ---- main thread ----
     std::optional<Event> takeFastResult();
-    bool readOutput(std::vector<uint8_t> &out, std::string &error) const;
+    void wake();
+    void ring(); // the interrupt bell: re-rings every kBellIntervalNs until acknowledged
+
+    // ---- either thread: whoever owns the exchange at that moment ----
+    void beginExchange(OpKind kind, const std::vector<uint8_t> *request, uint64_t wallTimeoutNs, uint64_t cpuTimeoutNs);
+    bool claimExchange(bool guestRunsOn);
+    Outcome finishExchange(Outcome o);
+    void chargeAfterAnswer();
+    uint64_t vcpuCpuNs() const;
+    void poison(std::string reason);
     std::optional<Outcome> refuseUnlessRunnable(const char *advice);
-    static bool fastAnswered(uint32_t poll);
     void setPollWindow(uint64_t ns);
     void pollHit();
 
-    // vCPU thread
+    // ---- vCPU thread (vcpu_thread.cc) ----
     void threadMain();
+    void createTimers();
+    void deleteTimers();
     std::optional<Outcome> handle(const Op &op);
     std::optional<Outcome> boot();
+    Outcome takeSnapshot();
+    Outcome restore(const Snapshot &snap);
     void startExchange(const Op &op);
     void runSession();
-    Outcome takeSnapshot();
-    Outcome restoreSnapshot(const Snapshot &snap);
+    Next onInterrupted();
+    Next onResponse();
+    Next onIdle();
+    Next onAbort();
+    Next onHostCall();
+    Next abortGuest(std::string message, bool claimed = false);
+    bool cancelInFlight();
+    void done(Outcome o);
+    void leave();
+    bool windowOver() const;
+    void ackInterrupt();
     void setUpGuest();
     void tearDownGuest();
     void emit(Event ev);
@@ -157,10 +171,6 @@ private:
     void writeClockBase();
     void writeHostReturn(const std::vector<uint8_t> &reply);
     std::string describeExit(const hv::Exit &exit);
-    std::string abortMessage(const uint8_t *out, uint32_t len);
-    uint64_t clampHeapHighWater();
-
-    void wake();
 
     const uint64_t id_;
     std::vector<uint8_t> image_;
@@ -168,9 +178,13 @@ private:
     SpinConfig spin_;
     std::function<void()> notify_;
 
+    // Thread lifetime (main thread only, except exited_).
     std::thread thread_;
-    bool threadStarted_ = false; // main thread only
+    bool threadStarted_ = false;
     bool joined_ = false;
+    std::mutex exitMu_;
+    std::condition_variable exitCv_;
+    bool exited_ = false; // under exitMu_: threadMain has returned
 
     // Mailbox (main -> vCPU).
     std::mutex mu_;
@@ -180,20 +194,22 @@ private:
     std::atomic<bool> replyReady_{false};
     std::atomic<uint32_t> wakeSeq_{0}; // futex word: bumped on every post and by the signal handler
     std::atomic<bool> vcpuSleeping_{false};
-    std::atomic<uint32_t> cancelReason_{0}; // TerminatedBy of the exchange in flight
-    std::atomic<bool> kick_{false};         // ops wait: take the guest out of its poll
 
-    std::atomic<int> exchange_{kNoExchange};
+    CancelState cancel_;
+    Handover handover_;
     ExchangeRecord record_;
-    bool fastInFlight_ = false;          // main thread: the exchange in flight was posted fast
-    std::atomic<bool> session_{false};   // vCPU thread is running a guest that may poll
+    bool fastInFlight_ = false;        // main thread: the exchange in flight was posted fast
+    std::atomic<bool> session_{false}; // vCPU thread is running a guest that may poll
     // The guest's poll window adapts like halt polling: it doubles when a request
     // arrives in it (or would have), halves when the guest parks having waited in
     // vain, down to zero. Requests spaced out, or a host too busy to answer in time,
     // so stop costing the guest's core; back-to-back calls keep it at the maximum.
     std::atomic<uint64_t> pollNs_{0};
-    std::atomic<uint64_t> lastAnswerNs_{0}; // monotonic time the last exchange was claimed
-    clockid_t vcpuClock_{};              // the vCPU thread's CPU-time clock
+    std::atomic<uint64_t> lastAnswerNs_{0};  // monotonic time the last exchange was claimed
+    std::atomic<uint64_t> windowEndNs_{0};   // the guest runs on after an answer until then (0: no window)
+    std::atomic<uint64_t> answerCpuNs_{0};   // vCPU CPU clock at the answer while the guest runs on (0: none)
+    std::atomic<uint64_t> carriedCpuNs_{0};  // post-answer guest time not yet charged to an exchange
+    clockid_t vcpuClock_{};                  // the vCPU thread's CPU-time clock
 
     // Events (vCPU -> main).
     std::deque<Event> events_;
@@ -204,6 +220,13 @@ private:
     std::atomic<int> mainCpu_{-1};
     std::atomic<int> vcpuCpu_{-1};
 
+    // Timers aimed at the vCPU thread: created and deleted by it, under timerMu_ so
+    // the main thread's bell never touches a deleted timer.
+    std::mutex timerMu_;
+    std::unique_ptr<ThreadTimer> wallTimer_, cpuTimer_, windowTimer_, bellTimer_;
+    std::atomic<bool> bellArmed_{false}; // changed under timerMu_; read without it as a hint
+    std::string timerError_;
+
     // Guest (vCPU thread only, between setUpGuest and tearDownGuest).
     std::unique_ptr<GuestMemory> memory_;
     std::unique_ptr<hv::Vm> vm_;
@@ -212,14 +235,9 @@ private:
     bool booted_ = false;
     std::atomic<bool> runnable_{false}; // false after an abort or cancel until a restore
     std::string notRunnableReason_;     // under mu_
-    int64_t tscOffset_ = 0; // guest TSC - host TSC
-    uint64_t tscKhz_ = 0;   // set before the first entry; read by both threads after boot
+    int64_t tscOffset_ = 0;             // guest TSC - host TSC
+    uint64_t tscKhz_ = 0;               // set before the first entry; read by both threads after boot
     uint64_t nextHostCallId_ = 1;
-    void *wallTimer_ = nullptr;
-    void *cpuTimer_ = nullptr;
-    bool timersReady_ = false;
-
-    friend struct SignalAccess;
 };
 
 // Bare ring-3 guest doing `out` in a loop: per-round-trip microseconds of

@@ -1,6 +1,6 @@
 // hostile-generator.test.ts — the seeded random hostile-guest generator (issue 9):
 // random programs (hostile-generator.ts) driven through random host operations by
-// fixtures/hostile-child.ts in its own process, so a wedged VM cannot hang vitest.
+// fixtures/hostile-generator-child.ts in its own process, so a wedged VM cannot hang vitest.
 // The host must never hang, crash or leak: every operation settles before its
 // deadline with a documented code, idle sandboxes use no CPU, and fds, threads and RSS
 // come back to where they started. The seed is printed; AIRLOCK_HOSTILE_SEED replays it.
@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { describeKvm } from '../support/kvm.js';
 
-const child = join(__dirname, 'fixtures', 'hostile-child.ts');
+const child = join(__dirname, 'fixtures', 'hostile-generator-child.ts');
 const targetSteps = Number(process.env.AIRLOCK_HOSTILE_STEPS ?? 100_000);
 // Far above a healthy run (about a minute for 100,000 steps on 2 busy cores, more
 // under the sanitizers): only a host that stopped making progress reaches it.

@@ -1,0 +1,60 @@
+// snapshot.h — snapshot and restore as free functions over a guest's parts (memory,
+// vCPU, layout). What a snapshot holds is sized by what is really resident in guest
+// memory, never by the heap high-water mark the guest claims; a restore releases
+// memory above the snapshot's extent instead of zeroing it, and refuses CPU state
+// that would let ring-3 code make a system call.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "../hv/hypervisor.h"
+#include "guest_memory.h"
+#include "layout.h"
+
+namespace airlock {
+
+// Guest state captured between requests. Belongs to the sandbox that made it.
+struct Snapshot {
+    struct Range {
+        uint64_t gpa = 0;
+        std::vector<uint8_t> bytes;
+    };
+    // An area the snapshot covers [from, to): inside it, what no Range holds was
+    // not resident when the snapshot was taken and reads back as zero after a restore.
+    struct Area {
+        uint64_t from = 0;
+        uint64_t to = 0;
+    };
+    uint64_t ownerId = 0;
+    hv::Registers regs;
+    hv::SpecialRegisters sregs;
+    hv::ExtendedState cpuExtended; // XSAVE image + XCRs: every vector register, not only SSE
+    std::vector<Range> ranges;
+    std::vector<Area> areas;
+    uint64_t heapExtent = 0; // end of the heap area: past the last page resident then
+    // Native bytes this snapshot holds (reported to the JavaScript GC).
+    size_t bytes() const;
+};
+
+// The vCPU has settled (no exit half done). Throws std::system_error when residency
+// cannot be read.
+std::shared_ptr<Snapshot> captureSnapshot(const GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout,
+                                          uint64_t ownerId);
+
+// Thrown (before or after the state is written) when the snapshot, or the vCPU state
+// it leaves, would let the guest leave ring 3 (EFER.SCE set, SYSENTER_CS non-zero).
+// The sandbox must not run again until a good restore.
+class UnsafeCpuState : public ArgumentError {
+public:
+    using ArgumentError::ArgumentError;
+};
+
+// Brings memory and registers back to `snap`. The vCPU has settled.
+void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout, const Snapshot &snap);
+
+// Throws UnsafeCpuState unless EFER.SCE == 0 and SYSENTER_CS == 0 on `vcpu`.
+void checkNoSystemCalls(hv::Vcpu &vcpu);
+
+} // namespace airlock

@@ -1,0 +1,45 @@
+// timing.h — clocks, spins and futex waits shared by the main thread and the vCPU
+// thread (header-only: each is a syscall or an instruction).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <ctime>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace airlock {
+
+inline uint64_t monotonicNs() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+}
+
+inline int64_t realtimeNs() {
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000ll + ts.tv_nsec;
+}
+
+// A spinning thread yields this often: when the thread it waits for shares its core
+// (2 cores here, and the scheduler does not always spread them), spinning without
+// yielding would hold off the very work it waits for until the spin budget ends.
+constexpr uint64_t kSpinYieldNs = 20'000;
+
+// Sleeps while *word == expected (or until a wake, or a signal: EINTR). Returns at
+// once on any other value, so a wake between the caller's check and this call is
+// never lost.
+inline void futexWait(std::atomic<uint32_t> *word, uint32_t expected) {
+    // Invariant: std::atomic<uint32_t> is a plain 32-bit word (lock-free), so the
+    // kernel may treat its address as a futex.
+    static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+
+inline void futexWake(std::atomic<uint32_t> *word) {
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+}
+
+} // namespace airlock

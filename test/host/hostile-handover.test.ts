@@ -1,0 +1,66 @@
+// hostile-handover.test.ts — guests that forge the polling hand-over (abi.h,
+// "Polling"): every state the guest can write is a valid step or a violation that
+// poisons the sandbox, and kill(), dispose() and the GC finalizer always finish.
+// Each scenario runs in its own process: a wedged host is a child that never exits.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { afterEach, expect, it } from 'vitest';
+import { describeKvm } from '../support/kvm.js';
+import { hostile } from './hostile-programs.js';
+import { buildImage, defaultConfig, loadAddon, rejection, type NativeVm } from './raw-guest.js';
+
+const child = join(__dirname, 'fixtures', 'hostile-child.ts');
+
+function runChild(scenario: string, nodeFlags: string[] = []) {
+  const r = spawnSync(process.execPath, [...nodeFlags, '--import', 'tsx', child, scenario], {
+    encoding: 'utf8',
+    timeout: 30_000,
+    cwd: join(__dirname, '..', '..'),
+  });
+  expect(r.error, `child ${scenario} did not finish: ${r.stderr}`).toBeUndefined();
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+}
+
+const live: NativeVm[] = [];
+afterEach(async () => {
+  await Promise.all(live.splice(0).map((vm) => vm.dispose()));
+});
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describeKvm('hostile guest: forged poll states', () => {
+  it('REQUEST with no exchange in flight poisons the sandbox; kill and dispose still work', () => {
+    const r = runChild('forged-request');
+    expect(r.code).toBe('ERR_POISONED');
+    expect(String(r.message)).toMatch(/aborted.*poll_state/);
+  });
+
+  it('dispose() wins over a forged REQUEST', () => {
+    expect(runChild('forged-request-dispose')).toEqual({ disposed: true });
+  });
+
+  it('the GC finalizer of a forged-REQUEST guest does not block the process', () => {
+    expect(runChild('forged-request-finalizer', ['--expose-gc'])).toEqual({ collected: true });
+  });
+
+  for (const name of ['forgedRequestExit', 'garbagePollState'] as const) {
+    it(`${name}: the violation poisons the sandbox, with the reason`, async () => {
+      const vm = new (loadAddon().Vm)(buildImage(hostile[name]()), defaultConfig, () => {});
+      live.push(vm);
+      await vm.boot();
+      await sleep(20);
+      const err = await rejection(vm.send(Buffer.from('x'), { wallClockTimeoutMs: 2000 }));
+      expect(err.code).toBe('ERR_POISONED');
+      expect(err.message).toMatch(/poll_state/);
+    });
+  }
+
+  it('IDLE exits with a request in flight stay under the request budget', async () => {
+    const vm = new (loadAddon().Vm)(buildImage(hostile.idleLoop()), defaultConfig, () => {});
+    live.push(vm);
+    await vm.boot();
+    const err = await rejection(vm.send(Buffer.from('x'), { cpuTimeoutMs: 30 }));
+    expect(err.code).toBe('ERR_CANCELLED');
+  });
+});
