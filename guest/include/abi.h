@@ -80,8 +80,10 @@
  *                          host (vCPU thread): taking the guest out of its poll
  * With poll_ticks 0 the guest runs its post-call work before answering: the host
  * will not run it again until the next request.
- * The host trusts none of it: a guest that breaks the protocol only stalls or
- * aborts itself.
+ * The host trusts none of it: after an answer it lets the guest run on for at most
+ * the poll window plus a 2 ms GC allowance, then takes it out of its poll; a value
+ * no step above produces (or REQUEST / REQUEST_EXIT with no request in flight)
+ * aborts the guest.
  * ---------------------------------------------------------------------------- */
 #define AIRLOCK_POLL_IDLE 0
 #define AIRLOCK_POLL_READY 1

@@ -285,6 +285,7 @@ private:
                 r.Set("output", Napi::Buffer<uint8_t>::Copy(env, o.output.data(), o.output.size()));
                 r.Set("wallTimeNs", Napi::Number::New(env, static_cast<double>(o.wallNs)));
                 r.Set("cpuTimeNs", Napi::Number::New(env, static_cast<double>(o.cpuNs)));
+                r.Set("afterCpuTimeNs", Napi::Number::New(env, static_cast<double>(o.afterCpuNs)));
                 d.Resolve(r);
                 break;
             }

@@ -61,6 +61,12 @@ ImageHeader parseImageHeader(const uint8_t *image, size_t size) {
         bad("bss_end " + hex(h.bssEnd) + " must be page aligned, at or after file_end and within the memory map");
     if (h.dataStart % kPageSize != 0 || h.dataStart < h.loadAddr + AIRLOCK_IMG_HEADER_SIZE || h.dataStart > h.fileEnd)
         bad("data_start " + hex(h.dataStart) + " must be page aligned and inside the file, after the header");
+    // Guest memory is mapped in 2 MiB pages: data sharing a slot with code would make
+    // that slot writable and executable (self-modifying code that restore() does
+    // not undo). The linker script puts data on its own slot (image.ld).
+    if (h.dataStart % kHugePageSize != 0)
+        bad("data_start " + hex(h.dataStart) + " does not start its own 2 MiB slot, so a slot would be mapped " +
+            "writable and executable: link the image with data at a 2 MiB boundary (guest/platform/kvm/image.ld)");
     if (h.entry < h.loadAddr + AIRLOCK_IMG_HEADER_SIZE || h.entry >= h.dataStart)
         bad("entry " + hex(h.entry) + " is outside the text [" + hex(h.loadAddr + AIRLOCK_IMG_HEADER_SIZE) + ", " +
             hex(h.dataStart) + ")");

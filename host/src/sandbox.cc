@@ -20,6 +20,7 @@
 #include "../../guest/include/abi.h"
 #include "messages.h"
 #include "timing.h"
+#include "vcpu_thread.h"
 
 namespace airlock {
 
@@ -65,7 +66,13 @@ void Sandbox::ring() {
     // before it ever enters the guest. No bell any more: the thread is ending.
     if (!bellTimer_) return;
     bellArmed_.store(true);
-    bellTimer_->arm(1, kBellIntervalNs);
+    bellTimer_->arm(kBellIntervalNs, kBellIntervalNs);
+    // The first ring goes out now; the timer repeats it until the thread acknowledges.
+    sigval value{};
+    value.sival_int = static_cast<int>(TimerTag::Bell);
+    const int rc = pthread_sigqueue(thread_.native_handle(), cancelSignal(), value);
+    // EAGAIN: the real-time signal queue is full; the timer's signal is preallocated.
+    if (rc != 0 && rc != EAGAIN) throw std::system_error(rc, std::generic_category(), "pthread_sigqueue");
 }
 
 void Sandbox::post(Op op) {
@@ -83,7 +90,7 @@ void Sandbox::post(Op op) {
         if (int rc = pthread_sigmask(SIG_SETMASK, &all, &old); rc != 0)
             throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
         try {
-            thread_ = std::thread([self = shared_from_this()] { self->threadMain(); });
+            thread_ = std::thread([self = shared_from_this()] { VcpuThread(*self).run(); });
         } catch (...) {
             pthread_sigmask(SIG_SETMASK, &old, nullptr);
             std::lock_guard<std::mutex> lock(mu_);
@@ -315,8 +322,18 @@ Outcome Sandbox::finishExchange(Outcome o) {
     o.wallNs = monotonicNs() - record_.wallStart;
     const uint64_t cpu = vcpuCpuNs() - record_.cpuStart;
     const uint64_t paused = record_.pausedCpuNs.load();
-    o.cpuNs = (cpu > paused ? cpu - paused : 0) + record_.carriedCpuNs;
+    o.cpuNs = cpu > paused ? cpu - paused : 0;
+    o.afterCpuNs = record_.carriedCpuNs;
     return o;
+}
+
+// Either thread, with the guest stopped or before publishing a request.
+void Sandbox::writeClockBase() {
+    const uint64_t c = layout_.header.control;
+    const uint64_t tsc = __rdtsc();
+    const int64_t wall = realtimeNs();
+    memory_->write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_BASE, tsc + static_cast<uint64_t>(tscOffset_));
+    memory_->write<int64_t>(c + AIRLOCK_CTRL_OFF_WALL_NS_BASE, wall);
 }
 
 // Either thread. The guest reads poll_ticks each time it starts to wait.

@@ -1,9 +1,9 @@
 // sandbox.h — one micro-VM: the operations and events both threads exchange, and
-// class Sandbox, whose members are grouped by the thread that runs them. The main
-// thread's handle (post, cancel, await events, stop) lives in sandbox.cc; the vCPU
-// thread (its loop, one handler per exit kind) in vcpu_thread.cc; the hand-over in
-// handover.h; cancellation in cancellation.*; snapshot/restore in snapshot.*; the
-// message codec in messages.*. Knows nothing of N-API.
+// class Sandbox, the main thread's handle (post, cancel, await events, stop; what
+// addon.cc calls) plus the state both threads share. The vCPU thread's code is class
+// VcpuThread (vcpu_thread.*); the hand-over in handover.h; cancellation in
+// cancellation.*; snapshot/restore in snapshot.*; the message codec in messages.*.
+// Knows nothing of N-API.
 #pragma once
 
 #include <atomic>
@@ -34,7 +34,8 @@ struct Outcome {
     std::string message;
     TerminatedBy terminatedBy = TerminatedBy::None;
     uint64_t wallNs = 0;
-    uint64_t cpuNs = 0;
+    uint64_t cpuNs = 0;      // this request's guest CPU time (host-call waits excluded)
+    uint64_t afterCpuNs = 0; // guest CPU time after the previous answer (post-call GC, poll window)
     std::vector<uint8_t> output;
     std::shared_ptr<const Snapshot> snapshot;
 };
@@ -69,7 +70,8 @@ struct SpinConfig {
 // window) for at most its poll window plus this, measured on CLOCK_MONOTONIC from the
 // answer; then the host interrupts it and takes it out of its poll. A full QuickJS
 // GC costs ~0.5 ms with 10,000 live objects; work left over resumes in the next
-// request, whose cpuTimeNs it is charged to.
+// request (its cpuTimeNs). The time the guest ran inside the window is reported with
+// the next request as afterCpuTimeNs.
 constexpr uint64_t kAfterAnswerAllowanceNs = 2'000'000;
 // How long the GC finalizer (or any synchronous teardown) waits for the vCPU thread
 // to stop before it detaches it instead of joining.
@@ -124,9 +126,6 @@ private:
         std::atomic<uint64_t> pausedCpuNs{0};    // vCPU time spent waiting for host functions
         std::atomic<bool> guestEntered{false};   // false until the guest may have run it
     };
-    // What the vCPU loop does after handling an exit.
-    enum class Next { Run, Leave };
-
     // ---- main thread ----
     std::optional<Event> takeFastResult();
     void wake();
@@ -143,34 +142,12 @@ private:
     void setPollWindow(uint64_t ns);
     void pollHit();
 
-    // ---- vCPU thread (vcpu_thread.cc) ----
-    void threadMain();
-    void createTimers();
-    void deleteTimers();
-    std::optional<Outcome> handle(const Op &op);
-    std::optional<Outcome> boot();
-    Outcome takeSnapshot();
-    Outcome restore(const Snapshot &snap);
-    void startExchange(const Op &op);
-    void runSession();
-    Next onInterrupted();
-    Next onResponse();
-    Next onIdle();
-    Next onAbort();
-    Next onHostCall();
-    Next abortGuest(std::string message, bool claimed = false);
-    bool cancelInFlight();
-    void done(Outcome o);
-    void leave();
-    bool windowOver() const;
-    void ackInterrupt();
-    void setUpGuest();
-    void tearDownGuest();
-    void emit(Event ev);
-    template <typename Ready> bool waitFor(Ready ready, bool stopOnCancel);
+    // Runs on the vCPU thread, with the guest stopped or before publishing a request.
     void writeClockBase();
-    void writeHostReturn(const std::vector<uint8_t> &reply);
-    std::string describeExit(const hv::Exit &exit);
+
+    // The vCPU thread's code: its type says so. It reads and writes the state the
+    // two threads share (members below marked for both), never the main thread's own.
+    friend class VcpuThread;
 
     const uint64_t id_;
     std::vector<uint8_t> image_;
@@ -228,16 +205,15 @@ private:
     std::string timerError_;
 
     // Guest (vCPU thread only, between setUpGuest and tearDownGuest).
+    // memory_ is also read by the main thread for requests handed over in memory,
+    // only while a session runs (the guest exists then).
     std::unique_ptr<GuestMemory> memory_;
-    std::unique_ptr<hv::Vm> vm_;
-    std::unique_ptr<hv::Vcpu> vcpu_;
     std::atomic<hv::Vcpu *> signalVcpu_{nullptr}; // what the signal handler may interrupt
     bool booted_ = false;
     std::atomic<bool> runnable_{false}; // false after an abort or cancel until a restore
     std::string notRunnableReason_;     // under mu_
     int64_t tscOffset_ = 0;             // guest TSC - host TSC
     uint64_t tscKhz_ = 0;               // set before the first entry; read by both threads after boot
-    uint64_t nextHostCallId_ = 1;
 };
 
 // Bare ring-3 guest doing `out` in a loop: per-round-trip microseconds of

@@ -95,23 +95,31 @@ std::shared_ptr<Snapshot> captureSnapshot(const GuestMemory &mem, hv::Vcpu &vcpu
     return snap;
 }
 
-void checkNoSystemCalls(hv::Vcpu &vcpu) {
-    if (vcpu.getSpecialRegisters().efer & hv::kEferSce)
-        throw UnsafeCpuState("the restored CPU state enables SYSCALL (EFER.SCE): refused");
+void checkNoSystemCalls(hv::Vcpu &vcpu, const hv::SpecialRegisters &sregs) {
+    if (sregs.efer & hv::kEferSce) throw UnsafeCpuState("the CPU state enables SYSCALL (EFER.SCE): refused");
     if (vcpu.getMsr(hv::kMsrSysenterCs) != 0)
-        throw UnsafeCpuState("the restored CPU state enables SYSENTER (SYSENTER_CS is not 0): refused");
+        throw UnsafeCpuState("the CPU state enables SYSENTER (SYSENTER_CS is not 0): refused");
 }
 
 void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l, const Snapshot &snap) {
+    // Before anything is written: EFER is what setSpecialRegisters installs below.
     if (snap.sregs.efer & hv::kEferSce) throw UnsafeCpuState("the snapshot enables SYSCALL (EFER.SCE): refused");
-    // Heap above the snapshot's extent: within the extent's last 2 MiB slot, zero
-    // what the guest says it handed out since (the slot stays resident, as the next
-    // call will likely use it); every slot above goes back to the host.
+    // Heap above the snapshot's extent, as far as the guest says it handed heap out
+    // since: within the extent's last 2 MiB slot, zeroed (the slot stays resident, as
+    // the next call will likely use it); every slot above goes back to the host.
+    // The claim only bounds work that commits nothing (zeroing one resident slot,
+    // releasing): a huge claim costs the guest its own restore time, never host
+    // memory. What a guest touched above a claim it understated stays resident until
+    // a later restore: its own data, in its own heap budget (the runtime's claim is
+    // exact, so an honest tenant's heap is always released). Reading residency here
+    // instead (mincore over the whole heap) doubled the restore time.
     const uint64_t heapEnd = l.heapAddr + l.heapSize;
     const uint64_t slotEnd = std::min(alignUp(snap.heapExtent, kHugePageSize), heapEnd);
-    const uint64_t zeroTo = std::min(std::max(claimedHighWater(mem, l), snap.heapExtent), slotEnd);
+    const uint64_t claimNow = std::max(claimedHighWater(mem, l), snap.heapExtent);
+    const uint64_t zeroTo = std::min(claimNow, slotEnd);
     if (zeroTo > snap.heapExtent) std::memset(mem.at(snap.heapExtent, zeroTo - snap.heapExtent), 0, zeroTo - snap.heapExtent);
-    release(mem, slotEnd, heapEnd);
+    const uint64_t releaseTo = std::min(alignUp(claimNow, kHugePageSize), heapEnd);
+    if (releaseTo > slotEnd) release(mem, slotEnd, releaseTo);
     // Inside each area, pages between the captured runs were not resident then.
     size_t next = 0;
     for (const Snapshot::Area &a : snap.areas) {
@@ -127,7 +135,8 @@ void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l, con
     vcpu.setSpecialRegisters(snap.sregs);
     vcpu.setRegisters(snap.regs);
     vcpu.setExtendedState(snap.cpuExtended);
-    checkNoSystemCalls(vcpu);
+    // SYSENTER_CS is no part of a snapshot: nothing but the host may have set it.
+    checkNoSystemCalls(vcpu, snap.sregs);
 }
 
 } // namespace airlock

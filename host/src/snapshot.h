@@ -54,7 +54,8 @@ public:
 // Brings memory and registers back to `snap`. The vCPU has settled.
 void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout, const Snapshot &snap);
 
-// Throws UnsafeCpuState unless EFER.SCE == 0 and SYSENTER_CS == 0 on `vcpu`.
-void checkNoSystemCalls(hv::Vcpu &vcpu);
+// Throws UnsafeCpuState unless EFER.SCE == 0 in `sregs` (what `vcpu` runs with) and
+// SYSENTER_CS == 0 on `vcpu`.
+void checkNoSystemCalls(hv::Vcpu &vcpu, const hv::SpecialRegisters &sregs);
 
 } // namespace airlock

@@ -11,6 +11,9 @@ export interface NativeSendResult {
   output: Buffer;
   wallTimeNs: number;
   cpuTimeNs: number;
+  /** Guest CPU time after the previous answer (post-call GC, poll window), bounded by
+   *  the host's post-answer window (docs/CANCELLATION.md). */
+  afterCpuTimeNs: number;
 }
 
 export interface NativeVm {
@@ -28,6 +31,9 @@ export interface NativeAddon {
   abiVersion: number;
   probe(): { usable: boolean; reasons: string[] };
   measureExitFloor(iterations: number): Promise<number[]>;
+  /** Chooses the real-time signal that interrupts vCPU threads (0 = automatic, or
+   *  AIRLOCK_KVM_SIGNAL); only before the first VM. Throws ERR_INVALID_ARG otherwise. */
+  setCancelSignal(signal: number): void;
   Vm: new (
     image: Buffer,
     config: { heapSize: number; stackSize: number; inputSize: number; outputSize: number; consoleLimit: number },

@@ -18,7 +18,7 @@ afterEach(async () => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function make(program: Buffer, onHostCall: (o: Buffer, id: number) => void = () => {}): NativeVm {
-  const vm = new (loadAddon().Vm)(buildImage(program), { ...defaultConfig, guestPollUs: 50 } as never, onHostCall);
+  const vm = new (loadAddon().Vm)(buildImage(program), { ...defaultConfig, guestPollUs: 50 }, onHostCall);
   live.push(vm);
   return vm;
 }
@@ -53,6 +53,19 @@ describeKvm('hostile guest: the post-answer window', () => {
     const err = await rejection(vm.send(Buffer.from('x'), { cpuTimeoutMs: 20 }));
     expect(err.code).toBe('ERR_CANCELLED');
     expect(err.terminatedBy).toBe('cpu-time');
+  });
+
+  it('time a guest spends after answering is stopped by the window and reported with the next request', async () => {
+    const vm = make(hostile.spinsUntilEntered());
+    await vm.boot();
+    for (let i = 0; i < 3; i++) {
+      await sleep(20); // the window ends long before: the host took the guest out
+      const r = await vm.send(Buffer.from('x'));
+      expect(r.afterCpuTimeNs).toBeGreaterThan(0);
+      // At most the window (a few ms) even on a loaded machine: a budget, not a speed.
+      expect(r.afterCpuTimeNs).toBeLessThan(500e6);
+    }
+    expect(await idleCpuMs()).toBeLessThan(IDLE_BOUND_MS);
   });
 
   it.skipIf(!existsSync(imagePath))('the real guest: ten sandboxes after a call each use no CPU', async () => {

@@ -30,10 +30,14 @@ afterEach(async () => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describeKvm('hostile guest: forged poll states', () => {
+  // Whether the forged state is met with no request in flight depends on the guest
+  // running before its post-answer window ends (a loaded machine may not let it);
+  // with a request in flight the same value is a valid step, and the request's
+  // monitor ends it. Either way the host answers, and kill and dispose work.
   it('REQUEST with no exchange in flight poisons the sandbox; kill and dispose still work', () => {
     const r = runChild('forged-request');
-    expect(r.code).toBe('ERR_POISONED');
-    expect(String(r.message)).toMatch(/aborted.*poll_state/);
+    expect(['ERR_POISONED', 'ERR_CANCELLED']).toContain(r.code);
+    if (r.code === 'ERR_POISONED') expect(String(r.message)).toMatch(/aborted.*poll_state/);
   });
 
   it('dispose() wins over a forged REQUEST', () => {
@@ -44,15 +48,21 @@ describeKvm('hostile guest: forged poll states', () => {
     expect(runChild('forged-request-finalizer', ['--expose-gc'])).toEqual({ collected: true });
   });
 
-  for (const name of ['forgedRequestExit', 'garbagePollState'] as const) {
+  // Same timing caveat: met during the request, REQUEST_EXIT is the host's own step
+  // (the monitor ends the request) and a garbage value aborts that request.
+  for (const [name, duringRequest] of [
+    ['forgedRequestExit', 'ERR_CANCELLED'],
+    ['garbagePollState', 'ERR_GUEST_ABORT'],
+  ] as const) {
     it(`${name}: the violation poisons the sandbox, with the reason`, async () => {
       const vm = new (loadAddon().Vm)(buildImage(hostile[name]()), defaultConfig, () => {});
       live.push(vm);
       await vm.boot();
       await sleep(20);
       const err = await rejection(vm.send(Buffer.from('x'), { wallClockTimeoutMs: 2000 }));
-      expect(err.code).toBe('ERR_POISONED');
-      expect(err.message).toMatch(/poll_state/);
+      expect(['ERR_POISONED', duringRequest]).toContain(err.code);
+      if (err.code !== 'ERR_CANCELLED') expect(err.message).toMatch(/poll_state/);
+      expect((await rejection(vm.send(Buffer.from('x')))).code).toBe('ERR_POISONED');
     });
   }
 

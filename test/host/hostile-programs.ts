@@ -81,6 +81,31 @@ export const hostile = {
         ),
       ),
     ),
+  /** Polls but never parks: after each answer it spins until the host enters it with
+   *  REQUEST_EXIT, then answers that request with 0 bytes.
+   *  1: cmp dword [C+POLL_STATE], REQUEST_EXIT; jne 1b; response_len = 0; RESPONSE; jmp 1b */
+  spinsUntilEntered: () => {
+    const wait = cat(hex('833c25'), u32(ctrl(abi.AIRLOCK_CTRL_OFF_POLL_STATE)), Buffer.from([abi.AIRLOCK_POLL_REQUEST_EXIT]));
+    const waitLoop = cat(wait, jumpBack(wait.length).subarray(0, 1).fill(0x75), jumpBack(wait.length).subarray(1));
+    const answer = cat(movDword(ctrl(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN), 0), exitWith(abi.AIRLOCK_EXIT_RESPONSE));
+    return cat(bootAsPoller(), waitLoop, answer, jumpBack(waitLoop.length + answer.length));
+  },
   /** Boots, then each request spins forever (for kill tests). */
   spin: () => cat(bootPlain(), spinForever()),
 };
+
+/** Boots; each request writes one byte to each of `pages` 4 KiB heap pages from
+ *  heap_addr, reports the end of them as heap_high_water and answers 0 bytes:
+ *  mov rax,[C+HEAP_ADDR]; mov ecx,pages; 1: mov byte [rax],1; add rax,0x1000;
+ *  dec ecx; jnz 1b; mov [C+HIGH_WATER],rax; response_len = 0; RESPONSE; jmp start */
+export function touchHeap(pages: number): Buffer {
+  const body = cat(
+    cat(hex('488b0425'), u32(ctrl(abi.AIRLOCK_CTRL_OFF_HEAP_ADDR))),
+    cat(hex('b9'), u32(pages)),
+    hex('c60001 480500100000 ffc9 75f3'),
+    cat(hex('48890425'), u32(ctrl(abi.AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER))),
+    movDword(ctrl(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN), 0),
+    exitWith(abi.AIRLOCK_EXIT_RESPONSE),
+  );
+  return cat(bootPlain(), loop(body));
+}

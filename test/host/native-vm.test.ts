@@ -62,7 +62,7 @@ describeKvm('host addon: image header validation', () => {
   it('rejects a wrong load address, file size, and ranges outside the image', () => {
     expect(make({ loadAddr: 0x400000n })).toThrow(/load_addr/);
     expect(make({ fileEnd: 0x300000n })).toThrow(/file_end/);
-    expect(make({ entry: 0x201000n })).toThrow(/entry 0x201000 is outside the text/);
+    expect(make({ entry: 0x400000n })).toThrow(/entry 0x400000 is outside the text/);
     expect(make({ entry: 0x200000n })).toThrow(/entry/);
     expect(make({ bssEnd: 0x201800n })).toThrow(/bss_end/);
     expect(make({ dataStart: 0x200800n })).toThrow(/data_start/);

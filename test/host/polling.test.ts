@@ -180,8 +180,8 @@ for (const mode of modes) {
 
 // Hand-assembled guests that claim to poll and then break the protocol (raw-guest.ts
 // explains the encoding; C+116 is guest_flags). The host must neither hang nor crash.
-const SET_POLLS = 'c7042574202000 01000000'; // mov dword [C+116], AIRLOCK_GUEST_FLAG_POLLS
-const BOOT = '66baa103 c7042570202000 00000000 b801000000 ef'; // mov dx, PORT; response_len = 0; RESPONSE
+const SET_POLLS = 'c7042574104000 01000000'; // mov dword [C+116], AIRLOCK_GUEST_FLAG_POLLS
+const BOOT = '66baa103 c7042570104000 00000000 b801000000 ef'; // mov dx, PORT; response_len = 0; RESPONSE
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
 describeKvm('polling hand-over: a guest that breaks the protocol', () => {

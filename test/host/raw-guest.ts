@@ -12,7 +12,7 @@ export interface NativeVm {
   send(
     request: Buffer,
     opts?: { wallClockTimeoutMs?: number; cpuTimeoutMs?: number },
-  ): Promise<{ output: Buffer; wallTimeNs: number; cpuTimeNs: number }>;
+  ): Promise<{ output: Buffer; wallTimeNs: number; cpuTimeNs: number; afterCpuTimeNs: number }>;
   hostReturn(reply: Buffer, callId?: number): void;
   kill(): void;
   snapshot(): Promise<object>;
@@ -28,12 +28,14 @@ export interface VmConfig {
   consoleLimit: number;
   mainSpinUs?: number;
   vcpuSpinUs?: number;
+  guestPollUs?: number;
 }
 
 export interface Addon {
   abiVersion: number;
   probe(): { usable: boolean; reasons: string[] };
   measureExitFloor(iterations: number): Promise<number[]>;
+  setCancelSignal(signal: number): void;
   Vm: new (image: Buffer, config: VmConfig, onHostCall: (output: Buffer, callId: number) => void) => NativeVm;
 }
 
@@ -49,25 +51,27 @@ export const defaultConfig: VmConfig = {
   consoleLimit: 4096,
 };
 
-// The raw images' fixed layout: header and code in the first page, one data page,
-// one bss page holding the control block.
+// The raw images' fixed layout, linked like the real image (data on its own 2 MiB
+// slot, so no slot is writable and executable): header and code in the first page of
+// the text slot, one data page starting the next slot, one bss page holding the
+// control block.
 export const IMAGE_BASE = abi.AIRLOCK_IMAGE_BASE;
 export const CODE = IMAGE_BASE + abi.AIRLOCK_IMG_HEADER_SIZE;
-export const DATA_START = IMAGE_BASE + 0x1000;
-export const CONTROL = IMAGE_BASE + 0x2000;
-export const BSS_END = IMAGE_BASE + 0x3000;
+export const DATA_START = IMAGE_BASE + abi.AIRLOCK_HUGE_PAGE_SIZE;
+export const CONTROL = DATA_START + 0x1000;
+export const BSS_END = CONTROL + 0x1000;
 export const TLS_BLOCK = DATA_START;
-const FILE_BYTES = 0x2000;
+const FILE_BYTES = DATA_START + 0x1000 - IMAGE_BASE;
 
 const bytes = (hex: string) => Buffer.from(hex.replace(/\s+/g, ''), 'hex');
 
-// Every program below was assembled from the listed instructions with C = 0x202000
-// (the control block), DATA = 0x201100, PORT = AIRLOCK_PORT (0x3a1). "boot answers"
+// Every program below was assembled from the listed instructions with C = 0x401000
+// (the control block), DATA = 0x400100, PORT = AIRLOCK_PORT (0x3a1). "boot answers"
 // is: mov dx, PORT; mov dword [C+112], 0; mov eax, 1; out dx, eax.
-const BOOT_ANSWERS = '66baa103 c7042570202000 00000000 b801000000 ef';
+const BOOT_ANSWERS = '66baa103 c7042570104000 00000000 b801000000 ef';
 // copy the request to the output: mov rsi,[C+8]; mov rdi,[C+24]; mov ecx,[C+104];
 // mov [C+112],ecx; rep movsb
-const COPY_INPUT_TO_OUTPUT = '488b342508202000 488b3c2518202000 8b0c2568202000 890c2570202000 f3a4';
+const COPY_INPUT_TO_OUTPUT = '488b342508104000 488b3c2518104000 8b0c2568104000 890c2570104000 f3a4';
 
 export const programs = {
   /** Every request comes back as the response; boot answers with 0 bytes.
@@ -87,7 +91,7 @@ export const programs = {
   /** Boot answers; then ud2 (#UD, no IDT, triple fault). */
   ud2: bytes(`${BOOT_ANSWERS} 0f0b`),
   /** Boot answers; then response_len = 0xffffffff and a RESPONSE exit. */
-  hugeResponse: bytes(`${BOOT_ANSWERS} c7042570202000 ffffffff b801000000 ef`),
+  hugeResponse: bytes(`${BOOT_ANSWERS} c7042570104000 ffffffff b801000000 ef`),
   /** Boot answers; then the request's bytes become the output of an ABORT exit (3). */
   abort: bytes(`${BOOT_ANSWERS} ${COPY_INPUT_TO_OUTPUT} b803000000 ef`),
   /** Boot answers; each request increments a u64 at heap_addr and one at DATA,
@@ -97,8 +101,8 @@ export const programs = {
    *  mov rbx,[rax]; mov [rdi],rbx; mov rbx,[DATA]; mov [rdi+8],rbx; push rbx; pop rbx;
    *  lea rbx,[rax+0x1000]; mov [C+120],rbx; mov dword [C+112],16; mov eax,1; out dx,eax; jmp */
   counter: bytes(
-    `${BOOT_ANSWERS} 488b042528202000 48ff00 48ff042500112000 488b3c2518202000 488b18 48891f ` +
-      `488b1c2500112000 48895f08 53 5b 488d9800100000 48891c2578202000 c7042570202000 10000000 ` +
+    `${BOOT_ANSWERS} 488b042528104000 48ff00 48ff042500014000 488b3c2518104000 488b18 48891f ` +
+      `488b1c2500014000 48895f08 53 5b 488d9800100000 48891c2578104000 c7042570104000 10000000 ` +
       `b801000000 ef ebaf`,
   ),
 };
@@ -115,7 +119,7 @@ export interface HeaderOverrides {
   tlsBlock?: bigint;
 }
 
-/** A flat image: header, `code` at CODE, a data page, bss up to BSS_END. */
+/** A flat image: header, `code` at CODE, the text slot's padding, a data page, bss up to BSS_END. */
 export function buildImage(code: Buffer, overrides: HeaderOverrides = {}): Buffer {
   if (abi.AIRLOCK_IMG_HEADER_SIZE + code.length > 0x1000) throw new Error('code does not fit the text page');
   const img = Buffer.alloc(FILE_BYTES);
