@@ -54,7 +54,9 @@ describeKvm('host addon: seeded random hostile guests', () => {
       expect(r.signal, report).toBeNull();
       expect(r.status, report).toBe(0);
 
-      const summary = JSON.parse(out.trim().split('\n').pop()!) as Summary;
+      const last = out.trim().split('\n').pop()!;
+      console.log(last); // steps, time, rejections, fds, threads and RSS of this run
+      const summary = JSON.parse(last) as Summary;
       expect(summary.failures, report).toEqual([]);
       expect(summary.steps).toBeGreaterThanOrEqual(targetSteps);
       for (const code of Object.keys(summary.rejections)) expect(documented).toContain(code);
