@@ -1,19 +1,121 @@
-// handover.h — the hand-over of one exchange between the Node main thread, the vCPU
-// thread and the guest: the exchange state (who owns the request in flight: claim /
-// settle) and the poll word the guest shares (abi.h, "Polling"). Both threads use it;
-// every operation says why its memory order is enough.
+// handover.h — everything the Node main thread, the vCPU thread and the guest hand
+// each other, as one type: the mailbox (ops and host-function replies one way,
+// events the other, the futex word the vCPU thread sleeps on, the main thread's spin
+// state), the exchange state (who owns the request in flight: claim / settle) and the
+// poll word the guest shares (abi.h, "Polling"). Each method says which thread calls
+// it; each atomic operation why its memory order is enough.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
+#include <mutex>
+#include <optional>
 #include <sched.h>
+#include <vector>
 
 #include "../../guest/include/abi.h"
+#include "ops.h"
+#include "timing.h"
 
 namespace airlock {
 
 class Handover {
 public:
+    // ---- mailbox: main thread -----------------------------------------------------
+    void postOp(Op op) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            ops_.push_back(std::move(op));
+            opReady_.store(true); // seq_cst: pairs with the vCPU thread's session flag (Sandbox::post)
+        }
+        wake();
+    }
+    // After a vCPU thread failed to start: nobody will take them.
+    void discardOps() {
+        std::lock_guard<std::mutex> lock(mu_);
+        ops_.clear();
+        opReady_.store(false);
+    }
+    void postReply(HostReply reply) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            reply_ = std::move(reply);
+            replyReady_.store(true);
+        }
+        wake();
+    }
+    // Bumps the futex word (the vCPU thread re-checks everything) and wakes it if asleep.
+    void wake() {
+        wakeSeq_.fetch_add(1);
+        if (vcpuSleeping_.load()) futexWake(&wakeSeq_);
+    }
+    std::vector<Event> drainEvents() {
+        handoff_.store(kIdle);
+        std::vector<Event> out;
+        std::lock_guard<std::mutex> lock(mu_);
+        while (!events_.empty()) {
+            out.push_back(std::move(events_.front()));
+            events_.pop_front();
+        }
+        return out;
+    }
+    // The main thread's spin for events: while it spins, the vCPU thread posts events
+    // without notifying (a notification would cost an event-loop turn).
+    bool startSpinning() {
+        int expected = kIdle;
+        return handoff_.compare_exchange_strong(expected, kSpinning);
+    }
+    // acquire: pairs with emit()'s exchange, so the events it pushed are visible.
+    bool eventsPosted() const { return handoff_.load(std::memory_order_acquire) == kPosted; }
+    // False when events were posted meanwhile (drain them: nobody will notify).
+    bool stopSpinning() {
+        int expected = kSpinning;
+        return handoff_.compare_exchange_strong(expected, kIdle);
+    }
+
+    // ---- mailbox: vCPU thread -----------------------------------------------------
+    bool opWaiting() const { return opReady_.load(); }
+    Op takeOp() {
+        std::lock_guard<std::mutex> lock(mu_);
+        Op op = std::move(ops_.front()); // caller: opWaiting()
+        ops_.pop_front();
+        opReady_.store(!ops_.empty());
+        return op;
+    }
+    bool replyWaiting() const { return replyReady_.load(); }
+    // The reply to host call `id`, or nullopt (an answer to a call that no longer
+    // waits is dropped).
+    std::optional<HostReply> takeReply(uint64_t id) {
+        std::lock_guard<std::mutex> lock(mu_);
+        replyReady_.store(false);
+        std::optional<HostReply> r = std::move(reply_);
+        reply_.reset();
+        if (r && r->id != id) r.reset();
+        return r;
+    }
+    // True when the main thread was not spinning for it: notify the main thread.
+    bool emit(Event ev) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            events_.push_back(std::move(ev));
+        }
+        return handoff_.exchange(kPosted) != kSpinning;
+    }
+    std::atomic<uint32_t> *wakeWord() { return &wakeSeq_; } // for the signal handler
+    uint32_t wakeSeq() const { return wakeSeq_.load(); }
+    // Sleeps unless the futex word moved past `seq` (see futexWait).
+    void sleep(uint32_t seq, bool stillWanted) {
+        vcpuSleeping_.store(true);
+        if (stillWanted) futexWait(&wakeSeq_, seq);
+        vcpuSleeping_.store(false);
+    }
+
+    // Last CPU each side was seen on (relaxed: a hint). A spinner never spins on the
+    // core the thread it waits for wants.
+    std::atomic<int> mainCpu{-1};
+    std::atomic<int> vcpuCpu{-1};
+
     // An exchange (Boot or Exchange op) from the moment it is published until exactly
     // one side claims it: the main thread when the guest handed the response over in
     // memory, the vCPU thread on an exit, a cancellation or an abort.
@@ -23,7 +125,7 @@ public:
     void attach(uint32_t *pollWord) { poll_ = pollWord; }
     bool attached() const { return poll_ != nullptr; }
 
-    // --- exchange state (seq_cst: each store pairs with a load of the poll word or
+    // ---- exchange state (seq_cst: each store pairs with a load of the poll word or
     // of the cancel word on the other thread, and only one total order makes "read
     // the poll word, then the state" meaningful, see forged()) ---
     void beginPosting() { state_.store(kPosting); } // main thread, fast path only
@@ -70,6 +172,18 @@ public:
     static bool answered(uint32_t poll) { return poll != AIRLOCK_POLL_REQUEST && poll != AIRLOCK_POLL_REQUEST_EXIT; }
 
 private:
+    enum HandoffState : int { kIdle = 0, kSpinning = 1, kPosted = 2 };
+
+    std::mutex mu_; // ops_, reply_, events_
+    std::deque<Op> ops_;
+    std::optional<HostReply> reply_;
+    std::deque<Event> events_;
+    std::atomic<bool> opReady_{false};
+    std::atomic<bool> replyReady_{false};
+    std::atomic<uint32_t> wakeSeq_{0}; // futex word: bumped on every post and by the signal handler
+    std::atomic<bool> vcpuSleeping_{false};
+    std::atomic<int> handoff_{kIdle};
+
     std::atomic<int> state_{kNoExchange};
     uint32_t *poll_ = nullptr;
 };

@@ -55,11 +55,6 @@ Sandbox::~Sandbox() {
 
 // ---- main thread --------------------------------------------------------------------
 
-void Sandbox::wake() {
-    wakeSeq_.fetch_add(1);
-    if (vcpuSleeping_.load()) futexWake(&wakeSeq_);
-}
-
 void Sandbox::ring() {
     std::lock_guard<std::mutex> lock(timerMu_);
     // No bell yet: the thread has not taken its first op, and checks the state word
@@ -77,11 +72,7 @@ void Sandbox::ring() {
 
 void Sandbox::post(Op op) {
     if (op.kind == OpKind::Boot || op.kind == OpKind::Exchange) cancel_.resetForExchange();
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        ops_.push_back(std::move(op));
-        opReady_.store(true);
-    }
+    handover_.postOp(std::move(op));
     if (!threadStarted_) {
         // The vCPU thread takes only its cancellation signal: process signals meant
         // for Node (SIGINT, SIGCHLD, ...) go to other threads and never interrupt KVM_RUN.
@@ -93,18 +84,15 @@ void Sandbox::post(Op op) {
             thread_ = std::thread([self = shared_from_this()] { VcpuThread(*self).run(); });
         } catch (...) {
             pthread_sigmask(SIG_SETMASK, &old, nullptr);
-            std::lock_guard<std::mutex> lock(mu_);
-            ops_.clear();
-            opReady_.store(false);
+            handover_.discardOps();
             throw;
         }
         threadStarted_ = true;
         pthread_sigmask(SIG_SETMASK, &old, nullptr); // restoring a mask read above cannot fail
         return;
     }
-    wake();
     // A guest polling for requests keeps the vCPU thread inside KVM_RUN: interrupt it
-    // so the thread takes the op. (The thread re-checks opReady_ after raising
+    // so the thread takes the op. (The thread re-checks opWaiting() after raising
     // session_, so one of the two always sees the other.)
     if (session_.load()) {
         cancel_.requestKick();
@@ -134,32 +122,21 @@ bool Sandbox::postFast(const Op &op) {
 }
 
 void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        reply_ = Reply{hostCallId, std::move(reply)};
-        replyReady_.store(true);
-    }
-    wake();
+    handover_.postReply(HostReply{hostCallId, std::move(reply)});
 }
 
 void Sandbox::cancel(TerminatedBy why) {
     if (!cancel_.requestCancel(why)) return; // first reason wins
     if (threadStarted_ && !joined_) {
-        wake(); // a thread asleep in its mailbox sees the reason without a signal
+        handover_.wake(); // a thread asleep in its mailbox sees the reason without a signal
         ring();
     }
 }
 
 std::vector<Event> Sandbox::drainEvents() {
-    handoff_.store(kIdle);
-    std::vector<Event> out;
-    std::lock_guard<std::mutex> lock(mu_);
-    while (!events_.empty()) {
-        Event &ev = events_.front();
+    std::vector<Event> out = handover_.drainEvents();
+    for (const Event &ev : out)
         if (ev.kind == EventKind::Done && ev.op == OpKind::Exchange) fastInFlight_ = false;
-        out.push_back(std::move(ev));
-        events_.pop_front();
-    }
     return out;
 }
 
@@ -191,16 +168,15 @@ std::vector<Event> Sandbox::awaitEvents(uint64_t spinNs) {
         if (std::optional<Event> fast = takeFastResult()) events.push_back(std::move(*fast));
         return events;
     };
-    int expected = kIdle;
-    if (!handoff_.compare_exchange_strong(expected, kSpinning)) return withFast(drainEvents());
-    mainCpu_.store(sched_getcpu(), std::memory_order_relaxed);
+    if (!handover_.startSpinning()) return withFast(drainEvents());
+    handover_.mainCpu.store(sched_getcpu(), std::memory_order_relaxed);
     bool watchPoll = fastInFlight_;
     if (spinNs > 0) {
         const uint64_t start = monotonicNs();
         uint64_t nextYield = start + kSpinYieldNs;
         for (uint64_t now = start; now < start + spinNs; now = monotonicNs()) {
             for (int i = 0; i < 64; ++i) {
-                if (handoff_.load(std::memory_order_acquire) == kPosted) return withFast(drainEvents());
+                if (handover_.eventsPosted()) return withFast(drainEvents());
                 if (watchPoll && Handover::answered(handover_.poll())) {
                     if (std::optional<Event> fast = takeFastResult()) {
                         std::vector<Event> events = drainEvents();
@@ -212,7 +188,7 @@ std::vector<Event> Sandbox::awaitEvents(uint64_t spinNs) {
                 __builtin_ia32_pause();
             }
             // Spinning on the vCPU thread's core would only delay it.
-            if (now >= nextYield || vcpuCpu_.load(std::memory_order_relaxed) == sched_getcpu()) {
+            if (now >= nextYield || handover_.vcpuCpu.load(std::memory_order_relaxed) == sched_getcpu()) {
                 sched_yield();
                 nextYield = now + kSpinYieldNs;
             }
@@ -222,8 +198,7 @@ std::vector<Event> Sandbox::awaitEvents(uint64_t spinNs) {
     // exit, so the vCPU thread can notify. If it already answered, take that.
     if (fastInFlight_ && !handover_.swapPoll(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT))
         return withFast(drainEvents());
-    expected = kSpinning;
-    if (handoff_.compare_exchange_strong(expected, kIdle)) return {};
+    if (handover_.stopSpinning()) return {};
     return drainEvents();
 }
 
@@ -264,7 +239,7 @@ uint64_t Sandbox::vcpuCpuNs() const {
 }
 
 void Sandbox::poison(std::string reason) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(reasonMu_);
     if (runnable_.exchange(false) || notRunnableReason_.empty()) notRunnableReason_ = std::move(reason);
 }
 
@@ -357,7 +332,7 @@ std::optional<Outcome> Sandbox::refuseUnlessRunnable(const char *advice) {
     }
     if (runnable_) return std::nullopt;
     o.code = OutcomeCode::Poisoned;
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(reasonMu_);
     o.message = notRunnableReason_ + "; " + advice;
     return o;
 }

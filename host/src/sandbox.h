@@ -23,42 +23,10 @@
 #include "guest_memory.h"
 #include "handover.h"
 #include "layout.h"
+#include "ops.h"
 #include "snapshot.h"
 
 namespace airlock {
-
-enum class OutcomeCode { Ok, Cancelled, GuestAbort, Internal, InvalidArg, Poisoned };
-
-struct Outcome {
-    OutcomeCode code = OutcomeCode::Ok;
-    std::string message;
-    TerminatedBy terminatedBy = TerminatedBy::None;
-    uint64_t wallNs = 0;
-    uint64_t cpuNs = 0;      // this request's guest CPU time (host-call waits excluded)
-    uint64_t afterCpuNs = 0; // guest CPU time after the previous answer (post-call GC, poll window)
-    std::vector<uint8_t> output;
-    std::shared_ptr<const Snapshot> snapshot;
-};
-
-enum class OpKind { Boot, Exchange, Snapshot, Restore, Stop };
-
-struct Op {
-    OpKind kind = OpKind::Stop;
-    std::vector<uint8_t> request;
-    uint64_t wallTimeoutNs = 0; // 0 = no monitor
-    uint64_t cpuTimeoutNs = 0;
-    std::shared_ptr<const Snapshot> snapshot;
-};
-
-enum class EventKind { HostCall, Done };
-
-struct Event {
-    EventKind kind = EventKind::Done;
-    OpKind op = OpKind::Stop;     // Done: which operation finished
-    uint64_t hostCallId = 0;      // HostCall: answer with this id
-    std::vector<uint8_t> hostCallOutput;
-    Outcome outcome;              // Done
-};
 
 struct SpinConfig {
     uint64_t vcpuSpinNs = 50'000; // vCPU thread: spin before sleeping for the next op / reply
@@ -112,10 +80,6 @@ private:
     Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &config, const SpinConfig &spin,
             std::function<void()> notify);
 
-    struct Reply {
-        uint64_t id;
-        std::vector<uint8_t> bytes;
-    };
     struct ExchangeRecord {
         OpKind op = OpKind::Exchange;
         uint64_t wallStart = 0;
@@ -128,7 +92,6 @@ private:
     };
     // ---- main thread ----
     std::optional<Event> takeFastResult();
-    void wake();
     void ring(); // the interrupt bell: re-rings every kBellIntervalNs until acknowledged
 
     // ---- either thread: whoever owns the exchange at that moment ----
@@ -142,11 +105,12 @@ private:
     void setPollWindow(uint64_t ns);
     void pollHit();
 
-    // Runs on the vCPU thread, with the guest stopped or before publishing a request.
+    // Either thread, with the guest stopped or before publishing a request.
     void writeClockBase();
 
-    // The vCPU thread's code: its type says so. It reads and writes the state the
-    // two threads share (members below marked for both), never the main thread's own.
+    // The vCPU thread's code: its type says so. It uses the shared state below (the
+    // mailbox, events, cancel word, hand-over, exchange record, timers, guest memory)
+    // and never the main thread's own (thread lifetime, fastInFlight_).
     friend class VcpuThread;
 
     const uint64_t id_;
@@ -163,15 +127,7 @@ private:
     std::condition_variable exitCv_;
     bool exited_ = false; // under exitMu_: threadMain has returned
 
-    // Mailbox (main -> vCPU).
-    std::mutex mu_;
-    std::deque<Op> ops_;
-    std::optional<Reply> reply_;
-    std::atomic<bool> opReady_{false};
-    std::atomic<bool> replyReady_{false};
-    std::atomic<uint32_t> wakeSeq_{0}; // futex word: bumped on every post and by the signal handler
-    std::atomic<bool> vcpuSleeping_{false};
-
+    std::mutex reasonMu_; // guards notRunnableReason_
     CancelState cancel_;
     Handover handover_;
     ExchangeRecord record_;
@@ -188,15 +144,6 @@ private:
     std::atomic<uint64_t> carriedCpuNs_{0};  // post-answer guest time not yet charged to an exchange
     clockid_t vcpuClock_{};                  // the vCPU thread's CPU-time clock
 
-    // Events (vCPU -> main).
-    std::deque<Event> events_;
-    enum HandoffState : int { kIdle = 0, kSpinning = 1, kPosted = 2 };
-    std::atomic<int> handoff_{kIdle};
-    // Last CPU each side was seen on (a hint): a spinner never spins on the core the
-    // thread it waits for wants.
-    std::atomic<int> mainCpu_{-1};
-    std::atomic<int> vcpuCpu_{-1};
-
     // Timers aimed at the vCPU thread: created and deleted by it, under timerMu_ so
     // the main thread's bell never touches a deleted timer.
     std::mutex timerMu_;
@@ -211,7 +158,7 @@ private:
     std::atomic<hv::Vcpu *> signalVcpu_{nullptr}; // what the signal handler may interrupt
     bool booted_ = false;
     std::atomic<bool> runnable_{false}; // false after an abort or cancel until a restore
-    std::string notRunnableReason_;     // under mu_
+    std::string notRunnableReason_;     // under reasonMu_
     int64_t tscOffset_ = 0;             // guest TSC - host TSC
     uint64_t tscKhz_ = 0;               // set before the first entry; read by both threads after boot
 };

@@ -59,7 +59,7 @@ void VcpuThread::ackInterrupt() {
 }
 
 void VcpuThread::run() {
-    SignalTarget target{&s_.cancel_, &s_.wakeSeq_, &s_.signalVcpu_};
+    SignalTarget target{&s_.cancel_, s_.handover_.wakeWord(), &s_.signalVcpu_};
     try {
         bindSignalTarget(&target);
         createTimers();
@@ -70,14 +70,8 @@ void VcpuThread::run() {
     const bool timersReady = s_.bellTimer_ != nullptr;
 
     for (;;) {
-        waitFor([this] { return s_.opReady_.load(); }, false);
-        Op op;
-        {
-            std::lock_guard<std::mutex> lock(s_.mu_);
-            op = std::move(s_.ops_.front());
-            s_.ops_.pop_front();
-            s_.opReady_.store(!s_.ops_.empty());
-        }
+        waitFor([this] { return s_.handover_.opWaiting(); }, false);
+        Op op = s_.handover_.takeOp();
         s_.cancel_.clearKick();
         ackInterrupt();
         if (op.kind == OpKind::Stop) break;
@@ -158,11 +152,7 @@ std::optional<Outcome> VcpuThread::handle(const Op &op) {
 }
 
 void VcpuThread::emit(Event ev) {
-    {
-        std::lock_guard<std::mutex> lock(s_.mu_);
-        s_.events_.push_back(std::move(ev));
-    }
-    if (s_.handoff_.exchange(Sandbox::kPosted) != Sandbox::kSpinning) s_.notify_();
+    if (s_.handover_.emit(std::move(ev))) s_.notify_();
 }
 
 // Spins for vcpuSpinNs, then sleeps on the futex; every wake-up re-checks. With
@@ -172,7 +162,7 @@ template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCance
     uint64_t nextYield = deadline - s_.spin_.vcpuSpinNs + kSpinYieldNs;
     bool spinning = s_.spin_.vcpuSpinNs > 0;
     for (;;) {
-        const uint32_t seq = s_.wakeSeq_.load();
+        const uint32_t seq = s_.handover_.wakeSeq();
         if (ready()) return true;
         if (stopOnCancel && s_.cancel_.cancelled()) return false;
         // Not in the guest and about to re-check before sleeping: the bell is heard.
@@ -181,18 +171,16 @@ template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCance
             for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
             const uint64_t now = monotonicNs();
             const int cpu = sched_getcpu();
-            s_.vcpuCpu_.store(cpu, std::memory_order_relaxed);
+            s_.handover_.vcpuCpu.store(cpu, std::memory_order_relaxed);
             // Spinning on the main thread's core would only delay it.
-            if (now >= nextYield || s_.mainCpu_.load(std::memory_order_relaxed) == cpu) {
+            if (now >= nextYield || s_.handover_.mainCpu.load(std::memory_order_relaxed) == cpu) {
                 sched_yield();
                 nextYield = now + kSpinYieldNs;
             }
             if (now < deadline) continue;
             spinning = false;
         }
-        s_.vcpuSleeping_.store(true);
-        if (!ready() && !(stopOnCancel && s_.cancel_.cancelled())) futexWait(&s_.wakeSeq_, seq);
-        s_.vcpuSleeping_.store(false);
+        s_.handover_.sleep(seq, !ready() && !(stopOnCancel && s_.cancel_.cancelled()));
     }
 }
 
@@ -331,7 +319,7 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
     }
     vcpu_->clearInterrupt();
     {
-        std::lock_guard<std::mutex> lock(s_.mu_);
+        std::lock_guard<std::mutex> lock(s_.reasonMu_);
         s_.notRunnableReason_.clear();
     }
     s_.runnable_ = true;
@@ -426,7 +414,7 @@ void VcpuThread::runSession() {
                                    (state == Handover::kInFlight ? "during a request" : "with no request in flight")));
         if (state == Handover::kInFlight && s_.cancel_.cancelled() && cancelInFlight()) return;
         if (state != Handover::kInFlight &&
-            (s_.opReady_.load() || !s_.runnable_.load() || (state == Handover::kNoExchange && windowOver()))) {
+            (s_.handover_.opWaiting() || !s_.runnable_.load() || (state == Handover::kNoExchange && windowOver()))) {
             // Other work waits, the guest is done for, or its window is over: take it
             // out of its poll. The guest is stopped, so only a fast request (READY ->
             // REQUEST) can race the swap; the next pass serves that one.
@@ -436,7 +424,7 @@ void VcpuThread::runSession() {
             }
             continue;
         }
-        s_.vcpuCpu_.store(sched_getcpu(), std::memory_order_relaxed);
+        s_.handover_.vcpuCpu.store(sched_getcpu(), std::memory_order_relaxed);
         if (state == Handover::kInFlight) s_.record_.guestEntered = true;
         const hv::Exit exit = vcpu_->run();
         Next next;
@@ -532,18 +520,14 @@ VcpuThread::Next VcpuThread::onHostCall() {
     uint64_t cpuLeft = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
     const uint64_t pauseStart = s_.vcpuCpuNs();
     emit(std::move(ev));
-    std::optional<Sandbox::Reply> reply;
-    for (;;) {
-        if (!waitFor([this] { return s_.replyReady_.load(); }, true)) break;
-        std::lock_guard<std::mutex> lock(s_.mu_);
-        s_.replyReady_.store(false);
-        if (s_.reply_ && s_.reply_->id == id) {
-            reply = std::move(s_.reply_);
-            s_.reply_.reset();
-            break;
-        }
-        s_.reply_.reset(); // an answer to a call that no longer waits
-    }
+    std::optional<HostReply> reply;
+    // The main thread may claim the exchange meanwhile (the guest handed an answer
+    // over in memory before calling): the post-answer window's timer then wakes this
+    // wait, which must not outlive it.
+    const auto answeredOrClaimed = [this] {
+        return s_.handover_.replyWaiting() || s_.handover_.settle() != Handover::kInFlight;
+    };
+    while (!reply && waitFor(answeredOrClaimed, true) && s_.handover_.replyWaiting()) reply = s_.handover_.takeReply(id);
     s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - pauseStart);
     if (!reply) {
         if (cancelInFlight()) return Next::Leave;

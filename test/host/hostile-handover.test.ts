@@ -66,6 +66,25 @@ describeKvm('hostile guest: forged poll states', () => {
     });
   }
 
+  it('a host call after an answer handed over in memory poisons the sandbox instead of waiting forever', async () => {
+    let hostCalls = 0;
+    const vm = new (loadAddon().Vm)(buildImage(hostile.hostCallAfterAnswer()), defaultConfig, () => {
+      hostCalls += 1; // never answered
+    });
+    live.push(vm);
+    await vm.boot();
+    // The main thread may take the answer from memory (resolves), or have stopped
+    // watching first, so the host call waits inside the request until its monitor.
+    const first = await vm.send(Buffer.from('x'), { wallClockTimeoutMs: 2000 }).then(
+      () => 'answered',
+      (e: Error & { code?: string }) => e.code,
+    );
+    expect(['answered', 'ERR_CANCELLED']).toContain(first);
+    await sleep(20); // past the post-answer window
+    expect((await rejection(vm.send(Buffer.from('x')))).code).toBe('ERR_POISONED');
+    expect(hostCalls).toBeLessThanOrEqual(1);
+  });
+
   it('IDLE exits with a request in flight stay under the request budget', async () => {
     const vm = new (loadAddon().Vm)(buildImage(hostile.idleLoop()), defaultConfig, () => {});
     live.push(vm);

@@ -90,6 +90,22 @@ export const hostile = {
     const answer = cat(movDword(ctrl(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN), 0), exitWith(abi.AIRLOCK_EXIT_RESPONSE));
     return cat(bootAsPoller(), waitLoop, answer, jumpBack(waitLoop.length + answer.length));
   },
+  /** Polls; when a request arrives, hands an empty answer over in memory (READY) and
+   *  then calls the host anyway, as if the request were still its own.
+   *  1: cmp dword [C+POLL_STATE], REQUEST; jb 1b; response_len = 0; poll_state = READY;
+   *  HOST_CALL exit; jmp $ */
+  hostCallAfterAnswer: () => {
+    const wait = cat(hex('833c25'), u32(ctrl(abi.AIRLOCK_CTRL_OFF_POLL_STATE)), Buffer.from([abi.AIRLOCK_POLL_REQUEST]));
+    return cat(
+      bootAsPoller(),
+      wait,
+      Buffer.from([0x72, (256 - (wait.length + 2)) & 0xff]),
+      movDword(ctrl(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN), 0),
+      movDword(ctrl(abi.AIRLOCK_CTRL_OFF_POLL_STATE), abi.AIRLOCK_POLL_READY),
+      exitWith(abi.AIRLOCK_EXIT_HOST_CALL),
+      spinForever(),
+    );
+  },
   /** Boots, then each request spins forever (for kill tests). */
   spin: () => cat(bootPlain(), spinForever()),
 };
