@@ -20,6 +20,10 @@ demo: setup
 test: setup
     npx vitest run
 
+# The host tests against an AddressSanitizer/UBSan build of the addon (out/addon-asan).
+test-sanitized: setup
+    bash scripts/test-sanitized.sh
+
 # Measure every contender side by side and write docs/BENCHMARKS.md and docs/benchmarks.json.
 bench: setup
     npx tsx test/bench/run.ts
@@ -34,4 +38,4 @@ fmt:
 
 # Exactly what CI runs.
 ci:
-    AIRLOCK_REQUIRE_KVM=1 npm test
+    bash .ci/run

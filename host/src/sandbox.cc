@@ -257,8 +257,9 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
                             uint64_t cpuTimeoutNs) {
     const GuestLayout &l = layout_;
     if (request) {
-        // The caller checked request->size() <= inputSize.
-        std::memcpy(memory_->at(l.inputAddr, request->size()), request->data(), request->size());
+        // The caller checked request->size() <= inputSize. An empty request has no
+        // data pointer: memcpy from null is undefined even for 0 bytes.
+        if (!request->empty()) std::memcpy(memory_->at(l.inputAddr, request->size()), request->data(), request->size());
         memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(request->size()));
     }
     writeClockBase();

@@ -556,7 +556,7 @@ void VcpuThread::writeHostReturn(const std::vector<uint8_t> &reply) {
                                    l.inputSize);
         bytes = &tooLarge;
     }
-    std::memcpy(input, bytes->data(), bytes->size());
+    if (!bytes->empty()) std::memcpy(input, bytes->data(), bytes->size()); // null data when empty
     s_.memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(bytes->size()));
 }
 

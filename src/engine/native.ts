@@ -1,7 +1,11 @@
 // native.ts — loads the host addon (the VMM) once and describes its JS surface.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import { addonPath } from './paths.js';
+import { addonPath as builtAddonPath } from './paths.js';
+
+// AIRLOCK_ADDON_PATH swaps in another build of the same addon (the sanitizer build of
+// scripts/test-sanitized.sh); the package's own build otherwise.
+const addonPath = process.env.AIRLOCK_ADDON_PATH || builtAddonPath;
 
 export interface NativeSendResult {
   output: Buffer;

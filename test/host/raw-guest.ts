@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import * as abi from '../../src/engine/abi.generated.js';
 
-export const addonPath = join(__dirname, '..', '..', 'host', 'build', 'Release', 'airlock.node');
+export const addonPath = process.env.AIRLOCK_ADDON_PATH || join(__dirname, '..', '..', 'host', 'build', 'Release', 'airlock.node');
 
 export interface NativeVm {
   boot(): Promise<Buffer>;
