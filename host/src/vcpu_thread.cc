@@ -483,10 +483,14 @@ VcpuThread::Next VcpuThread::onIdle() {
     const int state = s_.handover_.settle();
     // It waited in vain (or answered and nobody looked in time): poll less.
     s_.setPollWindow(s_.pollNs_.load() / 2);
-    if (poll == AIRLOCK_POLL_IDLE && state == Handover::kInFlight && s_.claimExchange(false)) {
-        // It answered through memory and its poll window ended before the main
-        // thread looked (or it broke the protocol): the output buffer is the answer,
-        // whoever claims it first delivers it.
+    // With a request in flight, a guest that parks has answered through memory (its
+    // window ended before the main thread looked), or broke the protocol by writing
+    // READY or IDLE itself: either way the output buffer is its answer, and whoever
+    // claims the exchange first delivers it. Leaving without a claim would strand the
+    // request: no side would ever finish it (its monitors fire into an idle thread).
+    const bool parked =
+        poll == AIRLOCK_POLL_IDLE || (poll == AIRLOCK_POLL_READY && s_.handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE));
+    if (parked && state == Handover::kInFlight && s_.claimExchange(false)) {
         Outcome o;
         std::string error;
         if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
@@ -494,12 +498,15 @@ VcpuThread::Next VcpuThread::onIdle() {
         done(std::move(o));
         return Next::Leave;
     }
-    // Parked: take it at its word unless a request got in.
-    if (poll == AIRLOCK_POLL_IDLE || (poll == AIRLOCK_POLL_READY && s_.handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE))) {
+    // Parked with nothing in flight, or the main thread claimed the answer first.
+    if (parked) {
         leave();
         return Next::Leave;
     }
-    return Next::Run; // a request is in flight (or the loop's check calls it forged)
+    // A READY that a fast request turned into REQUEST first, or a request the guest
+    // has not answered: run it on (under the exchange's budget), or the loop's check
+    // calls the state forged.
+    return Next::Run;
 }
 
 VcpuThread::Next VcpuThread::onAbort() {

@@ -85,6 +85,24 @@ describeKvm('hostile guest: forged poll states', () => {
     expect(hostCalls).toBeLessThanOrEqual(1);
   });
 
+  for (const [name, state] of [['READY', 1], ['IDLE', 0]] as const) {
+    it(`a guest that writes ${name} and parks during a request answers it; the request is never stranded`, async () => {
+      // Found by the hostile-guest generator: with READY, the vCPU thread took the
+      // guest out of its poll and left with the request unclaimed, so the call (and its
+      // wall-clock monitor, which fired into an idle thread) never settled.
+      const vm = new (loadAddon().Vm)(buildImage(hostile.parksDuringRequest(state)), defaultConfig, () => {});
+      live.push(vm);
+      await vm.boot();
+      await sleep(20); // the guest has parked
+      const outcome = await vm.send(Buffer.from('x'), { wallClockTimeoutMs: 2000 }).then(
+        (r) => r.output.length,
+        (e: Error & { code?: string }) => e.code,
+      );
+      expect(outcome).toBe(0); // its (empty) output buffer is the answer
+      await vm.dispose();
+    });
+  }
+
   it('IDLE exits with a request in flight stay under the request budget', async () => {
     const vm = new (loadAddon().Vm)(buildImage(hostile.idleLoop()), defaultConfig, () => {});
     live.push(vm);

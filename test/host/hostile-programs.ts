@@ -106,6 +106,22 @@ export const hostile = {
       spinForever(),
     );
   },
+  /** Parks after its boot; when entered with a request, writes READY (or IDLE) into
+   *  poll_state itself, as if it had answered in memory, and exits IDLE; then spins.
+   *  The request must still end (here: delivered as its answer), never be stranded. */
+  parksDuringRequest: (state: number) =>
+    cat(
+      movDxPort(),
+      movDword(ctrl(abi.AIRLOCK_CTRL_OFF_GUEST_FLAGS), abi.AIRLOCK_GUEST_FLAG_POLLS),
+      movDword(ctrl(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN), 0),
+      exitWith(abi.AIRLOCK_EXIT_RESPONSE),
+      movDword(ctrl(abi.AIRLOCK_CTRL_OFF_POLL_STATE), abi.AIRLOCK_POLL_IDLE),
+      exitWith(abi.AIRLOCK_EXIT_IDLE), // parked: the next entry carries a request
+      movDword(ctrl(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN), 0),
+      movDword(ctrl(abi.AIRLOCK_CTRL_OFF_POLL_STATE), state),
+      exitWith(abi.AIRLOCK_EXIT_IDLE),
+      spinForever(),
+    ),
   /** Boots, then each request spins forever (for kill tests). */
   spin: () => cat(bootPlain(), spinForever()),
 };
