@@ -57,10 +57,29 @@ uint64_t claimedHighWater(const GuestMemory &mem, const GuestLayout &l) {
 
 } // namespace
 
+PageBuffer::PageBuffer(size_t size) : size_(size) {
+    if (size == 0) return;
+    void *p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap snapshot memory");
+    data_ = static_cast<uint8_t *>(p);
+}
+
+PageBuffer::~PageBuffer() {
+    if (data_) ::munmap(data_, size_);
+}
+
+PageBuffer &PageBuffer::operator=(PageBuffer &&o) noexcept {
+    if (this != &o) {
+        if (data_) ::munmap(data_, size_);
+        data_ = o.data_, size_ = o.size_;
+        o.data_ = nullptr, o.size_ = 0;
+    }
+    return *this;
+}
+
 size_t Snapshot::bytes() const {
-    size_t n = sizeof(Snapshot) + cpuExtended.xsave.size() + cpuExtended.xcrs.size();
-    for (const Range &r : ranges) n += r.bytes.size() + sizeof(Range);
-    return n;
+    return sizeof(Snapshot) + cpuExtended.xsave.size() + cpuExtended.xcrs.size() + pages.size() +
+           ranges.size() * sizeof(Range) + areas.size() * sizeof(Area);
 }
 
 std::shared_ptr<Snapshot> captureSnapshot(const GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l,
@@ -70,11 +89,13 @@ std::shared_ptr<Snapshot> captureSnapshot(const GuestMemory &mem, hv::Vcpu &vcpu
     snap->regs = vcpu.getRegisters();
     snap->sregs = vcpu.getSpecialRegisters();
     snap->cpuExtended = vcpu.getExtendedState();
+    // First the resident runs of every area, then one mapping for all their bytes.
+    size_t total = 0;
     auto capture = [&](uint64_t from, uint64_t to) {
         snap->areas.push_back({from, to});
         for (const Run &r : residentRuns(mem, from, to)) {
-            const uint8_t *p = mem.at(r.from, r.to - r.from);
-            snap->ranges.push_back(Snapshot::Range{r.from, std::vector<uint8_t>(p, p + (r.to - r.from))});
+            snap->ranges.push_back(Snapshot::Range{r.from, total, r.to - r.from});
+            total += r.to - r.from;
         }
     };
     // data_start and bss_end are page aligned (parseImageHeader).
@@ -89,9 +110,11 @@ std::shared_ptr<Snapshot> captureSnapshot(const GuestMemory &mem, hv::Vcpu &vcpu
     // the snapshot smaller, never larger than the memory the guest really touched.
     const size_t before = snap->ranges.size();
     capture(l.heapAddr, claimedHighWater(mem, l));
-    snap->heapExtent = snap->ranges.size() > before ? snap->ranges.back().gpa + snap->ranges.back().bytes.size()
-                                                    : l.heapAddr;
+    snap->heapExtent = snap->ranges.size() > before ? snap->ranges.back().gpa + snap->ranges.back().len : l.heapAddr;
     snap->areas.back().to = snap->heapExtent;
+    snap->pages = PageBuffer(total);
+    for (const Snapshot::Range &r : snap->ranges)
+        std::memcpy(snap->pages.data() + r.offset, mem.at(r.gpa, r.len), r.len);
     return snap;
 }
 
@@ -132,8 +155,8 @@ void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l, con
         while (next < snap.ranges.size() && snap.ranges[next].gpa < a.to) {
             const Snapshot::Range &r = snap.ranges[next++];
             release(mem, cursor, r.gpa);
-            std::memcpy(mem.at(r.gpa, r.bytes.size()), r.bytes.data(), r.bytes.size());
-            cursor = r.gpa + r.bytes.size();
+            std::memcpy(mem.at(r.gpa, r.len), snap.pages.data() + r.offset, r.len);
+            cursor = r.gpa + r.len;
         }
         release(mem, cursor, a.to);
     }

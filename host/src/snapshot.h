@@ -15,11 +15,33 @@
 
 namespace airlock {
 
+// Page-aligned bytes in a mapping of their own: freeing a snapshot gives its memory
+// back to the host at once. (From the C heap, glibc's adaptive mmap threshold keeps
+// freed multi-MiB blocks in its arenas, so dropped snapshots would stay resident.)
+class PageBuffer {
+public:
+    PageBuffer() = default;
+    explicit PageBuffer(size_t size); // throws std::system_error
+    ~PageBuffer();
+    PageBuffer(const PageBuffer &) = delete;
+    PageBuffer &operator=(const PageBuffer &) = delete;
+    PageBuffer(PageBuffer &&o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr, o.size_ = 0; }
+    PageBuffer &operator=(PageBuffer &&o) noexcept;
+    uint8_t *data() const { return data_; }
+    size_t size() const { return size_; }
+
+private:
+    uint8_t *data_ = nullptr;
+    size_t size_ = 0;
+};
+
 // Guest state captured between requests. Belongs to the sandbox that made it.
 struct Snapshot {
+    // `len` bytes of guest memory at `gpa`, kept at `offset` in `pages`.
     struct Range {
         uint64_t gpa = 0;
-        std::vector<uint8_t> bytes;
+        size_t offset = 0;
+        size_t len = 0;
     };
     // An area the snapshot covers [from, to): inside it, what no Range holds was
     // not resident when the snapshot was taken and reads back as zero after a restore.
@@ -32,6 +54,7 @@ struct Snapshot {
     hv::SpecialRegisters sregs;
     hv::ExtendedState cpuExtended; // XSAVE image + XCRs: every vector register, not only SSE
     std::vector<Range> ranges;
+    PageBuffer pages;
     std::vector<Area> areas;
     uint64_t heapExtent = 0; // end of the heap area: past the last page resident then
     // Native bytes this snapshot holds (reported to the JavaScript GC).
