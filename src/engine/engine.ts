@@ -66,10 +66,11 @@ export interface GuestEngine {
    * Rejects with AirlockError: ERR_CANCELLED (error.terminatedBy says why) when a
    * monitor fired or kill() was called; ERR_GUEST_ABORT when the guest died or broke
    * the protocol (and, on WebAssembly, for every later request until a restore);
-   * ERR_POISONED (KVM) for every request after a cancel or abort until a restore;
-   * ERR_INVALID_ARG when the request exceeds inputSize, a timeout is not a positive
-   * number, or the guest is not booted or disposed; ERR_BUSY when another operation
-   * runs; ERR_INTERNAL when the hypervisor or worker failed. The rejection carries
+   * ERR_POISONED (KVM) for every request after an abort, or a cancel that stopped the
+   * guest mid-request, until a restore; ERR_INVALID_ARG when the request exceeds
+   * inputSize, a timeout is not a positive number, or the guest is not booted or
+   * disposed; ERR_BUSY when another operation runs; ERR_INTERNAL when the hypervisor
+   * or worker failed. The rejection carries
    * `stats` ({ wallTimeNs, cpuTimeNs }) like a result would. The guest's own failures
    * (exception, out of memory, stack overflow, too large) are RESULT statuses in the
    * output, not rejections: the facade decodes them.
@@ -79,10 +80,11 @@ export interface GuestEngine {
    *  KVM throws ERR_INTERNAL if the vCPU thread cannot be signalled. */
   kill(): void;
   /**
-   * Captures the guest's state between requests. Rejects with ERR_POISONED (KVM) or
-   * ERR_GUEST_ABORT (WebAssembly) after a cancel or abort; ERR_GUEST_ABORT
-   * (WebAssembly) when the worker gives up a guest stuck in post-call work;
-   * ERR_INVALID_ARG when not booted or disposed; ERR_BUSY; ERR_INTERNAL.
+   * Captures the guest's state between requests. Rejects with ERR_POISONED (KVM) after
+   * an abort or a cancel that stopped the guest; ERR_GUEST_ABORT (WebAssembly) after an
+   * abort, a guest terminated for ignoring a cancel, or one given up while stuck in
+   * post-call work; ERR_INVALID_ARG when not booted or disposed; ERR_BUSY;
+   * ERR_INTERNAL.
    */
   snapshot(): Promise<EngineSnapshot>;
   /**
@@ -98,5 +100,9 @@ export interface GuestEngine {
   dispose(): Promise<void>;
 }
 
-/** Creates an engine for one sandbox; the facade holds one per tier choice. */
+/** Creates an engine for one sandbox; the facade holds one per tier choice. Throws
+ *  ERR_UNAVAILABLE when the tier cannot run here, ERR_INVALID_ARG when the sizes (or,
+ *  on KVM, the guest image) are unusable, and (KVM) ERR_INTERNAL when the VM's host
+ *  resources cannot be set up. Past ERR_UNAVAILABLE, the KVM one throws the addon's
+ *  error as it is: it carries `code` but is not an AirlockError. */
 export type EngineFactory = (config: EngineConfig, onHostCall: HostCallHandler) => GuestEngine;
