@@ -17,7 +17,8 @@ export interface EngineConfig {
   inputSize: number;
   /** Bytes of the guest->host buffer: console output plus one response must fit. */
   outputSize: number;
-  /** Console bytes the guest keeps per request; the rest is counted and dropped. */
+  /** Console bytes the guest keeps per request; the rest is counted and dropped. The
+   *  host does not rely on the guest's count: src/console.ts enforces it again. */
   consoleLimit: number;
 }
 
