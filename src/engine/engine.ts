@@ -17,7 +17,8 @@ export interface EngineConfig {
   inputSize: number;
   /** Bytes of the guest->host buffer: console output plus one response must fit. */
   outputSize: number;
-  /** Console bytes the guest keeps per request; the rest is counted and dropped. */
+  /** Console bytes the guest keeps per request; the rest is counted and dropped. The
+   *  host does not rely on the guest's count: src/console.ts enforces it again. */
   consoleLimit: number;
 }
 
@@ -52,26 +53,57 @@ export interface EngineSnapshot {
 
 export interface GuestEngine {
   readonly backend: Backend;
-  /** Starts the guest; resolves with its first output (READY or ABORT). */
+  /**
+   * Starts the guest; resolves with its first output (READY or ABORT). Rejects with
+   * ERR_INVALID_ARG when already booted, disposed, or (WebAssembly) the sizes do not
+   * fit the address space; ERR_GUEST_ABORT when the guest faulted while booting;
+   * ERR_BUSY when another operation runs; ERR_INTERNAL when the VM or worker could not
+   * be created or failed.
+   */
   boot(): Promise<Uint8Array>;
   /**
    * Sends one request message (at most inputSize bytes) and runs the guest until its
    * final response, serving host calls through the HostCallHandler meanwhile.
    * Rejects with AirlockError: ERR_CANCELLED (error.terminatedBy says why) when a
-   * monitor fired or kill() was called, ERR_GUEST_ABORT when the guest died or broke
-   * the protocol, ERR_INTERNAL when the hypervisor or worker failed. The rejection
-   * carries `stats` ({ wallTimeNs, cpuTimeNs }) like a result would.
+   * monitor fired or kill() was called; ERR_GUEST_ABORT when the guest died or broke
+   * the protocol (and, on WebAssembly, for every later request until a restore);
+   * ERR_POISONED (KVM) for every request after an abort, or a cancel that stopped the
+   * guest mid-request, until a restore; ERR_INVALID_ARG when the request exceeds
+   * inputSize, a timeout is not a positive number, or the guest is not booted or
+   * disposed; ERR_BUSY when another operation runs; ERR_INTERNAL when the hypervisor
+   * or worker failed. The rejection carries
+   * `stats` ({ wallTimeNs, cpuTimeNs }) like a result would. The guest's own failures
+   * (exception, out of memory, stack overflow, too large) are RESULT statuses in the
+   * output, not rejections: the facade decodes them.
    */
   exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult>;
-  /** Cancels the exchange in flight, if any (ERR_CANCELLED, terminatedBy 'kill'). */
+  /** Cancels the exchange in flight, if any (ERR_CANCELLED, terminatedBy 'kill').
+   *  KVM throws ERR_INTERNAL if the vCPU thread cannot be signalled. */
   kill(): void;
-  /** Captures the guest's state between requests. */
+  /**
+   * Captures the guest's state between requests. Rejects with ERR_POISONED (KVM) after
+   * an abort or a cancel that stopped the guest; ERR_GUEST_ABORT (WebAssembly) after an
+   * abort, a guest terminated for ignoring a cancel, or one given up while stuck in
+   * post-call work; ERR_INVALID_ARG when not booted or disposed; ERR_BUSY;
+   * ERR_INTERNAL.
+   */
   snapshot(): Promise<EngineSnapshot>;
-  /** Returns the guest to a snapshot taken by this engine; usable after an abort or kill. */
+  /**
+   * Returns the guest to a snapshot taken by this engine; usable after an abort or
+   * kill. Rejects with ERR_INVALID_ARG for a snapshot of another engine, when disposed
+   * or (KVM) not booted, and (KVM) for CPU state that would enable system calls, which
+   * also poisons; ERR_GUEST_ABORT (WebAssembly) when the guest faults while restored;
+   * ERR_BUSY; ERR_INTERNAL.
+   */
   restore(snapshot: EngineSnapshot): Promise<void>;
-  /** Releases the guest and everything it holds; idempotent. */
+  /** Releases the guest and everything it holds; idempotent, never rejects. An
+   *  operation in flight rejects (the facade reports it as ERR_CONSUMED). */
   dispose(): Promise<void>;
 }
 
-/** Creates an engine for one sandbox; the facade holds one per tier choice. */
+/** Creates an engine for one sandbox; the facade holds one per tier choice. Throws
+ *  ERR_UNAVAILABLE when the tier cannot run here, ERR_INVALID_ARG when the sizes (or,
+ *  on KVM, the guest image) are unusable, and (KVM) ERR_INTERNAL when the VM's host
+ *  resources cannot be set up. Past ERR_UNAVAILABLE, the KVM one throws the addon's
+ *  error as it is: it carries `code` but is not an AirlockError. */
 export type EngineFactory = (config: EngineConfig, onHostCall: HostCallHandler) => GuestEngine;
