@@ -304,26 +304,10 @@ public:
         if (::ioctl(fd_.get(), kIoctlSetXsave, const_cast<uint8_t *>(st.xsave.data())) < 0) throwErrno("KVM_SET_XSAVE");
     }
 
-    uint64_t getMsr(uint32_t index) override {
-        struct {
-            MsrsHeader header;
-            kvm_msr_entry entry;
-        } msrs{};
-        msrs.header.nmsrs = 1;
-        msrs.entry.index = index;
-        if (::ioctl(fd_.get(), kIoctlGetMsrs, &msrs) != 1) throwErrno("KVM_GET_MSRS");
-        return msrs.entry.data;
-    }
+    uint64_t getMsr(uint32_t index) override { return oneMsr(kIoctlGetMsrs, index, 0, "KVM_GET_MSRS"); }
 
     void setMsr(uint32_t index, uint64_t value) override {
-        struct {
-            MsrsHeader header;
-            kvm_msr_entry entry;
-        } msrs{};
-        msrs.header.nmsrs = 1;
-        msrs.entry.index = index;
-        msrs.entry.data = value;
-        if (::ioctl(fd_.get(), kIoctlSetMsrs, &msrs) != 1) throwErrno("KVM_SET_MSRS");
+        oneMsr(kIoctlSetMsrs, index, value, "KVM_SET_MSRS");
     }
 
     void requestInterrupt() noexcept override {
@@ -340,19 +324,23 @@ public:
         return static_cast<uint64_t>(r);
     }
 
-    uint64_t guestTsc() override {
+    uint64_t guestTsc() override { return oneMsr(kIoctlGetMsrs, kMsrIa32Tsc, 0, "KVM_GET_MSRS(TSC)"); }
+
+private:
+    // KVM_GET_MSRS / KVM_SET_MSRS of one MSR; both answer the number of MSRs done.
+    uint64_t oneMsr(unsigned long request, uint32_t index, uint64_t value, const char *what) {
         struct {
             MsrsHeader header;
             kvm_msr_entry entry;
         } msrs{};
         static_assert(offsetof(decltype(msrs), entry) == sizeof(MsrsHeader), "entries follow the header");
         msrs.header.nmsrs = 1;
-        msrs.entry.index = kMsrIa32Tsc;
-        if (::ioctl(fd_.get(), kIoctlGetMsrs, &msrs) != 1) throwErrno("KVM_GET_MSRS(TSC)");
+        msrs.entry.index = index;
+        msrs.entry.data = value;
+        if (::ioctl(fd_.get(), request, &msrs) != 1) throwErrno(what);
         return msrs.entry.data;
     }
 
-private:
     Fd fd_;
     kvm_run *run_;
     size_t runSize_;

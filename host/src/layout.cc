@@ -7,13 +7,13 @@
 
 namespace airlock {
 
-namespace {
-
 std::string hex(uint64_t v) {
     char buf[32];
     snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
     return buf;
 }
+
+namespace {
 
 uint64_t readU64(const uint8_t *p, size_t off) {
     uint64_t v;

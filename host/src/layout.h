@@ -20,6 +20,9 @@ constexpr uint64_t kMaxImageMemory = 64ull << 20;
 
 constexpr uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
+// "0x…": guest addresses in messages.
+std::string hex(uint64_t v);
+
 // A caller-supplied value (image, sizes, snapshot) is unacceptable. The message says why.
 class ArgumentError : public std::runtime_error {
 public:

@@ -18,13 +18,6 @@
 
 namespace airlock {
 
-namespace {
-std::string hex(uint64_t v) {
-    char buf[32];
-    snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
-} // namespace
 
 // ---- mailbox loop -----------------------------------------------------------------
 
