@@ -128,6 +128,9 @@ public:
     virtual void setExtendedState(const ExtendedState &state) = 0;
     // One MSR by index (throws std::system_error when the hypervisor refuses).
     virtual uint64_t getMsr(uint32_t index) = 0;
+    // Several MSRs in one call (n <= kMaxMsrsAtOnce): a restore checks three.
+    static constexpr size_t kMaxMsrsAtOnce = 8;
+    virtual void getMsrs(const uint32_t *indices, uint64_t *values, size_t n) = 0;
     virtual void setMsr(uint32_t index, uint64_t value) = 0;
 
     // Async-signal-safe: makes the current or next run() return Interrupted promptly.

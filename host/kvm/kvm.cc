@@ -290,21 +290,41 @@ public:
         kvm_xcrs x{};
         if (::ioctl(fd_.get(), KVM_GET_XCRS, &x) < 0) throwErrno("KVM_GET_XCRS");
         st.xcrs.assign(reinterpret_cast<const uint8_t *>(&x), reinterpret_cast<const uint8_t *>(&x) + sizeof x);
+        xcrsHeld_ = st.xcrs;
         return st;
     }
 
     void setExtendedState(const ExtendedState &st) override {
         if (st.xsave.size() != xsaveSize_ || st.xcrs.size() != sizeof(kvm_xcrs))
             throw std::invalid_argument("extended CPU state of another size than this vCPU's");
-        kvm_xcrs x{};
-        std::memcpy(&x, st.xcrs.data(), sizeof x);
         // XCR0 first: the XSAVE image may hold components only a wider XCR0 enables.
-        if (::ioctl(fd_.get(), KVM_SET_XCRS, &x) < 0) throwErrno("KVM_SET_XCRS");
+        // Skipped when the vCPU already holds these XCRs: XSETBV faults outside ring 0,
+        // so the guest cannot change what this host last read or wrote.
+        if (st.xcrs != xcrsHeld_) {
+            kvm_xcrs x{};
+            std::memcpy(&x, st.xcrs.data(), sizeof x);
+            if (::ioctl(fd_.get(), KVM_SET_XCRS, &x) < 0) throwErrno("KVM_SET_XCRS");
+            xcrsHeld_ = st.xcrs;
+        }
         // Invariant: st.xsave holds xsaveSize_ bytes, what KVM_SET_XSAVE reads here.
         if (::ioctl(fd_.get(), kIoctlSetXsave, const_cast<uint8_t *>(st.xsave.data())) < 0) throwErrno("KVM_SET_XSAVE");
     }
 
     uint64_t getMsr(uint32_t index) override { return oneMsr(kIoctlGetMsrs, index, 0, "KVM_GET_MSRS"); }
+
+    void getMsrs(const uint32_t *indices, uint64_t *values, size_t n) override {
+        if (n == 0) return;
+        if (n > kMaxMsrsAtOnce) throw std::invalid_argument("getMsrs: too many MSRs at once");
+        struct {
+            MsrsHeader header;
+            kvm_msr_entry entries[kMaxMsrsAtOnce];
+        } msrs{};
+        static_assert(offsetof(decltype(msrs), entries) == sizeof(MsrsHeader), "entries follow the header");
+        msrs.header.nmsrs = static_cast<uint32_t>(n);
+        for (size_t i = 0; i < n; ++i) msrs.entries[i].index = indices[i];
+        if (::ioctl(fd_.get(), kIoctlGetMsrs, &msrs) != static_cast<int>(n)) throwErrno("KVM_GET_MSRS");
+        for (size_t i = 0; i < n; ++i) values[i] = msrs.entries[i].data;
+    }
 
     void setMsr(uint32_t index, uint64_t value) override {
         oneMsr(kIoctlSetMsrs, index, value, "KVM_SET_MSRS");
@@ -342,6 +362,7 @@ private:
     }
 
     Fd fd_;
+    std::vector<uint8_t> xcrsHeld_; // the XCRs the vCPU holds, as last read or written here
     kvm_run *run_;
     size_t runSize_;
     size_t xsaveSize_;

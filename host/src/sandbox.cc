@@ -244,10 +244,12 @@ void Sandbox::poison(std::string reason) {
 }
 
 // Post-answer guest time so far goes to the next exchange (see kAfterAnswerAllowanceNs).
-void Sandbox::chargeAfterAnswer() {
+// `cpuNow`: the vCPU thread's CPU clock now, when the caller has read it already (a
+// thread CPU clock is a system call, not a vDSO read: one per call is enough).
+void Sandbox::chargeAfterAnswer(uint64_t cpuNow) {
     const uint64_t since = answerCpuNs_.exchange(0);
     if (since) {
-        const uint64_t now = vcpuCpuNs();
+        const uint64_t now = cpuNow ? cpuNow : vcpuCpuNs();
         if (now > since) carriedCpuNs_.fetch_add(now - since);
     }
 }
@@ -263,15 +265,17 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
         memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(request->size()));
     }
     writeClockBase();
-    chargeAfterAnswer(); // the guest ran on until this request reached it
+    const uint64_t cpuNow = vcpuCpuNs();
+    chargeAfterAnswer(cpuNow); // the guest ran on until this request reached it
     record_.op = kind;
     record_.wallTimeoutNs = wallTimeoutNs;
     record_.cpuTimeoutNs = cpuTimeoutNs;
     record_.pausedCpuNs.store(0);
     record_.carriedCpuNs = carriedCpuNs_.exchange(0);
     record_.guestEntered = false;
+    record_.guestRunsOn = false;
     record_.wallStart = monotonicNs();
-    record_.cpuStart = vcpuCpuNs();
+    record_.cpuStart = cpuNow;
     if (wallTimeoutNs) wallTimer_->arm(wallTimeoutNs);
     if (cpuTimeoutNs) cpuTimer_->arm(cpuTimeoutNs);
 }
@@ -284,9 +288,17 @@ bool Sandbox::claimExchange(bool guestRunsOn) {
     lastAnswerNs_.store(now, std::memory_order_relaxed);
     if (guestRunsOn) {
         const uint64_t window = pollNs_.load() + kAfterAnswerAllowanceNs;
-        answerCpuNs_.store(vcpuCpuNs());
+        record_.guestRunsOn = true; // finishExchange starts the post-answer CPU account
         windowEndNs_.store(now + window);
-        windowTimer_->arm(window);
+        // One timer_settime per window, not per call: while the timer is armed it
+        // fires no later than an earlier window's end, and the vCPU thread then
+        // re-arms it for the rest of the latest window (VcpuThread::rearmWindow).
+        // seq_cst: pairs with rearmWindow's exchange(false), then its re-read of the
+        // exchange state and the window's end (claimed above, stored above).
+        if (!windowArmed_.exchange(true)) {
+            windowDueNs_.store(now + window);
+            windowTimer_->arm(window);
+        }
     }
     return true;
 }
@@ -296,7 +308,9 @@ Outcome Sandbox::finishExchange(Outcome o) {
     if (record_.wallTimeoutNs) wallTimer_->disarm();
     if (record_.cpuTimeoutNs) cpuTimer_->disarm();
     o.wallNs = monotonicNs() - record_.wallStart;
-    const uint64_t cpu = vcpuCpuNs() - record_.cpuStart;
+    const uint64_t cpuNow = vcpuCpuNs();
+    if (record_.guestRunsOn) answerCpuNs_.store(cpuNow);
+    const uint64_t cpu = cpuNow - record_.cpuStart;
     const uint64_t paused = record_.pausedCpuNs.load();
     o.cpuNs = cpu > paused ? cpu - paused : 0;
     o.afterCpuNs = record_.carriedCpuNs;

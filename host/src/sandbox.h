@@ -87,6 +87,7 @@ private:
         uint64_t wallTimeoutNs = 0;
         uint64_t cpuTimeoutNs = 0;
         uint64_t carriedCpuNs = 0;               // guest time after the previous answer
+        bool guestRunsOn = false;                // claimed with the guest running on (a window)
         std::atomic<uint64_t> pausedCpuNs{0};    // vCPU time spent waiting for host functions
         std::atomic<bool> guestEntered{false};   // false until the guest may have run it
     };
@@ -98,7 +99,7 @@ private:
     void beginExchange(OpKind kind, const std::vector<uint8_t> *request, uint64_t wallTimeoutNs, uint64_t cpuTimeoutNs);
     bool claimExchange(bool guestRunsOn);
     Outcome finishExchange(Outcome o);
-    void chargeAfterAnswer();
+    void chargeAfterAnswer(uint64_t cpuNow = 0);
     uint64_t vcpuCpuNs() const;
     void poison(std::string reason);
     std::optional<Outcome> refuseUnlessRunnable(const char *advice);
@@ -140,6 +141,8 @@ private:
     std::atomic<uint64_t> pollNs_{0};
     std::atomic<uint64_t> lastAnswerNs_{0};  // monotonic time the last exchange was claimed
     std::atomic<uint64_t> windowEndNs_{0};   // the guest runs on after an answer until then (0: no window)
+    std::atomic<bool> windowArmed_{false};   // windowTimer_ is armed (or fired and not yet seen)
+    std::atomic<uint64_t> windowDueNs_{0};   // when the armed windowTimer_ fires (monotonic)
     std::atomic<uint64_t> answerCpuNs_{0};   // vCPU CPU clock at the answer while the guest runs on (0: none)
     std::atomic<uint64_t> carriedCpuNs_{0};  // post-answer guest time not yet charged to an exchange
     clockid_t vcpuClock_{};                  // the vCPU thread's CPU-time clock

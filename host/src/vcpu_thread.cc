@@ -52,6 +52,8 @@ void VcpuThread::ackInterrupt() {
 }
 
 void VcpuThread::run() {
+    // Named, so tools (top -H, /proc/<pid>/task/*/comm) tell guest time from Node's.
+    pthread_setname_np(pthread_self(), "airlock-vcpu");
     SignalTarget target{&s_.cancel_, s_.handover_.wakeWord(), &s_.signalVcpu_};
     try {
         bindSignalTarget(&target);
@@ -96,6 +98,7 @@ void VcpuThread::run() {
                     s_.cpuTimer_->disarm();
                 }
                 s_.windowTimer_->disarm();
+                s_.windowArmed_.store(false);
                 s_.windowEndNs_.store(0);
             }
         }
@@ -347,8 +350,25 @@ void VcpuThread::leave() {
     s_.cancel_.clearKick();
     s_.windowEndNs_.store(0);
     s_.windowTimer_->disarm();
+    s_.windowArmed_.store(false);
     s_.chargeAfterAnswer();
     ackInterrupt();
+}
+
+// The window timer is one-shot and armed once per window (Sandbox::claimExchange): when
+// it has fired, arm it again for the rest of the latest window, if the guest runs on
+// in one. A request in flight needs none (its own budget applies); its answer arms
+// the timer anew.
+void VcpuThread::rearmWindow() {
+    if (!s_.windowArmed_.load() || monotonicNs() < s_.windowDueNs_.load()) return;
+    s_.windowArmed_.exchange(false); // seq_cst: then re-read what a claim wrote before its exchange
+    const int state = s_.handover_.settle();
+    const uint64_t end = s_.windowEndNs_.load();
+    const uint64_t now = monotonicNs();
+    if (state != Handover::kInFlight && end > now && !s_.windowArmed_.exchange(true)) {
+        s_.windowDueNs_.store(end);
+        s_.windowTimer_->arm(end - now);
+    }
 }
 
 void VcpuThread::done(Outcome o) {
@@ -402,6 +422,9 @@ bool VcpuThread::cancelInFlight() {
 void VcpuThread::runSession() {
     s_.session_.store(true);
     for (;;) {
+        // Before every entry, not on the timer's interrupt alone: clearInterrupt()
+        // after another interrupt can swallow the timer's, and the clock cannot lie.
+        rearmWindow();
         const uint32_t poll = s_.handover_.poll(); // before the state: see Handover::forged
         const int state = s_.handover_.settle();
         if (Handover::forged(poll, state))

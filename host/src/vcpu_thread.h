@@ -46,6 +46,7 @@ private:
     void done(Outcome o);
     void leave();
     bool windowOver() const;
+    void rearmWindow();
     void setUpGuest();
     void tearDownGuest();
     void emit(Event ev);
