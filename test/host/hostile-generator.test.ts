@@ -23,8 +23,8 @@ interface Summary {
   seed: number;
   steps: number;
   rejections: Record<string, number>;
-  start: { fds: number; threads: number; rss: number };
-  end: { fds: number; threads: number; rss: number };
+  start: { fds: number; threads: number; rss: number; v8Heap: number };
+  end: { fds: number; threads: number; rss: number; v8Heap: number };
   failures: string[];
 }
 
@@ -63,8 +63,11 @@ describeKvm('host addon: seeded random hostile guests', () => {
       // Every VM is disposed: its vCPU thread joined, its VM and vCPU fds closed ...
       expect(summary.end.fds, report).toBeLessThanOrEqual(summary.start.fds);
       expect(summary.end.threads, report).toBeLessThanOrEqual(summary.start.threads);
-      // ... and its memory (guest memory, snapshots) released.
-      if (!sanitized) expect(summary.end.rss, report).toBeLessThanOrEqual(summary.start.rss * 1.1);
+      // ... and its memory (guest memory, snapshots) released: RSS apart from V8's own
+      // heap (the driver's JavaScript, which V8 grows and shrinks by ~10 MB between
+      // samples on its own) ends within 10% of where it started.
+      const host = (m: { rss: number; v8Heap: number }) => m.rss - m.v8Heap;
+      if (!sanitized) expect(host(summary.end), report).toBeLessThanOrEqual(host(summary.start) * 1.1);
     },
     timeLimitMs + 30_000,
   );
