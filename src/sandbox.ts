@@ -99,13 +99,21 @@ abstract class SandboxView {
     return this.dispose();
   }
 
-  protected consume(by: string): void {
+  /**
+   * Consumes this view for `by`, runs `step` pinned, and hands the view back when the
+   * step fails (so the caller may fix its input and try again).
+   */
+  protected async consumeWith<T>(by: string, step: () => Promise<T>): Promise<T> {
     this.assertUsable();
     this.consumedBy = by;
-  }
-
-  protected release(): void {
-    this.consumedBy = undefined;
+    return this.pinned(async () => {
+      try {
+        return await step();
+      } catch (e) {
+        this.consumedBy = undefined;
+        throw e;
+      }
+    });
   }
 
   protected assertUsable(): void {
@@ -163,14 +171,8 @@ export class ProtoJSSandbox extends SandboxView {
 
   /** Loads the JavaScript runtime with every registered host function. */
   async loadRuntime(): Promise<JSSandbox> {
-    this.consume('loadRuntime()');
-    return this.pinned(async () => {
-      try {
-        await this.core.loadRuntime();
-      } catch (e) {
-        this.release();
-        throw e;
-      }
+    return this.consumeWith('loadRuntime()', async () => {
+      await this.core.loadRuntime();
       return new JSSandbox(this.core, this.settings);
     });
   }
@@ -251,14 +253,8 @@ export class JSSandbox extends SandboxView {
    * fresh one). A failed load (ERR_COMPILE) leaves it usable, to fix and try again.
    */
   async getLoadedSandbox(): Promise<LoadedJSSandbox> {
-    this.consume('getLoadedSandbox()');
-    return this.pinned(async () => {
-      try {
-        await this.core.load(this.#modules, this.#handlers);
-      } catch (e) {
-        this.release();
-        throw e;
-      }
+    return this.consumeWith('getLoadedSandbox()', async () => {
+      await this.core.load(this.#modules, this.#handlers);
       return new LoadedJSSandbox(this.core, this.settings);
     });
   }
@@ -340,14 +336,8 @@ export class LoadedJSSandbox extends SandboxView {
 
   /** Drops handlers and modules; returns a JSSandbox to load new ones. Also clears poisoning. */
   async unload(): Promise<JSSandbox> {
-    this.consume('unload()');
-    return this.pinned(async () => {
-      try {
-        await this.core.unload();
-      } catch (e) {
-        this.release();
-        throw e;
-      }
+    return this.consumeWith('unload()', async () => {
+      await this.core.unload();
       return new JSSandbox(this.core, this.settings);
     });
   }
