@@ -104,6 +104,5 @@ export interface GuestEngine {
 /** Creates an engine for one sandbox; the facade holds one per tier choice. Throws
  *  ERR_UNAVAILABLE when the tier cannot run here, ERR_INVALID_ARG when the sizes (or,
  *  on KVM, the guest image) are unusable, and (KVM) ERR_INTERNAL when the VM's host
- *  resources cannot be set up. Past ERR_UNAVAILABLE, the KVM one throws the addon's
- *  error as it is: it carries `code` but is not an AirlockError. */
+ *  resources cannot be set up; always as AirlockErrors. */
 export type EngineFactory = (config: EngineConfig, onHostCall: HostCallHandler) => GuestEngine;

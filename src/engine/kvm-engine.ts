@@ -81,7 +81,7 @@ export class KvmEngine implements GuestEngine {
       throw unavailableError('kvm', reasons);
     }
     const addon = loadAddon().addon as NativeAddon;
-    this.vm = new addon.Vm(guestImage(), config, (output: Buffer, callId: number) => {
+    this.vm = KvmEngine.createVm(addon, config, (output: Buffer, callId: number) => {
       onHostCall(output).then(
         (reply) => this.answerHostCall(reply, callId),
         // The handler encodes callback failures itself; reaching here means the
@@ -89,6 +89,15 @@ export class KvmEngine implements GuestEngine {
         () => undefined,
       );
     });
+  }
+
+  /** The addon's Vm, with its refusals (bad image, sizes, signal) as AirlockErrors. */
+  private static createVm(addon: NativeAddon, config: EngineConfig, onHostCall: (output: Buffer, callId: number) => void): NativeVm {
+    try {
+      return new addon.Vm(guestImage(), config, onHostCall);
+    } catch (e) {
+      throw fromNative(e);
+    }
   }
 
   /** The call id pairs an answer with its question: a late answer to a cancelled
