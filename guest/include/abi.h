@@ -44,8 +44,9 @@
  * the diagram says so) and writes the addresses into the control block before the
  * first instruction runs. The guest never assumes addresses beyond its own image.
  *
- * Entry: the vCPU starts in 64-bit mode at CPL 3 (CS/SS DPL 3, RFLAGS.IOPL 3 so
- * `out` is allowed, IF clear) at header.entry, RSP = stack_top, FS base =
+ * Entry: the vCPU starts in 64-bit mode at CPL 3 (CS/SS DPL 3, IF clear; `out` to
+ * AIRLOCK_PORT is allowed by the TSS I/O bitmap, since PVM hosts ignore RFLAGS.IOPL,
+ * which is set to 3 as well) at header.entry, RSP = stack_top, FS base =
  * header.tls_block (libc's thread pointer: its first word points to itself).
  * No IDT exists: any CPU exception becomes a triple fault (KVM_EXIT_SHUTDOWN), which
  * the host treats as a guest abort.
