@@ -96,9 +96,72 @@ export interface GuestEngine {
    * ERR_BUSY; ERR_INTERNAL.
    */
   restore(snapshot: EngineSnapshot): Promise<void>;
+  /**
+   * Freezes a snapshot taken by this engine into a template others can clone (see
+   * EngineTemplate). Rejects like restore() for a foreign snapshot, and with
+   * ERR_POISONED (KVM) / ERR_GUEST_ABORT (WebAssembly) when the snapshot is of a guest
+   * that cannot run. The engine itself is unaffected.
+   */
+  template?(snapshot: EngineSnapshot): Promise<EngineTemplate>;
   /** Releases the guest and everything it holds; idempotent, never rejects. An
    *  operation in flight rejects (the facade reports it as ERR_CONSUMED). */
   dispose(): Promise<void>;
+}
+
+/**
+ * A frozen guest state that new engines start from (issue #12). Made from a snapshot
+ * of a booted engine by `GuestEngine.template()`; the template's memory is immutable
+ * from then on. KVM: the memory lives in a sealed memfd that every clone maps
+ * private (copy-on-write), so clones share untouched pages and the image; the engine
+ * the snapshot came from keeps running on its own copy. WebAssembly: clones copy the
+ * bytes. A template is used by many clones at once and by no running guest.
+ */
+export interface EngineTemplate {
+  readonly backend: Backend;
+  /** The sizes the guest was made with; a clone always uses exactly these. */
+  readonly config: EngineConfig;
+  /** Guest bytes held (KVM: the memfd's size; WebAssembly: the copied bytes). */
+  readonly byteLength: number;
+  /** Frees the template once the last clone made from it is gone; idempotent. Clones
+   *  alive at that time keep working (they hold their own reference). */
+  release(): void;
+}
+
+/**
+ * A template as plain data, for persistent snapshots (src/ writes it to disk; the
+ * file format, digests and metadata are src/'s business). Produced by the tier's
+ * `exportTemplate`; `importTemplate` treats every field as hostile: it refuses
+ * (ERR_INVALID_ARG, naming the field) a different backend, ABI version or guest image
+ * digest, sizes the tier cannot use, memory ranges that overlap or fall outside the
+ * guest layout, and CPU state the tier would refuse on restore (KVM: anything that
+ * enables system calls or leaves ring 3).
+ */
+export interface SerializedTemplate {
+  readonly backend: Backend;
+  /** AIRLOCK_ABI_VERSION of the guest that produced it. */
+  readonly abiVersion: number;
+  /** Hex SHA-256 of the guest image (KVM .img / WebAssembly .wasm) it ran. */
+  readonly imageSha256: string;
+  readonly config: EngineConfig;
+  /** Tier-specific CPU/instance state, opaque to src/ (KVM: registers, segments, FPU,
+   *  MSRs as the addon encodes them; WebAssembly: the module's mutable globals). */
+  readonly cpuState: Uint8Array;
+  /** Guest memory contents as non-overlapping ranges in ascending offset order; bytes
+   *  not covered are zero. Offsets are guest-physical (KVM) or linear-memory
+   *  (WebAssembly) addresses. */
+  readonly memory: ReadonlyArray<{ readonly offset: number; readonly bytes: Uint8Array }>;
+}
+
+/** What each tier module exports beside its engine class for templates. */
+export interface TemplateSupport {
+  /** A new engine that starts already booted in the template's state (boot() rejects
+   *  with ERR_INVALID_ARG: already booted). Its first exchange sees the guest exactly
+   *  as the snapshot left it, except the guest's random state, which the engine
+   *  reseeds from host entropy unless `deterministic` is true (then Math.random
+   *  continues the template's sequence; crypto entropy is always fresh). */
+  clone(template: EngineTemplate, onHostCall: HostCallHandler, options?: { deterministic?: boolean }): GuestEngine;
+  exportTemplate(template: EngineTemplate): SerializedTemplate;
+  importTemplate(serialized: SerializedTemplate): EngineTemplate;
 }
 
 /** Creates an engine for one sandbox; the facade holds one per tier choice. Throws
