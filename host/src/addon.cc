@@ -11,6 +11,7 @@
 
 #include "../../guest/include/abi.h"
 #include "../hv/hypervisor.h"
+#include "exit_floor.h"
 #include "messages.h"
 #include "sandbox.h"
 
@@ -539,6 +540,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
     exports.Set("abiVersion", Napi::Number::New(env, AIRLOCK_ABI_VERSION));
     exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
     exports.Set("measureExitFloor", Napi::Function::New(env, MeasureExitFloor, "measureExitFloor"));
+    exports.Set("measureExchangeFloor", exchangeFloorFunction(env));
     exports.Set("Vm", VmWrap::Init(env));
     return exports;
 }
