@@ -25,7 +25,9 @@ test-sanitized: setup
     bash scripts/test-sanitized.sh
 
 # Measure every contender side by side and write docs/BENCHMARKS.md and docs/benchmarks.json.
+# isolated-vm is installed for the bench only (out/bench-deps; the first time takes minutes).
 bench: setup
+    bash scripts/bench-deps.sh
     npx tsx test/bench/run.ts
 
 # Type-check everything (src, tests, examples, scripts).

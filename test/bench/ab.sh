@@ -3,8 +3,8 @@
 # interleaved (A B A B ...) so machine noise falls on both alike, on all cores and with
 # every thread pinned to one core (taskset), as users' hosts differ.
 #   bash test/bench/ab.sh <tree A> <tree B> [rounds=3] [groups=exit-floor,calls,idle]
-# Each tree must be built (bash scripts/setup.sh). Both run THIS tree's bench script
-# (test/bench/run.ts is copied in), so the same code measures both. Results go to
+# Each tree must be built (bash scripts/setup.sh). Both run THIS tree's bench scripts
+# (test/bench/*.ts are copied in), so the same code measures both. Results go to
 # out/ab/<placement>-<A|B>-<round>.json; test/bench/ab-summary.ts prints the ratios.
 set -euo pipefail
 a="$(cd "$1" && pwd)"; b="$(cd "$2" && pwd)"
@@ -12,7 +12,7 @@ rounds="${3:-3}"; groups="${4:-exit-floor,calls,idle}"
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 mkdir -p "$here/out/ab"
 for tree in "$a" "$b"; do
-  [[ "$tree" == "$here" ]] || cp "$here/test/bench/run.ts" "$tree/test/bench/run.ts"
+  [[ "$tree" == "$here" ]] || cp "$here"/test/bench/*.ts "$tree/test/bench/"
 done
 for round in $(seq 1 "$rounds"); do
   for placement in spread one-core; do

@@ -1,24 +1,33 @@
 // run.ts — `just bench`: measures every contender side by side in one run on this
-// machine and writes docs/BENCHMARKS.md and docs/benchmarks.json.
-// Contenders: raw-kvm (the exit floor), airlock-kvm, airlock-wasm, native-quickjs (the
-// same runtime and QuickJS built as a Linux program), quickjs-emscripten (npm, in-thread).
-import { writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+// machine and writes docs/BENCHMARKS.md and docs/benchmarks.json (test/bench/report.ts).
+// Contenders: raw-kvm (the exit and exchange floors), airlock-kvm, airlock-wasm,
+// native-quickjs (the same runtime and QuickJS built as a Linux program),
+// quickjs-emscripten (npm, in-thread), isolated-vm-async and isolated-vm-sync (installed
+// for the bench only, run in a child process: test/bench/isolated-vm.ts).
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SandboxBuilder, type LoadedJSSandbox } from '../../src/index.js';
 import type { Backend } from '../../src/engine/engine.js';
 import { loadAddon } from '../../src/engine/native.js';
+import { kvmImagePath } from '../../src/engine/paths.js';
 import { kvmUnusableReasons } from '../../src/engine/probe.js';
 import { collect, summarize, usSince, type Result } from './stats.js';
 import { NativeGuest } from '../guest/driver.js';
 import { emscriptenContender } from './quickjs-emscripten.js';
+import { benchEventLoop, benchLiveHeap, benchMainThread, benchPlacement, benchThroughput, type CallpathContext } from './callpath.js';
+import { mainThreadCpuPerCall, throughput } from './loops.js';
+import { runIsolatedVm } from './isolated-vm.js';
+import { writeReport, type Unavailable } from './report.js';
 
 const root = join(__dirname, '..', '..');
 const quick = process.env.AIRLOCK_BENCH_QUICK === '1';
 const scale = (n: number) => (quick ? Math.max(3, Math.ceil(n / 10)) : n);
 // AIRLOCK_BENCH_ONLY=calls,idle runs only those groups (a before/after comparison of
-// one figure needs no full run): exit-floor, calls (per-tier call, host-call, restore,
-// kill), create, snapshot, idle, native, emscripten.
+// one figure needs no full run): exit-floor, exchange-floor, calls (per-tier call,
+// host-call, restore, kill), placement (same core / split cores), main-thread (its CPU
+// per call), throughput, eventloop, live-heap, create, snapshot, idle, native,
+// emscripten, isolated-vm. AIRLOCK_BENCH_QUICK=1 takes a tenth of the samples (a smoke
+// run); a partial run writes its results to AIRLOCK_BENCH_OUT (default out/bench-partial.json).
 const only = new Set((process.env.AIRLOCK_BENCH_ONLY ?? '').split(',').filter(Boolean));
 const wants = (group: string) => only.size === 0 || only.has(group);
 
@@ -27,10 +36,11 @@ const ECHO = 'function handler(e) { return e; }';
 
 const results: Result[] = [];
 const notes: string[] = [];
+const unavailable: Unavailable[] = [];
 
 function record(r: Result): void {
   results.push(r);
-  console.log(`  ${r.metric.padEnd(28)} ${r.contender.padEnd(20)} p50 ${r.p50.toFixed(3).padStart(10)}  p99 ${r.p99.toFixed(3).padStart(10)}  (n=${r.n})`);
+  console.log(`  ${r.metric.padEnd(30)} ${r.contender.padEnd(20)} p50 ${r.p50.toFixed(3).padStart(10)}  p99 ${r.p99.toFixed(3).padStart(10)}  (n=${r.n})`);
 }
 
 async function guarded(what: string, fn: () => Promise<void>): Promise<void> {
@@ -66,8 +76,33 @@ async function benchExitFloor(): Promise<void> {
   record(summarize('raw-kvm', 'exit_floor_us', samples));
 }
 
+// The real guest image answering a trivial CALL through KVM_RUN on the measuring
+// thread (host/src/exit_floor.cc). An addon built before it existed lacks the function.
+async function benchExchangeFloor(): Promise<void> {
+  const addon = loadAddon().addon as { measureExchangeFloor?: (image: Uint8Array, n: number) => Promise<number[]> } | undefined;
+  if (!addon?.measureExchangeFloor) throw new Error('this addon has no measureExchangeFloor (rebuild it: bash scripts/setup.sh)');
+  record(summarize('raw-kvm', 'exchange_floor_us', await addon.measureExchangeFloor(readFileSync(kvmImagePath), scale(20000))));
+}
+
 async function benchAirlock(backend: Backend): Promise<void> {
+  const c: CallpathContext = {
+    backend,
+    load: (handlers, setup) => loadAirlock(backend, handlers, setup),
+    record,
+    note: (text) => {
+      notes.push(text);
+      console.error(`  ! ${text}`);
+    },
+    scale,
+    quick,
+  };
+  const contender = `airlock-${backend}`;
   if (wants('calls')) await benchCalls(backend);
+  if (wants('placement')) await guarded(`${contender} placement`, () => benchPlacement(c));
+  if (wants('main-thread')) await guarded(`${contender} main-thread`, () => benchMainThread(c));
+  if (wants('throughput')) await guarded(`${contender} throughput`, () => benchThroughput(c));
+  if (wants('eventloop')) await guarded(`${contender} eventloop`, () => benchEventLoop(c));
+  if (wants('live-heap')) await guarded(`${contender} live-heap`, () => benchLiveHeap(c));
   if (wants('create')) await benchCreate(backend);
   if (wants('snapshot')) await benchSnapshot(backend);
   if (wants('idle')) await benchIdle(backend);
@@ -281,95 +316,52 @@ async function benchNative(): Promise<void> {
 async function benchEmscripten(): Promise<void> {
   const c = await emscriptenContender({ echo: ECHO, fib: FIB });
   const event = { id: 1, name: 'bench' };
-  record(summarize('quickjs-emscripten', 'call_roundtrip_us', await collect(scale(3000), 300, async () => {
-    const ctx = c.context;
-    const t = process.hrtime.bigint();
-    ctx.call('echo', event);
-    return usSince(t);
-  })));
-  record(summarize('quickjs-emscripten', 'compute_fib27_ms', await collect(scale(15), 2, async () => {
-    const t = process.hrtime.bigint();
-    c.context.call('fib', { n: 27 });
-    return usSince(t) / 1e3;
-  })));
-  record(summarize('quickjs-emscripten', 'create_to_first_result_ms', await collect(scale(40), 3, async () => {
-    const t = process.hrtime.bigint();
-    const fresh = c.create({ echo: ECHO });
-    fresh.call('echo', { first: true });
-    const ms = usSince(t) / 1e3;
-    fresh.dispose();
-    return ms;
-  })));
+  if (wants('emscripten')) {
+    record(summarize('quickjs-emscripten', 'call_roundtrip_us', await collect(scale(3000), 300, async () => {
+      const ctx = c.context;
+      const t = process.hrtime.bigint();
+      ctx.call('echo', event);
+      return usSince(t);
+    })));
+    record(summarize('quickjs-emscripten', 'compute_fib27_ms', await collect(scale(15), 2, async () => {
+      const t = process.hrtime.bigint();
+      c.context.call('fib', { n: 27 });
+      return usSince(t) / 1e3;
+    })));
+    record(summarize('quickjs-emscripten', 'create_to_first_result_ms', await collect(scale(40), 3, async () => {
+      const t = process.hrtime.bigint();
+      const fresh = c.create({ echo: ECHO });
+      fresh.call('echo', { first: true });
+      const ms = usSince(t) / 1e3;
+      fresh.dispose();
+      return ms;
+    })));
+  }
+  if (wants('main-thread')) {
+    record(summarize('quickjs-emscripten', 'main_thread_cpu_us_per_call', await mainThreadCpuPerCall(() => c.context.call('echo', event), scale(2000), scale(10))));
+  }
+  if (wants('throughput')) {
+    for (const n of [1, 2, 8]) {
+      const many = Array.from({ length: n }, () => c.create({ echo: ECHO }));
+      record(summarize('quickjs-emscripten', `throughput_${n}_per_s`, await throughput(many.map((s) => () => s.call('echo', event)), quick ? 200 : 1000, scale(5))));
+      for (const s of many) s.dispose();
+    }
+  }
   c.context.dispose();
 }
 
-function p50(contender: string, metric: string): number | undefined {
-  return results.find((r) => r.contender === contender && r.metric === metric)?.p50;
-}
+const ISOLATED_VM_METRICS = ['call_roundtrip_us', 'main_thread_cpu_us_per_call', 'event_loop_gap_calls_ms', 'throughput_1_per_s', 'throughput_2_per_s', 'throughput_8_per_s', 'create_to_first_result_ms'];
 
-function ratio(a: [string, string], b: [string, string]): string {
-  const x = p50(...a);
-  const y = p50(...b);
-  return x !== undefined && y !== undefined ? `${(x / y).toFixed(2)}×` : 'n/a';
-}
-
-function diff(a: [string, string], b: [string, string]): string {
-  const x = p50(...a);
-  const y = p50(...b);
-  return x !== undefined && y !== undefined ? (x - y).toFixed(1) : 'n/a';
-}
-
-function writeReport(): void {
-  writeFileSync(join(root, 'docs/benchmarks.json'), JSON.stringify({ results: results.map(({ contender, metric, p50, p99 }) => ({ contender, metric, p50, p99 })) }, null, 2) + '\n');
-  const metrics = [...new Set(results.map((r) => r.metric))];
-  const lines: string[] = [
-    '# Benchmarks',
-    '',
-    `Measured by \`npx just bench\` (test/bench/run.ts) on ${new Date().toISOString().slice(0, 10)}: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, KVM ${kvmUnusableReasons().length === 0 ? 'usable (nested, PVM)' : 'unusable'}.`,
-    'All contenders ran in the same process run, one after another. Lower is better; p50 and p99 over n samples.',
-    '',
-    '| metric | contender | p50 | p99 | n |',
-    '|---|---|---:|---:|---:|',
-  ];
-  for (const m of metrics) {
-    for (const r of results.filter((x) => x.metric === m)) {
-      lines.push(`| ${m} | ${r.contender} | ${r.p50.toFixed(3)} | ${r.p99.toFixed(3)} | ${r.n} |`);
+async function benchIsolatedVm(): Promise<void> {
+  const run = await runIsolatedVm();
+  results.push(...run.results); // the child printed them as it went
+  if (run.unavailable) {
+    notes.push(`isolated-vm unavailable: ${run.unavailable}`);
+    console.error(`  ! isolated-vm unavailable: ${run.unavailable}`);
+    if (run.results.length === 0) {
+      for (const contender of ['isolated-vm-async', 'isolated-vm-sync']) unavailable.push({ contender, metrics: ISOLATED_VM_METRICS, reason: run.unavailable });
     }
   }
-  lines.push(
-    '',
-    '## Ratios (p50)',
-    '',
-    '| ratio | value | target |',
-    '|---|---:|---|',
-    `| airlock-kvm host_call_roundtrip − raw-kvm exit_floor (µs) | ${diff(['airlock-kvm', 'host_call_roundtrip_us'], ['raw-kvm', 'exit_floor_us'])} | ≤ 25 µs |`,
-    `| airlock-kvm compute_fib27 / native-quickjs | ${ratio(['airlock-kvm', 'compute_fib27_ms'], ['native-quickjs', 'compute_fib27_ms'])} | ≤ 1.15× |`,
-    `| airlock-kvm call_roundtrip / raw-kvm exit_floor | ${ratio(['airlock-kvm', 'call_roundtrip_us'], ['raw-kvm', 'exit_floor_us'])} | ≤ 1.5× |`,
-    `| airlock-kvm call_roundtrip (gc: false) / raw-kvm exit_floor | ${ratio(['airlock-kvm', 'call_roundtrip_nogc_us'], ['raw-kvm', 'exit_floor_us'])} | |`,
-    `| airlock-kvm call_roundtrip_spaced (guest parked) / raw-kvm exit_floor | ${ratio(['airlock-kvm', 'call_roundtrip_spaced_us'], ['raw-kvm', 'exit_floor_us'])} | |`,
-    `| airlock-wasm call_roundtrip / quickjs-emscripten | ${ratio(['airlock-wasm', 'call_roundtrip_us'], ['quickjs-emscripten', 'call_roundtrip_us'])} | ≤ 2× |`,
-    `| airlock-wasm call_roundtrip (gc: false) / quickjs-emscripten | ${ratio(['airlock-wasm', 'call_roundtrip_nogc_us'], ['quickjs-emscripten', 'call_roundtrip_us'])} | |`,
-    `| airlock-wasm compute_fib27 / quickjs-emscripten | ${ratio(['airlock-wasm', 'compute_fib27_ms'], ['quickjs-emscripten', 'compute_fib27_ms'])} | ≤ 1.1× |`,
-    `| airlock-kvm restore with 1 GiB heap / with 64 MiB heap | ${ratio(['airlock-kvm', 'restore_1gib_heap_us'], ['airlock-kvm', 'restore_us'])} | ~1× (cost independent of configured size) |`,
-    `| airlock-kvm idle_cpu_ms (10 idle sandboxes, 1 s) | ${p50('airlock-kvm', 'idle_cpu_ms')?.toFixed(1) ?? 'n/a'} | ≤ 5 ms |`,
-    `| airlock-wasm idle_cpu_ms (10 idle sandboxes, 1 s) | ${p50('airlock-wasm', 'idle_cpu_ms')?.toFixed(1) ?? 'n/a'} | ≤ 5 ms |`,
-    `| airlock-kvm call after a snapshot / without one | ${ratio(['airlock-kvm', 'call_after_snapshot_us'], ['airlock-kvm', 'call_without_snapshot_us'])} | ~1× (snapshots do not slow calls) |`,
-    '',
-    '## What each metric measures',
-    '',
-    '- `exit_floor_us`: one guest exit round trip (ring-3 `out`, KVM_RUN returns, KVM_RUN again) in a bare VM, timed off the JS thread by the addon. The floor under any call.',
-    '- `call_roundtrip_us`: `callHandler()` of a handler returning its event, from the host and back, back to back, default options (the guest GC runs after each call, as in the mirrored API); `call_roundtrip_nogc_us` the same with `{ gc: false }`. quickjs-emscripten: JSON in, handler call, JSON out, on the calling thread. On KVM a guest polls for a short, adaptive window after answering and the main thread hands the next request over in guest memory, so back-to-back calls make no VM exit (docs/PROTOCOL.md, "Polling"); that is why they can beat the exit floor.',
-    '- `call_roundtrip_spaced_us`: the same call made 2 ms after the previous one (default options). On KVM the guest has parked by then: the call wakes the vCPU thread, enters the guest and gets its answer through one exit.',
-    '- `host_call_roundtrip_us`: per call of a synchronous host function returning its argument, from a handler making 100 of them, with the bare handler call subtracted.',
-    '- `create_to_first_result_ms`: build → loadRuntime → addHandler → getLoadedSandbox → first callHandler, 40 sandboxes back to back (disposed in fours); `create_to_first_result_paced_ms` the same with one sandbox every 50 ms.',
-    '- `compute_fib27_ms`: a handler computing fib(27) recursively; native-quickjs is the same runtime and QuickJS built as a Linux program, driven over a pipe.',
-    '- `restore_us`: restore() right after a trivial call (default options); `restore_idle_us`: restore() with nothing changed since the last one; `restore_1gib_heap_us`: `restore_us` in a sandbox built with a 1 GiB heap.',
-    '- `call_without_snapshot_us` / `call_after_snapshot_us`: the trivial call (`gc: false`) in two identical 1 GiB-heap sandboxes, one of which has a snapshot taken, called alternately.',
-    '- `kill_latency_ms`: from `interruptHandle.kill()` to the rejected call, the guest spinning in `for(;;){}`.',
-    '- `idle_cpu_ms`: 10 sandboxes, one call each, 300 ms to settle, then the CPU time (user + system) of the whole process over the next second. An idle sandbox must cost nothing; the target is ≤ 5 ms.',
-  );
-  if (notes.length) lines.push('', '## Notes from this run', '', ...notes.map((n) => `- ${n}`));
-  writeFileSync(join(root, 'docs/BENCHMARKS.md'), lines.join('\n') + '\n');
 }
 
 async function main(): Promise<void> {
@@ -377,21 +369,23 @@ async function main(): Promise<void> {
   const kvm = kvmUnusableReasons().length === 0;
   if (kvm) {
     if (wants('exit-floor')) await guarded('raw-kvm', benchExitFloor);
+    if (wants('exchange-floor')) await guarded('raw-kvm exchange floor', benchExchangeFloor);
     await guarded('airlock-kvm', () => benchAirlock('kvm'));
   } else {
     notes.push(`KVM unusable: ${kvmUnusableReasons().join('; ')}`);
   }
   await guarded('airlock-wasm', () => benchAirlock('wasm'));
   if (wants('native')) await guarded('native-quickjs', benchNative);
-  if (wants('emscripten')) await guarded('quickjs-emscripten', benchEmscripten);
+  if (wants('emscripten') || wants('main-thread') || wants('throughput')) await guarded('quickjs-emscripten', benchEmscripten);
+  if (wants('isolated-vm')) await guarded('isolated-vm', benchIsolatedVm);
   if (only.size > 0) {
     // A partial run must not overwrite the report of a full one.
-    const out = join(root, 'out', 'bench-partial.json');
-    writeFileSync(out, JSON.stringify({ groups: [...only], results }, null, 2) + '\n');
+    const out = process.env.AIRLOCK_BENCH_OUT ?? join(root, 'out', 'bench-partial.json');
+    writeFileSync(out, JSON.stringify({ groups: [...only], results, notes, unavailable }, null, 2) + '\n');
     console.log(`partial run (${[...only].join(', ')}): wrote ${out}`);
     return;
   }
-  writeReport();
+  writeReport(root, results, notes, unavailable, kvm);
   console.log('wrote docs/BENCHMARKS.md and docs/benchmarks.json');
 }
 

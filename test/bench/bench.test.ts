@@ -1,0 +1,106 @@
+// bench.test.ts — the bench's own behaviour, not its figures: a quick run of the
+// call-path groups finishes and reports every metric for both tiers, isolated-vm's
+// absence is reported rather than fatal, the exchange floor refuses bad arguments, and
+// the report keeps its hand-written sections. No timing is asserted.
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadAddon } from '../../src/engine/native.js';
+import { kvmImagePath } from '../../src/engine/paths.js';
+import { describeKvm } from '../support/kvm.js';
+import { writeReport } from './report.js';
+import { allowedCpus, cpuList } from './threads.js';
+
+const root = join(__dirname, '..', '..');
+
+interface Partial {
+  results: { contender: string; metric: string; p50: number; p99: number }[];
+  notes: string[];
+  unavailable: { contender: string; metrics: string[]; reason: string }[];
+}
+
+function runBench(env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile('npx', ['tsx', 'test/bench/run.ts'], { cwd: root, env: { ...process.env, ...env }, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+describeKvm('bench: call-path groups', () => {
+  it('a quick run reports every call-path metric for both tiers, and isolated-vm as unavailable when it is not installed', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-bench-'));
+    const out = join(dir, 'partial.json');
+    const { code, stdout, stderr } = await runBench({
+      AIRLOCK_BENCH_QUICK: '1',
+      AIRLOCK_BENCH_ONLY: 'exchange-floor,placement,main-thread,throughput,eventloop,live-heap,isolated-vm',
+      AIRLOCK_BENCH_OUT: out,
+      AIRLOCK_BENCH_DEPS: join(dir, 'no-deps'),
+    });
+    expect(code, stderr).toBe(0);
+    const run = JSON.parse(readFileSync(out, 'utf8')) as Partial;
+    const has = (contender: string, metric: string) =>
+      run.results.some((r) => r.contender === contender && r.metric === metric && Number.isFinite(r.p50) && Number.isFinite(r.p99));
+    const twoCpus = cpuList(allowedCpus()).length >= 2;
+    const missing: string[] = [];
+    const want = (contender: string, metric: string) => {
+      if (!has(contender, metric)) missing.push(`${contender} ${metric}`);
+      else expect(stdout).toContain(metric);
+    };
+    want('raw-kvm', 'exchange_floor_us');
+    for (const contender of ['airlock-kvm', 'airlock-wasm']) {
+      want(contender, 'call_roundtrip_same_core_us');
+      if (twoCpus) want(contender, 'call_roundtrip_split_cores_us');
+      for (const metric of ['main_thread_cpu_us_per_call', 'throughput_1_per_s', 'throughput_2_per_s', 'throughput_8_per_s', 'event_loop_gap_calls_ms', 'event_loop_gap_hostcalls_ms', 'call_roundtrip_live_heap_us']) {
+        want(contender, metric);
+      }
+    }
+    for (const metric of ['main_thread_cpu_us_per_call', 'throughput_1_per_s', 'throughput_2_per_s', 'throughput_8_per_s']) want('quickjs-emscripten', metric);
+    expect(missing, run.notes.join('\n')).toEqual([]);
+    expect(run.results.filter((r) => r.metric.startsWith('throughput_')).every((r) => r.p50 > 0)).toBe(true);
+    // isolated-vm is not in AIRLOCK_BENCH_DEPS: said so, in the notes and as unavailable rows.
+    expect(run.notes.some((n) => n.includes('isolated-vm unavailable'))).toBe(true);
+    expect(run.unavailable.map((u) => u.contender).sort()).toEqual(['isolated-vm-async', 'isolated-vm-sync']);
+    expect(stderr).toContain('isolated-vm unavailable');
+  }, 240_000);
+
+  it('measureExchangeFloor answers with one positive figure per call, and refuses bad arguments and images', async () => {
+    const addon = loadAddon().addon as unknown as { measureExchangeFloor(image: unknown, n: unknown): Promise<number[]> };
+    const samples = await addon.measureExchangeFloor(readFileSync(kvmImagePath), 5);
+    expect(samples).toHaveLength(5);
+    expect(samples.every((s) => Number.isFinite(s) && s > 0)).toBe(true);
+    expect(() => addon.measureExchangeFloor('not an image', 5)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+    expect(() => addon.measureExchangeFloor(new Uint8Array(16), 0)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+    await expect(addon.measureExchangeFloor(new Uint8Array(4096), 1)).rejects.toMatchObject({ code: 'ERR_INTERNAL' });
+  });
+});
+
+describe('bench: report', () => {
+  it('writes unavailable contenders as rows and keeps the before/after sections of the previous file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-report-'));
+    mkdirSync(join(dir, 'docs'));
+    const before = '## Before and after the call-path work\n\n| placement | metric |\n|---|---|\n| spread | call_roundtrip_us |\n';
+    writeFileSync(join(dir, 'docs/BENCHMARKS.md'), '# Benchmarks\n\nold table\n\n' + before);
+    writeReport(
+      dir,
+      [
+        { contender: 'raw-kvm', metric: 'exit_floor_us', p50: 30, p99: 40, n: 10 },
+        { contender: 'airlock-kvm', metric: 'call_roundtrip_split_cores_us', p50: 33, p99: 50, n: 10 },
+      ],
+      ['a note'],
+      [{ contender: 'isolated-vm-async', metrics: ['call_roundtrip_us'], reason: 'not installed' }],
+      true,
+    );
+    const md = readFileSync(join(dir, 'docs/BENCHMARKS.md'), 'utf8');
+    expect(md).toContain('| call_roundtrip_us | isolated-vm-async | unavailable | | |');
+    expect(md).toContain('| airlock-kvm call_roundtrip_split_cores / raw-kvm exit_floor | 1.10× | ≤ 1.2× |');
+    expect(md).toContain('- a note');
+    expect(md).not.toContain('old table');
+    expect(md.endsWith(before)).toBe(true);
+    expect(md.split('## Before and after').length).toBe(2);
+    const json = JSON.parse(readFileSync(join(dir, 'docs/benchmarks.json'), 'utf8')) as { unavailable: unknown[] };
+    expect(json.unavailable).toHaveLength(1);
+  });
+});

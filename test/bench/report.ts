@@ -1,0 +1,118 @@
+// report.ts — docs/BENCHMARKS.md and docs/benchmarks.json from one run's results: the
+// table, the ratios issue #10 sets as targets, what each metric measures, the run's
+// notes, and the hand-written sections kept from the previous file (from the first
+// "## Before and after" heading on: ab.sh comparisons).
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import type { Result } from './stats.js';
+
+export interface Unavailable {
+  contender: string;
+  metrics: string[];
+  reason: string;
+}
+
+export function writeReport(root: string, results: readonly Result[], notes: readonly string[], unavailable: readonly Unavailable[], kvmUsable: boolean): void {
+  writeFileSync(join(root, 'docs/benchmarks.json'), JSON.stringify({ results: results.map(({ contender, metric, p50, p99 }) => ({ contender, metric, p50, p99 })), unavailable }, null, 2) + '\n');
+
+  const pick = (contender: string, metric: string) => results.find((r) => r.contender === contender && r.metric === metric);
+  const p50 = (c: string, m: string) => pick(c, m)?.p50;
+  const p99 = (c: string, m: string) => pick(c, m)?.p99;
+  const ratio = (a: [string, string], b: [string, string]) => {
+    const x = p50(...a);
+    const y = p50(...b);
+    return x !== undefined && y !== undefined ? `${(x / y).toFixed(2)}×` : 'n/a';
+  };
+  const diff = (a: [string, string], b: [string, string]) => {
+    const x = p50(...a);
+    const y = p50(...b);
+    return x !== undefined && y !== undefined ? (x - y).toFixed(1) : 'n/a';
+  };
+  const fmt = (v: number | undefined, digits = 1) => (v === undefined ? 'n/a' : v.toFixed(digits));
+
+  const metrics = [...new Set([...results.map((r) => r.metric), ...unavailable.flatMap((u) => u.metrics)])];
+  const lines: string[] = [
+    '# Benchmarks',
+    '',
+    `Measured by \`npx just bench\` (test/bench/run.ts) on ${new Date().toISOString().slice(0, 10)}: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, KVM ${kvmUsable ? 'usable (nested, PVM)' : 'unusable'}.`,
+    'All contenders ran in the same run, one after another (isolated-vm in a child process started with `--no-node-snapshot`). Lower is better except for `throughput_*`; p50 and p99 over n samples.',
+    '',
+    '| metric | contender | p50 | p99 | n |',
+    '|---|---|---:|---:|---:|',
+  ];
+  for (const m of metrics) {
+    for (const r of results.filter((x) => x.metric === m)) lines.push(`| ${m} | ${r.contender} | ${r.p50.toFixed(3)} | ${r.p99.toFixed(3)} | ${r.n} |`);
+    for (const u of unavailable.filter((x) => x.metrics.includes(m))) lines.push(`| ${m} | ${u.contender} | unavailable | | |`);
+  }
+  const K = 'airlock-kvm';
+  const W = 'airlock-wasm';
+  lines.push(
+    '',
+    '## Ratios (p50 unless noted)',
+    '',
+    'Targets from issue #10 ("Figures to reach") and earlier issues; a ratio is what counts, since this host is shared and nested.',
+    '',
+    '| ratio | value | target |',
+    '|---|---:|---|',
+    `| raw-kvm exchange_floor − exit_floor (µs) | ${diff(['raw-kvm', 'exchange_floor_us'], ['raw-kvm', 'exit_floor_us'])} | (the guest's own work per call) |`,
+    `| airlock-kvm call_roundtrip_split_cores / raw-kvm exit_floor | ${ratio([K, 'call_roundtrip_split_cores_us'], ['raw-kvm', 'exit_floor_us'])} | ≤ 1.2× |`,
+    `| airlock-kvm call_roundtrip_nogc / raw-kvm exit_floor | ${ratio([K, 'call_roundtrip_nogc_us'], ['raw-kvm', 'exit_floor_us'])} | ≤ 1.2× |`,
+    `| airlock-kvm call_roundtrip_same_core − raw-kvm exchange_floor (µs) | ${diff([K, 'call_roundtrip_same_core_us'], ['raw-kvm', 'exchange_floor_us'])} | ≤ 15 µs |`,
+    `| airlock-kvm call_roundtrip / isolated-vm-async call_roundtrip | ${ratio([K, 'call_roundtrip_us'], ['isolated-vm-async', 'call_roundtrip_us'])} | ≤ 1× |`,
+    `| airlock-wasm call_roundtrip / isolated-vm-async call_roundtrip | ${ratio([W, 'call_roundtrip_us'], ['isolated-vm-async', 'call_roundtrip_us'])} | |`,
+    `| airlock-kvm call_roundtrip / raw-kvm exit_floor | ${ratio([K, 'call_roundtrip_us'], ['raw-kvm', 'exit_floor_us'])} | ≤ 1.5× |`,
+    `| airlock-kvm call_roundtrip_spaced (guest parked) / raw-kvm exit_floor | ${ratio([K, 'call_roundtrip_spaced_us'], ['raw-kvm', 'exit_floor_us'])} | |`,
+    `| airlock-kvm main_thread_cpu_us_per_call (µs) | ${fmt(p50(K, 'main_thread_cpu_us_per_call'))} | ≤ 15 µs |`,
+    `| airlock-wasm main_thread_cpu_us_per_call (µs) | ${fmt(p50(W, 'main_thread_cpu_us_per_call'))} | ≤ 15 µs |`,
+    `| airlock-kvm throughput_2 / throughput_1 | ${ratio([K, 'throughput_2_per_s'], [K, 'throughput_1_per_s'])} | ≥ 1.7× |`,
+    `| airlock-kvm throughput_8 / throughput_2 | ${ratio([K, 'throughput_8_per_s'], [K, 'throughput_2_per_s'])} | ≥ 1× |`,
+    `| airlock-wasm throughput_2 / throughput_1 | ${ratio([W, 'throughput_2_per_s'], [W, 'throughput_1_per_s'])} | |`,
+    `| airlock-wasm throughput_8 / throughput_2 | ${ratio([W, 'throughput_8_per_s'], [W, 'throughput_2_per_s'])} | ≥ 1× |`,
+    `| airlock-kvm event_loop_gap_calls p99 (ms) | ${fmt(p99(K, 'event_loop_gap_calls_ms'))} | ≤ 20 ms |`,
+    `| airlock-wasm event_loop_gap_calls p99 (ms) | ${fmt(p99(W, 'event_loop_gap_calls_ms'))} | ≤ 20 ms |`,
+    `| airlock-kvm event_loop_gap_hostcalls p99 (ms) | ${fmt(p99(K, 'event_loop_gap_hostcalls_ms'))} | ≤ 20 ms |`,
+    `| airlock-wasm event_loop_gap_hostcalls p99 (ms) | ${fmt(p99(W, 'event_loop_gap_hostcalls_ms'))} | ≤ 20 ms |`,
+    `| airlock-kvm host_call_roundtrip − raw-kvm exchange_floor (µs) | ${diff([K, 'host_call_roundtrip_us'], ['raw-kvm', 'exchange_floor_us'])} | ≤ 15 µs |`,
+    `| airlock-kvm host_call_roundtrip − raw-kvm exit_floor (µs) | ${diff([K, 'host_call_roundtrip_us'], ['raw-kvm', 'exit_floor_us'])} | ≤ 25 µs |`,
+    `| airlock-kvm call_roundtrip_live_heap / call_roundtrip | ${ratio([K, 'call_roundtrip_live_heap_us'], [K, 'call_roundtrip_us'])} | ≤ 2× |`,
+    `| airlock-wasm call_roundtrip_live_heap / call_roundtrip | ${ratio([W, 'call_roundtrip_live_heap_us'], [W, 'call_roundtrip_us'])} | ≤ 2× |`,
+    `| airlock-kvm compute_fib27 / native-quickjs | ${ratio([K, 'compute_fib27_ms'], ['native-quickjs', 'compute_fib27_ms'])} | ≤ 1.15× |`,
+    `| airlock-wasm call_roundtrip / quickjs-emscripten | ${ratio([W, 'call_roundtrip_us'], ['quickjs-emscripten', 'call_roundtrip_us'])} | ≤ 2× |`,
+    `| airlock-wasm call_roundtrip (gc: false) / quickjs-emscripten | ${ratio([W, 'call_roundtrip_nogc_us'], ['quickjs-emscripten', 'call_roundtrip_us'])} | |`,
+    `| airlock-wasm compute_fib27 / quickjs-emscripten | ${ratio([W, 'compute_fib27_ms'], ['quickjs-emscripten', 'compute_fib27_ms'])} | ≤ 1.1× |`,
+    `| airlock-kvm restore with 1 GiB heap / with 64 MiB heap | ${ratio([K, 'restore_1gib_heap_us'], [K, 'restore_us'])} | ~1× (cost independent of configured size) |`,
+    `| airlock-kvm idle_cpu_ms (10 idle sandboxes, 1 s) | ${fmt(p50(K, 'idle_cpu_ms'))} | ≤ 5 ms |`,
+    `| airlock-wasm idle_cpu_ms (10 idle sandboxes, 1 s) | ${fmt(p50(W, 'idle_cpu_ms'))} | ≤ 5 ms |`,
+    `| airlock-kvm call after a snapshot / without one | ${ratio([K, 'call_after_snapshot_us'], [K, 'call_without_snapshot_us'])} | ~1× (snapshots do not slow calls) |`,
+    '',
+    '## What each metric measures',
+    '',
+    '- `exit_floor_us`: one guest exit round trip (ring-3 `out`, KVM_RUN returns, KVM_RUN again) in a bare VM, timed off the JS thread by the addon. The floor under any call.',
+    '- `exchange_floor_us` (contender `raw-kvm`): the real guest image (booted as a sandbox boots it, exit mode, no polling) answering a trivial CALL of a handler returning its event, without GC: the request written into guest memory, one KVM_RUN issued by the measuring thread itself (a worker thread of the addon doing nothing else), the answer copied out. No hand-off between threads: the floor under a call that enters the guest.',
+    '- `call_roundtrip_us`: `callHandler()` of a handler returning its event, from the host and back, back to back, default options (the mirrored API\'s post-call GC policy); `call_roundtrip_nogc_us` the same with `{ gc: false }`. quickjs-emscripten: JSON in, handler call, JSON out, on the calling thread; isolated-vm the same through a `Reference` to a function doing JSON.parse, the handler and JSON.stringify, with `apply` (`isolated-vm-async`: the isolate runs on isolated-vm\'s threads) or `applySync` (`isolated-vm-sync`: on the main thread).',
+    '- `call_roundtrip_same_core_us`: `call_roundtrip_us` with every thread of the process (main thread, the sandbox\'s vCPU thread `airlock-vcpu` or WebAssembly worker thread, Node\'s own helpers) pinned to one CPU. `call_roundtrip_split_cores_us`: the sandbox\'s threads on a second CPU, the main thread and the rest of the process on the first. The bench pins with sched_setaffinity (`taskset -p` per thread id from /proc/self/task) from inside its own process, pins every thread of the process to the first CPU, creates the sandbox (threads started later inherit their creator\'s CPUs), and for the split moves the one thread carrying the sandbox\'s calls to the second CPU: the thread other than the main one whose CPU time grows most over 200 calls (on KVM among those named `airlock-vcpu`; on WebAssembly it is the worker, which the tier\'s pool may have started earlier). The process is set free again after the sandbox is disposed.',
+    '- `call_roundtrip_spaced_us`: the same call made 2 ms after the previous one (default options). On KVM the guest has parked by then: the call enters it and gets its answer through one exit.',
+    '- `call_roundtrip_live_heap_us`: `call_roundtrip_us` into a sandbox whose handler module keeps 10,000 objects alive (default options, so the post-call GC policy meets a live heap).',
+    '- `main_thread_cpu_us_per_call`: the Node main thread\'s own CPU time (schedstat of /proc/self/task/<pid>, read after a 2 ms sleep so the kernel has brought it up to date) over 2,000 back-to-back default calls, divided by 2,000; p50/p99 over 10 rounds. Work on the vCPU, worker or isolated-vm threads is not counted.',
+    '- `throughput_1_per_s`, `throughput_2_per_s`, `throughput_8_per_s`: calls per second (higher is better) with 1, 2 or 8 sandboxes, each called back to back in its own loop, all loops at once for 1 s, threads free to use every CPU; p50/p99 over 5 rounds. quickjs-emscripten calls on the main thread, so its loops take turns.',
+    '- `event_loop_gap_calls_ms`: the gaps between ticks of a 1 ms `setInterval` (from the loop\'s start to its end, so an interval that never fires is one gap as long as the loop) during 2 s of back-to-back default calls; `event_loop_gap_hostcalls_ms` the same while every call makes 1,000 synchronous host calls (a host-call storm). Synchronous in-thread contenders (quickjs-emscripten, isolated-vm-sync) block the event loop for their whole loop by construction and are not measured.',
+    '- `host_call_roundtrip_us`: per call of a synchronous host function returning its argument, from a handler making 100 of them, with the bare handler call subtracted.',
+    '- `create_to_first_result_ms`: build → loadRuntime → addHandler → getLoadedSandbox → first callHandler, 40 sandboxes back to back (disposed in fours); `create_to_first_result_paced_ms` the same with one sandbox every 50 ms. isolated-vm: new Isolate, context, handler script, first call, dispose.',
+    '- `compute_fib27_ms`: a handler computing fib(27) recursively; native-quickjs is the same runtime and QuickJS built as a Linux program, driven over a pipe.',
+    '- `restore_us`: restore() right after a trivial call (default options); `restore_idle_us`: restore() with nothing changed since the last one; `restore_1gib_heap_us`: `restore_us` in a sandbox built with a 1 GiB heap.',
+    '- `call_without_snapshot_us` / `call_after_snapshot_us`: the trivial call (`gc: false`) in two identical 1 GiB-heap sandboxes, one of which has a snapshot taken, called alternately.',
+    '- `kill_latency_ms`: from `interruptHandle.kill()` to the rejected call, the guest spinning in `for(;;){}`.',
+    '- `idle_cpu_ms`: 10 sandboxes, one call each, 300 ms to settle, then the CPU time (user + system) of the whole process over the next second. An idle sandbox must cost nothing; the target is ≤ 5 ms.',
+  );
+  if (notes.length) lines.push('', '## Notes from this run', '', ...notes.map((n) => `- ${n}`));
+  const file = join(root, 'docs/BENCHMARKS.md');
+  const kept = keptSections(existsSync(file) ? readFileSync(file, 'utf8') : '');
+  writeFileSync(file, lines.join('\n') + '\n' + (kept ? '\n' + kept : ''));
+}
+
+/** The previous file from its first "## Before and after" heading on ('' when none). */
+function keptSections(previous: string): string {
+  const at = previous.search(/^## Before and after/m);
+  return at < 0 ? '' : previous.slice(at).replace(/\n*$/, '\n');
+}
