@@ -39,15 +39,15 @@ async function callingThread(backend: Backend, burst: () => Promise<unknown>): P
   const cpuOf = () => new Map(threadIds().map((t) => [t, threadCpuNs(t)] as const));
   const before = cpuOf();
   for (let i = 0; i < 200; i++) await burst();
-  let best = 0;
-  let bestGrowth = -1;
-  for (const [tid, ns] of cpuOf()) {
-    if (tid === process.pid || (backend === 'kvm' && threadName(tid) !== 'airlock-vcpu')) continue;
-    const growth = ns - (before.get(tid) ?? 0);
-    if (growth > bestGrowth) [best, bestGrowth] = [tid, growth];
-  }
-  if (bestGrowth <= 0) throw new Error(`no thread of the ${backend} sandbox found in /proc/self/task`);
-  return best;
+  const growth = [...cpuOf()]
+    .filter(([tid]) => tid !== process.pid)
+    .map(([tid, ns]) => ({ tid, grew: ns - (before.get(tid) ?? 0), vcpu: threadName(tid) === 'airlock-vcpu' }))
+    .filter((t) => t.grew > 0)
+    .sort((a, b) => b.grew - a.grew);
+  // On KVM the vCPU thread by its name when it has one; any busiest thread otherwise.
+  const found = (backend === 'kvm' ? growth.find((t) => t.vcpu) : undefined) ?? growth[0];
+  if (!found) throw new Error(`no thread of the ${backend} sandbox found in /proc/self/task`);
+  return found.tid;
 }
 
 /**
