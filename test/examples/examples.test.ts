@@ -1,5 +1,5 @@
 // examples.test.ts — every file in examples/ and every ```ts block in README.md and docs/
-// runs as a user would run it: through tsx, importing the built package as 'airlock'.
+// runs as a user would run it: through tsx, importing the built package as 'airlock-vm'.
 // A snippet must exit 0; where it prints a documented result, the output is checked.
 // Everything runs twice: on KVM, and on the WebAssembly tier (AIRLOCK_DISABLE_KVM=1,
 // so the default 'auto' picks WebAssembly and says why once on stderr).

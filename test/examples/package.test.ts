@@ -1,4 +1,4 @@
-// package.test.ts — the built package as users load it with plain Node: require('airlock')
+// package.test.ts — the built package as users load it with plain Node: require('airlock-vm')
 // from CommonJS and `import` from an ES module both reach the same API and run a handler.
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
@@ -19,22 +19,22 @@ const body = `
 `;
 
 describeKvm('package entry points', () => {
-  it("works through require('airlock') (CommonJS)", async () => {
-    const code = `const { SandboxBuilder, AirlockError } = require('airlock');\n(async () => {${body}})().catch((e) => { console.error(e); process.exit(1); });`;
+  it("works through require('airlock-vm') (CommonJS)", async () => {
+    const code = `const { SandboxBuilder, AirlockError } = require('airlock-vm');\n(async () => {${body}})().catch((e) => { console.error(e); process.exit(1); });`;
     const { stdout } = await run(process.execPath, ['-e', code], { cwd: root });
     expect(JSON.parse(stdout)).toEqual({ result: { doubled: 42 }, backend: 'kvm', errors: 'function' });
   });
 
-  it("works through import from 'airlock' (ES module)", async () => {
-    const code = `import { SandboxBuilder, AirlockError } from 'airlock';\n${body}`;
+  it("works through import from 'airlock-vm' (ES module)", async () => {
+    const code = `import { SandboxBuilder, AirlockError } from 'airlock-vm';\n${body}`;
     const { stdout } = await run(process.execPath, ['--input-type=module', '-e', code], { cwd: root });
     expect(JSON.parse(stdout)).toEqual({ result: { doubled: 42 }, backend: 'kvm', errors: 'function' });
   });
 
   it('gives ESM and CommonJS users the same module instance', async () => {
     const code = `import { createRequire } from 'node:module';
-      import * as esm from 'airlock';
-      const cjs = createRequire(process.cwd() + '/')('airlock');
+      import * as esm from 'airlock-vm';
+      const cjs = createRequire(process.cwd() + '/')('airlock-vm');
       console.log(esm.SandboxBuilder === cjs.SandboxBuilder && esm.AirlockError === cjs.AirlockError);`;
     const { stdout } = await run(process.execPath, ['--input-type=module', '-e', code], { cwd: root });
     expect(stdout.trim()).toBe('true');
