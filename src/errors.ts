@@ -122,7 +122,10 @@ export class BusyError extends AirlockError {
   }
 }
 
-/** The requested backend cannot run here; the message lists each reason and its fix. */
+/**
+ * The requested backend cannot run here, or a requested limit cannot be enforced on this
+ * platform (cpuTimeoutMs without a thread CPU clock); `reasons` lists each reason and its fix.
+ */
 export class UnavailableError extends AirlockError {
   readonly reasons: string[];
   constructor(message: string, reasons: string[]) {
