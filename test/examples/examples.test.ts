@@ -46,6 +46,7 @@ const expectedOutput: Record<string, RegExp[]> = {
 // Documented output of doc snippets, by file and snippet number.
 const expectedSnippetOutput: Record<string, RegExp[]> = {
   'README.md 1': [/\{ name: 'World', message: 'Hello, World!' \}/],
+  'README.md 2': [/^\{"tenant":"acme","calls":1,"sum":3\}\n\{"tenant":"acme","calls":1,"sum":10\}\n\{"error":"ERR_CANCELLED"\}$/m],
 };
 
 function suite(tier: Tier): void {
