@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # build-prebuilt.sh — the host addon the package ships: prebuilds/linux-x64/airlock.node,
 # built from host/binding.gyp in out/prebuilt (host/build stays the development build)
-# with libstdc++ and libgcc linked in statically and host/portable/glibc-2.28.h forced
-# into every file, then checked: it must need no libstdc++/libgcc_s at run time and no
-# glibc symbol version above the baseline. Node-API, so one build serves every Node >= 20.
-# Incremental: rebuilt only when a host source, the flags or this script changed.
+# with libstdc++ and libgcc linked in statically, host/portable/glibc-2.28.h forced into
+# every file and host/portable/glibc-2.28.cc linked in, then checked: it must need no
+# libstdc++/libgcc_s at run time and no glibc symbol version above the baseline.
+# Node-API, so one build serves every Node >= 20. Incremental: rebuilt only when a host
+# source or the generated binding (sources, flags) changed.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,7 +25,8 @@ target=prebuilds/linux-x64/airlock.node
 
 mkdir -p "$dir"
 # Symbols the static C++ runtime references at versions above the baseline, routed to
-# host/portable/glibc-2.28.cc (keep the two lists equal).
+# host/portable/glibc-2.28.cc. The two lists check each other: a name missing there fails
+# the link (no __wrap_ target), a name missing here fails the symbol check below.
 WRAPPED=(pthread_create pthread_join pthread_detach pthread_once pthread_key_create __pthread_key_create
   pthread_key_delete pthread_getspecific pthread_setspecific _dl_find_object arc4random)
 python3 - "$dir/binding.gyp.new" "$GLIBC_BASELINE" "${WRAPPED[@]}" <<'PY'
