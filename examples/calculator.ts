@@ -2,7 +2,7 @@
 // reports bad input as an error value, while a thrown error reaches the host as a
 // coded exception and the sandbox keeps working.
 // Run: npx tsx examples/calculator.ts
-import { SandboxBuilder } from 'airlock';
+import { SandboxBuilder } from 'airlock-vm';
 
 async function main(): Promise<void> {
   const proto = await new SandboxBuilder().build();

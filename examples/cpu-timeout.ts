@@ -2,7 +2,7 @@
 // Compute-bound work trips the CPU monitor; a handler waiting on a slow host function
 // burns no CPU, so the wall clock is the backstop that ends it.
 // Run: npx tsx examples/cpu-timeout.ts
-import { SandboxBuilder } from 'airlock';
+import { SandboxBuilder } from 'airlock-vm';
 
 async function main(): Promise<void> {
   const proto = await new SandboxBuilder().build();

@@ -1,7 +1,7 @@
 // host-functions.ts — guest code calling back into Node: sync and async host functions,
 // spread arguments, automatic JSON on both sides, and errors that reach the guest.
 // Run: npx tsx examples/host-functions.ts
-import { SandboxBuilder } from 'airlock';
+import { SandboxBuilder } from 'airlock-vm';
 
 async function main(): Promise<void> {
   const proto = await new SandboxBuilder().build();

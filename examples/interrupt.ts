@@ -2,7 +2,7 @@
 // 4-second handler after 1 second, a kill() from a timer ends another, and restore()
 // rolls the poisoned sandbox back to a snapshot.
 // Run: npx tsx examples/interrupt.ts
-import { SandboxBuilder } from 'airlock';
+import { SandboxBuilder } from 'airlock-vm';
 
 async function main(): Promise<void> {
   const proto = await new SandboxBuilder().build();

@@ -1,6 +1,6 @@
 // simple.ts — the quick start: one handler in a fresh sandbox, called from TypeScript.
 // Run: npx tsx examples/simple.ts
-import { SandboxBuilder } from 'airlock';
+import { SandboxBuilder } from 'airlock-vm';
 
 async function main(): Promise<void> {
   const builder = new SandboxBuilder();

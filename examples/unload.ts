@@ -1,7 +1,7 @@
 // unload.ts — handler lifecycle: unload() drops handlers, modules and their state, and
 // a new version loads into the same sandbox.
 // Run: npx tsx examples/unload.ts
-import { SandboxBuilder } from 'airlock';
+import { SandboxBuilder } from 'airlock-vm';
 
 async function main(): Promise<void> {
   const proto = await new SandboxBuilder().build();

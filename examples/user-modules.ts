@@ -1,7 +1,7 @@
 // user-modules.ts — reusable ES modules inside the guest: dependencies registered in
 // any order, a custom namespace, and one module instance shared by two handlers.
 // Run: npx tsx examples/user-modules.ts
-import { SandboxBuilder } from 'airlock';
+import { SandboxBuilder } from 'airlock-vm';
 
 async function main(): Promise<void> {
   const proto = await new SandboxBuilder().build();

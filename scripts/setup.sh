@@ -109,7 +109,7 @@ fi
 # The generator rewrites its output only when abi.h changed, so dist/ stays current.
 node scripts/gen-abi-ts.mjs >>"$log" 2>&1 || step "generating the ABI constants" node scripts/gen-abi-ts.mjs
 if [[ ! -f dist/index.mjs ]] || [[ -n "$(find src -newer dist/index.mjs -name '*.ts' -print -quit)" ]]; then
-  compile_ts() { npx tsc -p tsconfig.build.json && node scripts/write-esm-entry.mjs; }
+  compile_ts() { npx tsc -p tsconfig.build.json && node scripts/seal-dts.mjs && node scripts/write-esm-entry.mjs; }
   step "compiling TypeScript" compile_ts
 fi
 

@@ -19,6 +19,11 @@ export const sizeLimits = {
   consoleLimit: { default: 64 * KiB, min: 1, max: 256 * MiB },
 } as const;
 
+/**
+ * The entry point: configure sizes, tier and console, then build() a sandbox. Each build()
+ * boots one sandbox (a KVM micro-VM, or a WebAssembly instance in a worker thread) and
+ * resolves with its ProtoJSSandbox; the builder is spent once build() succeeds.
+ */
 export class SandboxBuilder {
   #heapSize: number = sizeLimits.heap.default;
   #scratchSize: number = sizeLimits.scratch.default;

@@ -4,6 +4,10 @@
 // escaping that keeps default-routed guest text to one attributed line.
 import type { ConsoleLevel, RawConsoleEntry } from './engine/protocol.js';
 
+/**
+ * Receives the guest's console output (SandboxBuilder.setConsoleHandler): `level` is the
+ * console method ('log', 'info', 'warn', 'error' or 'debug'), `message` its formatted text.
+ */
 export type ConsoleHandler = (level: ConsoleLevel, message: string) => void;
 
 /**

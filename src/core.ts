@@ -24,6 +24,11 @@ import { GuestConsole, type ConsoleHandler } from './console.js';
 import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
 
+/**
+ * A host function the guest calls as `import { f } from 'host:<module>'`: receives the
+ * guest's arguments (JSON values, spread), returns a JSON-serialisable value or a promise of
+ * one; a throw or rejection becomes an error the guest can catch.
+ */
 export type HostFunction = (...args: any[]) => unknown;
 export type { ConsoleHandler } from './console.js';
 

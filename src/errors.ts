@@ -1,6 +1,7 @@
 // errors.ts — Airlock's error taxonomy: every error the API throws is an AirlockError
 // subclass with a stable `code`. Codes are part of the public contract; messages are not.
 
+/** The stable code of every AirlockError; docs/ERRORS.md says when each is raised and what to do. */
 export type ErrorCode =
   | 'ERR_INVALID_ARG'
   | 'ERR_CONSUMED'
@@ -18,11 +19,19 @@ export type ErrorCode =
 
 /** Timing of a request, attached to errors so CallStats exist even when a call fails. */
 export interface ErrorStats {
+  /** Wall-clock time of the request, in nanoseconds. */
   wallTimeNs: number;
+  /** Guest CPU time of the request in nanoseconds, or null where it was not measured. */
   cpuTimeNs: number | null;
 }
 
+/**
+ * The base of every error Airlock throws or rejects with. Test `code` (stable) or use
+ * `instanceof` with a subclass; both work from ES modules and CommonJS, which share one
+ * instance of the package. Messages are for people and may change.
+ */
 export class AirlockError extends Error {
+  /** The stable error code, e.g. 'ERR_CANCELLED'. */
   readonly code: ErrorCode;
   /** Set by engines on rejected exchanges. */
   stats?: ErrorStats;
@@ -57,6 +66,7 @@ export class PoisonedError extends AirlockError {
 
 /** A request was cancelled by a monitor or kill(). */
 export class CancelledError extends AirlockError {
+  /** What cancelled the call: its wallClockTimeoutMs, its cpuTimeoutMs, or InterruptHandle.kill(). */
   readonly terminatedBy: 'wall-clock' | 'cpu-time' | 'kill';
   constructor(terminatedBy: 'wall-clock' | 'cpu-time' | 'kill', message?: string) {
     super('ERR_CANCELLED', message ?? `execution cancelled by ${terminatedBy}`);
@@ -76,7 +86,9 @@ export class GuestAbortError extends AirlockError {
  * `name` and `stack` mirror them so the error reads like the original.
  */
 export class GuestExceptionError extends AirlockError {
+  /** The guest error's `name` (e.g. 'TypeError'), or '' when the guest threw a non-Error. */
   readonly guestName: string;
+  /** The guest's own stack trace (guest file names and lines). */
   readonly guestStack: string;
   constructor(guestName: string, message: string, guestStack: string) {
     super('ERR_GUEST_EXCEPTION', message);
@@ -122,8 +134,12 @@ export class BusyError extends AirlockError {
   }
 }
 
-/** The requested backend cannot run here; the message lists each reason and its fix. */
+/**
+ * The requested backend cannot run here, or a requested limit cannot be enforced on this
+ * platform (cpuTimeoutMs without a thread CPU clock); `reasons` lists each reason and its fix.
+ */
 export class UnavailableError extends AirlockError {
+  /** Each reason the backend or limit is unavailable, each naming its fix. */
   readonly reasons: string[];
   constructor(message: string, reasons: string[]) {
     super('ERR_UNAVAILABLE', message);

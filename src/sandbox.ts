@@ -62,18 +62,22 @@ function track(view: object, core: SandboxCore): void {
   viewRegistry.register(view, core);
 }
 
+/** What every sandbox stage has in common: its tier, and disposal of its VM or worker. */
 abstract class SandboxView {
+  /** @internal */
   protected readonly core: SandboxCore;
+  /** @internal */
   protected readonly settings: ViewSettings;
   private consumedBy: string | undefined;
 
+  /** @internal */
   protected constructor(core: SandboxCore, settings: ViewSettings = defaultSettings) {
     this.core = core;
     this.settings = settings;
     track(this, core);
   }
 
-  /** Keeps this view strongly reachable until `operation` settles. */
+  /** Keeps this view strongly reachable until `operation` settles. @internal */
   protected async pinned<T>(operation: () => Promise<T>): Promise<T> {
     busyViews.set(this, (busyViews.get(this) ?? 0) + 1);
     try {
@@ -95,13 +99,14 @@ abstract class SandboxView {
     return this.core.dispose();
   }
 
+  /** `await using sandbox = ...` disposes the sandbox when the scope ends (same as dispose()). */
   [Symbol.asyncDispose](): Promise<void> {
     return this.dispose();
   }
 
   /**
    * Consumes this view for `by`, runs `step` pinned, and hands the view back when the
-   * step fails (so the caller may fix its input and try again).
+   * step fails (so the caller may fix its input and try again). @internal
    */
   protected async consumeWith<T>(by: string, step: () => Promise<T>): Promise<T> {
     this.assertUsable();
@@ -116,6 +121,7 @@ abstract class SandboxView {
     });
   }
 
+  /** Throws ERR_CONSUMED when this view was disposed or consumed. @internal */
   protected assertUsable(): void {
     if (this.core.isDisposed) throw new ConsumedError(`this ${this.constructor.name} has been disposed`);
     if (this.consumedBy) {
@@ -127,6 +133,7 @@ abstract class SandboxView {
 /** Registers functions of one host module (`import * as m from "host:<name>"`). */
 export class HostModule {
   readonly #proto: ProtoJSSandbox;
+  /** The module's name: the guest imports it as `host:<name>`. */
   readonly name: string;
 
   /** @internal */
@@ -319,8 +326,14 @@ export class LoadedJSSandbox extends SandboxView {
    * Calls handler `handlerName` with `eventData` (any JSON-serialisable value). Options:
    * `wallClockTimeoutMs` and `cpuTimeoutMs` (1 to 3,600,000 ms) cancel the call with
    * ERR_CANCELLED; `gc: false` skips the post-call collection.
+   *
+   * Resolves with the handler's return value (awaited when it is a promise) after a JSON
+   * round trip; `T` only names that shape for the caller, nothing checks it at run time.
+   * Rejects with an AirlockError: GuestExceptionError when the handler throws,
+   * CancelledError on a timeout or kill() (the sandbox is then poisoned), PoisonedError
+   * when an earlier call poisoned it, InvalidArgumentError for a bad name, event or option.
    */
-  async callHandler(handlerName: string, eventData: unknown, options?: CallHandlerOptions): Promise<any> {
+  async callHandler<T = any>(handlerName: string, eventData: unknown, options?: CallHandlerOptions): Promise<T> {
     this.assertUsable();
     const name = requireName(handlerName, 'handler name');
     if (options !== undefined && (options === null || typeof options !== 'object')) {
@@ -331,7 +344,8 @@ export class LoadedJSSandbox extends SandboxView {
     const cpuTimeoutMs = optionalTimeout(options?.cpuTimeoutMs, 'cpuTimeoutMs');
     const gc = optionalBoolean(options?.gc, 'gc', true);
     const event = serializeEvent(eventData);
-    return this.pinned(() => this.core.call(name, event, { wallClockTimeoutMs, cpuTimeoutMs, gc }));
+    // Unchecked cast: the result is whatever JSON the guest produced; T is the caller's claim.
+    return this.pinned(() => this.core.call(name, event, { wallClockTimeoutMs, cpuTimeoutMs, gc })) as Promise<T>;
   }
 
   /** Drops handlers and modules; returns a JSSandbox to load new ones. Also clears poisoning. */
@@ -355,14 +369,17 @@ export class LoadedJSSandbox extends SandboxView {
     return this.pinned(() => this.core.restore(state));
   }
 
+  /** The handle that cancels this sandbox's call in flight, e.g. from a timer or another request. */
   get interruptHandle(): InterruptHandle {
     return this.#interruptHandle;
   }
 
+  /** Whether the sandbox is poisoned (a call was killed, timed out or aborted) until restored or unloaded. */
   get poisoned(): boolean {
     return this.core.poisoned;
   }
 
+  /** Wall-clock and CPU time of the most recent call (also set when it failed); null before the first call. */
   get lastCallStats(): CallStats | null {
     return this.core.lastCallStats;
   }

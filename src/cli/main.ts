@@ -7,8 +7,8 @@ import { collectModule, exitCodes, parseBackend, parsePositiveInteger } from './
 import { replCommand } from './repl.js';
 import { runCommand } from './run.js';
 
-// The version printed is the package's own (dist/cli/ → the package root).
-const { version } = require('../../package.json') as { version: string };
+// The name and version printed are the package's own (dist/cli/ → the package root).
+const { name: packageName, version } = require('../../package.json') as { name: string; version: string };
 
 function sandboxOptions(command: Command): Command {
   return command
@@ -21,7 +21,7 @@ function sandboxOptions(command: Command): Command {
 
 function program(setExitCode: (code: number) => void): Command {
   const cli = new Command('airlock')
-    .description('Run untrusted JavaScript handlers in KVM micro-VMs or WebAssembly sandboxes')
+    .description(`Airlock (npm package ${packageName}): run untrusted JavaScript handlers in KVM micro-VMs or WebAssembly sandboxes`)
     .version(version)
     .showHelpAfterError()
     .addHelpText(

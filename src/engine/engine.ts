@@ -3,6 +3,7 @@
 // opaque message bytes (framed as guest/include/abi.h says) in and out of one guest
 // and enforces limits; src/engine/protocol.ts gives the bytes their meaning.
 
+/** A sandbox's tier: 'kvm' (a KVM micro-VM) or 'wasm' (WebAssembly in a worker thread). */
 export type Backend = 'kvm' | 'wasm';
 
 /** Which monitor or action ended a call early. */

@@ -6,6 +6,7 @@ import { KvmEngine } from './kvm-engine.js';
 import { kvmUnusableReasons, unavailableError } from './probe.js';
 import { WasmEngine, wasmAvailable } from './wasm/index.js';
 
+/** SandboxBuilder.setBackend(): a tier, or 'auto' (default) for KVM when usable, else WebAssembly. */
 export type BackendChoice = Backend | 'auto';
 
 let autoNoticeShown = false;

@@ -1,5 +1,5 @@
 // examples.test.ts — every file in examples/ and every ```ts block in README.md and docs/
-// runs as a user would run it: through tsx, importing the built package as 'airlock'.
+// runs as a user would run it: through tsx, importing the built package as 'airlock-vm'.
 // A snippet must exit 0; where it prints a documented result, the output is checked.
 // Everything runs twice: on KVM, and on the WebAssembly tier (AIRLOCK_DISABLE_KVM=1,
 // so the default 'auto' picks WebAssembly and says why once on stderr).
@@ -46,6 +46,7 @@ const expectedOutput: Record<string, RegExp[]> = {
 // Documented output of doc snippets, by file and snippet number.
 const expectedSnippetOutput: Record<string, RegExp[]> = {
   'README.md 1': [/\{ name: 'World', message: 'Hello, World!' \}/],
+  'README.md 2': [/^\{"tenant":"acme","calls":1,"sum":3\}\n\{"tenant":"acme","calls":1,"sum":10\}\n\{"error":"ERR_CANCELLED"\}$/m],
 };
 
 function suite(tier: Tier): void {

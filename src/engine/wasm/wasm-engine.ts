@@ -24,6 +24,7 @@ import type {
   TerminatedBy,
 } from '../engine.js';
 import { encodeMessage } from '../protocol.js';
+import { threadCpuClockUnavailableReason } from '../thread-cpu-clock.js';
 import {
   CancelReason,
   INIT_BAD_CONFIG,
@@ -262,6 +263,9 @@ export class WasmEngine implements GuestEngine {
       const cpu = options?.cpuTimeoutMs;
       if (wall !== undefined && !(wall > 0)) throw new InvalidArgumentError('wallClockTimeoutMs must be > 0');
       if (cpu !== undefined && !(cpu > 0)) throw new InvalidArgumentError('cpuTimeoutMs must be > 0');
+      // Without a thread CPU clock the worker could not enforce the limit: refuse, never ignore.
+      const noCpuClock = cpu !== undefined ? threadCpuClockUnavailableReason() : null;
+      if (noCpuClock !== null) throw new UnavailableError(`cpuTimeoutMs cannot be enforced on the WebAssembly tier here: ${noCpuClock}`, [noCpuClock]);
 
       const ctl = w.control;
       this.eagerImage = undefined;
