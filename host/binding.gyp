@@ -13,6 +13,10 @@
         "src/messages.cc",
         "src/layout.cc",
         "src/guest_memory.cc",
+        "src/memory_image.cc",
+        "src/template.cc",
+        "src/template_napi.cc",
+        "src/clone_boot.cc",
         "src/exit_floor.cc",
         "kvm/kvm.cc"
       ],

@@ -32,6 +32,31 @@ GuestMemory::GuestMemory(uint64_t size) : size_(size) {
     ::madvise(mapping_, mappingSize_, MADV_DONTFORK);
 }
 
+GuestMemory::GuestMemory(std::shared_ptr<const MemoryImage> image) : size_(image->size()) {
+    // Address space only (no access, nothing committed) until adopt() maps the image
+    // over the aligned part.
+    mappingSize_ = size_ + kHugePageSize;
+    mapping_ = ::mmap(nullptr, mappingSize_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mapping_ == MAP_FAILED) {
+        mapping_ = nullptr;
+        throw std::system_error(errno, std::generic_category(), "mmap guest memory");
+    }
+    base_ = reinterpret_cast<uint8_t *>(alignUp(reinterpret_cast<uint64_t>(mapping_), kHugePageSize));
+    ::madvise(mapping_, mappingSize_, MADV_DONTFORK);
+    adopt(std::move(image));
+}
+
+void GuestMemory::adopt(std::shared_ptr<const MemoryImage> image) {
+    if (image->size() != size_) throw std::logic_error("a guest memory image must have the guest's size");
+    // MAP_FIXED replaces the old pages in one step: no instant where the range is
+    // unmapped for another mapping to take.
+    void *p = ::mmap(base_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, image->fd(), 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "map guest memory image");
+    // Guests must not inherit this memory across fork() (the new mapping lost the flag).
+    ::madvise(base_, size_, MADV_DONTFORK);
+    backing_ = std::move(image);
+}
+
 GuestMemory::~GuestMemory() {
     if (mapping_) ::munmap(mapping_, mappingSize_);
 }
