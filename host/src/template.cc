@@ -88,9 +88,12 @@ bool sameSegment(const hv::Segment &a, const hv::Segment &b) {
            a.present == b.present && a.dpl == b.dpl && a.db == b.db && a.s == b.s && a.l == b.l && a.g == b.g;
 }
 
-// Flags ring-3 code can change itself (CF PF AF ZF SF TF DF OF NT RF AC ID); every
-// other bit must be the host's start value (IOPL 3 for port I/O, IF clear, no VM86).
-constexpr uint64_t kUserFlags = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x4000 | 0x10000 | 0x40000 | 0x200000;
+// Flags ring-3 code can change itself (CF PF AF ZF SF TF DF OF NT RF AC ID), and IOPL,
+// which the host starts at 3 and which PVM hosts clear (both are safe: the host-built
+// TSS bitmap gates ports); every other bit must be the host's start value (bit 1 set,
+// IF clear, no VM86).
+constexpr uint64_t kUserFlags =
+    0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x3000 | 0x4000 | 0x10000 | 0x40000 | 0x200000;
 
 // A CPU state a clone may start from: exactly the host's ring-3 state apart from what
 // ring-3 code can change (general registers, flags above, FS base, data selectors).
@@ -106,7 +109,9 @@ void checkRing3(const CpuState &cpu) {
     if (!sameSegment(s.tr, want.tr)) bad("TR is not the host's TSS");
     if (s.gdt.base != want.gdt.base || s.gdt.limit != want.gdt.limit || s.idt.base != 0 || s.idt.limit != 0)
         bad("GDT/IDT differ from the host's");
-    if (s.ldt.present || s.ldt.selector) bad("an LDT is loaded");
+    // Ring 3 cannot load an LDT; one that lies elsewhere than the host-built system
+    // region could hold call gates into ring 0.
+    if (s.ldt.selector != 0 || s.ldt.base != 0 || s.ldt.limit > 0xffff) bad("an LDT outside the system region is loaded");
     for (const hv::Segment *seg : {&s.ds, &s.es, &s.fs, &s.gs}) {
         const bool null = seg->selector == 0, user = seg->selector == kUserDataSelector;
         if (!null && !user) bad("a data segment selector " + hex(seg->selector) + " is neither null nor the ring-3 data selector");
@@ -114,7 +119,7 @@ void checkRing3(const CpuState &cpu) {
     }
     for (uint8_t b : s.opaque)
         if (b) bad("interrupts are pending");
-    if ((cpu.regs.rflags & ~kUserFlags) != kRing3Rflags)
+    if ((cpu.regs.rflags & ~kUserFlags) != (kRing3Rflags & ~kUserFlags))
         bad("RFLAGS " + hex(cpu.regs.rflags) + " sets bits ring-3 code cannot");
 }
 

@@ -1,5 +1,6 @@
 // template_napi.cc — N-API functions for templates: makeTemplate(snapshot),
-// exportTemplate(template), importTemplate(image, config, cpuState, memory). A Vm is
+// exportTemplate(template), importTemplate(image, config, cpuState, memory),
+// releaseTemplate(template), templateByteLength(template). A Vm is
 // cloned by passing a template handle to its constructor (addon.cc).
 #include "template_napi.h"
 
@@ -129,6 +130,17 @@ Napi::Value TemplateByteLength(const Napi::CallbackInfo &info) {
     return Napi::Number::New(env, static_cast<double>(t->memory->dataBytes()));
 }
 
+// Drops this handle's reference now instead of at garbage collection: the image goes
+// when the last clone made from it does. Later uses of the handle are refused.
+Napi::Value ReleaseTemplate(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    bool tagged = false;
+    if (info.Length() >= 1 && info[0].IsExternal()) napi_check_object_type_tag(env, info[0], &kTemplateTag, &tagged);
+    if (!tagged) throw codedError(env, "ERR_INVALID_ARG", "releaseTemplate() needs a template made by this addon");
+    info[0].As<Napi::External<std::shared_ptr<const Template>>>().Data()->reset();
+    return env.Undefined();
+}
+
 } // namespace
 
 std::shared_ptr<const Template> templateOf(Napi::Env env, Napi::Value v) {
@@ -142,6 +154,7 @@ void registerTemplateApi(Napi::Env env, Napi::Object exports) {
     exports.Set("makeTemplate", Napi::Function::New(env, MakeTemplate, "makeTemplate"));
     exports.Set("exportTemplate", Napi::Function::New(env, ExportTemplate, "exportTemplate"));
     exports.Set("importTemplate", Napi::Function::New(env, ImportTemplate, "importTemplate"));
+    exports.Set("releaseTemplate", Napi::Function::New(env, ReleaseTemplate, "releaseTemplate"));
     exports.Set("templateByteLength", Napi::Function::New(env, TemplateByteLength, "templateByteLength"));
 }
 
