@@ -123,6 +123,20 @@ void checkRing3(const CpuState &cpu) {
         bad("RFLAGS " + hex(cpu.regs.rflags) + " sets bits ring-3 code cannot");
 }
 
+// The XSAVE area and XCRs are the backend's formats: only the hypervisor can say
+// whether this host accepts them, so a throwaway vCPU is given them now rather than
+// every clone failing later.
+void checkWithHypervisor(const CpuState &cpu) {
+    std::unique_ptr<hv::Vm> vm = hv::createVm();
+    std::unique_ptr<hv::Vcpu> vcpu = vm->createVcpu();
+    try {
+        vcpu->setExtendedState(cpu.extended);
+    } catch (const std::exception &e) {
+        throw ArgumentError(std::string("invalid template cpuState: the hypervisor refuses its XSAVE area or XCRs (") +
+                            e.what() + ")");
+    }
+}
+
 } // namespace
 
 std::shared_ptr<const Template> templateFromSnapshot(const Snapshot &snap) {
@@ -191,6 +205,7 @@ std::shared_ptr<const Template> importTemplate(const uint8_t *image, size_t imag
     t->cpu.extended.xcrs = r.blob("the XCR list");
     if (!r.atEnd()) Reader::bad("trailing bytes");
     checkRing3(t->cpu);
+    checkWithHypervisor(t->cpu);
 
     // The guest's own memory is taken from the ranges; the system region and the code
     // are rebuilt here: they decide what ring-3 code can do, and the guest cannot
