@@ -17,6 +17,7 @@
         "src/template.cc",
         "src/template_napi.cc",
         "src/clone_boot.cc",
+        "src/vm_factory.cc",
         "src/exit_floor.cc",
         "kvm/kvm.cc"
       ],

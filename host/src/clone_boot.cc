@@ -5,6 +5,7 @@
 
 #include "../../guest/include/abi.h"
 #include "vcpu_thread.h"
+#include "vm_factory.h"
 
 namespace airlock {
 
@@ -13,11 +14,13 @@ Outcome VcpuThread::bootFromTemplate() {
     const Template &t = *s_.template_;
     const GuestLayout &l = s_.layout_;
     try {
-        s_.memory_ = std::make_unique<GuestMemory>(t.memory);
+        // Made ahead (vm_factory.h): the slot already covers the range the image is
+        // mapped into now.
+        PreparedVm prepared = takePreparedVm(t.memory->size());
+        vm_ = std::move(prepared.vm);
+        vcpu_ = std::move(prepared.vcpu);
+        s_.memory_ = std::make_unique<GuestMemory>(t.memory, prepared.memory);
         GuestMemory &mem = *s_.memory_;
-        vm_ = hv::createVm();
-        vm_->mapMemory(0, 0, mem.base(), mem.size());
-        vcpu_ = vm_->createVcpu();
         s_.signalVcpu_.store(vcpu_.get());
         // The template's CPU state was checked when the template was made (its
         // snapshot's guest ran with it, or the import refused anything outside ring 3).

@@ -32,18 +32,14 @@ GuestMemory::GuestMemory(uint64_t size) : size_(size) {
     ::madvise(mapping_, mappingSize_, MADV_DONTFORK);
 }
 
-GuestMemory::GuestMemory(std::shared_ptr<const MemoryImage> image) : size_(image->size()) {
-    // Address space only (no access, nothing committed) until adopt() maps the image
-    // over the aligned part.
-    mappingSize_ = size_ + kHugePageSize;
-    mapping_ = ::mmap(nullptr, mappingSize_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (mapping_ == MAP_FAILED) {
-        mapping_ = nullptr;
-        throw std::system_error(errno, std::generic_category(), "mmap guest memory");
+GuestMemory::GuestMemory(std::shared_ptr<const MemoryImage> image, Reservation range)
+    : base_(range.base), size_(range.size), mapping_(range.mapping), mappingSize_(range.mappingSize) {
+    try {
+        adopt(std::move(image));
+    } catch (...) {
+        ::munmap(mapping_, mappingSize_);
+        throw;
     }
-    base_ = reinterpret_cast<uint8_t *>(alignUp(reinterpret_cast<uint64_t>(mapping_), kHugePageSize));
-    ::madvise(mapping_, mappingSize_, MADV_DONTFORK);
-    adopt(std::move(image));
 }
 
 void GuestMemory::adopt(std::shared_ptr<const MemoryImage> image) {

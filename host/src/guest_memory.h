@@ -13,6 +13,7 @@
 
 #include "../hv/hypervisor.h"
 #include "memory_image.h"
+#include "vm_factory.h"
 
 namespace airlock {
 
@@ -20,7 +21,9 @@ class GuestMemory {
 public:
     explicit GuestMemory(uint64_t size); // throws std::system_error
     // A guest starting from `image` (a clone): its pages are the image's until written.
-    explicit GuestMemory(std::shared_ptr<const MemoryImage> image); // throws std::system_error
+    // `range` (reserveGuestRange(image->size())) becomes this memory's; throws
+    // std::system_error (the range is released then).
+    GuestMemory(std::shared_ptr<const MemoryImage> image, Reservation range);
     ~GuestMemory();
     GuestMemory(const GuestMemory &) = delete;
     GuestMemory &operator=(const GuestMemory &) = delete;
