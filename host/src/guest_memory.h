@@ -61,6 +61,8 @@ private:
     void *mapping_ = nullptr;
     size_t mappingSize_ = 0;
     std::shared_ptr<const MemoryImage> backing_;
+    // Every image this memory adopted (its snapshots'): retired when it goes.
+    std::vector<std::weak_ptr<const MemoryImage>> adopted_;
 };
 
 // A guest-virtual (== guest-physical) range mapped with 2 MiB pages.

@@ -92,6 +92,24 @@ std::shared_ptr<MemoryImage> MemoryImage::capture(const uint8_t *src, uint64_t s
     return img;
 }
 
+int MemoryImage::fd() const {
+    std::lock_guard<std::mutex> lock(fdMu_);
+    return fd_;
+}
+
+bool MemoryImage::pin() const {
+    std::lock_guard<std::mutex> lock(fdMu_);
+    pinned_ = fd_ >= 0;
+    return pinned_;
+}
+
+void MemoryImage::retire() const {
+    std::lock_guard<std::mutex> lock(fdMu_);
+    if (pinned_ || fd_ < 0) return;
+    ::close(fd_);
+    fd_ = -1;
+}
+
 MemoryImage::~MemoryImage() {
     if (view_) ::munmap(view_, size_);
     if (fd_ >= 0) ::close(fd_);

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace airlock {
@@ -27,7 +28,15 @@ public:
     MemoryImage(const MemoryImage &) = delete;
     MemoryImage &operator=(const MemoryImage &) = delete;
 
-    int fd() const { return fd_; }
+    // The memfd, or -1 once retired.
+    int fd() const;
+    // Keeps the memfd for as long as the image lives (a template maps it into every
+    // clone); false when already retired.
+    bool pin() const;
+    // Closes the memfd unless pinned: called when the guest that made the image is
+    // gone, so snapshots waiting for the garbage collector hold no descriptor. The
+    // view and any mapping made before stay valid.
+    void retire() const;
     uint64_t size() const { return size_; }
     // Read-only shared mapping of the whole image (reads only inside dataRuns(): a
     // read of a hole would allocate it).
@@ -42,7 +51,9 @@ private:
     void writeAt(uint64_t offset, const uint8_t *bytes, size_t len);
     void seal();
 
-    int fd_ = -1;
+    mutable std::mutex fdMu_; // guards fd_ and pinned_
+    mutable int fd_ = -1;
+    mutable bool pinned_ = false;
     uint64_t size_ = 0;
     uint8_t *view_ = nullptr;
     std::vector<PageRun> dataRuns_;

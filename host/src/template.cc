@@ -140,6 +140,7 @@ void checkWithHypervisor(const CpuState &cpu) {
 } // namespace
 
 std::shared_ptr<const Template> templateFromSnapshot(const Snapshot &snap) {
+    if (!snap.memory->pin()) throw ArgumentError("the snapshot's sandbox has been disposed");
     auto t = std::make_shared<Template>();
     t->layout = snap.layout;
     t->cpu = snap.cpu;

@@ -51,7 +51,11 @@ Napi::Value MakeTemplate(const Napi::CallbackInfo &info) {
     if (info.Length() >= 1 && info[0].IsExternal()) napi_check_object_type_tag(env, info[0], &kSnapshotTag, &tagged);
     if (!tagged) throw codedError(env, "ERR_INVALID_ARG", "makeTemplate() needs a snapshot made by snapshot()");
     const auto &snap = *info[0].As<Napi::External<std::shared_ptr<const Snapshot>>>().Data();
-    return wrapTemplate(env, templateFromSnapshot(*snap));
+    try {
+        return wrapTemplate(env, templateFromSnapshot(*snap));
+    } catch (const ArgumentError &e) {
+        throw codedError(env, "ERR_INVALID_ARG", e.what());
+    }
 }
 
 Napi::Value ExportTemplate(const Napi::CallbackInfo &info) {

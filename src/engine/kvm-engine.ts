@@ -147,6 +147,7 @@ export class KvmEngine implements GuestEngine {
     if (!(snapshot instanceof KvmSnapshot) || snapshot.owner !== this) {
       throw new InvalidArgumentError('the snapshot was taken from another sandbox');
     }
+    if (this.disposed) throw new InvalidArgumentError('the sandbox is disposed');
     const { makeKvmTemplate } = await import('./kvm-template.js');
     return makeKvmTemplate(snapshot.native, this.config);
   }

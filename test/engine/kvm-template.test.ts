@@ -155,6 +155,14 @@ describeKvm('KVM templates', () => {
     expect(() => kvmTemplateSupport.exportTemplate(template)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
   });
 
+  it("refuses a template of a disposed sandbox's snapshot, and keeps a template made before", async () => {
+    const { engine, template } = await source();
+    const late = await engine.snapshot();
+    await engine.dispose();
+    await expect(engine.template!(late)).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+    expect(await call(clone(template), { op: 'get' })).toEqual({ v: 'template' });
+  });
+
   it('gives the memory of disposed clones back', async () => {
     const { template } = await source();
     const clones = Array.from({ length: 16 }, () => clone(template));

@@ -1,4 +1,4 @@
-// kvm-template-hostile.test.ts — importTemplate() treats a serialized KVM template as
+// template-hostile.test.ts — importTemplate() treats a serialized KVM template as
 // an attacker's: every forged or corrupted field is refused with ERR_INVALID_ARG naming
 // the problem, nothing crashes (also run against the sanitizer build), and what the
 // host rebuilds itself (system region, code) cannot be supplied.
@@ -8,7 +8,7 @@ import type { EngineTemplate, SerializedTemplate } from '../../src/engine/engine
 import { KvmEngine } from '../../src/engine/kvm-engine.js';
 import { kvmTemplateSupport } from '../../src/engine/kvm-template.js';
 import { describeKvm } from '../support/kvm.js';
-import { decodeMessages, encodeMessage } from '../host/raw-guest.js';
+import { decodeMessages, encodeMessage } from './raw-guest.js';
 
 const MiB = 1 << 20;
 const config = { heapSize: 8 * MiB, stackSize: 1 * MiB, inputSize: 64 * 1024, outputSize: 64 * 1024, consoleLimit: 4096 };
