@@ -13,6 +13,11 @@
         "src/messages.cc",
         "src/layout.cc",
         "src/guest_memory.cc",
+        "src/memory_image.cc",
+        "src/template.cc",
+        "src/template_napi.cc",
+        "src/clone_boot.cc",
+        "src/vm_factory.cc",
         "src/exit_floor.cc",
         "kvm/kvm.cc"
       ],

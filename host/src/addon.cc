@@ -14,6 +14,7 @@
 #include "exit_floor.h"
 #include "messages.h"
 #include "sandbox.h"
+#include "template_napi.h"
 
 namespace airlock {
 
@@ -23,9 +24,6 @@ namespace {
 // itself, so a callback that closes over the Vm forms a cycle the GC can collect
 // (a native strong reference would pin the Vm forever).
 constexpr const char *kOnHostCallKey = "__airlockOnHostCall";
-
-// Marks snapshot handles made by this addon, so restore() can trust the cast.
-const napi_type_tag kSnapshotTag = {0x6169726c6f636b53ull, 0x6e617073686f7401ull};
 
 Napi::Error makeError(Napi::Env env, const char *code, const std::string &message) {
     Napi::Error e = Napi::Error::New(env, message);
@@ -102,16 +100,20 @@ public:
 
     explicit VmWrap(const Napi::CallbackInfo &info) : Napi::ObjectWrap<VmWrap>(info) {
         Napi::Env env = info.Env();
-        if (info.Length() < 3 || !info[0].IsBuffer() || !info[1].IsObject() || !info[2].IsFunction())
-            throw makeError(env, "ERR_INVALID_ARG", "new Vm(image: Buffer, config: object, onHostCall: function)");
-        auto image = info[0].As<Napi::Buffer<uint8_t>>();
+        // A template handle in place of the image makes a clone (template_napi.h); its
+        // sizes are the template's, whatever config says.
+        std::shared_ptr<const Template> from = info.Length() >= 1 ? templateOf(env, info[0]) : nullptr;
+        if (info.Length() < 3 || !(from || info[0].IsBuffer()) || !info[1].IsObject() || !info[2].IsFunction())
+            throw makeError(env, "ERR_INVALID_ARG", "new Vm(image: Buffer | template, config: object, onHostCall: function)");
         Napi::Object cfg = info[1].As<Napi::Object>();
-        SandboxConfig config;
-        config.heapSize = sizeField(cfg, "heapSize", true, 0);
-        config.stackSize = sizeField(cfg, "stackSize", true, 0);
-        config.inputSize = sizeField(cfg, "inputSize", true, 0);
-        config.outputSize = sizeField(cfg, "outputSize", true, 0);
-        config.consoleLimit = sizeField(cfg, "consoleLimit", true, 0);
+        SandboxConfig config = from ? from->layout.config : SandboxConfig{};
+        if (!from) {
+            config.heapSize = sizeField(cfg, "heapSize", true, 0);
+            config.stackSize = sizeField(cfg, "stackSize", true, 0);
+            config.inputSize = sizeField(cfg, "inputSize", true, 0);
+            config.outputSize = sizeField(cfg, "outputSize", true, 0);
+            config.consoleLimit = sizeField(cfg, "consoleLimit", true, 0);
+        }
         SpinConfig spin;
         spin.mainSpinNs = sizeField(cfg, "mainSpinUs", false, spin.mainSpinNs / 1000) * 1000;
         spin.vcpuSpinNs = sizeField(cfg, "vcpuSpinUs", false, spin.vcpuSpinNs / 1000) * 1000;
@@ -135,7 +137,13 @@ public:
         auto notifier = std::make_shared<Notifier>(notify_);
         notifyContext_->notifier = notifier;
         try {
-            sandbox_ = Sandbox::create(image.Data(), image.Length(), config, spin, [notifier] { notifier->call(); });
+            auto notify = [notifier] { notifier->call(); };
+            if (from) {
+                sandbox_ = Sandbox::createClone(std::move(from), spin, notify);
+            } else {
+                auto image = info[0].As<Napi::Buffer<uint8_t>>();
+                sandbox_ = Sandbox::create(image.Data(), image.Length(), config, spin, notify);
+            }
         } catch (const ArgumentError &e) {
             releaseNotify();
             throw makeError(env, "ERR_INVALID_ARG", e.what());
@@ -542,6 +550,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
     exports.Set("measureExitFloor", Napi::Function::New(env, MeasureExitFloor, "measureExitFloor"));
     exports.Set("measureExchangeFloor", exchangeFloorFunction(env));
     exports.Set("Vm", VmWrap::Init(env));
+    registerTemplateApi(env, exports);
     return exports;
 }
 

@@ -2,6 +2,7 @@
 // the ring-3 start state.
 #include "guest_memory.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <sys/mman.h>
 #include <system_error>
@@ -32,7 +33,38 @@ GuestMemory::GuestMemory(uint64_t size) : size_(size) {
     ::madvise(mapping_, mappingSize_, MADV_DONTFORK);
 }
 
+GuestMemory::GuestMemory(std::shared_ptr<const MemoryImage> image, Reservation range)
+    : base_(range.base), size_(range.size), mapping_(range.mapping), mappingSize_(range.mappingSize) {
+    try {
+        adopt(std::move(image));
+    } catch (...) {
+        ::munmap(mapping_, mappingSize_);
+        throw;
+    }
+}
+
+void GuestMemory::adopt(std::shared_ptr<const MemoryImage> image) {
+    if (image->size() != size_) throw std::logic_error("a guest memory image must have the guest's size");
+    const int fd = image->fd();
+    if (fd < 0) throw std::logic_error("a retired guest memory image cannot be mapped again");
+    // MAP_FIXED replaces the old pages in one step: no instant where the range is
+    // unmapped for another mapping to take.
+    void *p = ::mmap(base_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "map guest memory image");
+    // Guests must not inherit this memory across fork() (the new mapping lost the flag).
+    ::madvise(base_, size_, MADV_DONTFORK);
+    adopted_.erase(std::remove_if(adopted_.begin(), adopted_.end(),
+                                  [](const std::weak_ptr<const MemoryImage> &w) { return w.expired(); }),
+                   adopted_.end());
+    adopted_.push_back(image);
+    backing_ = std::move(image);
+}
+
 GuestMemory::~GuestMemory() {
+    // Snapshots of this guest can only be restored into it (or made templates, which
+    // pin their image first): their descriptors are of no use any more.
+    for (const std::weak_ptr<const MemoryImage> &w : adopted_)
+        if (std::shared_ptr<const MemoryImage> img = w.lock()) img->retire();
     if (mapping_) ::munmap(mapping_, mappingSize_);
 }
 

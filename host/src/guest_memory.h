@@ -1,21 +1,29 @@
-// guest_memory.h — one guest's RAM (a single 2 MiB aligned, huge-page backed host
-// mapping) plus the x86-64 system region the guest cannot see: GDT and page tables
+// guest_memory.h — one guest's RAM (a single 2 MiB aligned host mapping: anonymous
+// and huge-page backed at boot, or a private copy-on-write mapping of a MemoryImage
+// once snapshotted or cloned) plus the x86-64 system region the guest cannot see: GDT and page tables
 // built from 2 MiB pages only, and the ring-3 register state that goes with them.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
 #include "../hv/hypervisor.h"
+#include "memory_image.h"
+#include "vm_factory.h"
 
 namespace airlock {
 
 class GuestMemory {
 public:
     explicit GuestMemory(uint64_t size); // throws std::system_error
+    // A guest starting from `image` (a clone): its pages are the image's until written.
+    // `range` (reserveGuestRange(image->size())) becomes this memory's; throws
+    // std::system_error (the range is released then).
+    GuestMemory(std::shared_ptr<const MemoryImage> image, Reservation range);
     ~GuestMemory();
     GuestMemory(const GuestMemory &) = delete;
     GuestMemory &operator=(const GuestMemory &) = delete;
@@ -39,11 +47,22 @@ public:
     // Faults host pages in now so the guest's first touches are cheap.
     void populate(uint64_t gpa, uint64_t len);
 
+    // Replaces every page with `image`'s, mapped private: from now on a page the
+    // guest (or the host) writes is a private copy, and the rest stays shared with
+    // the image. Same host addresses, so a memory slot over them stays valid. The
+    // image's size is size(). Throws std::system_error.
+    void adopt(std::shared_ptr<const MemoryImage> image);
+    // The image the pages are a private mapping of (null while anonymous).
+    const std::shared_ptr<const MemoryImage> &backing() const { return backing_; }
+
 private:
     uint8_t *base_ = nullptr;
     uint64_t size_ = 0;
     void *mapping_ = nullptr;
     size_t mappingSize_ = 0;
+    std::shared_ptr<const MemoryImage> backing_;
+    // Every image this memory adopted (its snapshots'): retired when it goes.
+    std::vector<std::weak_ptr<const MemoryImage>> adopted_;
 };
 
 // A guest-virtual (== guest-physical) range mapped with 2 MiB pages.

@@ -95,6 +95,7 @@ GuestLayout computeLayout(const ImageHeader &header, uint64_t imageBytes, const 
 
     GuestLayout l;
     l.header = header;
+    l.config = config;
     l.imageBytes = imageBytes;
     l.consoleLimit = config.consoleLimit;
     l.inputAddr = alignUp(header.bssEnd, kPageSize);

@@ -48,6 +48,7 @@ ImageHeader parseImageHeader(const uint8_t *image, size_t size);
 
 struct GuestLayout {
     ImageHeader header;
+    SandboxConfig config;     // the sizes asked for, as given
     uint64_t imageBytes = 0;  // bytes of the flat file
     uint64_t inputAddr = 0, inputSize = 0;
     uint64_t outputAddr = 0, outputSize = 0;

@@ -46,6 +46,17 @@ Sandbox::Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &co
     cancelSignal(); // fail here, synchronously, if no signal is available
 }
 
+std::shared_ptr<Sandbox> Sandbox::createClone(std::shared_ptr<const Template> t, const SpinConfig &spin,
+                                              std::function<void()> notify) {
+    return std::shared_ptr<Sandbox>(new Sandbox(std::move(t), spin, std::move(notify)));
+}
+
+Sandbox::Sandbox(std::shared_ptr<const Template> t, const SpinConfig &spin, std::function<void()> notify)
+    : id_(g_nextSandboxId.fetch_add(1)), template_(std::move(t)), layout_(template_->layout), spin_(spin),
+      notify_(std::move(notify)) {
+    cancelSignal(); // fail here, synchronously, if no signal is available
+}
+
 Sandbox::~Sandbox() {
     // The vCPU thread co-owns the sandbox: when it drops the last reference, it runs
     // this on itself after a detach (never joinable then).

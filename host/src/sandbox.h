@@ -25,6 +25,7 @@
 #include "layout.h"
 #include "ops.h"
 #include "snapshot.h"
+#include "template.h"
 
 namespace airlock {
 
@@ -52,6 +53,9 @@ public:
     // thread is not spinning for them.
     static std::shared_ptr<Sandbox> create(const uint8_t *image, size_t imageSize, const SandboxConfig &config,
                                            const SpinConfig &spin, std::function<void()> notify);
+    // A sandbox whose Boot op starts it from `t` (template.h) without running the guest.
+    static std::shared_ptr<Sandbox> createClone(std::shared_ptr<const Template> t, const SpinConfig &spin,
+                                                std::function<void()> notify);
     ~Sandbox();
     Sandbox(const Sandbox &) = delete;
     Sandbox &operator=(const Sandbox &) = delete;
@@ -79,6 +83,7 @@ public:
 private:
     Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &config, const SpinConfig &spin,
             std::function<void()> notify);
+    Sandbox(std::shared_ptr<const Template> t, const SpinConfig &spin, std::function<void()> notify);
 
     struct ExchangeRecord {
         OpKind op = OpKind::Exchange;
@@ -115,7 +120,8 @@ private:
     friend class VcpuThread;
 
     const uint64_t id_;
-    std::vector<uint8_t> image_;
+    std::vector<uint8_t> image_; // empty for a clone
+    std::shared_ptr<const Template> template_; // what a clone starts from
     GuestLayout layout_;
     SpinConfig spin_;
     std::function<void()> notify_;

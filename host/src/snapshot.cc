@@ -1,26 +1,51 @@
-// snapshot.cc — capture and restore of guest memory and vCPU state, sized by page
-// residency (mincore) and released with MADV_DONTNEED (see snapshot.h).
+// snapshot.cc — capture (resident pages into a sealed image, then the guest maps it
+// private) and restore (revert the private copies, found with PAGEMAP_SCAN) of guest
+// memory and vCPU state (see snapshot.h).
 #include "snapshot.h"
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fcntl.h>
+#include <mutex>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <system_error>
-
-#include "../../guest/include/abi.h"
+#include <unistd.h>
 
 namespace airlock {
 
 namespace {
 
-struct Run {
-    uint64_t from, to;
+// PAGEMAP_SCAN (Linux 6.7, <linux/fs.h>), spelled out here because the build's
+// kernel headers may predate it; the layout is the kernel's stable ABI.
+struct PageRegion {
+    uint64_t start, end, categories;
 };
+struct PmScanArg {
+    uint64_t size, flags, start, end, walkEnd, vec, vecLen, maxPages;
+    uint64_t categoryInverted, categoryMask, categoryAnyofMask, returnMask;
+};
+constexpr uint64_t kPageIsFile = 1u << 2;
+constexpr uint64_t kPageIsPresent = 1u << 3;
+constexpr uint64_t kPageIsSwapped = 1u << 4;
+constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+
+// Runs of the same length or more go back to the host instead of being zeroed: a
+// release costs ~10 us (KVM's MMU notifiers) and a refault later; zeroing 64 KiB
+// costs about as much, and more would keep memory committed for nothing.
+constexpr uint64_t kReleaseRunBytes = 64 * 1024;
+
+int pagemapFd() {
+    static int fd = -2;
+    static std::once_flag once;
+    std::call_once(once, [] { fd = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC); });
+    return fd;
+}
 
 // Resident page runs of guest memory in [from, to) (both page aligned).
-std::vector<Run> residentRuns(const GuestMemory &mem, uint64_t from, uint64_t to) {
-    std::vector<Run> runs;
+std::vector<PageRun> residentRuns(const GuestMemory &mem, uint64_t from, uint64_t to) {
+    std::vector<PageRun> runs;
     if (to <= from) return runs;
     std::vector<unsigned char> vec((to - from) / kPageSize);
     // Invariant: guest memory is one page-aligned host mapping, so a page-aligned gpa
@@ -40,81 +65,85 @@ std::vector<Run> residentRuns(const GuestMemory &mem, uint64_t from, uint64_t to
     return runs;
 }
 
-// Gives pages in [from, to) back to the host: anonymous private memory reads back as
-// zero and commits nothing until touched again.
-void release(GuestMemory &mem, uint64_t from, uint64_t to) {
-    from = alignUp(from, kPageSize);
-    to = to / kPageSize * kPageSize;
-    if (to <= from) return;
-    if (madvise(mem.at(from, to - from), to - from, MADV_DONTNEED) != 0)
-        throw std::system_error(errno, std::generic_category(), "madvise(MADV_DONTNEED)");
-}
-
-uint64_t claimedHighWater(const GuestMemory &mem, const GuestLayout &l) {
-    const uint64_t hw = mem.read<uint64_t>(l.header.control + AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER);
-    return alignUp(std::clamp(hw, l.heapAddr, l.heapAddr + l.heapSize), kPageSize);
+// Makes [from, to) (page aligned) read as the image does: zero outside its data.
+void revertRun(GuestMemory &mem, const MemoryImage &img, uint64_t from, uint64_t to) {
+    const std::vector<PageRun> &data = img.dataRuns();
+    // First data run that ends after `from`.
+    auto it = std::upper_bound(data.begin(), data.end(), from, [](uint64_t v, const PageRun &r) { return v < r.to; });
+    uint64_t cursor = from;
+    auto clear = [&](uint64_t a, uint64_t b) {
+        if (b <= a) return;
+        // A released page of a private file mapping reads the image again: a hole, zero.
+        if (b - a >= kReleaseRunBytes && madvise(mem.at(a, b - a), b - a, MADV_DONTNEED) == 0) return;
+        std::memset(mem.at(a, b - a), 0, b - a);
+    };
+    for (; it != data.end() && it->from < to && cursor < to; ++it) {
+        const uint64_t a = std::max(cursor, it->from), b = std::min(to, it->to);
+        clear(cursor, a);
+        std::memcpy(mem.at(a, b - a), img.view() + a, b - a);
+        cursor = b;
+    }
+    clear(cursor, to);
 }
 
 } // namespace
 
-PageBuffer::PageBuffer(size_t size) : size_(size) {
-    if (size == 0) return;
-    void *p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap snapshot memory");
-    data_ = static_cast<uint8_t *>(p);
-}
-
-PageBuffer::~PageBuffer() {
-    if (data_) ::munmap(data_, size_);
-}
-
-PageBuffer &PageBuffer::operator=(PageBuffer &&o) noexcept {
-    if (this != &o) {
-        if (data_) ::munmap(data_, size_);
-        data_ = o.data_, size_ = o.size_;
-        o.data_ = nullptr, o.size_ = 0;
-    }
-    return *this;
-}
-
 size_t Snapshot::bytes() const {
-    return sizeof(Snapshot) + cpuExtended.xsave.size() + cpuExtended.xcrs.size() + pages.size() +
-           ranges.size() * sizeof(Range) + areas.size() * sizeof(Area);
+    return sizeof(Snapshot) + cpu.extended.xsave.size() + cpu.extended.xcrs.size() + (memory ? memory->dataBytes() : 0);
 }
 
-std::shared_ptr<Snapshot> captureSnapshot(const GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l,
-                                          uint64_t ownerId) {
+std::vector<PageRun> writtenRuns(const GuestMemory &mem, bool &known) {
+    std::vector<PageRun> runs;
+    known = false;
+    const int fd = pagemapFd();
+    if (fd < 0) return runs;
+    const uint64_t base = reinterpret_cast<uint64_t>(mem.base());
+    PageRegion regions[64];
+    PmScanArg arg{};
+    arg.size = sizeof arg;
+    arg.start = base;
+    arg.end = base + mem.size();
+    // Private copies are anonymous pages, present or swapped out: not file pages.
+    arg.categoryInverted = kPageIsFile;
+    arg.categoryMask = kPageIsFile;
+    arg.categoryAnyofMask = kPageIsPresent | kPageIsSwapped;
+    arg.returnMask = kPageIsFile | kPageIsPresent | kPageIsSwapped;
+    arg.vec = reinterpret_cast<uint64_t>(regions);
+    arg.vecLen = sizeof regions / sizeof regions[0];
+    for (;;) {
+        const int n = ::ioctl(fd, kPagemapScan, &arg);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return {};
+        }
+        for (int i = 0; i < n; ++i) {
+            const PageRun r{regions[i].start - base, regions[i].end - base};
+            if (!runs.empty() && runs.back().to == r.from)
+                runs.back().to = r.to;
+            else
+                runs.push_back(r);
+        }
+        // The vector filled up before the end: go on from where the walk stopped.
+        if (arg.walkEnd >= arg.end || n < static_cast<int>(arg.vecLen)) break;
+        arg.start = arg.walkEnd;
+    }
+    known = true;
+    return runs;
+}
+
+std::shared_ptr<Snapshot> captureSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l, uint64_t ownerId) {
     auto snap = std::make_shared<Snapshot>();
     snap->ownerId = ownerId;
-    snap->regs = vcpu.getRegisters();
-    snap->sregs = vcpu.getSpecialRegisters();
-    snap->cpuExtended = vcpu.getExtendedState();
-    // First the resident runs of every area, then one mapping for all their bytes.
-    size_t total = 0;
-    auto capture = [&](uint64_t from, uint64_t to) {
-        snap->areas.push_back({from, to});
-        for (const Run &r : residentRuns(mem, from, to)) {
-            snap->ranges.push_back(Snapshot::Range{r.from, total, r.to - r.from});
-            total += r.to - r.from;
-        }
-    };
-    // data_start and bss_end are page aligned (parseImageHeader).
-    capture(l.header.dataStart, l.header.bssEnd);
-    // The live stack: rsp is guest-controlled, so clamp it into the stack; the 128
-    // bytes below it are the System V red zone.
-    const uint64_t rsp = snap->regs.rsp;
-    uint64_t stackFrom = rsp < l.stackBottom + 128 ? l.stackBottom : rsp - 128;
-    stackFrom = std::min(stackFrom, l.stackTop) / kPageSize * kPageSize;
-    capture(stackFrom, l.stackTop);
-    // The heap up to the guest's claim, but only what is resident: a claim can make
-    // the snapshot smaller, never larger than the memory the guest really touched.
-    const size_t before = snap->ranges.size();
-    capture(l.heapAddr, claimedHighWater(mem, l));
-    snap->heapExtent = snap->ranges.size() > before ? snap->ranges.back().gpa + snap->ranges.back().len : l.heapAddr;
-    snap->areas.back().to = snap->heapExtent;
-    snap->pages = PageBuffer(total);
-    for (const Snapshot::Range &r : snap->ranges)
-        std::memcpy(snap->pages.data() + r.offset, mem.at(r.gpa, r.len), r.len);
+    snap->layout = l;
+    snap->cpu.regs = vcpu.getRegisters();
+    snap->cpu.sregs = vcpu.getSpecialRegisters();
+    snap->cpu.extended = vcpu.getExtendedState();
+    // Every resident page, whatever the guest claims about its heap: the system
+    // region, image, buffers, stack and heap. Sized by what the guest really touched
+    // (it cannot be larger than the guest's memory), and exact: a restore gives back
+    // this state, with no page left over from later.
+    snap->memory = MemoryImage::capture(mem.base(), mem.size(), residentRuns(mem, 0, l.memoryEnd));
+    mem.adopt(snap->memory);
     return snap;
 }
 
@@ -131,48 +160,27 @@ void checkNoSystemCalls(hv::Vcpu &vcpu, const hv::SpecialRegisters &sregs) {
         throw UnsafeCpuState("the CPU state has a SYSCALL entry point (LSTAR/CSTAR is not 0): refused");
 }
 
-void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l, const Snapshot &snap) {
+void restoreState(GuestMemory &mem, hv::Vcpu &vcpu, const std::shared_ptr<const MemoryImage> &memory,
+                  const CpuState &cpu) {
     // Before anything is written: EFER is what setSpecialRegisters installs below.
-    if (snap.sregs.efer & hv::kEferSce) throw UnsafeCpuState("the snapshot enables SYSCALL (EFER.SCE): refused");
-    // Heap above the snapshot's extent: within the extent's last 2 MiB slot, zeroed
-    // as far as the guest says it handed heap out since (the slot stays resident, as
-    // the next call will likely use it; zeroing all of it would cost up to 2 MiB of
-    // writes per restore). The claim only bounds that work, which commits nothing: a
-    // huge claim costs the guest its own restore time, never host memory. A guest that
-    // understates its claim can leave bytes in the rest of that slot, and in slots
-    // above the claim: they stay until a restore whose claim covers them. They are the
-    // guest's own memory, in its own heap budget; an honest tenant's heap is always
-    // cleared (the runtime's claim is exact), and a later tenant could see such bytes
-    // only through an uninitialised read in the runtime (calloc and ArrayBuffer
-    // memory are zeroed).
-    // Reading residency instead (mincore over the heap) doubled the restore time.
-    const uint64_t heapEnd = l.heapAddr + l.heapSize;
-    const uint64_t slotEnd = std::min(alignUp(snap.heapExtent, kHugePageSize), heapEnd);
-    const uint64_t claimNow = std::max(claimedHighWater(mem, l), snap.heapExtent);
-    const uint64_t zeroTo = std::min(claimNow, slotEnd);
-    if (zeroTo > snap.heapExtent) std::memset(mem.at(snap.heapExtent, zeroTo - snap.heapExtent), 0, zeroTo - snap.heapExtent);
-    // Every slot above, up to the claim, goes back to the host. Not always the whole
-    // heap: with KVM's MMU notifiers a release costs ~10 us however little it covers
-    // (a quarter of an idle restore here), too much to pay for an empty range.
-    const uint64_t releaseTo = std::min(alignUp(claimNow, kHugePageSize), heapEnd);
-    if (releaseTo > slotEnd) release(mem, slotEnd, releaseTo);
-    // Inside each area, pages between the captured runs were not resident then.
-    size_t next = 0;
-    for (const Snapshot::Area &a : snap.areas) {
-        uint64_t cursor = a.from;
-        while (next < snap.ranges.size() && snap.ranges[next].gpa < a.to) {
-            const Snapshot::Range &r = snap.ranges[next++];
-            release(mem, cursor, r.gpa);
-            std::memcpy(mem.at(r.gpa, r.len), snap.pages.data() + r.offset, r.len);
-            cursor = r.gpa + r.len;
-        }
-        release(mem, cursor, a.to);
+    if (cpu.sregs.efer & hv::kEferSce) throw UnsafeCpuState("the snapshot enables SYSCALL (EFER.SCE): refused");
+    bool known = false;
+    std::vector<PageRun> written;
+    if (mem.backing() == memory) written = writtenRuns(mem, known);
+    if (known) {
+        // Only what was written since the image was adopted differs from it: copy the
+        // image's bytes back over those pages. They stay mapped, so the next call
+        // takes no faults on them.
+        for (const PageRun &r : written) revertRun(mem, *memory, r.from, r.to);
+    } else {
+        // Another snapshot (or no page-table scan here): map its image afresh.
+        mem.adopt(memory);
     }
-    vcpu.setSpecialRegisters(snap.sregs);
-    vcpu.setRegisters(snap.regs);
-    vcpu.setExtendedState(snap.cpuExtended);
+    vcpu.setSpecialRegisters(cpu.sregs);
+    vcpu.setRegisters(cpu.regs);
+    vcpu.setExtendedState(cpu.extended);
     // SYSENTER_CS is no part of a snapshot: nothing but the host may have set it.
-    checkNoSystemCalls(vcpu, snap.sregs);
+    checkNoSystemCalls(vcpu, cpu.sregs);
 }
 
 } // namespace airlock

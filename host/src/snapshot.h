@@ -1,8 +1,9 @@
 // snapshot.h — snapshot and restore as free functions over a guest's parts (memory,
-// vCPU, layout). What a snapshot holds is sized by what is really resident in guest
-// memory, never by the heap high-water mark the guest claims; a restore releases
-// memory above the snapshot's extent instead of zeroing it, and refuses CPU state
-// that would let ring-3 code make a system call.
+// vCPU, layout). A snapshot freezes every resident, non-zero page of guest memory in
+// a sealed MemoryImage and makes the guest's memory a private mapping of it; a restore
+// to that snapshot then reverts only the pages written since (found in the host's page
+// tables, never from anything the guest says), and refuses CPU state that would let
+// ring-3 code make a system call.
 #pragma once
 
 #include <cstdint>
@@ -12,58 +13,31 @@
 #include "../hv/hypervisor.h"
 #include "guest_memory.h"
 #include "layout.h"
+#include "memory_image.h"
 
 namespace airlock {
 
-// Page-aligned bytes in a mapping of their own: freeing a snapshot gives its memory
-// back to the host at once. (From the C heap, glibc's adaptive mmap threshold keeps
-// freed multi-MiB blocks in its arenas, so dropped snapshots would stay resident.)
-class PageBuffer {
-public:
-    PageBuffer() = default;
-    explicit PageBuffer(size_t size); // throws std::system_error
-    ~PageBuffer();
-    PageBuffer(const PageBuffer &) = delete;
-    PageBuffer &operator=(const PageBuffer &) = delete;
-    PageBuffer(PageBuffer &&o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr, o.size_ = 0; }
-    PageBuffer &operator=(PageBuffer &&o) noexcept;
-    uint8_t *data() const { return data_; }
-    size_t size() const { return size_; }
-
-private:
-    uint8_t *data_ = nullptr;
-    size_t size_ = 0;
+// The vCPU state a guest resumes from: what snapshots and templates hold.
+struct CpuState {
+    hv::Registers regs;
+    hv::SpecialRegisters sregs;
+    hv::ExtendedState extended; // XSAVE image + XCRs: every vector register, not only SSE
 };
 
 // Guest state captured between requests. Belongs to the sandbox that made it.
 struct Snapshot {
-    // `len` bytes of guest memory at `gpa`, kept at `offset` in `pages`.
-    struct Range {
-        uint64_t gpa = 0;
-        size_t offset = 0;
-        size_t len = 0;
-    };
-    // An area the snapshot covers [from, to): inside it, what no Range holds was
-    // not resident when the snapshot was taken and reads back as zero after a restore.
-    struct Area {
-        uint64_t from = 0;
-        uint64_t to = 0;
-    };
     uint64_t ownerId = 0;
-    hv::Registers regs;
-    hv::SpecialRegisters sregs;
-    hv::ExtendedState cpuExtended; // XSAVE image + XCRs: every vector register, not only SSE
-    std::vector<Range> ranges;
-    PageBuffer pages;
-    std::vector<Area> areas;
-    uint64_t heapExtent = 0; // end of the heap area: past the last page resident then
+    GuestLayout layout; // of the sandbox it was taken from
+    CpuState cpu;
+    std::shared_ptr<const MemoryImage> memory;
     // Native bytes this snapshot holds (reported to the JavaScript GC).
     size_t bytes() const;
 };
 
-// The vCPU has settled (no exit half done). Throws std::system_error when residency
-// cannot be read.
-std::shared_ptr<Snapshot> captureSnapshot(const GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout,
+// The vCPU has settled (no exit half done). Afterwards `mem` is a private mapping of
+// the snapshot's image. Throws std::system_error when residency cannot be read or the
+// image cannot be made.
+std::shared_ptr<Snapshot> captureSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout,
                                           uint64_t ownerId);
 
 // Thrown (before or after the state is written) when the snapshot, or the vCPU state
@@ -74,11 +48,19 @@ public:
     using ArgumentError::ArgumentError;
 };
 
-// Brings memory and registers back to `snap`. The vCPU has settled.
-void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout, const Snapshot &snap);
+// Brings memory and registers back to `memory` and `cpu`. The vCPU has settled.
+void restoreState(GuestMemory &mem, hv::Vcpu &vcpu, const std::shared_ptr<const MemoryImage> &memory,
+                  const CpuState &cpu);
+inline void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &, const Snapshot &snap) {
+    restoreState(mem, vcpu, snap.memory, snap.cpu);
+}
 
 // Throws UnsafeCpuState unless EFER.SCE == 0 in `sregs` (what `vcpu` runs with) and
 // SYSENTER_CS == 0 on `vcpu`.
 void checkNoSystemCalls(hv::Vcpu &vcpu, const hv::SpecialRegisters &sregs);
+
+// Pages of `mem` the guest or the host wrote since it adopted its image (private
+// copies), ascending; `known` is false when the kernel cannot say (no PAGEMAP_SCAN).
+std::vector<PageRun> writtenRuns(const GuestMemory &mem, bool &known);
 
 } // namespace airlock

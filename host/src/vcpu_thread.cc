@@ -267,6 +267,7 @@ std::optional<Outcome> VcpuThread::boot() {
         o.message = "the VM has already booted";
         return o;
     }
+    if (s_.template_) return bootFromTemplate();
     try {
         setUpGuest();
         checkNoSystemCalls(*vcpu_, vcpu_->getSpecialRegisters());

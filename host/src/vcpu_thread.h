@@ -32,6 +32,7 @@ private:
     void ackInterrupt();
     std::optional<Outcome> handle(const Op &op);
     std::optional<Outcome> boot();
+    Outcome bootFromTemplate(); // clone_boot.cc
     Outcome takeSnapshot();
     Outcome restore(const Snapshot &snap);
     void startExchange(const Op &op);

@@ -121,7 +121,8 @@ export interface EngineTemplate {
   readonly backend: Backend;
   /** The sizes the guest was made with; a clone always uses exactly these. */
   readonly config: EngineConfig;
-  /** Guest bytes held (KVM: the memfd's size; WebAssembly: the copied bytes). */
+  /** Guest bytes held (KVM: the bytes in the sealed memfd, whose all-zero pages are
+   *  holes that hold nothing; WebAssembly: the copied bytes). */
   readonly byteLength: number;
   /** Frees the template once the last clone made from it is gone; idempotent. Clones
    *  alive at that time keep working (they hold their own reference). */

@@ -14,6 +14,7 @@ import type {
   EngineConfig,
   EngineSnapshot,
   ExchangeOptions,
+  EngineTemplate,
   ExchangeResult,
   GuestEngine,
   HostCallHandler,
@@ -74,14 +75,19 @@ export class KvmEngine implements GuestEngine {
   readonly backend = 'kvm' as const;
   private readonly vm: NativeVm;
   private disposed = false;
+  private readonly config: EngineConfig;
+  /** A clone's start from its template (the Boot op that maps it); undefined otherwise. */
+  private adopting: Promise<void> | undefined;
 
-  constructor(config: EngineConfig, onHostCall: HostCallHandler) {
+  /** `from`: a native template handle (kvm-template.ts) to clone instead of booting. */
+  constructor(config: EngineConfig, onHostCall: HostCallHandler, from?: object) {
+    this.config = { ...config };
     const reasons = kvmUnusableReasons();
     if (reasons.length > 0) {
       throw unavailableError('kvm', reasons);
     }
     const addon = loadAddon().addon as NativeAddon;
-    this.vm = KvmEngine.createVm(addon, config, (output: Buffer, callId: number) => {
+    this.vm = KvmEngine.createVm(addon, from ?? guestImage(), config, (output: Buffer, callId: number) => {
       onHostCall(output).then(
         (reply) => this.answerHostCall(reply, callId),
         // The handler encodes callback failures itself; reaching here means the
@@ -92,9 +98,14 @@ export class KvmEngine implements GuestEngine {
   }
 
   /** The addon's Vm, with its refusals (bad image, sizes, signal) as AirlockErrors. */
-  private static createVm(addon: NativeAddon, config: EngineConfig, onHostCall: (output: Buffer, callId: number) => void): NativeVm {
+  private static createVm(
+    addon: NativeAddon,
+    source: Buffer | object,
+    config: EngineConfig,
+    onHostCall: (output: Buffer, callId: number) => void,
+  ): NativeVm {
     try {
-      return new addon.Vm(guestImage(), config, onHostCall);
+      return new (addon.Vm as new (...args: unknown[]) => NativeVm)(source, config, onHostCall);
     } catch (e) {
       throw fromNative(e);
     }
@@ -111,7 +122,38 @@ export class KvmEngine implements GuestEngine {
     }
   }
 
+  /** A new engine already booted in `template`'s state (TemplateSupport.clone). */
+  static fromTemplate(template: object, config: EngineConfig, onHostCall: HostCallHandler): KvmEngine {
+    const engine = new KvmEngine(config, onHostCall, template);
+    // The vCPU thread maps the template and sets the CPU state; no guest code runs.
+    const adopting = engine.vm.boot().then(
+      () => undefined,
+      (e) => {
+        throw fromNative(e);
+      },
+    );
+    adopting.catch(() => undefined); // reported by the first operation that awaits it
+    engine.adopting = adopting;
+    return engine;
+  }
+
+  /** A clone's operations wait for its start, and fail with its error. */
+  private async cloneStarted(): Promise<void> {
+    if (this.adopting) await this.adopting;
+  }
+
+  /** Freezes `snapshot` into a template clones start from (kvm-template.ts). */
+  async template(snapshot: EngineSnapshot): Promise<EngineTemplate> {
+    if (!(snapshot instanceof KvmSnapshot) || snapshot.owner !== this) {
+      throw new InvalidArgumentError('the snapshot was taken from another sandbox');
+    }
+    if (this.disposed) throw new InvalidArgumentError('the sandbox is disposed');
+    const { makeKvmTemplate } = await import('./kvm-template.js');
+    return makeKvmTemplate(snapshot.native, this.config);
+  }
+
   async boot(): Promise<Uint8Array> {
+    if (this.adopting) throw new InvalidArgumentError('the VM has already booted (it was cloned from a template)');
     try {
       return await this.vm.boot();
     } catch (e) {
@@ -120,6 +162,7 @@ export class KvmEngine implements GuestEngine {
   }
 
   async exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
+    await this.cloneStarted();
     try {
       const buf = Buffer.isBuffer(request) ? request : Buffer.from(request.buffer, request.byteOffset, request.byteLength);
       const r = await this.vm.send(buf, options);
@@ -134,6 +177,7 @@ export class KvmEngine implements GuestEngine {
   }
 
   async snapshot(): Promise<EngineSnapshot> {
+    await this.cloneStarted();
     try {
       return new KvmSnapshot(this, await this.vm.snapshot());
     } catch (e) {
@@ -145,6 +189,7 @@ export class KvmEngine implements GuestEngine {
     if (!(snapshot instanceof KvmSnapshot) || snapshot.owner !== this) {
       throw new InvalidArgumentError('the snapshot was taken from another sandbox');
     }
+    await this.cloneStarted();
     try {
       await this.vm.restore(snapshot.native);
     } catch (e) {
