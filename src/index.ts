@@ -9,7 +9,12 @@ export {
   InterruptHandle,
   type CallHandlerOptions,
   type CallStats,
+  type SnapshotKind,
+  type SnapshotRequirements,
 } from './sandbox.js';
+export { HostFunctionModule } from './host-function-module.js';
+export { SandboxRestorer, type HostFunctionFilter } from './restorer.js';
+export { SandboxStatus, SnapshotRequirementStatus } from './snapshot/status.js';
 export type { ConsoleHandler, HostFunction } from './core.js';
 export type { Backend, TerminatedBy } from './engine/engine.js';
 export type { BackendChoice } from './engine/select.js';
