@@ -320,11 +320,33 @@ export class SandboxCore {
     if (!this.disposed) this.engine.kill();
   }
 
-  async dispose(): Promise<void> {
-    if (this.disposed) return;
-    this.disposed = true;
-    await this.engine.dispose();
+  /**
+   * Snapshots whose templates are made from this core on first use: dispose() makes
+   * them first, so a snapshot stays usable after its sandbox is gone. Weak: a snapshot
+   * nobody holds costs nothing.
+   */
+  private readonly dependents = new Set<WeakRef<{ materialize(): Promise<void> }>>();
+
+  retainTemplatesOf(dependent: { materialize(): Promise<void> }): void {
+    this.dependents.add(new WeakRef(dependent));
   }
+
+  async dispose(): Promise<void> {
+    if (this.disposed || this.disposing) return this.disposing;
+    this.disposing = (async () => {
+      // Only while idle: dispose() must stop a guest that runs (or hangs) at once.
+      const pending = this.pendingOps === 0 ? [...this.dependents].map((d) => d.deref()).filter((d) => d !== undefined) : [];
+      this.dependents.clear();
+      await Promise.all(pending.map((d) => d.materialize()));
+      this.disposed = true;
+      await this.engine.dispose();
+    })();
+    return this.disposing;
+  }
+
+  private disposing: Promise<void> | undefined;
+  /** Operations queued or running. */
+  private pendingOps = 0;
 
   // ---------------------------------------------------------------------------
 
@@ -356,8 +378,9 @@ export class SandboxCore {
         this.console.end();
       }
     };
+    this.pendingOps++;
     const result = this.queue.then(run, run);
-    this.queue = result.catch(() => undefined);
+    this.queue = result.catch(() => undefined).finally(() => this.pendingOps--);
     return result;
   }
 

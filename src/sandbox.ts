@@ -228,6 +228,7 @@ export class JSSandbox extends SandboxView {
       staged: { handlers: [...this.#handlers], modules: [...this.#modules.values()] },
       state: () => core.runtimeTemplate(),
     });
+    core.retainTemplatesOf(content);
     return Snapshot.create(content);
   }
 
@@ -445,6 +446,7 @@ export class LoadedJSSandbox extends SandboxView {
         state: async () => ({ template: await core.template(state) }),
         baseline: () => core.runtimeTemplate(),
       });
+      core.retainTemplatesOf(content);
       return Snapshot.create(content, core, state);
     });
   }

@@ -82,6 +82,12 @@ export class SnapshotContent {
     return this.#baseline;
   }
 
+  /** Makes both templates now (the sandbox they come from is going away); failures
+   *  surface when the snapshot is used. */
+  async materialize(): Promise<void> {
+    await Promise.all([this.stateTemplate(), this.baselineTemplate()].map((p) => p.catch(() => undefined)));
+  }
+
   async #adopt(make: TemplateSource, forget: () => void): Promise<EngineTemplate> {
     try {
       const { template, owner } = await make();

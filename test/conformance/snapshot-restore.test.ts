@@ -165,6 +165,23 @@ describeEachTemplateBackend('sandboxes from snapshots', (h) => {
     expect(lines).toEqual(['log:hello tenant']);
   });
 
+  it('keeps a snapshot usable after its sandbox is disposed', async () => {
+    const js = await (await h.builder().build()).loadRuntime();
+    js.addHandler('counter', counter);
+    const loaded = await js.getLoadedSandbox();
+    await loaded.callHandler('counter', {});
+    const snapshot = await loaded.snapshot();
+    const staged = await (await loaded.unload()).snapshot();
+    await loaded.dispose();
+    const restored = await (await new SandboxBuilder().buildFromSnapshot(snapshot)).restoreLoadedSandbox();
+    open.push(restored);
+    expect(await restored.callHandler('counter', {})).toEqual({ count: 2 });
+    const js2 = await (await new SandboxBuilder().buildFromSnapshot(staged)).restoreJsSandbox();
+    open.push(js2);
+    js2.addHandler('counter', counter);
+    expect(await (await js2.getLoadedSandbox()).callHandler('counter', {})).toEqual({ count: 1 });
+  });
+
   it('refuses a builder set to another tier', async () => {
     const js = await (await h.builder().build()).loadRuntime();
     open.push(js);
