@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { SandboxBuilder } from '../builder.js';
 import type { ConsoleLevel } from '../engine/protocol.js';
-import { AirlockError, ConsumedError, InvalidArgumentError, OverloadedError } from '../errors.js';
+import { AirlockError, ConsumedError, InternalError, InvalidArgumentError, OverloadedError } from '../errors.js';
 import type { HostFunctionModule } from '../host-function-module.js';
 import { Snapshot, type CallHandlerOptions, type LoadedJSSandbox } from '../sandbox.js';
 import { requireName } from '../validate.js';
@@ -173,6 +173,8 @@ export class SandboxPool extends EventEmitter {
     let queueMs = 0;
     let error: string | undefined;
     try {
+      // The tenant's snapshot sizes its sandboxes: known before any room is made.
+      await this.#snapshotOf(t);
       pooled = await this.#acquire(t);
       queueMs = performance.now() - started;
       pooled.call = { id: callId, handler: name };
@@ -195,6 +197,7 @@ export class SandboxPool extends EventEmitter {
   async warm(tenant: string, count = this.#maxConcurrency): Promise<void> {
     const t = this.#tenant(tenant);
     const n = Math.min(positiveInt(count, 'count', 1), this.#maxConcurrency);
+    await this.#snapshotOf(t);
     const made: Promise<void>[] = [];
     while (t.sandboxes.size + t.creating < n && this.#makeRoom(t, false)) {
       made.push(this.#create(t).then((p) => this.#release(p)));
@@ -307,7 +310,6 @@ export class SandboxPool extends EventEmitter {
    */
   #makeRoom(t: Tenant, throwIfNever: boolean): boolean {
     const bytes = this.#bytesPerSandbox(t);
-    if (bytes === undefined) return true; // Its snapshot is not known yet: #create checks.
     const usage = budget.guestMemoryUsage();
     if (bytes > usage.limit) {
       if (throwIfNever) throw new OverloadedError('memory', `a sandbox needs ${bytes} bytes of guest memory, more than the process-wide cap of ${usage.limit} (setGuestMemoryLimit())`);
@@ -321,9 +323,10 @@ export class SandboxPool extends EventEmitter {
     }
   }
 
-  #bytesPerSandbox(t: Tenant): number | undefined {
+  /** What one sandbox of `t` reserves; its snapshot is resolved (#snapshotOf) first. */
+  #bytesPerSandbox(t: Tenant): number {
     const snapshot = typeof this.#options.snapshot === 'function' ? t.snapshotResolved : this.#options.snapshot;
-    if (!snapshot) return undefined;
+    if (!snapshot) throw new InternalError(`the snapshot of tenant '${t.name}' is not resolved yet`);
     const c = Snapshot.contentOf(snapshot).config;
     return c.heapSize + c.stackSize + c.inputSize + c.outputSize;
   }
@@ -356,25 +359,13 @@ export class SandboxPool extends EventEmitter {
     await p.sandbox.dispose().catch(() => undefined);
   }
 
-  /** A new sandbox for `t`, busy; its memory was reserved by #makeRoom (or is here). */
+  /** A new sandbox for `t`, busy; its memory was reserved by #makeRoom. */
   async #create(t: Tenant): Promise<PooledSandbox> {
     t.creating++;
     this.#creating++;
-    let reserved = this.#bytesPerSandbox(t);
+    let reserved: number | undefined = this.#bytesPerSandbox(t);
     try {
       const snapshot = await this.#snapshotOf(t);
-      const c = Snapshot.contentOf(snapshot).config;
-      const bytes = c.heapSize + c.stackSize + c.inputSize + c.outputSize;
-      if (reserved === undefined) {
-        // First sandbox of a tenant whose snapshot was not known: reserve now.
-        t.creating--;
-        this.#creating--;
-        const ok = this.#makeRoom(t, true);
-        t.creating++;
-        this.#creating++;
-        if (!ok) throw new OverloadedError('memory', `no room for another sandbox under the guest memory cap or maxResident, and none is idle`);
-        reserved = bytes;
-      }
       const pooled: PooledSandbox = { tenant: t, sandbox: undefined as unknown as LoadedJSSandbox, bytes: reserved, busy: true, lastUsed: performance.now(), call: undefined };
       const builder = new SandboxBuilder();
       const modules = this.#options.hostFunctionModules;
