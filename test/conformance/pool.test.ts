@@ -68,6 +68,11 @@ describeEachTemplateBackend('SandboxPool', (h: BackendHarness) => {
     expect(s.calls).toBe(3);
     expect(s.tenants.a.calls).toBe(2);
     expect(s.tenants.a.committedBytes).toBeGreaterThan(0);
+    expect(s.committedBytes).toBe(s.tenants.a.committedBytes + s.tenants.b.committedBytes);
+    // Billing: time used and memory held over time.
+    expect(s.tenants.a.cpuTimeMs).toBeGreaterThan(0);
+    expect(s.tenants.a.wallTimeMs).toBeGreaterThan(0);
+    expect(s.tenants.a.memoryByteSeconds).toBeGreaterThan(0);
     expect(s.latency.count).toBe(3);
     await p.warm('c');
     expect(p.stats().tenants.c.resident).toBe(1);
