@@ -44,7 +44,12 @@ export class SandboxRestorer {
    */
   async restoreJsSandbox(): Promise<JSSandbox> {
     const core = await this.#start('restoreJsSandbox()', 'baseline');
-    return new JSSandbox(core, this.#settings.view, this.#content.staged);
+    try {
+      return new JSSandbox(core, this.#settings.view, this.#content.staged);
+    } catch (e) {
+      await core.dispose();
+      throw e;
+    }
   }
 
   /**

@@ -208,8 +208,11 @@ export class JSSandbox extends SandboxView {
   /** @internal `staged`: handlers and modules to start with (a restored jsSandbox snapshot's). */
   constructor(core: SandboxCore, settings?: ViewSettings, staged?: StagedSources) {
     super(core, settings);
-    for (const [name, source] of staged?.handlers ?? []) this.#handlers.set(name, source);
-    for (const m of staged?.modules ?? []) this.#modules.set(`${m.namespace}:${m.name}`, { ...m });
+    // Checked like addHandler/addModule: a snapshot file may have been forged.
+    for (const [name, source] of staged?.handlers ?? []) this.#handlers.set(requireName(name, 'handler name'), requireString(source, 'handler code'));
+    for (const m of staged?.modules ?? []) {
+      this.#modules.set(moduleKey(m.name, m.namespace), { namespace: m.namespace, name: m.name, source: requireString(m.source, 'module source') });
+    }
   }
 
   /**

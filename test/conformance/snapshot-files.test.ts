@@ -113,6 +113,18 @@ describeEachTemplateBackend('persistent snapshots', (h) => {
     await (await js.snapshot()).save(dir, 'other');
     expect((await readJson(join(dir, 'index.json'))).manifests).toHaveLength(2);
 
+
+    // A forged file cannot stage a module in a reserved namespace.
+    await (await js.snapshot()).save(dir, 'forged');
+    await forgeMetadata(dir, 'forged', (meta) => {
+      meta.staged.modules[0].namespace = 'host';
+    });
+    const forged = await (await new SandboxBuilder().setHostFunctionModules(modules).buildFromSnapshot(await Snapshot.load(dir, 'forged'))).restoreJsSandbox().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(forged).toMatchObject({ code: 'ERR_INVALID_ARG' });
+
     const persisted = await Snapshot.load(dir, 'staged');
     expect(persisted.kind).toBe('jsSandbox');
     expect(persisted.requirements).toEqual({ hostFunctions: [{ module: 'host:state', functions: ['next'] }], moduleLoader: 'unknown' });

@@ -37,6 +37,7 @@ it('validates host function modules and consumes them for one builder only', () 
   expect(() => new SandboxBuilder().setHostFunctionModules(() => [fresh, fresh])).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
   expect(() => new SandboxBuilder().setHostFunctionModules(() => [{ name: 'fake' } as never])).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
   expect(() => new SandboxBuilder().setHostFunctionFilter('some' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+  expect(() => new SandboxBuilder().setDeterministicRandom('yes' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
 });
 
 it('refuses a value that is not a Snapshot', async () => {
