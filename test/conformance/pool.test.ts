@@ -95,6 +95,21 @@ describeEachTemplateBackend('SandboxPool', (h: BackendHarness) => {
     expect(p.stats().tenants.a.errors).toEqual({ ERR_OVERLOADED: 1 });
   });
 
+  it('runs up to maxConcurrencyPerTenant calls of one tenant at once, each in its own sandbox', async () => {
+    const p = pool({ maxConcurrencyPerTenant: 2 });
+    const calls = [p.call('a', 'wait', {}), p.call('a', 'wait', {})];
+    while (gates.length < 2) await new Promise((r) => setImmediate(r));
+    expect(p.stats().queueDepth).toBe(0);
+    expect(p.stats().tenants.a.resident).toBe(2);
+    const third = p.call('a', 'counter', {});
+    await new Promise((r) => setImmediate(r));
+    expect(p.stats().queueDepth).toBe(1);
+    openGates();
+    expect(await Promise.all(calls)).toEqual(['passed', 'passed']);
+    expect(await third).toMatchObject({ n: 1 });
+    expect(p.stats().tenants.a.resident).toBe(2);
+  });
+
   it('turns a queued call away when it waits longer than queueTimeoutMs', async () => {
     const p = pool({ queueTimeoutMs: 20 });
     const first = p.call('a', 'wait', {});
