@@ -1,9 +1,13 @@
-// builder.ts — SandboxBuilder: collects sizes, tier and console options, validates
-// them as they are set, and builds a booted ProtoJSSandbox.
-import { SandboxCore, type ConsoleHandler } from './core.js';
+// builder.ts — SandboxBuilder: collects sizes, tier, console and host-function options,
+// validates them as they are set, and builds a booted ProtoJSSandbox, or a
+// SandboxRestorer that starts sandboxes from a snapshot.
+import { SandboxCore, type ConsoleHandler, type HostFunction } from './core.js';
 import { ConsumedError, InvalidArgumentError } from './errors.js';
 import { engineFactory, type BackendChoice } from './engine/select.js';
-import { ProtoJSSandbox } from './sandbox.js';
+import { HostFunctionModule } from './host-function-module.js';
+import { SandboxRestorer, type HostFunctionFilter } from './restorer.js';
+import { ProtoJSSandbox, Snapshot } from './sandbox.js';
+import { templateSupport } from './snapshot/tiers.js';
 import { requireFunction, requireSize } from './validate.js';
 
 const KiB = 1024;
@@ -33,6 +37,9 @@ export class SandboxBuilder {
   #backend: BackendChoice = 'auto';
   #console: ConsoleHandler | undefined;
   #strictOptions = false;
+  #hostFunctions = new Map<string, ReadonlyMap<string, HostFunction>>();
+  #hostFunctionFilter: HostFunctionFilter = 'all';
+  #deterministicRandom = false;
   // Like the mirrored API, build() consumes the builder: a second build() or a setter
   // afterwards is ERR_CONSUMED. A build that fails hands the builder back.
   #consumed = false;
@@ -107,6 +114,91 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * Host functions for every sandbox this builder makes: `factory` returns fresh
+   * HostFunctionModules (so per-sandbox callback state is never shared), which this
+   * builder consumes; a module already given to another builder is ERR_CONSUMED, the
+   * same module twice or two modules of one name ERR_INVALID_ARG (and then none is
+   * consumed).
+   */
+  setHostFunctionModules(factory: () => Iterable<HostFunctionModule>): this {
+    this.#open();
+    requireFunction<() => Iterable<HostFunctionModule>>(factory, 'host function module factory');
+    const produced: unknown = factory();
+    if (produced === null || typeof produced !== 'object' || typeof (produced as Iterable<unknown>)[Symbol.iterator] !== 'function') {
+      throw new InvalidArgumentError('the host function module factory must return an array of HostFunctionModule');
+    }
+    const modules = [...(produced as Iterable<unknown>)];
+    const names = new Set<string>();
+    for (const m of modules) {
+      if (!HostFunctionModule.is(m)) throw new InvalidArgumentError('the host function module factory returned something that is not a HostFunctionModule');
+      if (names.has(m.name)) throw new InvalidArgumentError(`host module '${m.name}' appears twice in the factory's result`);
+      names.add(m.name);
+    }
+    for (const m of modules as HostFunctionModule[]) {
+      if (HostFunctionModule.isConsumed(m)) throw new ConsumedError(`host module '${m.name}' was already given to another SandboxBuilder; return fresh modules from the factory`);
+    }
+    const taken = new Map<string, ReadonlyMap<string, HostFunction>>();
+    for (const m of modules as HostFunctionModule[]) taken.set(m.name, HostFunctionModule.consume(m, 'a SandboxBuilder'));
+    this.#hostFunctions = taken;
+    return this;
+  }
+
+  /**
+   * Which of the setHostFunctionModules() functions a sandbox restored from a snapshot
+   * registers: 'all' (default) or only those the snapshot requires ('snapshotRequirements').
+   */
+  setHostFunctionFilter(filter: 'all' | 'snapshotRequirements'): this {
+    this.#open();
+    if (filter !== 'all' && filter !== 'snapshotRequirements') {
+      throw new InvalidArgumentError(`host function filter must be 'all' or 'snapshotRequirements' (got ${JSON.stringify(filter)})`);
+    }
+    this.#hostFunctionFilter = filter;
+    return this;
+  }
+
+  /**
+   * Airlock addition: sandboxes started from a snapshot keep the snapshot's Math.random
+   * sequence instead of a fresh seed (for deterministic replay). crypto entropy is always
+   * fresh.
+   */
+  setDeterministicRandom(deterministic = true): this {
+    this.#open();
+    if (typeof deterministic !== 'boolean') throw new InvalidArgumentError(`deterministic must be a boolean (got ${typeof deterministic})`);
+    this.#deterministicRandom = deterministic;
+    return this;
+  }
+
+  /**
+   * A restorer for sandboxes in `snapshot`'s state, on the snapshot's tier and with its
+   * sizes (the size setters do not apply). Consumes the builder. Host functions the
+   * snapshot requires are checked when the restorer starts a sandbox.
+   */
+  async buildFromSnapshot(snapshot: Snapshot): Promise<SandboxRestorer> {
+    this.#open();
+    const content = Snapshot.contentOf(snapshot);
+    if (this.#backend !== 'auto' && this.#backend !== content.backend) {
+      throw new InvalidArgumentError(`the snapshot is of a ${content.backend} sandbox, but this builder is set to '${this.#backend}'`);
+    }
+    templateSupport(content.backend);
+    this.#consumed = true;
+    try {
+      // Made now, so restores pay only for the clone.
+      await content.baselineTemplate();
+      await content.stateTemplate();
+    } catch (e) {
+      this.#consumed = false;
+      throw e;
+    }
+    return new SandboxRestorer(content, {
+      hostFunctions: this.#hostFunctions,
+      filter: this.#hostFunctionFilter,
+      console: this.#console,
+      view: { unknownOptions: this.#strictOptions ? 'reject' : 'warn' },
+      deterministic: this.#deterministicRandom,
+    });
+  }
+
   /** Boots a sandbox on the chosen tier. Consumes the builder once it succeeds. */
   async build(): Promise<ProtoJSSandbox> {
     this.#open();
@@ -132,6 +224,7 @@ export class SandboxBuilder {
       factory,
       this.#console,
     );
+    for (const [module, fns] of this.#hostFunctions) core.hostFunctions.set(module, new Map(fns));
     return new ProtoJSSandbox(core, { unknownOptions: this.#strictOptions ? 'reject' : 'warn' });
   }
 }

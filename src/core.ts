@@ -13,11 +13,23 @@ import {
   InternalError,
   InvalidArgumentError,
   OutOfMemoryError,
+  UnavailableError,
   PoisonedError,
   StackOverflowError,
   TooLargeError,
 } from './errors.js';
-import type { Backend, EngineConfig, EngineFactory, EngineSnapshot, ExchangeOptions, GuestEngine, TerminatedBy } from './engine/engine.js';
+import type {
+  Backend,
+  EngineConfig,
+  EngineFactory,
+  EngineSnapshot,
+  EngineTemplate,
+  ExchangeOptions,
+  GuestEngine,
+  HostCallHandler,
+  TemplateSupport,
+  TerminatedBy,
+} from './engine/engine.js';
 import * as abi from './engine/abi.generated.js';
 import { encodeMessage, encodedSize, fieldText, splitOutput, type FieldValue, type Message } from './engine/protocol.js';
 import { GuestConsole, type ConsoleHandler } from './console.js';
@@ -57,11 +69,27 @@ const hostCallChain = new AsyncLocalStorage<readonly HostCallFrame[]>();
 
 let nextSandboxId = 1;
 
+/** The host functions a guest runtime was loaded with, as snapshot requirements list them. */
+export interface HostFunctionRequirement {
+  /** The import specifier, `host:<name>`. */
+  module: string;
+  functions: string[];
+}
+
+/** Where a cloned core's runtime baseline (the state unload() returns to) comes from. */
+interface TemplateOrigin {
+  support: TemplateSupport;
+  baseline: EngineTemplate;
+  deterministic: boolean;
+  /** What owns `baseline` (and releases it once unreachable): held so it stays alive. */
+  owner: object;
+}
+
 export class SandboxCore {
   readonly id = nextSandboxId++;
   readonly config: EngineConfig;
   readonly backend: Backend;
-  private readonly engine: GuestEngine;
+  private engine: GuestEngine;
   /** Guest console lines of the operation in progress; its budget renews per operation. */
   private readonly console: GuestConsole;
   readonly hostFunctions = new Map<string, Map<string, HostFunction>>();
@@ -73,18 +101,30 @@ export class SandboxCore {
   private poisonReason: string | undefined;
   /** The guest right after loadRuntime(): unload() returns here, even from a poisoned state. */
   private runtimeBaseline: EngineSnapshot | undefined;
+  /** Set on cores cloned from a template: how to start over at the baseline. */
+  private readonly origin: TemplateOrigin | undefined;
+  /** The host functions the guest runtime knows, fixed by loadRuntime(). */
+  private runtimeHostFunctions: HostFunctionRequirement[] = [];
 
   lastCallStats: CallStats | null = null;
 
-  private constructor(config: EngineConfig, factory: EngineFactory, consoleHandler: ConsoleHandler | undefined) {
+  private constructor(
+    config: EngineConfig,
+    makeEngine: (onHostCall: HostCallHandler) => GuestEngine,
+    consoleHandler: ConsoleHandler | undefined,
+    origin?: TemplateOrigin,
+  ) {
     this.config = config;
     this.console = new GuestConsole(this.id, config.consoleLimit, consoleHandler);
-    this.engine = factory(config, (output) => this.serveHostCall(output));
+    this.engine = makeEngine(this.onHostCall);
     this.backend = this.engine.backend;
+    this.origin = origin;
   }
 
+  private readonly onHostCall: HostCallHandler = (output) => this.serveHostCall(output);
+
   static async create(config: EngineConfig, factory: EngineFactory, consoleHandler?: ConsoleHandler): Promise<SandboxCore> {
-    const core = new SandboxCore(config, factory, consoleHandler);
+    const core = new SandboxCore(config, (h) => factory(config, h), consoleHandler);
     try {
       const ready = core.readFinal(await core.engine.boot());
       if (ready.kind !== abi.AIRLOCK_MSG_READY) {
@@ -99,8 +139,40 @@ export class SandboxCore {
     return core;
   }
 
+  /**
+   * A core whose guest starts in `template`'s state (no boot). `baseline`: the state
+   * unload() returns to (the runtime right after loadRuntime()); `hostFunctions`: what
+   * that runtime was loaded with. The caller registers the callbacks before any call.
+   */
+  static fromTemplate(
+    template: EngineTemplate,
+    support: TemplateSupport,
+    options: {
+      baseline: EngineTemplate;
+      hostFunctions: HostFunctionRequirement[];
+      deterministic: boolean;
+      console?: ConsoleHandler;
+      owner: object;
+    },
+  ): SandboxCore {
+    const origin: TemplateOrigin = { support, baseline: options.baseline, deterministic: options.deterministic, owner: options.owner };
+    const core = new SandboxCore(
+      template.config,
+      (h) => support.clone(template, h, { deterministic: options.deterministic }),
+      options.console,
+      origin,
+    );
+    core.runtimeHostFunctions = options.hostFunctions.map((r) => ({ module: r.module, functions: [...r.functions] }));
+    return core;
+  }
+
   get poisoned(): boolean {
     return this.poisonReason !== undefined;
+  }
+
+  /** The host functions the guest runtime was loaded with (empty before loadRuntime()). */
+  get hostFunctionRequirements(): HostFunctionRequirement[] {
+    return this.runtimeHostFunctions.map((r) => ({ module: r.module, functions: [...r.functions] }));
   }
 
   get isDisposed(): boolean {
@@ -118,6 +190,7 @@ export class SandboxCore {
         for (const fn of fns.keys()) fields.push(module, fn);
       }
       this.expectOk(await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, 0, fields)), 'loadRuntime');
+      this.runtimeHostFunctions = [...this.hostFunctions].map(([module, fns]) => ({ module: `host:${module}`, functions: [...fns.keys()] }));
       this.runtimeBaseline = await this.engine.snapshot();
     });
   }
@@ -132,7 +205,7 @@ export class SandboxCore {
       const reply = await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD, 0, fields));
       if (reply.status === abi.AIRLOCK_STATUS_COMPILE_ERROR) {
         // Modules that did evaluate may have run side effects: start the next attempt clean.
-        if (this.runtimeBaseline) await this.engine.restore(this.runtimeBaseline);
+        await this.returnToBaseline();
         throw new CompileError(fieldText(reply, 0) ?? 'handler failed to compile');
       }
       this.expectOk(reply, 'getLoadedSandbox');
@@ -142,8 +215,8 @@ export class SandboxCore {
   /** Drops handlers and modules by returning the guest to its state after loadRuntime(). */
   unload(): Promise<void> {
     return this.serialize(async () => {
-      if (!this.runtimeBaseline) throw new InternalError('unload() before the runtime was loaded');
-      await this.engine.restore(this.runtimeBaseline);
+      if (!this.runtimeBaseline && !this.origin) throw new InternalError('unload() before the runtime was loaded');
+      await this.returnToBaseline();
       this.poisonReason = undefined;
     });
   }
@@ -193,6 +266,50 @@ export class SandboxCore {
     });
   }
 
+  /**
+   * Freezes `state` (a snapshot of this core's engine) into a template clones start
+   * from. ERR_UNAVAILABLE when the tier cannot make templates.
+   */
+  template(state: EngineSnapshot): Promise<EngineTemplate> {
+    return this.serialize(() => this.whileAlive(() => this.makeTemplate(state)));
+  }
+
+  /**
+   * The runtime baseline (the guest right after loadRuntime()) as a template: a new one
+   * the caller owns, or (a clone) the one it was given, with the object that owns it.
+   */
+  runtimeTemplate(): Promise<{ template: EngineTemplate; owner?: object }> {
+    return this.serialize(async () => {
+      if (this.origin) return { template: this.origin.baseline, owner: this.origin.owner };
+      const base = this.runtimeBaseline;
+      if (!base) throw new InternalError('the runtime is not loaded');
+      return { template: await this.whileAlive(() => this.makeTemplate(base)) };
+    });
+  }
+
+  private makeTemplate(state: EngineSnapshot): Promise<EngineTemplate> {
+    if (!this.engine.template) {
+      const reason = `the ${this.backend} tier of this Airlock build cannot make templates`;
+      return Promise.reject(new UnavailableError(`${reason}; use setBackend('wasm') for snapshots that build new sandboxes`, [reason]));
+    }
+    return this.engine.template(state);
+  }
+
+  /** The guest as loadRuntime() left it: restored in place, or (a clone) cloned anew. */
+  private async returnToBaseline(): Promise<void> {
+    if (this.runtimeBaseline) {
+      await this.engine.restore(this.runtimeBaseline);
+      return;
+    }
+    if (!this.origin) return;
+    const { support, baseline, deterministic } = this.origin;
+    const old = this.engine;
+    this.engine = support.clone(baseline, this.onHostCall, { deterministic });
+    await old.dispose();
+    // The fresh clone is the baseline now: later unloads restore in place.
+    this.runtimeBaseline = await this.whileAlive(() => this.engine.snapshot());
+  }
+
   /** An engine operation that dispose() may cut short: that is ERR_CONSUMED, whatever the engine saw. */
   private async whileAlive<T>(op: () => Promise<T>): Promise<T> {
     try {
@@ -208,11 +325,33 @@ export class SandboxCore {
     if (!this.disposed) this.engine.kill();
   }
 
-  async dispose(): Promise<void> {
-    if (this.disposed) return;
-    this.disposed = true;
-    await this.engine.dispose();
+  /**
+   * Snapshots whose templates are made from this core on first use: dispose() makes
+   * them first, so a snapshot stays usable after its sandbox is gone. Weak: a snapshot
+   * nobody holds costs nothing.
+   */
+  private readonly dependents = new Set<WeakRef<{ materialize(): Promise<void> }>>();
+
+  retainTemplatesOf(dependent: { materialize(): Promise<void> }): void {
+    this.dependents.add(new WeakRef(dependent));
   }
+
+  async dispose(): Promise<void> {
+    if (this.disposed || this.disposing) return this.disposing;
+    this.disposing = (async () => {
+      // Only while idle: dispose() must stop a guest that runs (or hangs) at once.
+      const pending = this.pendingOps === 0 ? [...this.dependents].map((d) => d.deref()).filter((d) => d !== undefined) : [];
+      this.dependents.clear();
+      await Promise.all(pending.map((d) => d.materialize()));
+      this.disposed = true;
+      await this.engine.dispose();
+    })();
+    return this.disposing;
+  }
+
+  private disposing: Promise<void> | undefined;
+  /** Operations queued or running. */
+  private pendingOps = 0;
 
   // ---------------------------------------------------------------------------
 
@@ -244,8 +383,9 @@ export class SandboxCore {
         this.console.end();
       }
     };
+    this.pendingOps++;
     const result = this.queue.then(run, run);
-    this.queue = result.catch(() => undefined);
+    this.queue = result.catch(() => undefined).finally(() => this.pendingOps--);
     return result;
   }
 

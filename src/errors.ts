@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'ERR_OUT_OF_MEMORY'
   | 'ERR_STACK_OVERFLOW'
   | 'ERR_BUSY'
+  | 'ERR_OVERLOADED'
   | 'ERR_UNAVAILABLE'
   | 'ERR_INTERNAL';
 
@@ -131,6 +132,22 @@ export class StackOverflowError extends AirlockError {
 export class BusyError extends AirlockError {
   constructor(message: string) {
     super('ERR_BUSY', message);
+  }
+}
+
+/** Why a SandboxPool turned a call away. */
+export type OverloadReason = 'queue-full' | 'queue-timeout' | 'memory';
+
+/**
+ * A SandboxPool turned a call away instead of queueing it without bound: the tenant's
+ * queue was full, the call waited longer than the queue allows, or the process-wide
+ * guest memory cap cannot hold even one more sandbox. Nothing ran; retry later.
+ */
+export class OverloadedError extends AirlockError {
+  readonly reason: OverloadReason;
+  constructor(reason: OverloadReason, message: string) {
+    super('ERR_OVERLOADED', message);
+    this.reason = reason;
   }
 }
 

@@ -9,8 +9,14 @@ export {
   InterruptHandle,
   type CallHandlerOptions,
   type CallStats,
+  type SnapshotKind,
+  type SnapshotRequirements,
 } from './sandbox.js';
+export { HostFunctionModule } from './host-function-module.js';
+export { SandboxRestorer, type HostFunctionFilter } from './restorer.js';
+export { SandboxStatus, SnapshotRequirementStatus } from './snapshot/status.js';
 export type { ConsoleHandler, HostFunction } from './core.js';
+export * from './pool/index.js';
 export type { Backend, TerminatedBy } from './engine/engine.js';
 export type { BackendChoice } from './engine/select.js';
 export {
@@ -26,6 +32,8 @@ export {
   OutOfMemoryError,
   StackOverflowError,
   BusyError,
+  OverloadedError,
+  type OverloadReason,
   UnavailableError,
   InternalError,
   type ErrorCode,

@@ -1,10 +1,14 @@
 // sandbox.ts — the public sandbox classes, mirroring @hyperlight/js-host-api:
 // ProtoJSSandbox (host functions) -> JSSandbox (handlers, modules) -> LoadedJSSandbox
-// (calls, snapshots, kill). Each is a view over one SandboxCore; consuming a view
+// (calls, snapshots, kill), plus Snapshot and SandboxRestorer (sandboxes started from a
+// snapshot). Each sandbox class is a view over one SandboxCore; consuming a view
 // (loadRuntime, getLoadedSandbox, unload) hands the core to the next one.
 import { ConsumedError, InvalidArgumentError } from './errors.js';
 import type { Backend, EngineSnapshot } from './engine/engine.js';
-import type { CallStats, HostFunction, SandboxCore } from './core.js';
+import { SandboxCore, type CallStats, type HostFunction } from './core.js';
+import { SnapshotContent, copyRequirements, type SnapshotKind, type SnapshotRequirements, type StagedSources } from './snapshot/content.js';
+import { loadSnapshot, saveSnapshot } from './snapshot/store.js';
+import { templateSupport } from './snapshot/tiers.js';
 import {
   checkOptionKeys,
   optionalBoolean,
@@ -18,6 +22,7 @@ import {
 } from './validate.js';
 
 export type { CallStats } from './core.js';
+export type { SnapshotKind, SnapshotRequirements } from './snapshot/content.js';
 
 /** Options of LoadedJSSandbox.callHandler(). */
 export interface CallHandlerOptions {
@@ -207,9 +212,34 @@ export class JSSandbox extends SandboxView {
   readonly #handlers = new Map<string, string>();
   readonly #modules = new Map<string, ModuleEntry>();
 
-  /** @internal */
-  constructor(core: SandboxCore, settings?: ViewSettings) {
+  /** @internal `staged`: handlers and modules to start with (a restored jsSandbox snapshot's). */
+  constructor(core: SandboxCore, settings?: ViewSettings, staged?: StagedSources) {
     super(core, settings);
+    // Checked like addHandler/addModule: a snapshot file may have been forged.
+    for (const [name, source] of staged?.handlers ?? []) this.#handlers.set(requireName(name, 'handler name'), requireString(source, 'handler code'));
+    for (const m of staged?.modules ?? []) {
+      this.#modules.set(moduleKey(m.name, m.namespace), { namespace: m.namespace, name: m.name, source: requireString(m.source, 'module source') });
+    }
+  }
+
+  /**
+   * A 'jsSandbox' snapshot: the runtime as loadRuntime() left it, plus the handlers and
+   * modules added so far (kept as sources; they compile when a restored JSSandbox is
+   * loaded). For SandboxBuilder.buildFromSnapshot() and Snapshot.save().
+   */
+  async snapshot(): Promise<Snapshot> {
+    this.assertUsable();
+    const core = this.core;
+    const content = new SnapshotContent({
+      kind: 'jsSandbox',
+      backend: core.backend,
+      config: core.config,
+      requirements: { hostFunctions: core.hostFunctionRequirements, moduleLoader: 'unknown' },
+      staged: { handlers: [...this.#handlers], modules: [...this.#modules.values()] },
+      state: () => core.runtimeTemplate(),
+    });
+    core.retainTemplatesOf(content);
+    return Snapshot.create(content);
   }
 
   /** Adds (or replaces) the handler for routing key `name`. */
@@ -274,25 +304,85 @@ function moduleKey(name: string, namespace: string): string {
   return `${ns}:${requireModulePart(name, 'module name')}`;
 }
 
-/** An opaque point-in-time copy of a sandbox's guest state. */
+/**
+ * A point-in-time copy of a sandbox: restore() it into the sandbox it came from, start
+ * new sandboxes from it (SandboxBuilder.buildFromSnapshot), or save() it to a directory.
+ */
 export class Snapshot {
-  readonly #core: SandboxCore;
-  readonly #state: EngineSnapshot;
+  readonly #content: SnapshotContent;
+  /** The sandbox it was taken from and its in-place restore state (LoadedJSSandbox.snapshot()). */
+  readonly #core: SandboxCore | undefined;
+  readonly #state: EngineSnapshot | undefined;
 
   /** @internal */
-  constructor(core: SandboxCore, state: EngineSnapshot) {
+  private constructor(content: SnapshotContent, core?: SandboxCore, state?: EngineSnapshot) {
+    this.#content = content;
     this.#core = core;
     this.#state = state;
+  }
+
+  /** @internal */
+  static create(content: SnapshotContent, core?: SandboxCore, state?: EngineSnapshot): Snapshot {
+    return new Snapshot(content, core, state);
+  }
+
+  /** Which sandbox stage it captures: 'jsSandbox' or 'loadedJsSandbox'. */
+  get kind(): SnapshotKind {
+    return this.#content.kind;
+  }
+
+  /** The host functions (and module loader) a sandbox restored from it needs. */
+  get requirements(): SnapshotRequirements {
+    return copyRequirements(this.#content.requirements);
+  }
+
+  /**
+   * Writes the snapshot into the snapshot directory `dir` (created mode 0700 when
+   * missing; files 0600) under `tag`, replacing an earlier snapshot of that tag.
+   * Resolves with its content digest ('sha256:<hex>'), which Snapshot.load() also takes.
+   */
+  save(dir: string, tag: string): Promise<string> {
+    return saveSnapshot(this.#content, dir, tag);
+  }
+
+  /**
+   * Reads a snapshot saved with save(), by tag or 'sha256:' digest. The files are
+   * treated as hostile: sizes are bounded before reading, every digest is verified,
+   * the metadata is schema-checked, and a snapshot of another ABI, guest image or tier
+   * is refused (ERR_INVALID_ARG). A missing or unreadable directory is ERR_INTERNAL.
+   */
+  static async load(dir: string, tagOrDigest: string): Promise<Snapshot> {
+    return new Snapshot(await loadSnapshot(dir, tagOrDigest, true));
+  }
+
+  /**
+   * load() without verifying the digest of the guest memory blob (the largest file):
+   * faster for trusted storage. Everything else is still checked.
+   */
+  static async loadUnverified(dir: string, tagOrDigest: string): Promise<Snapshot> {
+    return new Snapshot(await loadSnapshot(dir, tagOrDigest, false));
+  }
+
+  /** @internal */
+  static contentOf(snapshot: unknown): SnapshotContent {
+    if (typeof snapshot !== 'object' || snapshot === null || !(#content in snapshot)) {
+      throw new InvalidArgumentError('buildFromSnapshot() needs a Snapshot (from snapshot() or Snapshot.load())');
+    }
+    return snapshot.#content;
   }
 
   /** @internal */
   static unwrap(snapshot: unknown, core: SandboxCore): EngineSnapshot {
     // A brand check, not instanceof: an object that merely inherits from
     // Snapshot.prototype has no private fields to read.
-    if (typeof snapshot !== 'object' || snapshot === null || !(#core in snapshot)) {
+    if (typeof snapshot !== 'object' || snapshot === null || !(#content in snapshot)) {
       throw new InvalidArgumentError('restore() needs a Snapshot taken by snapshot()');
     }
-    if (snapshot.#core !== core) throw new InvalidArgumentError('the snapshot was taken from another sandbox');
+    if (snapshot.#core !== core || !snapshot.#state) {
+      throw new InvalidArgumentError(
+        'the snapshot was taken from another sandbox (start a new sandbox from it with SandboxBuilder.buildFromSnapshot())',
+      );
+    }
     return snapshot.#state;
   }
 }
@@ -356,10 +446,26 @@ export class LoadedJSSandbox extends SandboxView {
     });
   }
 
-  /** Captures the guest's state (handlers, modules, globals) to restore() later. */
+  /**
+   * Captures the guest's state (handlers, modules, globals): a 'loadedJsSandbox'
+   * snapshot to restore() later, to start new sandboxes from, or to save().
+   */
   async snapshot(): Promise<Snapshot> {
     this.assertUsable();
-    return this.pinned(async () => new Snapshot(this.core, await this.core.snapshot()));
+    const core = this.core;
+    return this.pinned(async () => {
+      const state = await core.snapshot();
+      const content = new SnapshotContent({
+        kind: 'loadedJsSandbox',
+        backend: core.backend,
+        config: core.config,
+        requirements: { hostFunctions: core.hostFunctionRequirements, moduleLoader: 'unknown' },
+        state: async () => ({ template: await core.template(state) }),
+        baseline: () => core.runtimeTemplate(),
+      });
+      core.retainTemplatesOf(content);
+      return Snapshot.create(content, core, state);
+    });
   }
 
   /** Returns the guest to `snapshot` (taken from this sandbox) and clears poisoning. */

@@ -142,6 +142,10 @@ export interface Image {
   image: MemoryImage;
 }
 let nextImageId = 1;
+/** An id for an image made outside a worker (an imported template's). */
+export function newImageId(): number {
+  return nextImageId++;
+}
 
 /** What booting a guest gives: how the operation ended, airlock_init's code, the
  *  guest's first output. */

@@ -17,6 +17,7 @@ import { AIRLOCK_MSG_HOST_RETURN, AIRLOCK_MSG_LOAD_RUNTIME, AIRLOCK_STATUS_HOST_
 import type {
   EngineConfig,
   EngineSnapshot,
+  EngineTemplate,
   ExchangeOptions,
   ExchangeResult,
   GuestEngine,
@@ -43,6 +44,7 @@ import {
   type GuestWorker,
   type Image,
 } from './pool.js';
+import { WasmTemplate } from './template.js';
 
 /** After a cancel, how long the guest gets to stop by itself (it polls the cancel
  *  word every ~10k QuickJS operations) before its worker is terminated. */
@@ -405,6 +407,25 @@ export class WasmEngine implements GuestEngine {
     if (!(snapshot instanceof WasmSnapshot) || snapshot.owner !== this) {
       throw new InvalidArgumentError('the snapshot was taken from another sandbox');
     }
+    return this.restoreImage(snapshot.image);
+  }
+
+  /** Freezes one of this engine's snapshots into a template (template.ts); the image is
+   *  immutable once taken, so the template shares it. */
+  async template(snapshot: EngineSnapshot): Promise<EngineTemplate> {
+    if (!(snapshot instanceof WasmSnapshot) || snapshot.owner !== this) {
+      throw new InvalidArgumentError('the snapshot was taken from another sandbox');
+    }
+    return new WasmTemplate(this.config, snapshot.image);
+  }
+
+  /** Starts this (unbooted) engine in a template's state: template.ts's clone(). */
+  adoptTemplateImage(image: Image): Promise<void> {
+    if (this.booted) return Promise.reject(new InvalidArgumentError('the guest is already booted'));
+    return this.restoreImage(image);
+  }
+
+  private async restoreImage(image: Image): Promise<void> {
     this.enter('restore a snapshot');
     this.eagerImage = undefined;
     try {
@@ -413,7 +434,7 @@ export class WasmEngine implements GuestEngine {
       for (let attempt = 1; ; attempt++) {
         const { w, data } = await this.restoreWorker();
         try {
-          await this.runOp(w, () => w.restore(snapshot.image, this.config, data, true));
+          await this.runOp(w, () => w.restore(image, this.config, data, true));
           break;
         } catch (e) {
           if (attempt >= 2 || w.exitReason === undefined || this.disposed) throw e;
