@@ -140,10 +140,15 @@ export type OverloadReason = 'queue-full' | 'queue-timeout' | 'memory';
 
 /**
  * A SandboxPool turned a call away instead of queueing it without bound: the tenant's
- * queue was full, the call waited longer than the queue allows, or the process-wide
- * guest memory cap cannot hold even one more sandbox. Nothing ran; retry later.
+ * queue was full, the call waited longer than the queue allows, or one sandbox needs
+ * more than the whole process-wide guest memory cap. Nothing ran; retry later.
  */
 export class OverloadedError extends AirlockError {
+  /**
+   * Which limit turned the call away: 'queue-full' (maxQueuePerTenant calls already
+   * waiting), 'queue-timeout' (no sandbox within queueTimeoutMs) or 'memory' (one sandbox
+   * needs more than setGuestMemoryLimit() allows, so waiting cannot help).
+   */
   readonly reason: OverloadReason;
   constructor(reason: OverloadReason, message: string) {
     super('ERR_OVERLOADED', message);

@@ -5,6 +5,14 @@ import type { HostFunction } from './core.js';
 import { ConsumedError, InvalidArgumentError } from './errors.js';
 import { requireFunction, requireModulePart, requireName } from './validate.js';
 
+/**
+ * A named set of host functions that guest code imports as `host:<name>`, for
+ * SandboxBuilder.setHostFunctionModules() (build() and sandboxes restored from a snapshot,
+ * as a SandboxPool makes them). Each module goes to one builder only, which consumes it:
+ * register() afterwards, or giving it to a second builder, is ERR_CONSUMED, so callback
+ * state is never shared between sandboxes. A module name that is empty or contains ':'
+ * is ERR_INVALID_ARG.
+ */
 export class HostFunctionModule {
   /** The module's name: guest code imports it as `host:<name>`. */
   readonly name: string;

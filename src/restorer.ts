@@ -21,6 +21,13 @@ export interface RestoreSettings {
   deterministic: boolean;
 }
 
+/**
+ * Starts one sandbox from a snapshot (SandboxBuilder.buildFromSnapshot() gives it): a
+ * clone of the snapshot's template (copy-on-write on KVM, a copy on WebAssembly) on the
+ * snapshot's tier and with its sizes. One restore per restorer; a second is ERR_CONSUMED.
+ * A host function the snapshot requires but the builder's modules lack fails the restore
+ * with ERR_INVALID_ARG before any guest code runs (and the restorer stays usable).
+ */
 export class SandboxRestorer {
   readonly #content: SnapshotContent;
   readonly #settings: RestoreSettings;

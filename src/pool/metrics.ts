@@ -6,10 +6,13 @@
 /** Upper bounds (ms) of the latency histogram's buckets; the last bucket is unbounded. */
 export const LATENCY_BUCKETS_MS = [0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000] as const;
 
+/** A histogram of durations in ms with cumulative buckets, as Prometheus reads them. */
 export interface HistogramSnapshot {
   /** [upper bound in ms, calls at or below it] (cumulative), then [Infinity, count]. */
   buckets: [number, number][];
+  /** Durations observed (one per call). */
   count: number;
+  /** Sum of the durations observed, in ms (sumMs / count is the mean). */
   sumMs: number;
 }
 
@@ -36,13 +39,17 @@ export class Histogram {
 
 /** Usage of one tenant since the pool started. */
 export interface TenantUsage {
+  /** The tenant's calls, failed and turned-away ones included. */
   calls: number;
   /** Failed calls by error code. */
   errors: Record<string, number>;
   /** Guest CPU time where the tier measures it, else the call's wall-clock time. */
   cpuTimeMs: number;
+  /** Wall-clock time the tenant's calls ran in a sandbox, in ms (queue wait excluded). */
   wallTimeMs: number;
+  /** The tenant's sandboxes disposed because a call poisoned them. */
   restores: number;
+  /** The tenant's idle sandboxes disposed to free room (idle, LRU or memory). */
   evictions: number;
   /** Guest memory reserved for the tenant's sandboxes now (bytes). */
   committedBytes: number;

@@ -15,14 +15,19 @@ import { Histogram, TenantMeter, type HistogramSnapshot, type TenantUsage } from
 
 /** One console line of a pooled sandbox, with where it came from. */
 export interface PoolConsoleEntry {
+  /** The tenant whose sandbox printed it. */
   tenant: string;
   /** The pool's id of the call that printed it (also in the 'call' event). */
   callId: number;
+  /** The handler of that call ('' and callId 0 for a line printed outside any call). */
   handler: string;
+  /** The guest console method that printed it ('log', 'info', 'warn', 'error', 'debug'). */
   level: ConsoleLevel;
+  /** The guest's formatted text, unescaped (guest-controlled: escape it before a terminal or log line). */
   message: string;
 }
 
+/** Options of new SandboxPool(): the template snapshot, host functions and the limits per tenant. */
 export interface SandboxPoolOptions {
   /** The snapshot every sandbox of a tenant is cloned from: one for all tenants, or one
    *  per tenant (asked once per tenant, on its first call). */
@@ -51,29 +56,45 @@ export interface SandboxPoolOptions {
 
 /** What the 'call' event reports about each finished call. */
 export interface PoolCallEvent {
+  /** The tenant the call ran for. */
   tenant: string;
+  /** The handler it called. */
   handler: string;
+  /** The pool's id of the call, unique in the process; console lines carry it too. */
   callId: number;
   /** Time from call() to its result, queueing included. */
   latencyMs: number;
+  /** Time from call() until it had a sandbox (a new clone's start included); 0 when it never got one. */
   queueMs: number;
+  /** Guest CPU time of the call in ms; null where the tier does not measure it or no sandbox ran it. */
   cpuTimeMs: number | null;
   /** The error code when the call failed. */
   error?: string;
 }
 
+/** What SandboxPool.stats() reports: totals since the pool started, and gauges of now. */
 export interface PoolStats {
+  /** Calls made, failed and turned-away ones included. */
   calls: number;
+  /** Failed calls by error code ('ERR_INTERNAL' for an error that is not an AirlockError). */
   errors: Record<string, number>;
   /** Calls waiting for a sandbox now. */
   queueDepth: number;
+  /** Live sandboxes now, busy or idle. */
   resident: number;
+  /** Live sandboxes waiting for a call now. */
   idle: number;
+  /** Guest memory reserved for live sandboxes now (bytes): the most their guests can commit. */
   committedBytes: number;
+  /** Sandboxes disposed because a call poisoned them (the next call gets a fresh clone). */
   restores: number;
+  /** Idle sandboxes disposed to free room: idle too long, over maxResident, or over the memory cap (close() not counted). */
   evictions: number;
+  /** Time from call() to its result or error, queueing included, of every call (turned-away ones too). */
   latency: HistogramSnapshot;
+  /** Time each call waited for a sandbox (PoolCallEvent.queueMs: 0 for one that never got one). */
   queueWait: HistogramSnapshot;
+  /** Usage by tenant name, with each tenant's live sandboxes and waiting calls now. */
   tenants: Record<string, TenantUsage & { resident: number; queueDepth: number }>;
 }
 
@@ -118,6 +139,13 @@ function positiveInt(value: unknown, what: string, fallback: number): number {
 
 let nextCallId = 1;
 
+/**
+ * Runs calls of many tenants, each in sandboxes cloned from a snapshot: per tenant a
+ * concurrency limit and a bounded queue (ERR_OVERLOADED past it), a fresh clone in place
+ * of a poisoned sandbox, idle and LRU eviction under maxResident and the process-wide
+ * guest memory cap. Emits 'call' (PoolCallEvent), 'restore' ({ tenant }) and 'evict'
+ * ({ tenant, reason: 'idle' | 'lru' | 'memory' }). Bad options are ERR_INVALID_ARG.
+ */
 export class SandboxPool extends EventEmitter {
   readonly #options: SandboxPoolOptions;
   readonly #maxConcurrency: number;
@@ -261,6 +289,7 @@ export class SandboxPool extends EventEmitter {
     await Promise.all(gone);
   }
 
+  /** `await using pool = new SandboxPool(...)` closes the pool when the scope ends (same as close()). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }

@@ -6,6 +6,7 @@ import type * as PromClient from 'prom-client';
 import { UnavailableError } from '../errors.js';
 import type { PoolCallEvent, SandboxPool } from './pool.js';
 
+/** Options of registerPoolMetrics(): where the metrics go and how they are named and labelled. */
 export interface PoolMetricsOptions {
   /** Where the metrics are registered (default: prom-client's global registry). */
   registry?: PromClient.Registry;
