@@ -8,7 +8,7 @@ import { SandboxBuilder } from '../builder.js';
 import type { ConsoleLevel } from '../engine/protocol.js';
 import { AirlockError, ConsumedError, InternalError, InvalidArgumentError, OverloadedError } from '../errors.js';
 import type { HostFunctionModule } from '../host-function-module.js';
-import { Snapshot, type CallHandlerOptions, type LoadedJSSandbox } from '../sandbox.js';
+import { Snapshot, type CallHandlerOptions, type CallStats, type LoadedJSSandbox } from '../sandbox.js';
 import { requireName } from '../validate.js';
 import * as budget from './memory-budget.js';
 import { Histogram, TenantMeter, type HistogramSnapshot, type TenantUsage } from './metrics.js';
@@ -200,18 +200,23 @@ export class SandboxPool extends EventEmitter {
     let pooled: PooledSandbox | undefined;
     let queueMs = 0;
     let error: string | undefined;
+    // The sandbox's stats object from before this call: a call refused before it ran
+    // (bad options, a consumed sandbox) leaves it in place and must not be billed again.
+    let statsBefore: CallStats | null = null;
     try {
       // The tenant's snapshot sizes its sandboxes: known before any room is made.
       await this.#snapshotOf(t);
       pooled = await this.#acquire(t);
       queueMs = performance.now() - started;
       pooled.call = { id: callId, handler: name };
+      statsBefore = pooled.sandbox.lastCallStats;
       return await pooled.sandbox.callHandler(name, event, options ?? this.#options.callDefaults);
     } catch (e) {
       error = e instanceof AirlockError ? e.code : 'ERR_INTERNAL';
       throw e;
     } finally {
-      const stats = pooled?.sandbox.lastCallStats;
+      const latest = pooled?.sandbox.lastCallStats ?? null;
+      const stats = latest !== statsBefore ? latest : null;
       if (pooled) pooled.call = undefined;
       this.#running--;
       const latencyMs = performance.now() - started;

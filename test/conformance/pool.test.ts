@@ -187,6 +187,18 @@ describeEachBackend('SandboxPool', (h: BackendHarness) => {
     expect(calls[0]).not.toBe(calls[1]);
   });
 
+  it('bills a call refused before it ran with no time, not the previous call\'s', async () => {
+    const events: { cpuTimeMs: number | null; error?: string }[] = [];
+    const p = pool();
+    p.on('call', (e: { cpuTimeMs: number | null; error?: string }) => events.push(e));
+    await p.call('a', 'counter', {});
+    await expect(p.call('a', 'counter', {}, { wallClockTimeoutMs: -1 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+    expect(events).toHaveLength(2);
+    if (h.backend === 'kvm') expect(events[0].cpuTimeMs).toBeGreaterThan(0);
+    expect(events[1]).toMatchObject({ cpuTimeMs: null, error: 'ERR_INVALID_ARG' });
+    expect(p.stats().tenants.a.calls).toBe(2);
+  });
+
   it('clones per-tenant snapshots and drains before closing', async () => {
     const asked: string[] = [];
     const p = pool({
