@@ -9,6 +9,7 @@
         "src/sandbox.cc",
         "src/vcpu_thread.cc",
         "src/cancellation.cc",
+        "src/core_budget.cc",
         "src/snapshot.cc",
         "src/messages.cc",
         "src/layout.cc",
