@@ -10,6 +10,7 @@
         "src/vcpu_thread.cc",
         "src/cancellation.cc",
         "src/core_budget.cc",
+        "src/answer_watcher.cc",
         "src/snapshot.cc",
         "src/messages.cc",
         "src/layout.cc",

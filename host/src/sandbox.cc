@@ -18,6 +18,7 @@
 #include <x86intrin.h>
 
 #include "../../guest/include/abi.h"
+#include "answer_watcher.h"
 #include "core_budget.h"
 #include "messages.h"
 #include "timing.h"
@@ -45,6 +46,9 @@ Sandbox::Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &co
     ImageHeader header = parseImageHeader(image_.data(), image_.size());
     layout_ = computeLayout(header, image_.size(), config);
     cancelSignal(); // fail here, synchronously, if no signal is available
+    // Started with the first sandbox (not with the first fast request), so the
+    // process's thread count settles as soon as sandboxes exist.
+    AnswerWatcher::instance().start();
 }
 
 Sandbox::~Sandbox() {
@@ -106,23 +110,74 @@ void Sandbox::post(Op op) {
 
 bool Sandbox::postFast(const Op &op) {
     if (op.kind != OpKind::Exchange || !session_.load() || !runnable_.load() || !handover_.attached()) return false;
+    // A watcher still finishing with the previous exchange (claimed by the vCPU thread
+    // first) must be done before a new one can be told from it.
+    if (watched_.load()) return false;
     if (handover_.poll() != AIRLOCK_POLL_READY) return false;
     // The guest polls and reads nothing of the request until poll_state says a request.
     cancel_.resetForExchange();
     handover_.beginPosting();
     beginExchange(OpKind::Exchange, &op.request, op.wallTimeoutNs, op.cpuTimeoutNs);
     record_.guestEntered = true;
-    // REQUEST_EXIT: nobody watches memory for the answer; the guest's exit brings it
-    // to the vCPU thread, which notifies the main thread.
-    if (handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_REQUEST_EXIT)) {
+    // With a core to spare, the answer watcher takes the answer from memory (REQUEST);
+    // otherwise the guest answers with an exit (REQUEST_EXIT) and the vCPU thread
+    // notifies. The main thread itself never waits.
+    const bool watch = CoreBudget::instance().pollAllowed();
+    if (watch) watched_.store(true);
+    if (handover_.swapPoll(AIRLOCK_POLL_READY, watch ? AIRLOCK_POLL_REQUEST : AIRLOCK_POLL_REQUEST_EXIT)) {
         handover_.publish();
+        if (watch && !AnswerWatcher::instance().watch(shared_from_this())) {
+            // No watcher thread: the guest must answer with an exit. If it answered
+            // already, the vCPU thread takes the answer when the guest parks.
+            handover_.swapPoll(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT);
+            watched_.store(false);
+        }
         return true;
     }
+    watched_.store(false);
     // The guest parked first: the vCPU thread must run it.
     if (record_.wallTimeoutNs) wallTimer_->disarm();
     if (record_.cpuTimeoutNs) cpuTimer_->disarm();
     handover_.reset();
     return false;
+}
+
+bool Sandbox::watchAnswer(bool giveUp) {
+    if (!Handover::answered(handover_.poll())) {
+        if (!giveUp) return false;
+        // Nobody waits in memory any more: the guest answers with an exit. Only the
+        // guest moves poll_state off REQUEST otherwise, so a failed swap means it
+        // answered meanwhile.
+        if (handover_.swapPoll(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT)) {
+            watched_.store(false);
+            return true;
+        }
+    }
+    // The response is in the output buffer. If the vCPU thread claimed the exchange
+    // first (cancel, abort, or the guest parked before we looked), its event follows.
+    if (claimExchange(true)) {
+        Outcome o;
+        // The guest runs on (its post-call work), but it writes the output buffer
+        // only for the next request.
+        std::string error;
+        if (!readGuestOutput(*memory_, layout_, o.output, error)) {
+            poison("the guest aborted");
+            o.code = OutcomeCode::GuestAbort;
+            o.message = std::move(error);
+        }
+        Event ev;
+        ev.kind = EventKind::Done;
+        ev.op = OpKind::Exchange;
+        ev.outcome = finishExchange(std::move(o));
+        handover_.reset();
+        if (handover_.emit(std::move(ev))) notify_();
+    }
+    watched_.store(false);
+    return true;
+}
+
+void Sandbox::waitUnwatched() const {
+    while (watched_.load()) sched_yield();
 }
 
 void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {

@@ -69,6 +69,14 @@ public:
     bool postFast(const Op &op);
     void postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply);
     void cancel(TerminatedBy why); // the running exchange ends ERR_CANCELLED
+    // ---- the answer watcher's thread (answer_watcher.h) ---------------------------
+    // Takes an answer the guest handed over in memory, if it did; with `giveUp`, tells
+    // the guest to answer with an exit instead. True when done watching this exchange.
+    bool watchAnswer(bool giveUp);
+    // vCPU thread: waits (briefly: a watch is bounded) until no watcher reads guest
+    // memory or may claim an exchange, before the guest's memory or exchange changes hands.
+    void waitUnwatched() const;
+
     // What the vCPU thread posted; `notify` fires again for anything posted later.
     std::vector<Event> drainEvents();
     // Synchronous teardown with a bounded wait: false when the vCPU thread did not
@@ -139,7 +147,8 @@ private:
     // halved when even the longest window would have waited in vain. It never
     // settles where the guest parks just before every request: that grows it.
     std::atomic<uint64_t> pollNs_{0};
-    bool holdsPollSlot_ = false;             // vCPU thread: this session holds a CoreBudget slot
+    bool holdsPollSlot_ = false;
+    std::atomic<bool> watched_{false};       // the answer watcher watches the exchange in flight             // vCPU thread: this session holds a CoreBudget slot
     std::atomic<uint64_t> lastAnswerNs_{0};  // monotonic time the last exchange was claimed
     std::atomic<uint64_t> windowEndNs_{0};   // the guest runs on after an answer until then (0: no window)
     std::atomic<bool> windowArmed_{false};   // windowTimer_ is armed (or fired and not yet seen)

@@ -69,6 +69,9 @@ void VcpuThread::run() {
 
     for (;;) {
         waitFor([this] { return s_.handover_.opWaiting(); }, false);
+        // Every op may rewrite guest memory or start an exchange: no watcher may
+        // still be reading the last one.
+        s_.waitUnwatched();
         Op op = s_.handover_.takeOp();
         s_.cancel_.clearKick();
         ackInterrupt();
@@ -254,6 +257,7 @@ void VcpuThread::setUpGuest() {
 }
 
 void VcpuThread::tearDownGuest() {
+    s_.waitUnwatched(); // the watcher reads the poll word and the output buffer
     s_.signalVcpu_.store(nullptr);
     s_.handover_.attach(nullptr);
     vcpu_.reset();
