@@ -170,7 +170,11 @@ bool Sandbox::watchAnswer(bool giveUp) {
         ev.op = OpKind::Exchange;
         ev.outcome = finishExchange(std::move(o));
         handover_.reset();
+        // Done with guest memory and the exchange: let go before the main thread can
+        // see the answer, so its next request finds the guest free to take in memory.
+        watched_.store(false);
         if (handover_.emit(std::move(ev))) notify_();
+        return true;
     }
     watched_.store(false);
     return true;
