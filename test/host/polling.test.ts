@@ -191,8 +191,11 @@ const BOOT = '66baa103 c7042570104000 00000000 b801000000 ef'; // mov dx, PORT; 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
 describeKvm('polling hand-over: a guest that breaks the protocol', () => {
+  // A long window: the host takes a guest out of its poll once the window (plus 2 ms)
+  // has passed on the wall clock, and a loaded host can hold the vCPU thread off for
+  // longer than a short one before the guest gets to misbehave.
   const raw = (code: string) => {
-    const vm = new (loadAddon().Vm)(buildImage(hex(code)), defaultConfig, () => {});
+    const vm = new (loadAddon().Vm)(buildImage(hex(code)), { ...defaultConfig, guestPollUs: 10_000 }, () => {});
     live.push(vm);
     return vm;
   };
@@ -200,7 +203,9 @@ describeKvm('polling hand-over: a guest that breaks the protocol', () => {
   it('answering with no request in flight aborts the guest', async () => {
     const vm = raw(`${SET_POLLS} ${BOOT} b801000000 ef ebfe`); // a second RESPONSE right away
     await vm.boot();
-    await sleep(30);
+    // Long enough for the vCPU thread to run the guest on even on a loaded host; a
+    // request sent before that would make the second RESPONSE a valid answer.
+    await sleep(200);
     const err = await rejection(vm.send(Buffer.from('x')));
     expect(err.code).toBe('ERR_POISONED');
     expect(String(err.message)).toContain('aborted');
