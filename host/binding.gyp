@@ -9,6 +9,8 @@
         "src/sandbox.cc",
         "src/vcpu_thread.cc",
         "src/cancellation.cc",
+        "src/core_budget.cc",
+        "src/answer_watcher.cc",
         "src/snapshot.cc",
         "src/messages.cc",
         "src/layout.cc",

@@ -66,14 +66,15 @@
 /* ------------------------------------------------------------------------------
  * Polling (KVM). An exit costs tens of microseconds on nested/PVM hosts, more than
  * a whole small call. So between requests a guest that sets AIRLOCK_GUEST_FLAG_POLLS
- * spins on control.poll_state for up to control.poll_ticks TSC ticks, and a host
- * thread that is spinning anyway hands requests and responses over through memory:
- * a back-to-back call makes no exit at all. Every transition is a compare-and-swap
- * on poll_state by the side named:
+ * spins on control.poll_state for up to control.poll_ticks TSC ticks, and the host
+ * hands requests over through memory; while a host core is free, a host thread
+ * watches for the response in memory too: a back-to-back call makes no exit at all.
+ * Every transition is a compare-and-swap on poll_state by the side named:
  *   IDLE -> REQUEST_EXIT   host (vCPU thread, guest stopped): request written,
  *                          answer with an exit
- *   READY -> REQUEST       host: request written, the host spins for the response
- *   REQUEST -> REQUEST_EXIT host: stopped spinning, answer with an exit after all
+ *   READY -> REQUEST       host: request written, a host thread watches for the response
+ *   READY -> REQUEST_EXIT  host: request written, answer with an exit
+ *   REQUEST -> REQUEST_EXIT host: stopped watching, answer with an exit after all
  *   REQUEST -> READY       guest: response written (no exit); then post-call work
  *   REQUEST_EXIT           guest answers with AIRLOCK_EXIT_RESPONSE; the host sets
  *                          READY before running it on to poll, or IDLE if it will not

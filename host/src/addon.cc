@@ -1,9 +1,11 @@
 // addon.cc — the N-API surface of the VMM: probe(), abiVersion, measureExitFloor()
 // and class Vm, which turns the Sandbox's operations and events into Promises and
-// host-call callbacks on the Node main thread.
+// host-call callbacks on the Node main thread, one event-loop turn per wake-up.
 #include <napi.h>
+#include <uv.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -11,6 +13,7 @@
 
 #include "../../guest/include/abi.h"
 #include "../hv/hypervisor.h"
+#include "core_budget.h"
 #include "exit_floor.h"
 #include "messages.h"
 #include "sandbox.h"
@@ -61,31 +64,49 @@ std::vector<uint8_t> hostErrorMessage(const std::string &text) {
 
 class VmWrap;
 
-// The vCPU thread's way to wake the main thread. Node may finalize the thread-safe
-// function before the Vm (at environment teardown); from then on calls are dropped,
-// under the lock, instead of touching a dead function.
+// The vCPU thread's way to wake the main thread: a uv_async handle on the Vm's event
+// loop. Each wake-up is a turn of the loop of its own (a macrotask): events posted
+// while JavaScript handles earlier ones wait for the next turn, so timers and I/O run
+// between two host calls of a guest that calls the host in a loop. (A thread-safe
+// function would not do: Node keeps dispatching in the same turn while calls arrive
+// during its callback.) uv_async_send is the only call another thread makes, and only
+// until close(), hence the lock; everything else runs on the loop's thread.
 class Notifier {
 public:
-    explicit Notifier(napi_threadsafe_function tsfn) : tsfn_(tsfn) {}
+    Notifier(uv_loop_t *loop, uv_async_cb cb, void *data) : handle_(new uv_async_t) {
+        if (uv_async_init(loop, handle_, cb) != 0) {
+            delete handle_;
+            throw std::runtime_error("uv_async_init failed");
+        }
+        handle_->data = data;
+        uv_unref(reinterpret_cast<uv_handle_t *>(handle_));
+    }
     void call() {
         std::lock_guard<std::mutex> lock(mu_);
-        if (tsfn_) napi_call_threadsafe_function(tsfn_, nullptr, napi_tsfn_nonblocking);
+        if (handle_) uv_async_send(handle_);
     }
+    // Loop thread: while an operation runs, the handle keeps the event loop alive.
+    void setRef(bool on) {
+        if (!handle_) return;
+        if (on)
+            uv_ref(reinterpret_cast<uv_handle_t *>(handle_));
+        else
+            uv_unref(reinterpret_cast<uv_handle_t *>(handle_));
+    }
+    // Loop thread; idempotent. No callback runs after it.
     void close() {
-        std::lock_guard<std::mutex> lock(mu_);
-        tsfn_ = nullptr;
+        uv_async_t *h;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            h = handle_;
+            handle_ = nullptr;
+        }
+        if (h) uv_close(reinterpret_cast<uv_handle_t *>(h), [](uv_handle_t *x) { delete reinterpret_cast<uv_async_t *>(x); });
     }
 
 private:
     std::mutex mu_;
-    napi_threadsafe_function tsfn_;
-};
-
-// The thread-safe function's context, freed by its finalizer. `wrap` is cleared when
-// the VmWrap goes first, so late notifications are dropped.
-struct NotifyContext {
-    VmWrap *wrap = nullptr;
-    std::shared_ptr<Notifier> notifier;
+    uv_async_t *handle_;
 };
 
 class VmWrap : public Napi::ObjectWrap<VmWrap> {
@@ -114,28 +135,32 @@ public:
             config.outputSize = sizeField(cfg, "outputSize", true, 0);
             config.consoleLimit = sizeField(cfg, "consoleLimit", true, 0);
         }
+        // The main thread never busy-waits any more: its old budget is refused, not
+        // silently ignored.
+        if (!cfg.Get("mainSpinUs").IsUndefined())
+            throw makeError(env, "ERR_INVALID_ARG", "config.mainSpinUs is not supported: the main thread never spins");
         SpinConfig spin;
-        spin.mainSpinNs = sizeField(cfg, "mainSpinUs", false, spin.mainSpinNs / 1000) * 1000;
         spin.vcpuSpinNs = sizeField(cfg, "vcpuSpinUs", false, spin.vcpuSpinNs / 1000) * 1000;
         spin.guestPollNs = sizeField(cfg, "guestPollUs", false, spin.guestPollNs / 1000) * 1000;
-        if (spin.mainSpinNs > 10'000'000 || spin.vcpuSpinNs > 10'000'000 || spin.guestPollNs > 10'000'000)
+        if (spin.vcpuSpinNs > 10'000'000 || spin.guestPollNs > 10'000'000)
             throw makeError(env, "ERR_INVALID_ARG", "spin budgets are limited to 10000 us");
 
         info.This().As<Napi::Object>().DefineProperty(
             Napi::PropertyDescriptor::Value(kOnHostCallKey, info[2], napi_default));
 
-        notifyContext_ = new NotifyContext{this};
-        napi_status st = napi_create_threadsafe_function(env, nullptr, nullptr, Napi::String::New(env, "airlock.vcpu"),
-                                                         0, 1, notifyContext_, FinalizeNotify, notifyContext_, CallJs,
-                                                         &notify_);
-        if (st != napi_ok) {
-            delete notifyContext_;
-            notifyContext_ = nullptr;
+        uv_loop_t *loop = nullptr;
+        if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop)
+            throw makeError(env, "ERR_INTERNAL", "cannot reach the event loop for vCPU notifications");
+        std::shared_ptr<Notifier> notifier;
+        try {
+            notifier = std::make_shared<Notifier>(loop, OnWake, this);
+        } catch (const std::exception &) {
             throw makeError(env, "ERR_INTERNAL", "cannot create the vCPU notification channel");
         }
-        napi_unref_threadsafe_function(env, notify_);
-        auto notifier = std::make_shared<Notifier>(notify_);
-        notifyContext_->notifier = notifier;
+        notifier_ = notifier;
+        asyncContext_.emplace(env, "airlock.vcpu");
+        // Environment teardown (a worker ending) closes the handle before the loop goes.
+        napi_add_env_cleanup_hook(env, CloseOnTeardown, this);
         try {
             auto notify = [notifier] { notifier->call(); };
             if (from) {
@@ -165,52 +190,44 @@ public:
 private:
     enum class State { Alive, Disposing, Disposed };
 
-    static void FinalizeNotify(napi_env, void *data, void *) {
-        auto *ctx = static_cast<NotifyContext *>(data);
-        if (ctx->notifier) ctx->notifier->close();
-        if (ctx->wrap) {
-            // Environment teardown finalized the channel while the Vm still exists.
-            ctx->wrap->notify_ = nullptr;
-            ctx->wrap->notifyContext_ = nullptr;
-        }
-        delete ctx;
+    static void CloseOnTeardown(void *data) { static_cast<VmWrap *>(data)->closeNotifier(); }
+
+    void closeNotifier() {
+        if (!notifier_) return;
+        notifier_->close();
+        notifier_.reset();
     }
 
-    static void CallJs(napi_env env, napi_value, void *context, void *) {
-        if (env == nullptr) return; // the channel is being torn down
-        auto *ctx = static_cast<NotifyContext *>(context);
-        if (!ctx->wrap) return;
-        Napi::Env e(env);
-        Napi::HandleScope scope(e);
+    static void OnWake(uv_async_t *handle) { static_cast<VmWrap *>(handle->data)->onWake(); }
+
+    // One loop turn: everything posted so far, with the microtasks it queues run
+    // before the turn ends (the callback scope), as for any I/O callback.
+    void onWake() {
+        Napi::Env env = Env();
+        Napi::HandleScope scope(env);
+        Napi::CallbackScope callbackScope(env, *asyncContext_);
         try {
-            ctx->wrap->dispatchAll(ctx->wrap->sandbox_ ? ctx->wrap->sandbox_->drainEvents() : std::vector<Event>{});
+            dispatchAll(sandbox_ ? sandbox_->drainEvents() : std::vector<Event>{});
         } catch (const Napi::Error &err) {
-            err.ThrowAsJavaScriptException();
+            napi_fatal_exception(env, err.Value());
         }
     }
 
     void releaseNotify() {
-        if (notifyContext_) {
-            notifyContext_->wrap = nullptr;
-            if (notifyContext_->notifier) notifyContext_->notifier->close();
-        }
-        if (notify_) napi_release_threadsafe_function(notify_, napi_tsfn_abort);
-        notify_ = nullptr;
-        notifyContext_ = nullptr; // freed by FinalizeNotify
+        if (notifier_) napi_remove_env_cleanup_hook(Env(), CloseOnTeardown, this);
+        closeNotifier();
     }
 
     // While an operation runs, the notification channel keeps the event loop alive
     // and the Vm object alive; when idle, neither.
     void setBusy(bool busy) {
-        if (busy == busy_ || !notify_) return;
+        if (busy == busy_ || !notifier_) return;
         busy_ = busy;
-        if (busy) {
-            napi_ref_threadsafe_function(Env(), notify_);
+        notifier_->setRef(busy);
+        if (busy)
             Ref();
-        } else {
-            napi_unref_threadsafe_function(Env(), notify_);
+        else
             Unref();
-        }
     }
 
     Napi::Value rejected(Napi::Env env, const char *code, const std::string &message) {
@@ -237,13 +254,8 @@ private:
             d.Reject(makeError(env, "ERR_INTERNAL", std::string("cannot start the vCPU thread: ") + e.what()).Value());
             return promise;
         }
-        pump(sandbox_->spin().mainSpinNs);
+        // The outcome arrives by notification, in a later turn of the event loop.
         return promise;
-    }
-
-    void pump(uint64_t spinNs) {
-        if (!sandbox_) return;
-        dispatchAll(sandbox_->awaitEvents(spinNs));
     }
 
     void dispatchAll(std::vector<Event> events) {
@@ -271,7 +283,6 @@ private:
             if (hostCallPending_ && hostCallId_ == ev.hostCallId) {
                 hostCallPending_ = false;
                 sandbox_->postHostReply(ev.hostCallId, hostErrorMessage(e.Message()));
-                pump(sandbox_->spin().mainSpinNs);
             }
         }
     }
@@ -391,9 +402,9 @@ private:
         Napi::Env env = info.Env();
         if (info.Length() < 1 || !info[0].IsBuffer())
             throw makeError(env, "ERR_INVALID_ARG", "hostReturn(reply: Buffer, callId?: number)");
-        // Events already waiting (e.g. the exchange was cancelled) come first: they
-        // may make this answer moot.
-        pump(0);
+        // An answer that turns out moot (the exchange was cancelled and its event not yet
+        // dispatched) is dropped by the vCPU thread, which takes only the reply to the
+        // call it waits for.
         if (!hostCallPending_ || !sandbox_) return env.Undefined(); // nobody waits for it any more
         // With the id onHostCall was given, an answer to an older call (of a cancelled
         // exchange) can never be taken for the answer to the current one.
@@ -403,7 +414,6 @@ private:
         auto reply = info[0].As<Napi::Buffer<uint8_t>>();
         hostCallPending_ = false;
         sandbox_->postHostReply(hostCallId_, std::vector<uint8_t>(reply.Data(), reply.Data() + reply.Length()));
-        pump(sandbox_->spin().mainSpinNs);
         return env.Undefined();
     }
 
@@ -466,8 +476,8 @@ private:
     }
 
     std::shared_ptr<Sandbox> sandbox_; // co-owned by its vCPU thread while that runs
-    napi_threadsafe_function notify_ = nullptr;
-    NotifyContext *notifyContext_ = nullptr;
+    std::shared_ptr<Notifier> notifier_;     // also held by the sandbox's notify callback
+    std::optional<Napi::AsyncContext> asyncContext_;
     std::optional<Napi::Promise::Deferred> pending_;
     OpKind pendingKind_ = OpKind::Stop;
     bool inFlight_ = false;
@@ -543,7 +553,34 @@ Napi::Value SetCancelSignal(const Napi::CallbackInfo &info) {
     return env.Undefined();
 }
 
+// pollingBudget(): what the process-wide busy-wait budget decided (core_budget.h):
+// the exit floor measured at the first VM's start (0 until then), how many guests may
+// poll at once, and how many do.
+Napi::Value PollingBudget(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    CoreBudget &budget = CoreBudget::instance();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("exitFloorUs", Napi::Number::New(env, static_cast<double>(budget.exitFloorNs()) / 1000));
+    o.Set("cap", Napi::Number::New(env, budget.cap()));
+    o.Set("polling", Napi::Number::New(env, budget.holders()));
+    return o;
+}
+
+// AIRLOCK_KVM_POLLERS=n: how many guests may poll at once, instead of what the
+// budget measures (0 turns polling and spinning off).
+void readPollersOverride(Napi::Env env) {
+    const char *v = std::getenv("AIRLOCK_KVM_POLLERS");
+    if (!v || !*v) return;
+    char *end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end != '\0' || n < 0 || n > 1024)
+        throw makeError(env, "ERR_INVALID_ARG", "AIRLOCK_KVM_POLLERS must be an integer in [0, 1024]");
+    CoreBudget::instance().setOverride(static_cast<int>(n));
+}
+
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
+    readPollersOverride(env);
+    exports.Set("pollingBudget", Napi::Function::New(env, PollingBudget, "pollingBudget"));
     exports.Set("setCancelSignal", Napi::Function::New(env, SetCancelSignal, "setCancelSignal"));
     exports.Set("abiVersion", Napi::Number::New(env, AIRLOCK_ABI_VERSION));
     exports.Set("probe", Napi::Function::New(env, Probe, "probe"));

@@ -1,7 +1,7 @@
 // handover.h — everything the Node main thread, the vCPU thread and the guest hand
 // each other, as one type: the mailbox (ops and host-function replies one way,
-// events the other, the futex word the vCPU thread sleeps on, the main thread's spin
-// state), the exchange state (who owns the request in flight: claim / settle) and the
+// events the other, the futex word the vCPU thread sleeps on, whether the main thread
+// still owes a look at its events), the exchange state (who owns the request in flight: claim / settle) and the
 // poll word the guest shares (abi.h, "Polling"). Each method says which thread calls
 // it; each atomic operation why its memory order is enough.
 #pragma once
@@ -50,8 +50,9 @@ public:
         wakeSeq_.fetch_add(1);
         if (vcpuSleeping_.load()) futexWake(&wakeSeq_);
     }
+    // Before taking the events: one posted from now on notifies again.
     std::vector<Event> drainEvents() {
-        handoff_.store(kIdle);
+        notified_.store(false);
         std::vector<Event> out;
         std::lock_guard<std::mutex> lock(mu_);
         while (!events_.empty()) {
@@ -59,19 +60,6 @@ public:
             events_.pop_front();
         }
         return out;
-    }
-    // The main thread's spin for events: while it spins, the vCPU thread posts events
-    // without notifying (a notification would cost an event-loop turn).
-    bool startSpinning() {
-        int expected = kIdle;
-        return handoff_.compare_exchange_strong(expected, kSpinning);
-    }
-    // acquire: pairs with emit()'s exchange, so the events it pushed are visible.
-    bool eventsPosted() const { return handoff_.load(std::memory_order_acquire) == kPosted; }
-    // False when events were posted meanwhile (drain them: nobody will notify).
-    bool stopSpinning() {
-        int expected = kSpinning;
-        return handoff_.compare_exchange_strong(expected, kIdle);
     }
 
     // ---- mailbox: vCPU thread -----------------------------------------------------
@@ -94,13 +82,15 @@ public:
         if (r && r->id != id) r.reset();
         return r;
     }
-    // True when the main thread was not spinning for it: notify the main thread.
+    // True when the main thread must be notified: it has not been since it last
+    // drained (seq_cst exchange after the push, store before the drain: an event the
+    // drain misses always finds the flag cleared).
     bool emit(Event ev) {
         {
             std::lock_guard<std::mutex> lock(mu_);
             events_.push_back(std::move(ev));
         }
-        return handoff_.exchange(kPosted) != kSpinning;
+        return !notified_.exchange(true);
     }
     std::atomic<uint32_t> *wakeWord() { return &wakeSeq_; } // for the signal handler
     uint32_t wakeSeq() const { return wakeSeq_.load(); }
@@ -110,11 +100,6 @@ public:
         if (stillWanted) futexWait(&wakeSeq_, seq);
         vcpuSleeping_.store(false);
     }
-
-    // Last CPU each side was seen on (relaxed: a hint). A spinner never spins on the
-    // core the thread it waits for wants.
-    std::atomic<int> mainCpu{-1};
-    std::atomic<int> vcpuCpu{-1};
 
     // An exchange (Boot or Exchange op) from the moment it is published until exactly
     // one side claims it: the main thread when the guest handed the response over in
@@ -172,8 +157,6 @@ public:
     static bool answered(uint32_t poll) { return poll != AIRLOCK_POLL_REQUEST && poll != AIRLOCK_POLL_REQUEST_EXIT; }
 
 private:
-    enum HandoffState : int { kIdle = 0, kSpinning = 1, kPosted = 2 };
-
     std::mutex mu_; // ops_, reply_, events_
     std::deque<Op> ops_;
     std::optional<HostReply> reply_;
@@ -182,7 +165,7 @@ private:
     std::atomic<bool> replyReady_{false};
     std::atomic<uint32_t> wakeSeq_{0}; // futex word: bumped on every post and by the signal handler
     std::atomic<bool> vcpuSleeping_{false};
-    std::atomic<int> handoff_{kIdle};
+    std::atomic<bool> notified_{false}; // the main thread was notified and has not drained since
 
     std::atomic<int> state_{kNoExchange};
     uint32_t *poll_ = nullptr;

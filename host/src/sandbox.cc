@@ -1,5 +1,5 @@
 // sandbox.cc — the main thread's handle on one sandbox: posting operations (through
-// the mailbox, or straight to a polling guest), cancelling, waiting for events, and a
+// the mailbox, or straight to a polling guest), cancelling, draining events, and a
 // teardown whose wait is bounded; plus the exchange bookkeeping either thread does
 // while it owns the exchange (handover.h says who does).
 #include "sandbox.h"
@@ -18,6 +18,8 @@
 #include <x86intrin.h>
 
 #include "../../guest/include/abi.h"
+#include "answer_watcher.h"
+#include "core_budget.h"
 #include "messages.h"
 #include "timing.h"
 #include "vcpu_thread.h"
@@ -44,6 +46,9 @@ Sandbox::Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &co
     ImageHeader header = parseImageHeader(image_.data(), image_.size());
     layout_ = computeLayout(header, image_.size(), config);
     cancelSignal(); // fail here, synchronously, if no signal is available
+    // Started with the first sandbox (not with the first fast request), so the
+    // process's thread count settles as soon as sandboxes exist.
+    AnswerWatcher::instance().start();
 }
 
 std::shared_ptr<Sandbox> Sandbox::createClone(std::shared_ptr<const Template> t, const SpinConfig &spin,
@@ -104,8 +109,11 @@ void Sandbox::post(Op op) {
     }
     // A guest polling for requests keeps the vCPU thread inside KVM_RUN: interrupt it
     // so the thread takes the op. (The thread re-checks opWaiting() after raising
-    // session_, so one of the two always sees the other.)
-    if (session_.load()) {
+    // session_, so one of the two always sees the other.) A guest already parking
+    // (IDLE: it leaves its poll and exits at once, or the thread's window check takes
+    // it out) needs no signal: one landing after the thread re-entered would only
+    // cost an interrupted KVM_RUN.
+    if (session_.load() && !(handover_.attached() && handover_.poll() == AIRLOCK_POLL_IDLE)) {
         cancel_.requestKick();
         ring();
     }
@@ -113,23 +121,78 @@ void Sandbox::post(Op op) {
 
 bool Sandbox::postFast(const Op &op) {
     if (op.kind != OpKind::Exchange || !session_.load() || !runnable_.load() || !handover_.attached()) return false;
+    // A watcher still finishing with the previous exchange (claimed by the vCPU thread
+    // first) must be done before a new one can be told from it.
+    if (watched_.load()) return false;
     if (handover_.poll() != AIRLOCK_POLL_READY) return false;
-    // The guest polls and reads nothing of the request until poll_state says REQUEST.
+    // The guest polls and reads nothing of the request until poll_state says a request.
     cancel_.resetForExchange();
     handover_.beginPosting();
     beginExchange(OpKind::Exchange, &op.request, op.wallTimeoutNs, op.cpuTimeoutNs);
     record_.guestEntered = true;
-    if (handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_REQUEST)) {
+    // With a core to spare, the answer watcher takes the answer from memory (REQUEST);
+    // otherwise the guest answers with an exit (REQUEST_EXIT) and the vCPU thread
+    // notifies. The main thread itself never waits.
+    const bool watch = CoreBudget::instance().pollAllowed();
+    if (watch) watched_.store(true);
+    if (handover_.swapPoll(AIRLOCK_POLL_READY, watch ? AIRLOCK_POLL_REQUEST : AIRLOCK_POLL_REQUEST_EXIT)) {
         handover_.publish();
-        fastInFlight_ = true;
-        pollHit();
+        if (watch && !AnswerWatcher::instance().watch(shared_from_this())) {
+            // No watcher thread: the guest must answer with an exit. If it answered
+            // already, the vCPU thread takes the answer when the guest parks.
+            handover_.swapPoll(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT);
+            watched_.store(false);
+        }
         return true;
     }
+    watched_.store(false);
     // The guest parked first: the vCPU thread must run it.
     if (record_.wallTimeoutNs) wallTimer_->disarm();
     if (record_.cpuTimeoutNs) cpuTimer_->disarm();
     handover_.reset();
     return false;
+}
+
+bool Sandbox::watchAnswer(bool giveUp) {
+    if (!Handover::answered(handover_.poll())) {
+        if (!giveUp) return false;
+        // Nobody waits in memory any more: the guest answers with an exit. Only the
+        // guest moves poll_state off REQUEST otherwise, so a failed swap means it
+        // answered meanwhile.
+        if (handover_.swapPoll(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT)) {
+            watched_.store(false);
+            return true;
+        }
+    }
+    // The response is in the output buffer. If the vCPU thread claimed the exchange
+    // first (cancel, abort, or the guest parked before we looked), its event follows.
+    if (claimExchange(true)) {
+        Outcome o;
+        // The guest runs on (its post-call work), but it writes the output buffer
+        // only for the next request.
+        std::string error;
+        if (!readGuestOutput(*memory_, layout_, o.output, error)) {
+            poison("the guest aborted");
+            o.code = OutcomeCode::GuestAbort;
+            o.message = std::move(error);
+        }
+        Event ev;
+        ev.kind = EventKind::Done;
+        ev.op = OpKind::Exchange;
+        ev.outcome = finishExchange(std::move(o));
+        handover_.reset();
+        // Done with guest memory and the exchange: let go before the main thread can
+        // see the answer, so its next request finds the guest free to take in memory.
+        watched_.store(false);
+        if (handover_.emit(std::move(ev))) notify_();
+        return true;
+    }
+    watched_.store(false);
+    return true;
+}
+
+void Sandbox::waitUnwatched() const {
+    while (watched_.load()) sched_yield();
 }
 
 void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
@@ -144,74 +207,7 @@ void Sandbox::cancel(TerminatedBy why) {
     }
 }
 
-std::vector<Event> Sandbox::drainEvents() {
-    std::vector<Event> out = handover_.drainEvents();
-    for (const Event &ev : out)
-        if (ev.kind == EventKind::Done && ev.op == OpKind::Exchange) fastInFlight_ = false;
-    return out;
-}
-
-std::optional<Event> Sandbox::takeFastResult() {
-    if (!fastInFlight_ || !Handover::answered(handover_.poll())) return std::nullopt;
-    // The response is in the output buffer. If the vCPU thread claimed the exchange
-    // first (cancel, abort, or the guest parked before we looked), its event follows.
-    if (!claimExchange(true)) return std::nullopt;
-    fastInFlight_ = false;
-    Outcome o;
-    // The guest is running (its post-call GC), but it writes the output buffer only
-    // for the next request.
-    std::string error;
-    if (!readGuestOutput(*memory_, layout_, o.output, error)) {
-        poison("the guest aborted");
-        o.code = OutcomeCode::GuestAbort;
-        o.message = std::move(error);
-    }
-    Event ev;
-    ev.kind = EventKind::Done;
-    ev.op = OpKind::Exchange;
-    ev.outcome = finishExchange(std::move(o));
-    handover_.reset();
-    return ev;
-}
-
-std::vector<Event> Sandbox::awaitEvents(uint64_t spinNs) {
-    auto withFast = [this](std::vector<Event> events) {
-        if (std::optional<Event> fast = takeFastResult()) events.push_back(std::move(*fast));
-        return events;
-    };
-    if (!handover_.startSpinning()) return withFast(drainEvents());
-    handover_.mainCpu.store(sched_getcpu(), std::memory_order_relaxed);
-    bool watchPoll = fastInFlight_;
-    if (spinNs > 0) {
-        const uint64_t start = monotonicNs();
-        uint64_t nextYield = start + kSpinYieldNs;
-        for (uint64_t now = start; now < start + spinNs; now = monotonicNs()) {
-            for (int i = 0; i < 64; ++i) {
-                if (handover_.eventsPosted()) return withFast(drainEvents());
-                if (watchPoll && Handover::answered(handover_.poll())) {
-                    if (std::optional<Event> fast = takeFastResult()) {
-                        std::vector<Event> events = drainEvents();
-                        events.push_back(std::move(*fast));
-                        return events;
-                    }
-                    watchPoll = false; // the vCPU thread finishes this exchange: wait for its event
-                }
-                __builtin_ia32_pause();
-            }
-            // Spinning on the vCPU thread's core would only delay it.
-            if (now >= nextYield || handover_.vcpuCpu.load(std::memory_order_relaxed) == sched_getcpu()) {
-                sched_yield();
-                nextYield = now + kSpinYieldNs;
-            }
-        }
-    }
-    // Stop spinning: a guest still working on a fast exchange must now answer with an
-    // exit, so the vCPU thread can notify. If it already answered, take that.
-    if (fastInFlight_ && !handover_.swapPoll(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT))
-        return withFast(drainEvents());
-    if (handover_.stopSpinning()) return {};
-    return drainEvents();
-}
+std::vector<Event> Sandbox::drainEvents() { return handover_.drainEvents(); }
 
 void Sandbox::join() {
     if (threadStarted_ && !joined_) {
@@ -276,6 +272,7 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
         memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(request->size()));
     }
     writeClockBase();
+    writePollTicks();
     const uint64_t cpuNow = vcpuCpuNs();
     chargeAfterAnswer(cpuNow); // the guest ran on until this request reached it
     record_.op = kind;
@@ -337,16 +334,36 @@ void Sandbox::writeClockBase() {
     memory_->write<int64_t>(c + AIRLOCK_CTRL_OFF_WALL_NS_BASE, wall);
 }
 
-// Either thread. The guest reads poll_ticks each time it starts to wait.
+// Either thread, when a request arrives: the window the guest gets after answering it.
 void Sandbox::setPollWindow(uint64_t ns) {
     ns = std::min(ns, spin_.guestPollNs);
     if (ns < kPollStepNs / 2) ns = 0;
-    if (pollNs_.exchange(ns) == ns || !memory_) return;
+    pollNs_.store(ns);
+}
+
+// Either thread, with the request about to be published (whoever publishes it).
+// `metPollingGuest`: it reached the guest in memory while the guest polled.
+void Sandbox::adaptPollWindow(bool metPollingGuest) {
+    const uint64_t last = lastAnswerNs_.load(std::memory_order_relaxed);
+    if (metPollingGuest || !last) return; // a hit keeps the window
+    const uint64_t gap = monotonicNs() - last;
+    const uint64_t window = pollNs_.load();
+    if (gap <= spin_.guestPollNs)
+        // A window this long would have caught it (with a quarter to spare).
+        setPollWindow(std::max({kPollStepNs, window * 2, gap + gap / 4}));
+    else
+        setPollWindow(window / 2);
+}
+
+// Either thread, before publishing a request. The guest reads poll_ticks when it
+// starts to wait, and before answering (0: it collects first, as it will not run on).
+// Zero too while no core is free for a poll (CoreBudget): the guest then answers with
+// an exit and parks.
+void Sandbox::writePollTicks() {
+    const uint64_t ns = CoreBudget::instance().pollAllowed() ? pollNs_.load() : 0;
     memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS,
                              static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tscKhz_ / 1'000'000));
 }
-
-void Sandbox::pollHit() { setPollWindow(std::max(kPollStepNs, pollNs_.load() * 2)); }
 
 // The refusal of an operation that needs a booted, runnable guest; nullopt if it may run.
 std::optional<Outcome> Sandbox::refuseUnlessRunnable(const char *advice) {

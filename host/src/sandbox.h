@@ -1,5 +1,5 @@
 // sandbox.h — one micro-VM: the operations and events both threads exchange, and
-// class Sandbox, the main thread's handle (post, cancel, await events, stop; what
+// class Sandbox, the main thread's handle (post, cancel, drain events, stop; what
 // addon.cc calls) plus the state both threads share. The vCPU thread's code is class
 // VcpuThread (vcpu_thread.*); the hand-over in handover.h; cancellation in
 // cancellation.*; snapshot/restore in snapshot.*; the message codec in messages.*.
@@ -29,10 +29,11 @@
 
 namespace airlock {
 
+// Busy-wait budgets, each used only while CoreBudget has a core to spare. The main
+// thread never busy-waits: events reach it through `notify`.
 struct SpinConfig {
     uint64_t vcpuSpinNs = 50'000; // vCPU thread: spin before sleeping for the next op / reply
-    uint64_t mainSpinNs = 150'000; // main thread: spin after posting before falling back to notify
-    uint64_t guestPollNs = 50'000; // polling guest: wait for the next request before parking
+    uint64_t guestPollNs = 50'000; // polling guest: the longest window it waits for the next request
 };
 
 // After each answer a polling guest may run on (its post-call GC, then its poll
@@ -50,7 +51,7 @@ class Sandbox : public std::enable_shared_from_this<Sandbox> {
 public:
     // Validates the image and the sizes (throws ArgumentError); allocates nothing big.
     // `notify` is called from the vCPU thread when events are waiting and the main
-    // thread is not spinning for them.
+    // thread has not been told since it last drained them.
     static std::shared_ptr<Sandbox> create(const uint8_t *image, size_t imageSize, const SandboxConfig &config,
                                            const SpinConfig &spin, std::function<void()> notify);
     // A sandbox whose Boot op starts it from `t` (template.h) without running the guest.
@@ -66,14 +67,21 @@ public:
 
     // ---- main thread (sandbox.cc) -------------------------------------------------
     void post(Op op); // starts the thread on first use
-    // Hands an Exchange straight to a guest polling for it (no exit, no vCPU-thread
-    // handoff). False when the guest is not polling: post() it instead.
+    // Hands an Exchange straight to a guest polling for it (no entry, no vCPU-thread
+    // wake-up; the guest answers with an exit). False when the guest is not polling:
+    // post() it instead.
     bool postFast(const Op &op);
     void postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply);
     void cancel(TerminatedBy why); // the running exchange ends ERR_CANCELLED
-    // The main thread's waiting strategy: waits up to `spinNs` for events; returns
-    // what is there (maybe nothing, in which case `notify` fires when something arrives).
-    std::vector<Event> awaitEvents(uint64_t spinNs);
+    // ---- the answer watcher's thread (answer_watcher.h) ---------------------------
+    // Takes an answer the guest handed over in memory, if it did; with `giveUp`, tells
+    // the guest to answer with an exit instead. True when done watching this exchange.
+    bool watchAnswer(bool giveUp);
+    // vCPU thread: waits (briefly: a watch is bounded) until no watcher reads guest
+    // memory or may claim an exchange, before the guest's memory or exchange changes hands.
+    void waitUnwatched() const;
+
+    // What the vCPU thread posted; `notify` fires again for anything posted later.
     std::vector<Event> drainEvents();
     // Synchronous teardown with a bounded wait: false when the vCPU thread did not
     // stop within kTeardownWaitNs and was detached (it owns the sandbox until it ends).
@@ -97,7 +105,6 @@ private:
         std::atomic<bool> guestEntered{false};   // false until the guest may have run it
     };
     // ---- main thread ----
-    std::optional<Event> takeFastResult();
     void ring(); // the interrupt bell: re-rings every kBellIntervalNs until acknowledged
 
     // ---- either thread: whoever owns the exchange at that moment ----
@@ -109,14 +116,15 @@ private:
     void poison(std::string reason);
     std::optional<Outcome> refuseUnlessRunnable(const char *advice);
     void setPollWindow(uint64_t ns);
-    void pollHit();
+    void adaptPollWindow(bool metPollingGuest);
+    void writePollTicks();
 
     // Either thread, with the guest stopped or before publishing a request.
     void writeClockBase();
 
     // The vCPU thread's code: its type says so. It uses the shared state below (the
     // mailbox, events, cancel word, hand-over, exchange record, timers, guest memory)
-    // and never the main thread's own (thread lifetime, fastInFlight_).
+    // and never the main thread's own (thread lifetime).
     friend class VcpuThread;
 
     const uint64_t id_;
@@ -138,13 +146,15 @@ private:
     CancelState cancel_;
     Handover handover_;
     ExchangeRecord record_;
-    bool fastInFlight_ = false;        // main thread: the exchange in flight was posted fast
     std::atomic<bool> session_{false}; // vCPU thread is running a guest that may poll
-    // The guest's poll window adapts like halt polling: it doubles when a request
-    // arrives in it (or would have), halves when the guest parks having waited in
-    // vain, down to zero. Requests spaced out, or a host too busy to answer in time,
-    // so stop costing the guest's core; back-to-back calls keep it at the maximum.
+    // The guest's poll window adapts like halt polling, judged when each request
+    // arrives (adaptPollWindow): kept when the request met a polling guest, grown to
+    // cover the gap when the gap was short enough for a window to have caught it,
+    // halved when even the longest window would have waited in vain. It never
+    // settles where the guest parks just before every request: that grows it.
     std::atomic<uint64_t> pollNs_{0};
+    bool holdsPollSlot_ = false;
+    std::atomic<bool> watched_{false};       // the answer watcher watches the exchange in flight             // vCPU thread: this session holds a CoreBudget slot
     std::atomic<uint64_t> lastAnswerNs_{0};  // monotonic time the last exchange was claimed
     std::atomic<uint64_t> windowEndNs_{0};   // the guest runs on after an answer until then (0: no window)
     std::atomic<bool> windowArmed_{false};   // windowTimer_ is armed (or fired and not yet seen)

@@ -12,6 +12,7 @@
 #include <x86intrin.h>
 
 #include "../../guest/include/abi.h"
+#include "core_budget.h"
 #include "messages.h"
 #include "vcpu_thread.h"
 #include "timing.h"
@@ -63,9 +64,14 @@ void VcpuThread::run() {
         deleteTimers();
     }
     const bool timersReady = s_.bellTimer_ != nullptr;
+    // Whether polling pays here depends on what an exit costs: once per process.
+    CoreBudget::instance().measureExitFloorOnce();
 
     for (;;) {
         waitFor([this] { return s_.handover_.opWaiting(); }, false);
+        // Every op may rewrite guest memory or start an exchange: no watcher may
+        // still be reading the last one.
+        s_.waitUnwatched();
         Op op = s_.handover_.takeOp();
         s_.cancel_.clearKick();
         ackInterrupt();
@@ -80,6 +86,7 @@ void VcpuThread::run() {
                 outcome = handle(op);
             } catch (const std::exception &e) {
                 s_.session_.store(false);
+                releasePollSlot();
                 std::string reason = std::string("a hypervisor operation failed: ") + e.what();
                 s_.poison(reason);
                 if (s_.handover_.attached()) s_.handover_.setPoll(AIRLOCK_POLL_IDLE);
@@ -151,12 +158,13 @@ void VcpuThread::emit(Event ev) {
     if (s_.handover_.emit(std::move(ev))) s_.notify_();
 }
 
-// Spins for vcpuSpinNs, then sleeps on the futex; every wake-up re-checks. With
-// `stopOnCancel`, a cancel reason ends the wait (false).
+// Spins for vcpuSpinNs while a core is free for it (CoreBudget), then sleeps on the
+// futex; every wake-up re-checks. With `stopOnCancel`, a cancel reason ends the wait
+// (false).
 template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCancel) {
     const uint64_t deadline = monotonicNs() + s_.spin_.vcpuSpinNs;
     uint64_t nextYield = deadline - s_.spin_.vcpuSpinNs + kSpinYieldNs;
-    bool spinning = s_.spin_.vcpuSpinNs > 0;
+    bool spinning = s_.spin_.vcpuSpinNs > 0 && !ready() && CoreBudget::instance().spinAllowed();
     for (;;) {
         const uint32_t seq = s_.handover_.wakeSeq();
         if (ready()) return true;
@@ -166,10 +174,8 @@ template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCance
         if (spinning) {
             for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
             const uint64_t now = monotonicNs();
-            const int cpu = sched_getcpu();
-            s_.handover_.vcpuCpu.store(cpu, std::memory_order_relaxed);
-            // Spinning on the main thread's core would only delay it.
-            if (now >= nextYield || s_.handover_.mainCpu.load(std::memory_order_relaxed) == cpu) {
+            // The scheduler may still have put the thread we wait for on this core.
+            if (now >= nextYield) {
                 sched_yield();
                 nextYield = now + kSpinYieldNs;
             }
@@ -251,6 +257,7 @@ void VcpuThread::setUpGuest() {
 }
 
 void VcpuThread::tearDownGuest() {
+    s_.waitUnwatched(); // the watcher reads the poll word and the output buffer
     s_.signalVcpu_.store(nullptr);
     s_.handover_.attach(nullptr);
     vcpu_.reset();
@@ -330,9 +337,7 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
 
 // vCPU thread, guest stopped: a Boot or an Exchange the guest answers with an exit.
 void VcpuThread::startExchange(const Op &op) {
-    // A request this soon after the last answer would have met a polling guest.
-    const uint64_t last = s_.lastAnswerNs_.load(std::memory_order_relaxed);
-    if (op.kind == OpKind::Exchange && last && monotonicNs() - last < s_.spin_.guestPollNs) s_.pollHit();
+        if (op.kind == OpKind::Exchange) s_.adaptPollWindow(false);
     s_.beginExchange(op.kind, op.kind == OpKind::Exchange ? &op.request : nullptr, op.wallTimeoutNs, op.cpuTimeoutNs);
     s_.handover_.setPoll(AIRLOCK_POLL_REQUEST_EXIT);
     s_.handover_.publish();
@@ -353,7 +358,24 @@ void VcpuThread::leave() {
     s_.windowTimer_->disarm();
     s_.windowArmed_.store(false);
     s_.chargeAfterAnswer();
+    releasePollSlot();
     ackInterrupt();
+}
+
+void VcpuThread::releasePollSlot() {
+    if (!s_.holdsPollSlot_) return;
+    s_.holdsPollSlot_ = false;
+    CoreBudget::instance().release();
+}
+
+// A guest that answered runs on to poll only with a window and a free core; it keeps
+// the slot for the whole session (until leave()).
+bool VcpuThread::mayPoll() {
+    const bool flagged =
+        s_.memory_->read<uint32_t>(s_.layout_.header.control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS;
+    if (!flagged || s_.pollNs_.load() == 0) return false;
+    if (!s_.holdsPollSlot_) s_.holdsPollSlot_ = CoreBudget::instance().acquire();
+    return s_.holdsPollSlot_;
 }
 
 // The window timer is one-shot and armed once per window (Sandbox::claimExchange): when
@@ -443,7 +465,6 @@ void VcpuThread::runSession() {
             }
             continue;
         }
-        s_.handover_.vcpuCpu.store(sched_getcpu(), std::memory_order_relaxed);
         if (state == Handover::kInFlight) s_.record_.guestEntered = true;
         const hv::Exit exit = vcpu_->run();
         Next next;
@@ -478,9 +499,7 @@ VcpuThread::Next VcpuThread::onInterrupted() {
 
 VcpuThread::Next VcpuThread::onResponse() {
     if (s_.handover_.settle() != Handover::kInFlight) return abortGuest("guest answered with no request in flight");
-    const bool polls =
-        (s_.memory_->read<uint32_t>(s_.layout_.header.control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS) &&
-        s_.pollNs_.load() > 0;
+    const bool polls = mayPoll();
     if (!s_.claimExchange(polls)) return abortGuest("guest answered with no request in flight");
     Outcome o;
     std::string error;
@@ -498,8 +517,8 @@ VcpuThread::Next VcpuThread::onResponse() {
 VcpuThread::Next VcpuThread::onIdle() {
     const uint32_t poll = s_.handover_.poll();
     const int state = s_.handover_.settle();
-    // It waited in vain (or answered and nobody looked in time): poll less.
-    s_.setPollWindow(s_.pollNs_.load() / 2);
+    // Whether waiting in vain was a waste is judged when the next request comes
+    // (Sandbox::adaptPollWindow): only then is the gap known.
     // With a request in flight, a guest that parks has answered through memory (its
     // window ended before the main thread looked), or broke the protocol by writing
     // READY or IDLE itself: either way the output buffer is its answer, and whoever

@@ -46,6 +46,8 @@ private:
     bool cancelInFlight();
     void done(Outcome o);
     void leave();
+    void releasePollSlot();
+    bool mayPoll();
     bool windowOver() const;
     void rearmWindow();
     void setUpGuest();

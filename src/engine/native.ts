@@ -31,6 +31,10 @@ export interface NativeAddon {
   abiVersion: number;
   probe(): { usable: boolean; reasons: string[] };
   measureExitFloor(iterations: number): Promise<number[]>;
+  /** The process-wide busy-wait budget: the exit floor measured when the first VM
+   *  started (0 before), how many guests may poll for requests at once (0: every call
+   *  takes one exit and nothing spins), and how many poll now. */
+  pollingBudget(): { exitFloorUs: number; cap: number; polling: number };
   /** Chooses the real-time signal that interrupts vCPU threads (0 = automatic, or
    *  AIRLOCK_KVM_SIGNAL); only before the first VM. Throws ERR_INVALID_ARG otherwise. */
   setCancelSignal(signal: number): void;

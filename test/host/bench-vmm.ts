@@ -61,11 +61,9 @@ async function main() {
   const floor = await addon.measureExitFloor(n);
   console.log(fmt('raw exit round trip (vCPU thread)', floor));
   const spin = await roundTrips(defaultConfig, n);
-  console.log(fmt('call round trip JS->guest->JS (spin on)', spin));
+  console.log(fmt('call round trip JS->guest->JS (vCPU spin on)', spin));
   console.log(`  ratio to exit floor at p50: ${(pct(spin, 50) / pct(floor, 50)).toFixed(2)}x`);
-  console.log(fmt('call round trip (no spins: futex + tsfn)', await roundTrips({ ...defaultConfig, mainSpinUs: 0, vcpuSpinUs: 0 }, n)));
-  console.log(fmt('call round trip (vCPU spin only)', await roundTrips({ ...defaultConfig, mainSpinUs: 0 }, n)));
-  console.log(fmt('call round trip (main spin only)', await roundTrips({ ...defaultConfig, vcpuSpinUs: 0 }, n)));
+  console.log(fmt('call round trip (no spin: futex + uv async)', await roundTrips({ ...defaultConfig, vcpuSpinUs: 0 }, n)));
   console.log(fmt('call with one sync host call (2 exits)', await hostCallTrips(defaultConfig, n)));
 
   const boots: number[] = [];

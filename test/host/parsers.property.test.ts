@@ -170,7 +170,6 @@ const vmConfig = fc
     inputSize: maybe(mostly(fc.integer({ min: 16, max: 2 * MiB }), 15, 0, GiB + 1)),
     outputSize: maybe(mostly(fc.integer({ min: 16, max: 2 * MiB }), 15, 0, GiB + 1)),
     consoleLimit: maybe(mostly(fc.integer({ min: 0, max: 1 * MiB }), GiB + 1)),
-    mainSpinUs: fc.option(maybe(mostly(fc.integer({ min: 0, max: 200 }), 10_001), 6), { nil: undefined }),
     vcpuSpinUs: fc.option(maybe(mostly(fc.integer({ min: 0, max: 200 }), 10_001), 6), { nil: undefined }),
   })
   .map((fields) => {
@@ -189,7 +188,6 @@ const vmConfig = fc
           inputSize: n >= 16 && n <= 2 * MiB,
           outputSize: n >= 16 && n <= 2 * MiB,
           consoleLimit: n <= 1 * MiB,
-          mainSpinUs: n <= 200,
           vcpuSpinUs: n <= 200,
         }[name];
       if (!small) expectVm = false;

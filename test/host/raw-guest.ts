@@ -26,7 +26,6 @@ export interface VmConfig {
   inputSize: number;
   outputSize: number;
   consoleLimit: number;
-  mainSpinUs?: number;
   vcpuSpinUs?: number;
   guestPollUs?: number;
 }
@@ -35,6 +34,8 @@ export interface Addon {
   abiVersion: number;
   probe(): { usable: boolean; reasons: string[] };
   measureExitFloor(iterations: number): Promise<number[]>;
+  /** The process-wide busy-wait budget: exit floor (0 until the first VM started), cap, guests polling now. */
+  pollingBudget(): { exitFloorUs: number; cap: number; polling: number };
   setCancelSignal(signal: number): void;
   Vm: new (image: Buffer, config: VmConfig, onHostCall: (output: Buffer, callId: number) => void) => NativeVm;
 }

@@ -115,12 +115,14 @@ _Noreturn void airlock_kvm_main(void)
     airlock_runtime_init();
     for (;;) {
         /* Without a poll window the host will not run us again until the next
-         * request: collect now. With one, the post-call GC runs while the host
-         * already has the result. */
-        if (control.poll_ticks == 0)
+         * request: collect now, and not again when the request re-enters us. With
+         * one, the post-call work runs while the host already has the result. */
+        int collected = control.poll_ticks == 0;
+        if (collected)
             airlock_runtime_after();
         deliver();
-        airlock_runtime_after();
+        if (!collected)
+            airlock_runtime_after();
         await_request();
         airlock_runtime_handle();
     }

@@ -1,0 +1,88 @@
+// answer_watcher.cc — the thread that takes answers a guest hands over in memory
+// (answer_watcher.h): a watch list, a bounded spin per watch, a futex sleep when idle.
+#include "answer_watcher.h"
+
+#include <csignal>
+#include <pthread.h>
+#include <system_error>
+
+#include "sandbox.h"
+#include "timing.h"
+
+namespace airlock {
+
+namespace {
+// The longest a request waits in memory for its answer before the guest is told to
+// answer with an exit: a few small calls' worth; longer calls pay one exit, which is
+// small beside them.
+constexpr uint64_t kWatchNs = 150'000;
+} // namespace
+
+AnswerWatcher &AnswerWatcher::instance() {
+    // Never destroyed: the detached thread uses it until the process ends.
+    static AnswerWatcher *watcher = new AnswerWatcher();
+    return *watcher;
+}
+
+void AnswerWatcher::start() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (started_) return;
+    // Like a vCPU thread, it takes no process signal meant for Node.
+    sigset_t all, old;
+    sigfillset(&all);
+    if (int rc = pthread_sigmask(SIG_SETMASK, &all, &old); rc != 0)
+        throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
+    try {
+        std::thread([this] { run(); }).detach();
+    } catch (...) {
+        pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        throw;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr); // restoring a mask read above cannot fail
+    started_ = true;
+}
+
+bool AnswerWatcher::watch(std::shared_ptr<Sandbox> sandbox) {
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!started_) return false;
+        incoming_.push_back({std::move(sandbox), monotonicNs() + kWatchNs});
+    }
+    seq_.fetch_add(1);
+    if (sleeping_.load()) futexWake(&seq_);
+    return true;
+}
+
+void AnswerWatcher::run() {
+    pthread_setname_np(pthread_self(), "airlock-watch");
+    std::vector<Entry> watching;
+    for (;;) {
+        const uint32_t seq = seq_.load();
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            for (Entry &e : incoming_) watching.push_back(std::move(e));
+            incoming_.clear();
+        }
+        if (watching.empty()) {
+            // No lingering spin: the main thread needs the core now to use the answer.
+            // seq_cst: a watch() after the store sees sleeping_ and wakes us; one
+            // before it moved seq_, so the wait returns at once.
+            sleeping_.store(true);
+            futexWait(&seq_, seq);
+            sleeping_.store(false);
+            continue;
+        }
+        const uint64_t now = monotonicNs();
+        for (size_t i = 0; i < watching.size();) {
+            if (watching[i].sandbox->watchAnswer(now >= watching[i].giveUpNs)) {
+                watching[i] = std::move(watching.back());
+                watching.pop_back(); // drops the reference: it may free the sandbox here
+            } else {
+                ++i;
+            }
+        }
+        __builtin_ia32_pause();
+    }
+}
+
+} // namespace airlock

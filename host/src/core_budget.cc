@@ -1,0 +1,129 @@
+// core_budget.cc — the process-wide busy-wait budget (core_budget.h): samples the
+// cores this process may use and the load others put on them, and hands out polling
+// slots against the resulting cap.
+#include "core_budget.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <sched.h>
+#include <unistd.h>
+#include <vector>
+
+#include "sandbox.h"
+#include "timing.h"
+
+namespace airlock {
+
+namespace {
+// Resampling the load this often costs one read of /proc/stat per interval.
+constexpr uint64_t kSampleIntervalNs = 200'000'000;
+// Below this exit floor an exit costs less than the core a poll burns: take the exit.
+constexpr uint64_t kCheapExitNs = 5'000;
+// Round trips timed for the exit floor: enough for a stable median, a few ms in all.
+constexpr uint32_t kFloorIterations = 200;
+
+uint64_t processCpuNs() {
+    timespec ts;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+}
+
+// Busy ticks (USER_HZ) of the CPUs in `cpus`, summed from /proc/stat; 0 if unreadable.
+uint64_t busyTicks(const cpu_set_t &cpus) {
+    FILE *f = std::fopen("/proc/stat", "re");
+    if (!f) return 0;
+    uint64_t busy = 0;
+    char line[512];
+    while (std::fgets(line, sizeof line, f)) {
+        unsigned cpu;
+        unsigned long long user, nice, system, idle, iowait, irq, softirq, steal;
+        // The aggregate "cpu " line has no number and fails the match; so do the
+        // lines after the per-CPU ones.
+        if (std::sscanf(line, "cpu%u %llu %llu %llu %llu %llu %llu %llu %llu", &cpu, &user, &nice, &system, &idle,
+                        &iowait, &irq, &softirq, &steal) != 9)
+            continue;
+        if (cpu < CPU_SETSIZE && CPU_ISSET(cpu, &cpus)) busy += user + nice + system + irq + softirq + steal;
+    }
+    std::fclose(f);
+    return busy;
+}
+} // namespace
+
+CoreBudget &CoreBudget::instance() {
+    static CoreBudget budget;
+    return budget;
+}
+
+void CoreBudget::measureExitFloorOnce() {
+    std::call_once(floorOnce_, [this] {
+        try {
+            std::vector<double> us = measureExitFloor(kFloorIterations);
+            std::nth_element(us.begin(), us.begin() + us.size() / 2, us.end());
+            exitFloorNs_.store(std::max<uint64_t>(1, static_cast<uint64_t>(us[us.size() / 2] * 1000)));
+        } catch (const std::exception &) {
+            // Unknown floor: nobody polls (one exit per call is always correct).
+        }
+        nextSampleNs_.store(0); // the cap depends on the floor: resample now
+    });
+}
+
+int CoreBudget::sample() {
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(0, sizeof cpus, &cpus) != 0) return 0;
+    const int usable = CPU_COUNT(&cpus);
+    const uint64_t floor = exitFloorNs_.load();
+    const uint64_t now = monotonicNs();
+    const uint64_t busy = busyTicks(cpus);
+    const uint64_t ours = processCpuNs();
+    double others = 0; // cores' worth of CPU time others took since the last sample
+    if (lastSampleNs_ && now > lastSampleNs_ && busy >= lastBusyTicks_) {
+        const double tickNs = 1e9 / static_cast<double>(sysconf(_SC_CLK_TCK));
+        const double busyNs = static_cast<double>(busy - lastBusyTicks_) * tickNs;
+        const double oursNs = ours > lastProcessNs_ ? static_cast<double>(ours - lastProcessNs_) : 0;
+        others = std::max(0.0, (busyNs - oursNs) / static_cast<double>(now - lastSampleNs_));
+    }
+    lastSampleNs_ = now;
+    lastBusyTicks_ = busy;
+    lastProcessNs_ = ours;
+    if (const int forced = override_.load(); forced >= 0) return forced;
+    if (floor == 0 || floor < kCheapExitNs) return 0;
+    // One core stays with the main thread; a core three-quarters free counts as free.
+    const int free = static_cast<int>(std::floor(usable - others + 0.25));
+    return std::clamp(free - 1, 0, usable - 1);
+}
+
+void CoreBudget::refresh() {
+    const uint64_t now = monotonicNs();
+    if (now < nextSampleNs_.load(std::memory_order_relaxed)) return;
+    std::unique_lock<std::mutex> lock(sampleMu_, std::try_to_lock);
+    if (!lock.owns_lock()) return; // another thread samples: use the current cap
+    nextSampleNs_.store(now + kSampleIntervalNs, std::memory_order_relaxed);
+    cap_.store(sample(), std::memory_order_relaxed);
+}
+
+bool CoreBudget::acquire() {
+    refresh();
+    const int cap = cap_.load(std::memory_order_relaxed);
+    int held = holders_.load();
+    while (held < cap)
+        if (holders_.compare_exchange_weak(held, held + 1)) return true;
+    return false;
+}
+
+void CoreBudget::release() { holders_.fetch_sub(1); }
+
+bool CoreBudget::spinAllowed() {
+    refresh();
+    return holders_.load(std::memory_order_relaxed) < cap_.load(std::memory_order_relaxed);
+}
+
+bool CoreBudget::pollAllowed() {
+    refresh();
+    return cap_.load(std::memory_order_relaxed) > 0;
+}
+
+} // namespace airlock

@@ -1,0 +1,59 @@
+// core_budget.h — the process-wide budget for busy-waiting: how many guests may poll
+// for their next request (and vCPU threads spin for an op or a host reply) at once.
+// Busy-waiting pays only with a core nobody else wants: the cap is the cores this
+// process may run on and that others leave idle (sched_getaffinity, /proc/stat), less
+// one for the Node main thread; and zero where an exit is cheap (the exit floor,
+// measured once per process), since then one exit per call costs less than a core.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+namespace airlock {
+
+class CoreBudget {
+public:
+    static CoreBudget &instance();
+
+    // vCPU thread, once before its first guest: measures the exit floor unless another
+    // thread did (the others do not wait for it: until it is known, nobody polls).
+    void measureExitFloorOnce();
+
+    // A polling slot for a guest that runs on after its answer; false: it must not
+    // poll (answer with an exit, park). Every true is paired with one release().
+    bool acquire();
+    void release();
+    // Whether a short spin (a vCPU thread waiting for its next op or host reply) has a
+    // free core now. Takes no slot: such spins are bounded by vcpuSpinUs.
+    bool spinAllowed();
+    // Whether a guest may be given a poll window at all now (written into poll_ticks).
+    bool pollAllowed();
+
+    // The operator's cap (AIRLOCK_KVM_POLLERS, read by the addon at load), replacing
+    // the measured one; negative: measure.
+    void setOverride(int cap) { override_.store(cap); nextSampleNs_.store(0); }
+
+    int cap() { refresh(); return cap_.load(std::memory_order_relaxed); }
+    int holders() const { return holders_.load(std::memory_order_relaxed); }
+    uint64_t exitFloorNs() const { return exitFloorNs_.load(std::memory_order_relaxed); }
+
+private:
+    CoreBudget() = default;
+    void refresh();             // at most every kSampleIntervalNs, by whichever caller comes first
+    int sample();               // the cap from affinity, others' load and the exit floor
+
+    std::atomic<int> holders_{0};
+    std::atomic<int> cap_{0};
+    std::atomic<int> override_{-1};
+    std::atomic<uint64_t> nextSampleNs_{0};
+    std::atomic<uint64_t> exitFloorNs_{0}; // 0 until measured
+    std::once_flag floorOnce_;
+
+    std::mutex sampleMu_; // the fields below: only the sampling thread, under try_lock
+    uint64_t lastBusyTicks_ = 0;
+    uint64_t lastProcessNs_ = 0;
+    uint64_t lastSampleNs_ = 0;
+};
+
+} // namespace airlock
