@@ -19,7 +19,17 @@ import {
 } from './errors.js';
 import type { Backend, EngineConfig, EngineFactory, EngineSnapshot, ExchangeOptions, GuestEngine, TerminatedBy } from './engine/engine.js';
 import * as abi from './engine/abi.generated.js';
-import { encodeMessage, encodedSize, fieldText, splitOutput, type FieldValue, type Message } from './engine/protocol.js';
+import {
+  encodeMessage,
+  encodedSize,
+  encodeRuntimeOptions,
+  fieldText,
+  hostEntropy,
+  splitOutput,
+  type FieldValue,
+  type GuestRuntimeOptions,
+  type Message,
+} from './engine/protocol.js';
 import { GuestConsole, type ConsoleHandler } from './console.js';
 import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
@@ -71,6 +81,9 @@ export class SandboxCore {
 
   lastCallStats: CallStats | null = null;
 
+  /** Sent with LOAD_RUNTIME (hardened profile, deterministic Math.random). */
+  private runtimeOptions: GuestRuntimeOptions = {};
+
   private constructor(config: EngineConfig, factory: EngineFactory, consoleHandler: ConsoleHandler | undefined) {
     this.config = config;
     this.console = new GuestConsole(this.id, config.consoleLimit, consoleHandler);
@@ -78,8 +91,14 @@ export class SandboxCore {
     this.backend = this.engine.backend;
   }
 
-  static async create(config: EngineConfig, factory: EngineFactory, consoleHandler?: ConsoleHandler): Promise<SandboxCore> {
+  static async create(
+    config: EngineConfig,
+    factory: EngineFactory,
+    consoleHandler?: ConsoleHandler,
+    runtimeOptions: GuestRuntimeOptions = {},
+  ): Promise<SandboxCore> {
     const core = new SandboxCore(config, factory, consoleHandler);
+    core.runtimeOptions = runtimeOptions;
     try {
       const ready = core.readFinal(await core.engine.boot());
       if (ready.kind !== abi.AIRLOCK_MSG_READY) {
@@ -108,11 +127,13 @@ export class SandboxCore {
   /** Creates the JS context with the registered host modules. */
   loadRuntime(): Promise<void> {
     return this.serialize(async () => {
-      const fields: string[] = [];
+      const fields: FieldValue[] = [];
       for (const [module, fns] of this.hostFunctions) {
         for (const fn of fns.keys()) fields.push(module, fn);
       }
-      this.expectOk(await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, 0, fields)), 'loadRuntime');
+      fields.push(encodeRuntimeOptions(this.runtimeOptions), hostEntropy());
+      const flags = abi.AIRLOCK_RUNTIME_FLAG_OPTIONS | abi.AIRLOCK_REQUEST_FLAG_ENTROPY;
+      this.expectOk(await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, flags, fields)), 'loadRuntime');
       this.runtimeBaseline = await this.engine.snapshot();
     });
   }
@@ -121,10 +142,11 @@ export class SandboxCore {
   load(modules: ReadonlyMap<string, { namespace: string; name: string; source: string }>, handlers: ReadonlyMap<string, string>): Promise<void> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
-      const fields: string[] = [];
+      const fields: FieldValue[] = [];
       for (const m of modules.values()) fields.push('module', m.namespace, m.name, m.source);
       for (const [name, source] of handlers) fields.push('handler', '', name, source);
-      const reply = await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD, 0, fields));
+      fields.push(hostEntropy());
+      const reply = await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD, abi.AIRLOCK_REQUEST_FLAG_ENTROPY, fields));
       if (reply.status === abi.AIRLOCK_STATUS_COMPILE_ERROR) {
         // Modules that did evaluate may have run side effects: start the next attempt clean.
         if (this.runtimeBaseline) await this.engine.restore(this.runtimeBaseline);
@@ -147,14 +169,14 @@ export class SandboxCore {
   call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean }): Promise<unknown> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
-      const fields: FieldValue[] = eventJson === undefined ? [name] : [name, eventJson];
+      const fields: FieldValue[] = eventJson === undefined ? [name, hostEntropy()] : [name, eventJson, hostEntropy()];
       const size = encodedSize(fields);
       if (size > this.config.inputSize) {
         throw new InvalidArgumentError(
           `event is too large: the request needs ${size} bytes but the input buffer holds ${this.config.inputSize} (raise it with setInputBufferSize())`,
         );
       }
-      const flags = options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0;
+      const flags = (options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0) | abi.AIRLOCK_REQUEST_FLAG_ENTROPY;
       const started = performance.now();
       let terminatedBy: TerminatedBy | null = null;
       try {

@@ -7,7 +7,9 @@
 
 #include "alloc.h"
 #include "crypto.h"
+#include "random.h"
 #include "runtime.h"
+#include "webapi.h"
 
 /* QuickJS's own per-allocation bookkeeping estimate (its MALLOC_OVERHEAD). */
 #define JS_MALLOC_OVERHEAD 8
@@ -525,24 +527,18 @@ static JSModuleDef *module_load(JSContext *ctx, const char *name, void *opaque)
 /* ---------------------------------------------------------------------------
  * Context lifecycle */
 
-static JSValue js_performance_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
-{
-    (void)this_val;
-    (void)argc;
-    (void)argv;
-    return JS_NewFloat64(ctx, (double)(plat_monotonic_ns() - rt_state.boot_ns) / 1e6);
-}
-
 static JSContext *context_create(void)
 {
     JSContext *ctx = JS_NewContext(rt_state.rt);
     if (!ctx)
         return NULL;
     console_install(ctx);
+    if (webapi_context_init(ctx) < 0) {
+        webapi_context_free(ctx);
+        JS_FreeContext(ctx);
+        return NULL;
+    }
     JSValue global = JS_GetGlobalObject(ctx);
-    JSValue perf = JS_NewObject(ctx);
-    JS_SetPropertyStr(ctx, perf, "now", JS_NewCFunction(ctx, js_performance_now, "now", 0));
-    JS_SetPropertyStr(ctx, global, "performance", perf);
     /* One thread per guest, so shared memory has no use; and the WebAssembly build of
      * QuickJS has no Atomics (wasi-libc has no threads). Both tiers offer neither, so
      * a handler sees the same globals wherever it runs. */
@@ -594,8 +590,10 @@ static int context_reset(void)
 {
     handlers_clear();
     modules_clear();
-    if (rt_state.ctx)
+    if (rt_state.ctx) {
+        webapi_context_free(rt_state.ctx);
         JS_FreeContext(rt_state.ctx);
+    }
     JS_RunGC(rt_state.rt);
     rt_state.ctx = context_create();
     rt_state.ctx_pristine = rt_state.ctx != NULL;
@@ -629,9 +627,22 @@ static void drain_jobs(void) { run_jobs(JS_UNDEFINED); }
  * Requests */
 
 static void handle_message(const uint8_t *buf, size_t len);
+static void respond_exception(JSValue exc);
 
-static void handle_load_runtime(const struct msg_view *m)
+static void handle_load_runtime(const struct msg_view *request)
 {
+    struct msg_view view = *request;
+    const struct msg_view *m = &view;
+    struct webapi_options options = {0};
+    if (request->status & AIRLOCK_RUNTIME_FLAG_OPTIONS) {
+        struct field f;
+        if (view.count == 0 || msg_field(&view, view.count - 1, &f) < 0 || f.len != AIRLOCK_RUNTIME_OPTIONS_SIZE) {
+            respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD_RUNTIME options field has the wrong size");
+            return;
+        }
+        webapi_options_parse(f.data, &options);
+        view.count--;
+    }
     if (m->count % 2 != 0) {
         respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD_RUNTIME needs (module, function) pairs");
         return;
@@ -674,6 +685,13 @@ static void handle_load_runtime(const struct msg_view *m)
      * nothing has run in it yet. */
     if (!rt_state.ctx_pristine && context_reset() < 0) {
         respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted creating the JavaScript context");
+        return;
+    }
+    /* The options change the context (the hardened profile runs code in it): a later
+     * LOAD_RUNTIME starts from a fresh one. */
+    rt_state.ctx_pristine = !options.hardened;
+    if (webapi_configure(rt_state.ctx, &options) < 0) {
+        respond_exception(JS_GetException(rt_state.ctx));
         return;
     }
     respond_ok();
@@ -1078,12 +1096,31 @@ static void handle_chunk(const struct msg_view *m)
     airlock_free(whole);
 }
 
+/* AIRLOCK_REQUEST_FLAG_ENTROPY: drops the trailing entropy field from `m`, mixing it into
+ * the CSPRNG when `mix`. -1 when the field is missing or has the wrong size. */
+static int take_entropy(struct msg_view *m, int mix)
+{
+    if (!(m->status & AIRLOCK_REQUEST_FLAG_ENTROPY) || m->kind == AIRLOCK_MSG_CHUNK)
+        return 0;
+    struct field f;
+    if (m->count == 0 || msg_field(m, m->count - 1, &f) < 0 || f.len != AIRLOCK_ENTROPY_SIZE)
+        return -1;
+    if (mix)
+        random_mix_entropy(f.data, f.len);
+    m->count--;
+    return 0;
+}
+
 static void handle_message(const uint8_t *buf, size_t len)
 {
     struct msg_view m;
     const char *why;
     if (msg_parse(buf, len, &m, &why) < 0) {
         respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "malformed request: %s", why);
+        return;
+    }
+    if (take_entropy(&m, 1) < 0) {
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "the request's entropy field is missing or has the wrong size");
         return;
     }
     switch (m.kind) {
@@ -1100,6 +1137,7 @@ static void handle_message(const uint8_t *buf, size_t len)
         }
         memcpy(copy, buf, len);
         msg_parse(copy, len, &m, &why); /* same bytes: cannot fail */
+        take_entropy(&m, 0);              /* nor can this: mixed above */
         handle_load(&m);
         airlock_free(copy);
         break;

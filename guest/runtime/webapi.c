@@ -1,0 +1,337 @@
+/* webapi.c — the guest's Web API globals: crypto.getRandomValues/randomUUID and Math.random
+ * over random.c, the JavaScript groups of webapi/ (embedded by scripts/build-prelude.mjs)
+ * installed on first use, clocks, and the hardened profile (webapi/harden.js). */
+#include <stdio.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "random.h"
+#include "runtime.h"
+#include "webapi.h"
+
+struct webapi_group {
+    const char *name;
+    const char *source; /* NUL-terminated, `len` bytes before the NUL */
+    uint32_t len;
+    const char *const *globals; /* NULL-terminated */
+};
+#include "webapi_prelude.gen.h"
+
+/* The group that webapi/harden.js is built as: evaluated eagerly, never exposed. */
+#define HARDEN_GROUP_NAME "harden"
+/* crypto.getRandomValues refuses more than this, as the Web Crypto standard does. */
+#define MAX_RANDOM_BYTES 65536
+
+enum { GROUP_ABSENT, GROUP_LOADING, GROUP_LOADED };
+
+static struct {
+    /* Per context (one live context at a time). */
+    struct webapi_options options;
+    JSValue harden_fn;                       /* hardened: freezes a lazily loaded value */
+    JSValue cached[WEBAPI_GROUP_COUNT][8];   /* hardened: the values of loaded groups */
+    int loaded[WEBAPI_GROUP_COUNT];
+    uint64_t boot_ns;
+} wa;
+
+static const struct webapi_group *group_named(const char *name)
+{
+    for (uint32_t i = 0; i < WEBAPI_GROUP_COUNT; i++)
+        if (strcmp(webapi_groups[i].name, name) == 0)
+            return &webapi_groups[i];
+    return NULL;
+}
+
+/* Evaluates group `g`'s script: its completion value is the object of its exports. */
+static JSValue group_evaluate(JSContext *ctx, const struct webapi_group *g)
+{
+    char filename[64];
+    snprintf(filename, sizeof filename, "airlock:webapi/%s", g->name);
+    return JS_Eval(ctx, g->source, g->len, filename, JS_EVAL_TYPE_GLOBAL | JS_EVAL_FLAG_STRICT);
+}
+
+/* ---------------------------------------------------------------------------
+ * Lazy globals. Each accessor's magic is group * 8 + index of the global in its group. */
+
+static JSValue lazy_load_group(JSContext *ctx, uint32_t gi)
+{
+    const struct webapi_group *g = &webapi_groups[gi];
+    JSValue exports = group_evaluate(ctx, g);
+    if (JS_IsException(exports))
+        return exports;
+    if (wa.options.hardened && !JS_IsUndefined(wa.harden_fn)) {
+        JSValue frozen = JS_Call(ctx, wa.harden_fn, JS_UNDEFINED, 1, (JSValueConst *)&exports);
+        if (JS_IsException(frozen)) {
+            JS_FreeValue(ctx, exports);
+            return frozen;
+        }
+        JS_FreeValue(ctx, frozen);
+    }
+    JSValue global = JS_GetGlobalObject(ctx);
+    for (uint32_t k = 0; g->globals[k]; k++) {
+        JSValue v = JS_GetPropertyStr(ctx, exports, g->globals[k]);
+        if (JS_IsException(v)) {
+            JS_FreeValue(ctx, global);
+            JS_FreeValue(ctx, exports);
+            return v;
+        }
+        if (wa.options.hardened) {
+            /* The binding is a non-configurable accessor: keep the value here. */
+            JS_FreeValue(ctx, wa.cached[gi][k]);
+            wa.cached[gi][k] = v;
+        } else {
+            JS_DefinePropertyValueStr(ctx, global, g->globals[k], v, JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE);
+        }
+    }
+    JS_FreeValue(ctx, global);
+    JS_FreeValue(ctx, exports);
+    wa.loaded[gi] = GROUP_LOADED;
+    return JS_UNDEFINED;
+}
+
+static JSValue lazy_get(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
+{
+    uint32_t gi = (uint32_t)magic / 8, k = (uint32_t)magic % 8;
+    if (wa.loaded[gi] == GROUP_LOADING)
+        return JS_UNDEFINED; /* the group's own code probes for what it defines */
+    if (wa.loaded[gi] == GROUP_ABSENT) {
+        wa.loaded[gi] = GROUP_LOADING;
+        JSValue r = lazy_load_group(ctx, gi);
+        if (JS_IsException(r)) {
+            wa.loaded[gi] = GROUP_ABSENT;
+            return r;
+        }
+    }
+    if (wa.options.hardened)
+        return JS_DupValue(ctx, wa.cached[gi][k]);
+    JSValue global = JS_GetGlobalObject(ctx);
+    JSValue v = JS_GetPropertyStr(ctx, global, webapi_groups[gi].globals[k]);
+    JS_FreeValue(ctx, global);
+    return v;
+}
+
+/* Assigning a lazy global before its first read replaces it, as with any global. */
+static JSValue lazy_set(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
+{
+    uint32_t gi = (uint32_t)magic / 8, k = (uint32_t)magic % 8;
+    if (wa.options.hardened)
+        return JS_ThrowTypeError(ctx, "'%s' is a frozen global of the hardened profile", webapi_groups[gi].globals[k]);
+    JSValue global = JS_GetGlobalObject(ctx);
+    int rc = JS_DefinePropertyValueStr(ctx, global, webapi_groups[gi].globals[k], JS_DupValue(ctx, argc ? argv[0] : JS_UNDEFINED),
+                                       JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE);
+    JS_FreeValue(ctx, global);
+    return rc < 0 ? JS_EXCEPTION : JS_UNDEFINED;
+}
+
+static int install_lazy_globals(JSContext *ctx, int configurable)
+{
+    JSValue global = JS_GetGlobalObject(ctx);
+    int rc = 0;
+    for (uint32_t gi = 0; gi < WEBAPI_GROUP_COUNT && rc == 0; gi++) {
+        const struct webapi_group *g = &webapi_groups[gi];
+        for (uint32_t k = 0; g->globals[k] && rc == 0; k++) {
+            int magic = (int)(gi * 8 + k);
+            JSValue getter = JS_NewCFunctionMagic(ctx, (JSCFunctionMagic *)lazy_get, g->globals[k], 0, JS_CFUNC_generic_magic, magic);
+            JSValue setter = JS_NewCFunctionMagic(ctx, (JSCFunctionMagic *)lazy_set, g->globals[k], 1, JS_CFUNC_generic_magic, magic);
+            JSAtom atom = JS_NewAtom(ctx, g->globals[k]);
+            rc = JS_DefineProperty(ctx, global, atom, JS_UNDEFINED, getter, setter,
+                                   JS_PROP_HAS_GET | JS_PROP_HAS_SET | JS_PROP_HAS_CONFIGURABLE |
+                                       (configurable ? JS_PROP_CONFIGURABLE : 0)) < 0 ? -1 : 0;
+            JS_FreeAtom(ctx, atom);
+            JS_FreeValue(ctx, getter);
+            JS_FreeValue(ctx, setter);
+        }
+    }
+    JS_FreeValue(ctx, global);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * crypto and Math.random */
+
+/* Float32Array and Float64Array are refused, as the Web Crypto standard says: their
+ * class ids are learnt once from instances (QuickJS exports no typed-array type query). */
+static int is_float_array(JSContext *ctx, JSValueConst v)
+{
+    static JSClassID float_ids[2];
+    if (!float_ids[0]) {
+        JSTypedArrayEnum types[2] = {JS_TYPED_ARRAY_FLOAT32, JS_TYPED_ARRAY_FLOAT64};
+        for (int i = 0; i < 2; i++) {
+            JSValue zero = JS_NewInt32(ctx, 0);
+            JSValue ta = JS_NewTypedArray(ctx, 1, &zero, types[i]);
+            if (JS_IsException(ta)) {
+                JS_FreeValue(ctx, JS_GetException(ctx));
+                return 1; /* cannot tell: refuse */
+            }
+            float_ids[i] = JS_GetClassID(ta);
+            JS_FreeValue(ctx, ta);
+        }
+    }
+    JSClassID id = JS_GetClassID(v);
+    return id == float_ids[0] || id == float_ids[1];
+}
+
+static JSValue js_get_random_values(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    JSValueConst arr = argc ? argv[0] : JS_UNDEFINED;
+    size_t offset, length, bytes_per;
+    JSValue buffer = JS_IsObject(arr) ? JS_GetTypedArrayBuffer(ctx, arr, &offset, &length, &bytes_per) : JS_EXCEPTION;
+    if (JS_IsException(buffer) || is_float_array(ctx, arr)) {
+        if (JS_IsException(buffer))
+            JS_FreeValue(ctx, JS_GetException(ctx));
+        JS_FreeValue(ctx, buffer);
+        return JS_ThrowTypeError(ctx, "crypto.getRandomValues needs an integer TypedArray");
+    }
+    size_t size;
+    uint8_t *data = JS_GetArrayBuffer(ctx, &size, buffer);
+    JS_FreeValue(ctx, buffer);
+    if (!data && length)
+        return JS_EXCEPTION;
+    if (length > MAX_RANDOM_BYTES)
+        return JS_ThrowRangeError(ctx, "crypto.getRandomValues: %zu bytes requested, at most %d allowed", length,
+                                  MAX_RANDOM_BYTES);
+    /* Invariant: QuickJS keeps offset + length within the buffer's `size` bytes (the
+     * typed array is not detached: JS_GetArrayBuffer returned its data). */
+    if (offset > size || length > size - offset)
+        return JS_ThrowTypeError(ctx, "crypto.getRandomValues: the array's buffer is detached or resized");
+    random_fill(data + offset, length);
+    return JS_DupValue(ctx, arr);
+}
+
+static JSValue js_random_uuid(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    uint8_t b[16];
+    random_fill(b, sizeof b);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    static const char hex[] = "0123456789abcdef";
+    char s[37];
+    int j = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            s[j++] = '-';
+        s[j++] = hex[b[i] >> 4];
+        s[j++] = hex[b[i] & 15];
+    }
+    s[j] = '\0';
+    return JS_NewString(ctx, s);
+}
+
+static JSValue js_math_random(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    return JS_NewFloat64(ctx, random_math_double());
+}
+
+/* ---------------------------------------------------------------------------
+ * Clocks */
+
+static double coarse(double ms)
+{
+    if (!wa.options.hardened)
+        return ms;
+    double step = (wa.options.time_resolution_us ? wa.options.time_resolution_us : 1000) / 1000.0;
+    return (double)(int64_t)(ms / step) * step;
+}
+
+static JSValue js_performance_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    return JS_NewFloat64(ctx, coarse((double)(plat_monotonic_ns() - wa.boot_ns) / 1e6));
+}
+
+static JSValue js_date_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    if (wa.options.fixed_time)
+        return JS_NewFloat64(ctx, (double)wa.options.fixed_time_ms);
+    return JS_NewFloat64(ctx, coarse((double)(plat_wall_ns() / 1000000)));
+}
+
+static int set_method(JSContext *ctx, JSValueConst obj, const char *name, JSCFunction *fn, int length)
+{
+    return JS_DefinePropertyValueStr(ctx, obj, name, JS_NewCFunction(ctx, fn, name, length),
+                                     JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE) < 0 ? -1 : 0;
+}
+
+int webapi_context_init(JSContext *ctx)
+{
+    for (uint32_t gi = 0; gi < WEBAPI_GROUP_COUNT; gi++) {
+        wa.loaded[gi] = GROUP_ABSENT;
+        for (int k = 0; k < 8; k++)
+            wa.cached[gi][k] = JS_UNDEFINED;
+    }
+    wa.harden_fn = JS_UNDEFINED;
+    memset(&wa.options, 0, sizeof wa.options);
+    if (!wa.boot_ns)
+        wa.boot_ns = plat_monotonic_ns();
+    JSValue global = JS_GetGlobalObject(ctx);
+    JSValue math = JS_GetPropertyStr(ctx, global, "Math");
+    JSValue crypto = JS_NewObject(ctx);
+    JSValue perf = JS_NewObject(ctx);
+    int rc = 0;
+    if (JS_IsException(math) || JS_IsException(crypto) || JS_IsException(perf))
+        rc = -1;
+    if (rc == 0)
+        rc = set_method(ctx, math, "random", js_math_random, 0);
+    if (rc == 0)
+        rc = set_method(ctx, crypto, "getRandomValues", js_get_random_values, 1);
+    if (rc == 0)
+        rc = set_method(ctx, crypto, "randomUUID", js_random_uuid, 0);
+    if (rc == 0)
+        rc = set_method(ctx, perf, "now", js_performance_now, 0);
+    if (rc == 0)
+        rc = JS_DefinePropertyValueStr(ctx, global, "crypto", JS_DupValue(ctx, crypto), JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE) < 0 ? -1 : 0;
+    if (rc == 0)
+        rc = JS_DefinePropertyValueStr(ctx, global, "performance", JS_DupValue(ctx, perf), JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE) < 0 ? -1 : 0;
+    if (rc == 0)
+        rc = install_lazy_globals(ctx, 1);
+    JS_FreeValue(ctx, perf);
+    JS_FreeValue(ctx, crypto);
+    JS_FreeValue(ctx, math);
+    JS_FreeValue(ctx, global);
+    return rc;
+}
+
+void webapi_context_free(JSContext *ctx)
+{
+    for (uint32_t gi = 0; gi < WEBAPI_GROUP_COUNT; gi++)
+        for (int k = 0; k < 8; k++) {
+            JS_FreeValue(ctx, wa.cached[gi][k]);
+            wa.cached[gi][k] = JS_UNDEFINED;
+        }
+    JS_FreeValue(ctx, wa.harden_fn);
+    wa.harden_fn = JS_UNDEFINED;
+}
+
+static uint32_t le32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+static uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
+
+void webapi_options_parse(const uint8_t *bytes, struct webapi_options *out)
+{
+    uint32_t flags = le32(bytes);
+    memset(out, 0, sizeof *out);
+    out->hardened = (flags & AIRLOCK_RUNTIME_OPT_HARDENED) != 0;
+    out->time_resolution_us = le32(bytes + 4);
+    out->fixed_random = (flags & AIRLOCK_RUNTIME_OPT_FIXED_RANDOM) != 0;
+    out->random_seed = le64(bytes + 8);
+    out->fixed_time = out->hardened && (flags & AIRLOCK_RUNTIME_OPT_FIXED_TIME) != 0;
+    out->fixed_time_ms = (int64_t)le64(bytes + 16);
+}
+
+int webapi_configure(JSContext *ctx, const struct webapi_options *options)
+{
+    wa.options = *options;
+    random_set_deterministic(options->fixed_random, options->random_seed);
+    if (!options->hardened)
+        return 0;
+    const struct webapi_group *g = group_named(HARDEN_GROUP_NAME);
+    JSValue lockdown = group_evaluate(ctx, g);
+    if (JS_IsException(lockdown))
+        return -1;
+    JSValue now = JS_NewCFunction(ctx, js_date_now, "now", 0);
+    JSValue result = JS_Call(ctx, lockdown, JS_UNDEFINED, 1, (JSValueConst *)&now);
+    JS_FreeValue(ctx, now);
+    JS_FreeValue(ctx, lockdown);
+    if (JS_IsException(result))
+        return -1;
+    wa.harden_fn = JS_GetPropertyStr(ctx, result, "harden");
+    JS_FreeValue(ctx, result);
+    return JS_IsException(wa.harden_fn) ? -1 : 0;
+}
