@@ -5,6 +5,8 @@ import { ConsumedError, InvalidArgumentError } from './errors.js';
 import { engineFactory, type BackendChoice } from './engine/select.js';
 import { ProtoJSSandbox } from './sandbox.js';
 import { requireFunction, requireSize } from './validate.js';
+import { hardenedProfile, randomSeed, type HardenedOptions } from './guest-options.js';
+import type { GuestRuntimeOptions } from './engine/protocol.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -28,6 +30,7 @@ export class SandboxBuilder {
   #backend: BackendChoice = 'auto';
   #console: ConsoleHandler | undefined;
   #strictOptions = false;
+  #guestOptions: GuestRuntimeOptions = {};
   // Like the mirrored API, build() consumes the builder: a second build() or a setter
   // afterwards is ERR_CONSUMED. A build that fails hands the builder back.
   #consumed = false;
@@ -102,6 +105,29 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * The hardened profile for untrusted code (an Airlock addition): eval and Function are
+   * disabled, every intrinsic is frozen, performance.now and Date.now are coarse
+   * (`timeResolutionMs`, default 1), and with `fixedTime` Date.now() and new Date() always
+   * give that instant. See docs/API.md.
+   */
+  setHardened(options: HardenedOptions = {}): this {
+    this.#open();
+    this.#guestOptions = { ...this.#guestOptions, hardened: hardenedProfile(options) };
+    return this;
+  }
+
+  /**
+   * Math.random replays the sequence of `seed` (an Airlock addition, for deterministic
+   * replay): it is never reseeded, so a restored sandbox repeats it. crypto.getRandomValues
+   * and crypto.randomUUID stay random.
+   */
+  setDeterministicRandom(seed: number | bigint): this {
+    this.#open();
+    this.#guestOptions = { ...this.#guestOptions, randomSeed: randomSeed(seed) };
+    return this;
+  }
+
   /** Boots a sandbox on the chosen tier. Consumes the builder once it succeeds. */
   async build(): Promise<ProtoJSSandbox> {
     this.#open();
@@ -126,6 +152,7 @@ export class SandboxBuilder {
       },
       factory,
       this.#console,
+      this.#guestOptions,
     );
     return new ProtoJSSandbox(core, { unknownOptions: this.#strictOptions ? 'reject' : 'warn' });
   }

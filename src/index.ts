@@ -11,6 +11,8 @@ export {
   type CallStats,
 } from './sandbox.js';
 export type { ConsoleHandler, HostFunction } from './core.js';
+export type { HardenedOptions } from './guest-options.js';
+export type { SourceOptions } from './typescript.js';
 export type { Backend, TerminatedBy } from './engine/engine.js';
 export type { BackendChoice } from './engine/select.js';
 export {

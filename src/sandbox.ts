@@ -3,6 +3,7 @@
 // (calls, snapshots, kill). Each is a view over one SandboxCore; consuming a view
 // (loadRuntime, getLoadedSandbox, unload) hands the core to the next one.
 import { ConsumedError, InvalidArgumentError } from './errors.js';
+import { stripTypes, type SourceOptions } from './typescript.js';
 import type { Backend, EngineSnapshot } from './engine/engine.js';
 import type { CallStats, HostFunction, SandboxCore } from './core.js';
 import {
@@ -205,10 +206,15 @@ export class JSSandbox extends SandboxView {
     super(core, settings);
   }
 
-  /** Adds (or replaces) the handler for routing key `name`. */
-  addHandler(name: string, code: string): void {
+  /**
+   * Adds (or replaces) the handler for routing key `name`. With `{ typescript: true }` the
+   * code is TypeScript, stripped of its types here (ERR_COMPILE on a syntax error).
+   */
+  addHandler(name: string, code: string, options?: SourceOptions): void {
     this.assertUsable();
-    this.#handlers.set(requireName(name, 'handler name'), requireString(code, 'handler code'));
+    const key = requireName(name, 'handler name');
+    const text = requireString(code, 'handler code');
+    this.#handlers.set(key, typescriptOption(options) ? stripTypes(text, `handler '${key}'`) : text);
   }
 
   /** Removes the handler for routing key `name`, if any. */
@@ -223,11 +229,15 @@ export class JSSandbox extends SandboxView {
     this.#handlers.clear();
   }
 
-  /** Adds (or replaces) module `<namespace>:<name>`; the namespace 'host' is reserved. */
-  addModule(name: string, source: string, namespace = 'user'): void {
+  /**
+   * Adds (or replaces) module `<namespace>:<name>`; the namespace 'host' is reserved.
+   * With `{ typescript: true }` the source is TypeScript, stripped of its types here.
+   */
+  addModule(name: string, source: string, namespace = 'user', options?: SourceOptions): void {
     this.assertUsable();
     const key = moduleKey(name, namespace);
-    this.#modules.set(key, { namespace, name, source: requireString(source, 'module source') });
+    const text = requireString(source, 'module source');
+    this.#modules.set(key, { namespace, name, source: typescriptOption(options) ? stripTypes(text, `module '${key}'`) : text });
   }
 
   /** Removes module `<namespace>:<name>`, if any. */
@@ -258,6 +268,15 @@ export class JSSandbox extends SandboxView {
       return new LoadedJSSandbox(this.core, this.settings);
     });
   }
+}
+
+function typescriptOption(options: SourceOptions | undefined): boolean {
+  if (options === undefined) return false;
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError(`source options must be an object (got ${typeof options})`);
+  if (options.typescript !== undefined && typeof options.typescript !== 'boolean') {
+    throw new InvalidArgumentError(`options.typescript must be a boolean (got ${typeof options.typescript})`);
+  }
+  return options.typescript === true;
 }
 
 function moduleKey(name: string, namespace: string): string {

@@ -58,14 +58,6 @@ static JSValue lazy_load_group(JSContext *ctx, uint32_t gi)
     JSValue exports = group_evaluate(ctx, g);
     if (JS_IsException(exports))
         return exports;
-    if (wa.options.hardened && !JS_IsUndefined(wa.harden_fn)) {
-        JSValue frozen = JS_Call(ctx, wa.harden_fn, JS_UNDEFINED, 1, (JSValueConst *)&exports);
-        if (JS_IsException(frozen)) {
-            JS_FreeValue(ctx, exports);
-            return frozen;
-        }
-        JS_FreeValue(ctx, frozen);
-    }
     JSValue global = JS_GetGlobalObject(ctx);
     for (uint32_t k = 0; g->globals[k]; k++) {
         JSValue v = JS_GetPropertyStr(ctx, exports, g->globals[k]);
@@ -75,6 +67,15 @@ static JSValue lazy_load_group(JSContext *ctx, uint32_t gi)
             return v;
         }
         if (wa.options.hardened) {
+            /* The exports object holds getters: each value is frozen itself. */
+            JSValue frozen = JS_Call(ctx, wa.harden_fn, JS_UNDEFINED, 1, (JSValueConst *)&v);
+            if (JS_IsException(frozen)) {
+                JS_FreeValue(ctx, v);
+                JS_FreeValue(ctx, global);
+                JS_FreeValue(ctx, exports);
+                return frozen;
+            }
+            JS_FreeValue(ctx, frozen);
             /* The binding is a non-configurable accessor: keep the value here. */
             JS_FreeValue(ctx, wa.cached[gi][k]);
             wa.cached[gi][k] = v;
@@ -322,7 +323,11 @@ int webapi_configure(JSContext *ctx, const struct webapi_options *options)
     if (!options->hardened)
         return 0;
     const struct webapi_group *g = group_named(HARDEN_GROUP_NAME);
-    JSValue lockdown = group_evaluate(ctx, g);
+    JSValue exports = group_evaluate(ctx, g);
+    if (JS_IsException(exports))
+        return -1;
+    JSValue lockdown = JS_GetPropertyStr(ctx, exports, "lockdown");
+    JS_FreeValue(ctx, exports);
     if (JS_IsException(lockdown))
         return -1;
     JSValue now = JS_NewCFunction(ctx, js_date_now, "now", 0);

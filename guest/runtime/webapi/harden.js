@@ -3,6 +3,9 @@
 // its async/generator siblings), puts the given clock behind Date, and freezes every
 // intrinsic reachable from the global object. Returns { harden } for later lazy globals.
 
+// URL's dependencies read it when they load, after the intrinsics are frozen.
+import './array-buffer-resizable.js';
+
 const codegenOff = (what) => {
   throw new EvalError(`${what} is disabled by the hardened profile`);
 };
@@ -32,11 +35,11 @@ function disableCodeGeneration() {
 }
 
 function replaceDateClock(now) {
-  const RealDate = Date;
-  function Date(...args) {
+  const RealDate = globalThis.Date;
+  const Date = function Date(...args) {
     if (!new.target) return new RealDate(now()).toString();
     return Reflect.construct(RealDate, args.length === 0 ? [now()] : args, new.target);
-  }
+  };
   Object.defineProperty(Date, 'prototype', { value: RealDate.prototype, writable: false });
   Object.defineProperty(RealDate.prototype, 'constructor', { value: Date, writable: true, configurable: true });
   for (const key of ['parse', 'UTC']) Object.defineProperty(Date, key, { value: RealDate[key], writable: true, configurable: true });
