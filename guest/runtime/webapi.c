@@ -24,6 +24,14 @@ struct webapi_group {
 
 enum { GROUP_ABSENT, GROUP_LOADING, GROUP_LOADED };
 
+/* Web IDL: a global operation (atob, structuredClone) is enumerable, an interface
+ * (URL, TextEncoder) is not; interfaces are the capitalised names. */
+static int global_flags(const char *name)
+{
+    int flags = JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE;
+    return name[0] >= 'a' && name[0] <= 'z' ? flags | JS_PROP_ENUMERABLE : flags;
+}
+
 static struct {
     /* Per context (one live context at a time). */
     struct webapi_options options;
@@ -80,7 +88,7 @@ static JSValue lazy_load_group(JSContext *ctx, uint32_t gi)
             JS_FreeValue(ctx, wa.cached[gi][k]);
             wa.cached[gi][k] = v;
         } else {
-            JS_DefinePropertyValueStr(ctx, global, g->globals[k], v, JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE);
+            JS_DefinePropertyValueStr(ctx, global, g->globals[k], v, global_flags(g->globals[k]));
         }
     }
     JS_FreeValue(ctx, global);
@@ -117,13 +125,13 @@ static JSValue lazy_set(JSContext *ctx, JSValueConst this_val, int argc, JSValue
     if (wa.options.hardened)
         return JS_ThrowTypeError(ctx, "'%s' is a frozen global of the hardened profile", webapi_groups[gi].globals[k]);
     JSValue global = JS_GetGlobalObject(ctx);
-    int rc = JS_DefinePropertyValueStr(ctx, global, webapi_groups[gi].globals[k], JS_DupValue(ctx, argc ? argv[0] : JS_UNDEFINED),
-                                       JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE);
+    const char *name = webapi_groups[gi].globals[k];
+    int rc = JS_DefinePropertyValueStr(ctx, global, name, JS_DupValue(ctx, argc ? argv[0] : JS_UNDEFINED), global_flags(name));
     JS_FreeValue(ctx, global);
     return rc < 0 ? JS_EXCEPTION : JS_UNDEFINED;
 }
 
-static int install_lazy_globals(JSContext *ctx, int configurable)
+static int install_lazy_globals(JSContext *ctx)
 {
     JSValue global = JS_GetGlobalObject(ctx);
     int rc = 0;
@@ -135,8 +143,8 @@ static int install_lazy_globals(JSContext *ctx, int configurable)
             JSValue setter = JS_NewCFunctionMagic(ctx, (JSCFunctionMagic *)lazy_set, g->globals[k], 1, JS_CFUNC_generic_magic, magic);
             JSAtom atom = JS_NewAtom(ctx, g->globals[k]);
             rc = JS_DefineProperty(ctx, global, atom, JS_UNDEFINED, getter, setter,
-                                   JS_PROP_HAS_GET | JS_PROP_HAS_SET | JS_PROP_HAS_CONFIGURABLE |
-                                       (configurable ? JS_PROP_CONFIGURABLE : 0)) < 0 ? -1 : 0;
+                                   JS_PROP_HAS_GET | JS_PROP_HAS_SET | JS_PROP_HAS_CONFIGURABLE | JS_PROP_HAS_ENUMERABLE |
+                                       (global_flags(g->globals[k]) & (JS_PROP_CONFIGURABLE | JS_PROP_ENUMERABLE))) < 0 ? -1 : 0;
             JS_FreeAtom(ctx, atom);
             JS_FreeValue(ctx, getter);
             JS_FreeValue(ctx, setter);
@@ -148,6 +156,23 @@ static int install_lazy_globals(JSContext *ctx, int configurable)
 
 /* ---------------------------------------------------------------------------
  * crypto and Math.random */
+
+/* Throws `new DOMException(message, name)`, as Web Crypto does (DOMException is a lazy
+ * global: reading it installs its group). */
+static JSValue throw_dom_exception(JSContext *ctx, const char *name, const char *message)
+{
+    JSValue global = JS_GetGlobalObject(ctx);
+    JSValue ctor = JS_GetPropertyStr(ctx, global, "DOMException");
+    JS_FreeValue(ctx, global);
+    if (JS_IsException(ctor))
+        return ctor;
+    JSValue args[2] = {JS_NewString(ctx, message), JS_NewString(ctx, name)};
+    JSValue err = JS_CallConstructor(ctx, ctor, 2, (JSValueConst *)args);
+    JS_FreeValue(ctx, args[0]);
+    JS_FreeValue(ctx, args[1]);
+    JS_FreeValue(ctx, ctor);
+    return JS_IsException(err) ? err : JS_Throw(ctx, err);
+}
 
 /* Float32Array and Float64Array are refused, as the Web Crypto standard says: their
  * class ids are learnt once from instances (QuickJS exports no typed-array type query). */
@@ -176,11 +201,13 @@ static JSValue js_get_random_values(JSContext *ctx, JSValueConst this_val, int a
     JSValueConst arr = argc ? argv[0] : JS_UNDEFINED;
     size_t offset, length, bytes_per;
     JSValue buffer = JS_IsObject(arr) ? JS_GetTypedArrayBuffer(ctx, arr, &offset, &length, &bytes_per) : JS_EXCEPTION;
-    if (JS_IsException(buffer) || is_float_array(ctx, arr)) {
-        if (JS_IsException(buffer))
-            JS_FreeValue(ctx, JS_GetException(ctx));
-        JS_FreeValue(ctx, buffer);
+    if (JS_IsException(buffer)) {
+        JS_FreeValue(ctx, JS_GetException(ctx));
         return JS_ThrowTypeError(ctx, "crypto.getRandomValues needs an integer TypedArray");
+    }
+    if (is_float_array(ctx, arr)) {
+        JS_FreeValue(ctx, buffer);
+        return throw_dom_exception(ctx, "TypeMismatchError", "crypto.getRandomValues needs an integer TypedArray");
     }
     size_t size;
     uint8_t *data = JS_GetArrayBuffer(ctx, &size, buffer);
@@ -188,8 +215,8 @@ static JSValue js_get_random_values(JSContext *ctx, JSValueConst this_val, int a
     if (!data && length)
         return JS_EXCEPTION;
     if (length > MAX_RANDOM_BYTES)
-        return JS_ThrowRangeError(ctx, "crypto.getRandomValues: %zu bytes requested, at most %d allowed", length,
-                                  MAX_RANDOM_BYTES);
+        return throw_dom_exception(ctx, "QuotaExceededError",
+                                   "crypto.getRandomValues: more than 65536 bytes requested");
     /* Invariant: QuickJS keeps offset + length within the buffer's `size` bytes (the
      * typed array is not detached: JS_GetArrayBuffer returned its data). */
     if (offset > size || length > size - offset)
@@ -282,7 +309,7 @@ int webapi_context_init(JSContext *ctx)
     if (rc == 0)
         rc = JS_DefinePropertyValueStr(ctx, global, "performance", JS_DupValue(ctx, perf), JS_PROP_WRITABLE | JS_PROP_CONFIGURABLE) < 0 ? -1 : 0;
     if (rc == 0)
-        rc = install_lazy_globals(ctx, 1);
+        rc = install_lazy_globals(ctx);
     JS_FreeValue(ctx, perf);
     JS_FreeValue(ctx, crypto);
     JS_FreeValue(ctx, math);
