@@ -22,6 +22,8 @@ const GROUPS = [
   { name: 'url', globals: ['URL', 'URLSearchParams'] },
   // The hardened profile's lockdown (webapi/harden.js), evaluated eagerly when asked for.
   { name: 'harden', globals: [], entry: 'harden.js' },
+  // Binary data across the boundary (webapi/binary.js), evaluated when asked for.
+  { name: 'binary', globals: [], entry: 'binary.js' },
 ];
 // The bundle's last statement is `var <name> = (() => { ...; return exports })()`;
 // dropping the `var <name> =` leaves an expression statement, so evaluating the script

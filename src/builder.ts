@@ -128,6 +128,20 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * Uint8Arrays (Buffers included) and ArrayBuffers in events, results and host-function
+   * arguments and results cross the boundary as bytes, nested anywhere in the value (an
+   * Airlock addition; off by default, since the mirrored API gives JSON.stringify semantics:
+   * a Buffer arrives as { type: 'Buffer', data }). The guest sees Uint8Array or ArrayBuffer,
+   * the host gets Uint8Array or ArrayBuffer. docs/PROTOCOL.md defines the encoding.
+   */
+  setBinaryData(enabled = true): this {
+    this.#open();
+    if (typeof enabled !== 'boolean') throw new InvalidArgumentError(`enabled must be a boolean (got ${typeof enabled})`);
+    this.#guestOptions = { ...this.#guestOptions, binary: enabled };
+    return this;
+  }
+
   /** Boots a sandbox on the chosen tier. Consumes the builder once it succeeds. */
   async build(): Promise<ProtoJSSandbox> {
     this.#open();

@@ -31,6 +31,7 @@ import {
   type Message,
 } from './engine/protocol.js';
 import { GuestConsole, type ConsoleHandler } from './console.js';
+import { BinaryEncodingError, decodeBinary, encodeBinary } from './binary.js';
 import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
 
@@ -165,11 +166,16 @@ export class SandboxCore {
     });
   }
 
+  /** Whether Uint8Arrays and ArrayBuffers cross as binary fields (SandboxBuilder.setBinaryData). */
+  get binaryData(): boolean {
+    return this.runtimeOptions.binary === true;
+  }
+
   /** Runs one handler. */
-  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean }): Promise<unknown> {
+  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean }, eventBuffers: readonly Uint8Array[] = []): Promise<unknown> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
-      const fields: FieldValue[] = eventJson === undefined ? [name, hostEntropy()] : [name, eventJson, hostEntropy()];
+      const fields: FieldValue[] = eventJson === undefined ? [name, hostEntropy()] : [name, eventJson, ...eventBuffers, hostEntropy()];
       const size = encodedSize(fields);
       if (size > this.config.inputSize) {
         throw new InvalidArgumentError(
@@ -335,9 +341,10 @@ export class SandboxCore {
       const json = fieldText(reply, 0);
       if (json === undefined) return undefined;
       try {
-        return JSON.parse(json);
-      } catch {
-        const err = new GuestAbortError(`guest returned invalid JSON from handler '${name}'`);
+        return this.binaryData ? decodeBinary(json, reply.fields.slice(1)) : JSON.parse(json);
+      } catch (e) {
+        const what = e instanceof BinaryEncodingError ? e.message : 'invalid JSON';
+        const err = new GuestAbortError(`guest returned ${what} from handler '${name}'`);
         this.poisonReason = `${err.code}: ${err.message}`;
         throw err;
       }
@@ -398,12 +405,14 @@ export class SandboxCore {
     try {
       const { console: lines, final } = splitOutput(output);
       this.console.write(lines, false);
-      if (final.kind !== abi.AIRLOCK_MSG_HOST_CALL || final.fields.length !== 3) {
+      const binaryFields = this.binaryData ? Math.max(0, final.fields.length - 3) : 0;
+      if (final.kind !== abi.AIRLOCK_MSG_HOST_CALL || final.fields.length !== 3 + binaryFields) {
         throw new GuestAbortError(`expected a host call, got message kind ${final.kind} with ${final.fields.length} fields`);
       }
       module = final.fields[0].toString('utf8');
       fn = final.fields[1].toString('utf8');
-      const parsed: unknown = JSON.parse(final.fields[2].toString('utf8'));
+      const argsJson = final.fields[2].toString('utf8');
+      const parsed: unknown = this.binaryData ? decodeBinary(argsJson, final.fields.slice(3)) : JSON.parse(argsJson);
       if (!Array.isArray(parsed)) throw new GuestAbortError('host call arguments are not a JSON array');
       args = parsed;
     } catch (e) {
@@ -426,12 +435,14 @@ export class SandboxCore {
       frame.active = false;
     }
     let json: string | undefined;
+    let buffers: Uint8Array[] = [];
     try {
-      json = JSON.stringify(result);
+      if (this.binaryData) ({ json, buffers } = encodeBinary(result));
+      else json = JSON.stringify(result);
     } catch (e) {
       return hostError(`host function '${module}.${fn}' returned a value that is not JSON-serialisable: ${describeThrown(e)}`, this.config.inputSize);
     }
-    const fields = json === undefined ? [] : [json];
+    const fields: FieldValue[] = json === undefined ? [] : [json, ...buffers];
     const size = encodedSize(fields);
     if (size > this.config.inputSize) {
       return hostError(

@@ -16,6 +16,7 @@ import {
   requireName,
   requireString,
   serializeEvent,
+  serializeEventBinary,
 } from './validate.js';
 
 export type { CallStats } from './core.js';
@@ -349,8 +350,8 @@ export class LoadedJSSandbox extends SandboxView {
     const wallClockTimeoutMs = optionalTimeout(options?.wallClockTimeoutMs, 'wallClockTimeoutMs');
     const cpuTimeoutMs = optionalTimeout(options?.cpuTimeoutMs, 'cpuTimeoutMs');
     const gc = optionalBoolean(options?.gc, 'gc', true);
-    const event = serializeEvent(eventData);
-    return this.pinned(() => this.core.call(name, event, { wallClockTimeoutMs, cpuTimeoutMs, gc }));
+    const event = this.core.binaryData ? serializeEventBinary(eventData) : { json: serializeEvent(eventData), buffers: [] };
+    return this.pinned(() => this.core.call(name, event.json, { wallClockTimeoutMs, cpuTimeoutMs, gc }, event.buffers));
   }
 
   /** Drops handlers and modules; returns a JSSandbox to load new ones. Also clears poisoning. */

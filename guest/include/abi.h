@@ -254,6 +254,10 @@ struct airlock_msg {
 #define AIRLOCK_RUNTIME_OPT_HARDENED 1     /* eval/Function off, intrinsics frozen, coarse clocks */
 #define AIRLOCK_RUNTIME_OPT_FIXED_RANDOM 2 /* Math.random from the seed, never reseeded */
 #define AIRLOCK_RUNTIME_OPT_FIXED_TIME 4   /* Date.now() is the fixed time (hardened only) */
+/* Binary data: every JSON field (CALL's event, RESULT's value, HOST_CALL's arguments,
+ * HOST_RETURN's value) is followed by one field per Uint8Array/ArrayBuffer, each named in
+ * the JSON by {"$airlock.binary": <index>, "type": "Uint8Array"|"ArrayBuffer"}. */
+#define AIRLOCK_RUNTIME_OPT_BINARY 8
 
 #define AIRLOCK_STATUS_OK 0
 #define AIRLOCK_STATUS_EXCEPTION 1      /* the handler threw: name, message, stack */

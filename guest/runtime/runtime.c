@@ -53,6 +53,8 @@ static struct {
     int interrupted;
     /* The last request wants a GC once its response is on its way (airlock_runtime_after). */
     int gc_pending;
+    /* LOAD_RUNTIME's options, applied again to the fresh context of an UNLOAD. */
+    struct webapi_options options;
 } rt_state;
 
 /* ---------------------------------------------------------------------------
@@ -378,9 +380,10 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
             return JS_EXCEPTION;
         }
     }
-    JSValue json = JS_JSONStringify(ctx, args, JS_UNDEFINED, JS_UNDEFINED);
+    struct webapi_encoded enc;
+    int encoded = webapi_encode(ctx, args, &enc);
     JS_FreeValue(ctx, args);
-    if (JS_IsException(json)) {
+    if (encoded < 0) {
         JSValue exc = JS_GetException(ctx);
         if (rt_state.interrupted || rt_state.oom)
             return JS_Throw(ctx, exc);
@@ -392,11 +395,7 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
         JS_FreeValue(ctx, exc);
         return r;
     }
-    size_t json_len;
-    const char *json_text = JS_ToCStringLen(ctx, &json_len, json);
-    JS_FreeValue(ctx, json);
-    if (!json_text)
-        return JS_EXCEPTION;
+    size_t json_len = enc.fields[0].len;
 
     struct out_buf out = runtime_output();
     int fits = console_write_pending(&out) == 0;
@@ -405,10 +404,11 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
         msg_begin(&w, &out, AIRLOCK_MSG_HOST_CALL, 0);
         msg_add_str(&w, hf->module);
         msg_add_str(&w, hf->function);
-        msg_add(&w, json_text, json_len);
+        for (uint32_t i = 0; i < enc.count; i++)
+            msg_add(&w, enc.fields[i].data, enc.fields[i].len);
         fits = msg_end(&w) == 0;
     }
-    JS_FreeCString(ctx, json_text);
+    webapi_encoded_free(ctx, &enc);
     if (!fits)
         return JS_ThrowRangeError(ctx,
                                   "arguments of host function %s.%s (%zu bytes of JSON) with %zu bytes of console "
@@ -438,15 +438,7 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
                                      hf->function, reply.status);
     if (!has_field)
         return JS_UNDEFINED;
-    /* JS_ParseJSON needs a NUL-terminated copy; the JS heap accounts for it. */
-    char *text = js_malloc(ctx, (size_t)f.len + 1);
-    if (!text)
-        return JS_EXCEPTION;
-    memcpy(text, f.data, f.len);
-    text[f.len] = '\0';
-    JSValue result = JS_ParseJSON(ctx, text, f.len, "<host result>");
-    js_free(ctx, text);
-    return result;
+    return webapi_decode(ctx, &reply, 0, "<host result>");
 }
 
 static int host_module_init(JSContext *ctx, JSModuleDef *m)
@@ -600,6 +592,14 @@ static int context_reset(void)
     return rt_state.ctx ? 0 : -1;
 }
 
+/* Applies LOAD_RUNTIME's options to a fresh context. The hardened profile and binary data
+ * run code in it, after which it is no longer pristine. 0, or -1 with an exception pending. */
+static int context_configure(void)
+{
+    rt_state.ctx_pristine = !rt_state.options.hardened && !rt_state.options.binary;
+    return webapi_configure(rt_state.ctx, &rt_state.options);
+}
+
 /* ---------------------------------------------------------------------------
  * Jobs and promises */
 
@@ -687,10 +687,8 @@ static void handle_load_runtime(const struct msg_view *request)
         respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted creating the JavaScript context");
         return;
     }
-    /* The options change the context (the hardened profile runs code in it): a later
-     * LOAD_RUNTIME starts from a fresh one. */
-    rt_state.ctx_pristine = !options.hardened;
-    if (webapi_configure(rt_state.ctx, &options) < 0) {
+    rt_state.options = options;
+    if (context_configure() < 0) {
         respond_exception(JS_GetException(rt_state.ctx));
         return;
     }
@@ -961,15 +959,7 @@ static void handle_call(const struct msg_view *m)
     }
     JSValue event = JS_UNDEFINED;
     if (msg_field(m, 1, &event_field) == 0) {
-        char *text = js_malloc(ctx, (size_t)event_field.len + 1);
-        if (!text) {
-            respond_exception(JS_GetException(ctx));
-            return;
-        }
-        memcpy(text, event_field.data, event_field.len);
-        text[event_field.len] = '\0';
-        event = JS_ParseJSON(ctx, text, event_field.len, "<event>");
-        js_free(ctx, text);
+        event = webapi_decode(ctx, m, 1, "<event>");
         if (JS_IsException(event)) {
             JSValue exc = JS_GetException(ctx);
             if (rt_state.oom) {
@@ -1022,9 +1012,10 @@ static void handle_call(const struct msg_view *m)
         respond_exception(JS_UNDEFINED);
         goto done;
     }
-    JSValue json = JS_JSONStringify(ctx, result, JS_UNDEFINED, JS_UNDEFINED);
+    struct webapi_encoded enc;
+    int encoded = webapi_encode(ctx, result, &enc);
     JS_FreeValue(ctx, result);
-    if (JS_IsException(json)) {
+    if (encoded < 0) {
         JSValue exc = JS_GetException(ctx);
         if (rt_state.oom || rt_state.interrupted) {
             respond_exception(exc);
@@ -1038,20 +1029,11 @@ static void handle_call(const struct msg_view *m)
         JS_FreeValue(ctx, exc);
         goto done;
     }
-    if (JS_IsUndefined(json)) {
+    if (JS_IsUndefined(enc.json))
         respond_ok();
-        goto done;
-    }
-    size_t len;
-    const char *text = JS_ToCStringLen(ctx, &len, json);
-    JS_FreeValue(ctx, json);
-    if (!text) {
-        respond_exception(JS_GetException(ctx));
-        goto done;
-    }
-    struct field f = {(const uint8_t *)text, (uint32_t)len};
-    respond(AIRLOCK_STATUS_OK, &f, 1);
-    JS_FreeCString(ctx, text);
+    else
+        respond(AIRLOCK_STATUS_OK, enc.fields, enc.count);
+    webapi_encoded_free(ctx, &enc);
 done:
     if ((flags & AIRLOCK_CALL_FLAG_GC) || rt_state.oom)
         rt_state.gc_pending = 1;
@@ -1148,6 +1130,8 @@ static void handle_message(const uint8_t *buf, size_t len)
     case AIRLOCK_MSG_UNLOAD:
         if (context_reset() < 0)
             respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted creating the JavaScript context");
+        else if (context_configure() < 0)
+            respond_exception(JS_GetException(rt_state.ctx));
         else
             respond_ok();
         break;

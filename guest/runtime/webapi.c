@@ -19,6 +19,8 @@ struct webapi_group {
 
 /* The group that webapi/harden.js is built as: evaluated eagerly, never exposed. */
 #define HARDEN_GROUP_NAME "harden"
+/* The group of webapi/binary.js: evaluated when binary data is on, never exposed. */
+#define BINARY_GROUP_NAME "binary"
 /* crypto.getRandomValues refuses more than this, as the Web Crypto standard does. */
 #define MAX_RANDOM_BYTES 65536
 
@@ -36,6 +38,7 @@ static struct {
     /* Per context (one live context at a time). */
     struct webapi_options options;
     JSValue harden_fn;                       /* hardened: freezes a lazily loaded value */
+    JSValue binary_encode, binary_decode;    /* binary data on: webapi/binary.js */
     JSValue cached[WEBAPI_GROUP_COUNT][8];   /* hardened: the values of loaded groups */
     int loaded[WEBAPI_GROUP_COUNT];
     uint64_t boot_ns;
@@ -286,6 +289,7 @@ int webapi_context_init(JSContext *ctx)
             wa.cached[gi][k] = JS_UNDEFINED;
     }
     wa.harden_fn = JS_UNDEFINED;
+    wa.binary_encode = wa.binary_decode = JS_UNDEFINED;
     memset(&wa.options, 0, sizeof wa.options);
     if (!wa.boot_ns)
         wa.boot_ns = plat_monotonic_ns();
@@ -325,7 +329,10 @@ void webapi_context_free(JSContext *ctx)
             wa.cached[gi][k] = JS_UNDEFINED;
         }
     JS_FreeValue(ctx, wa.harden_fn);
-    wa.harden_fn = JS_UNDEFINED;
+    JS_FreeValue(ctx, wa.binary_encode);
+    JS_FreeValue(ctx, wa.binary_decode);
+    wa.harden_fn = wa.binary_encode = wa.binary_decode = JS_UNDEFINED;
+    wa.options.binary = 0;
 }
 
 static uint32_t le32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
@@ -336,6 +343,7 @@ void webapi_options_parse(const uint8_t *bytes, struct webapi_options *out)
     uint32_t flags = le32(bytes);
     memset(out, 0, sizeof *out);
     out->hardened = (flags & AIRLOCK_RUNTIME_OPT_HARDENED) != 0;
+    out->binary = (flags & AIRLOCK_RUNTIME_OPT_BINARY) != 0;
     out->time_resolution_us = le32(bytes + 4);
     out->fixed_random = (flags & AIRLOCK_RUNTIME_OPT_FIXED_RANDOM) != 0;
     out->random_seed = le64(bytes + 8);
@@ -347,6 +355,17 @@ int webapi_configure(JSContext *ctx, const struct webapi_options *options)
 {
     wa.options = *options;
     random_set_deterministic(options->fixed_random, options->random_seed);
+    if (options->binary) {
+        /* Taken before the hardened profile freezes JSON: binary.js keeps its own references. */
+        JSValue exports = group_evaluate(ctx, group_named(BINARY_GROUP_NAME));
+        if (JS_IsException(exports))
+            return -1;
+        wa.binary_encode = JS_GetPropertyStr(ctx, exports, "encode");
+        wa.binary_decode = JS_GetPropertyStr(ctx, exports, "decode");
+        JS_FreeValue(ctx, exports);
+        if (JS_IsException(wa.binary_encode) || JS_IsException(wa.binary_decode))
+            return -1;
+    }
     if (!options->hardened)
         return 0;
     const struct webapi_group *g = group_named(HARDEN_GROUP_NAME);
@@ -366,4 +385,123 @@ int webapi_configure(JSContext *ctx, const struct webapi_options *options)
     wa.harden_fn = JS_GetPropertyStr(ctx, result, "harden");
     JS_FreeValue(ctx, result);
     return JS_IsException(wa.harden_fn) ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Values across the boundary */
+
+int webapi_encode(JSContext *ctx, JSValueConst value, struct webapi_encoded *out)
+{
+    memset(out, 0, sizeof *out);
+    out->json = JS_UNDEFINED;
+    out->buffers = JS_UNDEFINED;
+    uint32_t nbuf = 0;
+    if (wa.options.binary) {
+        JSValue pair = JS_Call(ctx, wa.binary_encode, JS_UNDEFINED, 1, &value);
+        if (JS_IsException(pair))
+            return -1;
+        out->json = JS_GetPropertyUint32(ctx, pair, 0);
+        out->buffers = JS_GetPropertyUint32(ctx, pair, 1);
+        JS_FreeValue(ctx, pair);
+        JSValue length = JS_IsException(out->buffers) ? JS_EXCEPTION : JS_GetPropertyStr(ctx, out->buffers, "length");
+        uint32_t len = 0;
+        if (JS_IsException(out->json) || JS_IsException(length) || JS_ToUint32(ctx, &len, length) < 0) {
+            JS_FreeValue(ctx, length);
+            webapi_encoded_free(ctx, out);
+            return -1;
+        }
+        JS_FreeValue(ctx, length);
+        nbuf = len; /* binary.js made the array: at most one entry per placeholder in the JSON */
+    } else {
+        out->json = JS_JSONStringify(ctx, value, JS_UNDEFINED, JS_UNDEFINED);
+        if (JS_IsException(out->json))
+            return -1;
+    }
+    out->count = 1 + nbuf;
+    out->fields = js_mallocz(ctx, out->count * sizeof *out->fields);
+    if (!out->fields) {
+        webapi_encoded_free(ctx, out);
+        return -1;
+    }
+    if (!JS_IsUndefined(out->json)) {
+        size_t len;
+        out->text = JS_ToCStringLen(ctx, &len, out->json);
+        if (!out->text) {
+            webapi_encoded_free(ctx, out);
+            return -1;
+        }
+        out->fields[0] = (struct field){(const uint8_t *)out->text, (uint32_t)len};
+    }
+    for (uint32_t i = 0; i < nbuf; i++) {
+        JSValue ab = JS_GetPropertyUint32(ctx, out->buffers, i);
+        size_t size;
+        uint8_t *data = JS_GetArrayBuffer(ctx, &size, ab);
+        /* Invariant: out->buffers holds ab, so its data stays valid until webapi_encoded_free. */
+        JS_FreeValue(ctx, ab);
+        if (!data && size) {
+            webapi_encoded_free(ctx, out);
+            return -1;
+        }
+        if (size > UINT32_MAX) {
+            webapi_encoded_free(ctx, out);
+            JS_ThrowRangeError(ctx, "a binary value of %zu bytes cannot cross the boundary", size);
+            return -1;
+        }
+        static const uint8_t empty[1];
+        out->fields[1 + i] = (struct field){data ? data : empty, (uint32_t)size};
+    }
+    return 0;
+}
+
+void webapi_encoded_free(JSContext *ctx, struct webapi_encoded *e)
+{
+    if (e->text)
+        JS_FreeCString(ctx, e->text);
+    js_free(ctx, e->fields);
+    JS_FreeValue(ctx, e->json);
+    JS_FreeValue(ctx, e->buffers);
+    memset(e, 0, sizeof *e);
+    e->json = e->buffers = JS_UNDEFINED;
+}
+
+JSValue webapi_decode(JSContext *ctx, const struct msg_view *m, uint32_t json_index, const char *filename)
+{
+    struct field f;
+    if (msg_field(m, json_index, &f) < 0)
+        return JS_ThrowInternalError(ctx, "no JSON field to decode");
+    /* JS_ParseJSON needs a NUL-terminated copy; the JS heap accounts for it. */
+    char *text = js_malloc(ctx, (size_t)f.len + 1);
+    if (!text)
+        return JS_EXCEPTION;
+    memcpy(text, f.data, f.len);
+    text[f.len] = '\0';
+    JSValue result;
+    if (!wa.options.binary) {
+        result = JS_ParseJSON(ctx, text, f.len, filename);
+        js_free(ctx, text);
+        return result;
+    }
+    JSValue json = JS_NewStringLen(ctx, text, f.len);
+    js_free(ctx, text);
+    JSValue buffers = JS_NewArray(ctx);
+    if (JS_IsException(json) || JS_IsException(buffers)) {
+        JS_FreeValue(ctx, json);
+        JS_FreeValue(ctx, buffers);
+        return JS_EXCEPTION;
+    }
+    for (uint32_t i = json_index + 1; i < m->count; i++) {
+        struct field b;
+        msg_field(m, i, &b); /* i < count: cannot fail */
+        JSValue ab = JS_NewArrayBufferCopy(ctx, b.data, b.len);
+        if (JS_IsException(ab) || JS_SetPropertyUint32(ctx, buffers, i - json_index - 1, ab) < 0) {
+            JS_FreeValue(ctx, json);
+            JS_FreeValue(ctx, buffers);
+            return JS_EXCEPTION;
+        }
+    }
+    JSValue args[2] = {json, buffers};
+    result = JS_Call(ctx, wa.binary_decode, JS_UNDEFINED, 2, (JSValueConst *)args);
+    JS_FreeValue(ctx, json);
+    JS_FreeValue(ctx, buffers);
+    return result;
 }

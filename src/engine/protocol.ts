@@ -6,6 +6,7 @@ import { randomFillSync } from 'node:crypto';
 import { GuestAbortError } from '../errors.js';
 import {
   AIRLOCK_ENTROPY_SIZE,
+  AIRLOCK_RUNTIME_OPT_BINARY,
   AIRLOCK_RUNTIME_OPT_FIXED_RANDOM,
   AIRLOCK_RUNTIME_OPT_FIXED_TIME,
   AIRLOCK_RUNTIME_OPT_HARDENED,
@@ -171,6 +172,8 @@ export interface GuestRuntimeOptions {
   hardened?: { timeResolutionUs: number; fixedTimeMs: number | undefined };
   /** Math.random replays the sequence of this seed (crypto stays random). */
   randomSeed?: bigint;
+  /** Uint8Arrays and ArrayBuffers cross as binary fields beside the JSON. */
+  binary?: boolean;
 }
 
 /** The LOAD_RUNTIME options field: u32 flags, u32 time resolution (µs), u64 seed, i64 fixed time (ms), little-endian. */
@@ -189,6 +192,7 @@ export function encodeRuntimeOptions(options: GuestRuntimeOptions): Buffer {
     flags |= AIRLOCK_RUNTIME_OPT_FIXED_RANDOM;
     buf.writeBigUInt64LE(BigInt.asUintN(64, options.randomSeed), 8);
   }
+  if (options.binary) flags |= AIRLOCK_RUNTIME_OPT_BINARY;
   buf.writeUInt32LE(flags, 0);
   return buf;
 }
