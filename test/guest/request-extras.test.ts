@@ -91,3 +91,16 @@ it('refuses a mis-sized options field and honours a well-formed one', async () =
   const extreme = Buffer.alloc(24, 0xff);
   expect(status(await g.send(AIRLOCK_MSG_LOAD_RUNTIME, AIRLOCK_RUNTIME_FLAG_OPTIONS, [extreme]))).toBe(AIRLOCK_STATUS_OK);
 });
+
+it('decodes binary fields when the options turn binary data on, and refuses forged placeholders', async () => {
+  const g = await boot();
+  const options = encodeRuntimeOptions({ binary: true });
+  expect(status(await g.send(AIRLOCK_MSG_LOAD_RUNTIME, AIRLOCK_RUNTIME_FLAG_OPTIONS, [options]))).toBe(AIRLOCK_STATUS_OK);
+  await g.send(AIRLOCK_MSG_LOAD, 0, ['handler', '', 'h', 'function handler(e) { return [Array.from(e.b), e.b instanceof Uint8Array, e.a instanceof ArrayBuffer]; }']);
+  const ok = await g.send(AIRLOCK_MSG_CALL, 0, ['h', '{"b":{"$airlock.binary":1,"type":"Uint8Array"},"a":{"$airlock.binary":0,"type":"ArrayBuffer"}}', Buffer.from([1]), Buffer.from([2, 3])]);
+  expect(JSON.parse(texts(ok)[0])).toEqual([[2, 3], true, true]);
+  for (const forged of ['{"b":{"$airlock.binary":5,"type":"Uint8Array"}}', '{"b":{"$airlock.binary":0,"type":"Int8Array"}}', '{"b":{"$airlock.binary":0}}']) {
+    expect(status(await g.send(AIRLOCK_MSG_CALL, 0, ['h', forged, Buffer.from([1])]))).toBe(AIRLOCK_STATUS_BAD_REQUEST);
+  }
+  expect(JSON.parse(texts(await g.send(AIRLOCK_MSG_CALL, 0, ['h', '{"b":{"$airlock.binary":0,"type":"Uint8Array"}}', Buffer.from([4])]))[0])[0]).toEqual([4]);
+});
