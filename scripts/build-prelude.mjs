@@ -19,7 +19,9 @@ const GROUPS = [
   { name: 'base64', globals: ['atob', 'btoa'] },
   { name: 'clone', globals: ['structuredClone'] },
   { name: 'events', globals: ['Event', 'EventTarget', 'AbortController', 'AbortSignal'] },
-  { name: 'url', globals: ['URL', 'URLSearchParams'] },
+  { name: 'url', globals: ['URL', 'URLSearchParams'], alias: { tr46: './guest/runtime/webapi/idna-deferred.js' } },
+  // tr46, loaded by the URL group only for an international domain name (idna-deferred.js).
+  { name: 'idna', globals: [], onDemand: true },
   // The hardened profile's lockdown (webapi/harden.js), evaluated eagerly when asked for.
   { name: 'harden', globals: [], entry: 'harden.js' },
   // Binary data across the boundary (webapi/binary.js), evaluated when asked for.
@@ -46,7 +48,8 @@ async function bundle(group) {
     inject: [join(dir, 'shared-array-buffer-absent.js')],
     // whatwg-url loads every legacy encoding for query strings of non-UTF-8 documents;
     // the guest has only UTF-8.
-    alias: { '@exodus/bytes/encoding.js': '@exodus/bytes/encoding-lite.js' },
+    alias: { '@exodus/bytes/encoding.js': '@exodus/bytes/encoding-lite.js', ...group.alias },
+    absWorkingDir: root,
   });
   const text = result.outputFiles[0].text;
   const prefix = `var ${EXPORTS_NAME}=`;
@@ -67,7 +70,7 @@ for (const [i, group] of GROUPS.entries()) {
   const js = await bundle(group);
   // A byte array rather than a string literal: C compilers cap string literal length.
   parts.push(`static const char webapi_group_${i}[] = {\n${cBytes(js)},\n0x00};`);
-  rows.push(`    {"${group.name}", webapi_group_${i}, ${js.length}u, (const char *const[]){${[...group.globals.map((g) => `"${g}"`), 'NULL'].join(', ')}}},`);
+  rows.push(`    {"${group.name}", webapi_group_${i}, ${js.length}u, (const char *const[]){${[...group.globals.map((g) => `"${g}"`), 'NULL'].join(', ')}}, ${group.onDemand ? 1 : 0}},`);
   console.log(`webapi group ${group.name}: ${js.length} bytes`);
 }
 parts.push(`static const struct webapi_group webapi_groups[] = {\n${rows.join('\n')}\n};`);

@@ -14,6 +14,7 @@ struct webapi_group {
     const char *source; /* NUL-terminated, `len` bytes before the NUL */
     uint32_t len;
     const char *const *globals; /* NULL-terminated */
+    int on_demand;              /* an internal group a loaded group may ask for by name */
 };
 #include "webapi_prelude.gen.h"
 
@@ -63,12 +64,53 @@ static JSValue group_evaluate(JSContext *ctx, const struct webapi_group *g)
 /* ---------------------------------------------------------------------------
  * Lazy globals. Each accessor's magic is group * 8 + index of the global in its group. */
 
+/* loadGroup(name) for a group's setGroupLoader: evaluates an on-demand internal group and
+ * returns its exports (frozen under the hardened profile). */
+static JSValue js_load_group(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    const char *name = argc ? JS_ToCString(ctx, argv[0]) : NULL;
+    if (!name)
+        return JS_EXCEPTION;
+    const struct webapi_group *g = group_named(name);
+    JS_FreeCString(ctx, name);
+    if (!g || !g->on_demand)
+        return JS_ThrowReferenceError(ctx, "no such internal group");
+    JSValue exports = group_evaluate(ctx, g);
+    if (JS_IsException(exports) || !wa.options.hardened)
+        return exports;
+    JSValue frozen = JS_Call(ctx, wa.harden_fn, JS_UNDEFINED, 1, (JSValueConst *)&exports);
+    JS_FreeValue(ctx, exports);
+    return frozen;
+}
+
+/* Hands a group that exports setGroupLoader the means to load on-demand groups. */
+static int offer_group_loader(JSContext *ctx, JSValueConst exports)
+{
+    JSValue setter = JS_GetPropertyStr(ctx, exports, "setGroupLoader");
+    if (JS_IsException(setter))
+        return -1;
+    int rc = 0;
+    if (JS_IsFunction(ctx, setter)) {
+        JSValue loader = JS_NewCFunction(ctx, js_load_group, "loadGroup", 1);
+        JSValue r = JS_Call(ctx, setter, JS_UNDEFINED, 1, (JSValueConst *)&loader);
+        rc = JS_IsException(r) ? -1 : 0;
+        JS_FreeValue(ctx, r);
+        JS_FreeValue(ctx, loader);
+    }
+    JS_FreeValue(ctx, setter);
+    return rc;
+}
+
 static JSValue lazy_load_group(JSContext *ctx, uint32_t gi)
 {
     const struct webapi_group *g = &webapi_groups[gi];
     JSValue exports = group_evaluate(ctx, g);
     if (JS_IsException(exports))
         return exports;
+    if (offer_group_loader(ctx, exports) < 0) {
+        JS_FreeValue(ctx, exports);
+        return JS_EXCEPTION;
+    }
     JSValue global = JS_GetGlobalObject(ctx);
     for (uint32_t k = 0; g->globals[k]; k++) {
         JSValue v = JS_GetPropertyStr(ctx, exports, g->globals[k]);

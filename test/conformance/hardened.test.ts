@@ -82,12 +82,12 @@ describeEachBackend('hardened profile', (h) => {
         const total = await Promise.all([1, 2, 3].map(async (n) => n * 2));
         globalThis.counter = (globalThis.counter ?? 0) + 1;
         return { p: String(p), err: err.name + ':' + err.message, total, counter, json: JSON.parse(JSON.stringify({ a: [1] })),
-                 url: new URL('/x?y=1', 'https://h').href, utf8: new TextEncoder().encode('\u00e9').length };
+                 url: new URL('/x?y=1', 'https://h').href, idn: new URL('http://b\u00fccher.example/').hostname, utf8: new TextEncoder().encode('\u00e9').length };
       }`;
     const sandbox = await h.load({ ordinary }, { builder: h.builder().setHardened() });
     try {
       expect(await sandbox.callHandler('ordinary', { x: 1 })).toEqual({
-        p: 'own', err: 'ValidationError:bad', total: [2, 4, 6], counter: 1, json: { a: [1] }, url: 'https://h/x?y=1', utf8: 2,
+        p: 'own', err: 'ValidationError:bad', total: [2, 4, 6], counter: 1, json: { a: [1] }, url: 'https://h/x?y=1', idn: 'xn--bcher-kva.example', utf8: 2,
       });
       expect(((await sandbox.callHandler('ordinary', { x: 1 })) as { counter: number }).counter).toBe(2);
     } finally {

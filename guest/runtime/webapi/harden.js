@@ -73,8 +73,11 @@ function makeOverridable(obj) {
   }
 }
 
+// Everything frozen so far, shared by every walk: lockdown's per-global walks and later lazy
+// groups all reach the same prototypes, which are walked once.
+const seen = new WeakSet();
+
 function harden(root) {
-  const seen = new Set();
   const stack = [root];
   while (stack.length) {
     const v = stack.pop();
