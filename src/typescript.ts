@@ -32,7 +32,7 @@ export interface SourceOptions {
  */
 export function stripTypes(source: string, what: string): string {
   const { ts, blankSourceFile } = load();
-  const file = ts.createSourceFile(`${what}.ts`, source, ts.ScriptTarget.ESNext, true, ts.ScriptKind.TS);
+  const file = ts.createSourceFile(`${what}.ts`, source, ts.ScriptTarget.ESNext, false, ts.ScriptKind.TS);
   const where = (pos: number) => {
     const { line, character } = file.getLineAndCharacterOfPosition(pos);
     return `${line + 1}:${character + 1}`;
