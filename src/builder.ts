@@ -9,6 +9,8 @@ import { SandboxRestorer, type HostFunctionFilter } from './restorer.js';
 import { ProtoJSSandbox, Snapshot } from './sandbox.js';
 import { templateSupport } from './snapshot/tiers.js';
 import { requireFunction, requireSize } from './validate.js';
+import { hardenedProfile, randomSeed, type HardenedOptions } from './guest-options.js';
+import type { GuestRuntimeOptions } from './engine/protocol.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -39,7 +41,7 @@ export class SandboxBuilder {
   #strictOptions = false;
   #hostFunctions = new Map<string, ReadonlyMap<string, HostFunction>>();
   #hostFunctionFilter: HostFunctionFilter = 'all';
-  #deterministicRandom = false;
+  #guestOptions: GuestRuntimeOptions = {};
   // Like the mirrored API, build() consumes the builder: a second build() or a setter
   // afterwards is ERR_CONSUMED. A build that fails hands the builder back.
   #consumed = false;
@@ -158,14 +160,40 @@ export class SandboxBuilder {
   }
 
   /**
-   * Airlock addition: sandboxes started from a snapshot keep the snapshot's Math.random
-   * sequence instead of a fresh seed (for deterministic replay). crypto entropy is always
-   * fresh.
+   * The hardened profile for untrusted code (an Airlock addition): eval and Function are
+   * disabled, every intrinsic is frozen, performance.now and Date.now are coarse
+   * (`timeResolutionMs`, default 1), and with `fixedTime` Date.now() and new Date() always
+   * give that instant. See docs/API.md.
    */
-  setDeterministicRandom(deterministic = true): this {
+  setHardened(options: HardenedOptions = {}): this {
     this.#open();
-    if (typeof deterministic !== 'boolean') throw new InvalidArgumentError(`deterministic must be a boolean (got ${typeof deterministic})`);
-    this.#deterministicRandom = deterministic;
+    this.#guestOptions = { ...this.#guestOptions, hardened: hardenedProfile(options) };
+    return this;
+  }
+
+  /**
+   * Math.random replays the sequence of `seed` (an Airlock addition, for deterministic
+   * replay): it is never reseeded, so a restored sandbox repeats it. crypto.getRandomValues
+   * and crypto.randomUUID stay random.
+   */
+  setDeterministicRandom(seed: number | bigint): this {
+    this.#open();
+    this.#guestOptions = { ...this.#guestOptions, randomSeed: randomSeed(seed) };
+    return this;
+  }
+
+
+  /**
+   * Uint8Arrays (Buffers included) and ArrayBuffers in events, results and host-function
+   * arguments and results cross the boundary as bytes, nested anywhere in the value (an
+   * Airlock addition; off by default, since the mirrored API gives JSON.stringify semantics:
+   * a Buffer arrives as { type: 'Buffer', data }). The guest sees Uint8Array or ArrayBuffer,
+   * the host gets Uint8Array or ArrayBuffer. docs/PROTOCOL.md defines the encoding.
+   */
+  setBinaryData(enabled = true): this {
+    this.#open();
+    if (typeof enabled !== 'boolean') throw new InvalidArgumentError(`enabled must be a boolean (got ${typeof enabled})`);
+    this.#guestOptions = { ...this.#guestOptions, binary: enabled };
     return this;
   }
 
@@ -181,6 +209,10 @@ export class SandboxBuilder {
       throw new InvalidArgumentError(`the snapshot is of a ${content.backend} sandbox, but this builder is set to '${this.#backend}'`);
     }
     templateSupport(content.backend);
+    // The guest runtime options live in the snapshot's guest state, loaded with it.
+    if (Object.keys(this.#guestOptions).length > 0) {
+      throw new InvalidArgumentError('setHardened(), setDeterministicRandom() and setBinaryData() do not apply to buildFromSnapshot(): a restored sandbox keeps the options its snapshot was loaded with');
+    }
     this.#consumed = true;
     try {
       // Made now, so restores pay only for the clone.
@@ -195,7 +227,6 @@ export class SandboxBuilder {
       filter: this.#hostFunctionFilter,
       console: this.#console,
       view: { unknownOptions: this.#strictOptions ? 'reject' : 'warn' },
-      deterministic: this.#deterministicRandom,
     });
   }
 
@@ -223,6 +254,7 @@ export class SandboxBuilder {
       },
       factory,
       this.#console,
+      this.#guestOptions,
     );
     for (const [module, fns] of this.#hostFunctions) core.hostFunctions.set(module, new Map(fns));
     return new ProtoJSSandbox(core, { unknownOptions: this.#strictOptions ? 'reject' : 'warn' });

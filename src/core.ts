@@ -31,8 +31,19 @@ import type {
   TerminatedBy,
 } from './engine/engine.js';
 import * as abi from './engine/abi.generated.js';
-import { encodeMessage, encodedSize, fieldText, splitOutput, type FieldValue, type Message } from './engine/protocol.js';
+import {
+  encodeMessage,
+  encodedSize,
+  encodeRuntimeOptions,
+  fieldText,
+  hostEntropy,
+  splitOutput,
+  type FieldValue,
+  type GuestRuntimeOptions,
+  type Message,
+} from './engine/protocol.js';
 import { GuestConsole, type ConsoleHandler } from './console.js';
+import { BinaryEncodingError, decodeBinary, encodeBinary } from './binary.js';
 import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
 
@@ -108,6 +119,10 @@ export class SandboxCore {
 
   lastCallStats: CallStats | null = null;
 
+  /** Sent with LOAD_RUNTIME (hardened profile, deterministic Math.random, binary data);
+   *  a clone inherits its snapshot's, which its guest state already carries. */
+  private runtimeOptions: GuestRuntimeOptions = {};
+
   private constructor(
     config: EngineConfig,
     makeEngine: (onHostCall: HostCallHandler) => GuestEngine,
@@ -123,8 +138,14 @@ export class SandboxCore {
 
   private readonly onHostCall: HostCallHandler = (output) => this.serveHostCall(output);
 
-  static async create(config: EngineConfig, factory: EngineFactory, consoleHandler?: ConsoleHandler): Promise<SandboxCore> {
+  static async create(
+    config: EngineConfig,
+    factory: EngineFactory,
+    consoleHandler?: ConsoleHandler,
+    runtimeOptions: GuestRuntimeOptions = {},
+  ): Promise<SandboxCore> {
     const core = new SandboxCore(config, (h) => factory(config, h), consoleHandler);
+    core.runtimeOptions = runtimeOptions;
     try {
       const ready = core.readFinal(await core.engine.boot());
       if (ready.kind !== abi.AIRLOCK_MSG_READY) {
@@ -150,20 +171,25 @@ export class SandboxCore {
     options: {
       baseline: EngineTemplate;
       hostFunctions: HostFunctionRequirement[];
-      deterministic: boolean;
+      /** The snapshot's guest runtime options (its guest state was loaded with them). */
+      runtimeOptions: GuestRuntimeOptions;
       console?: ConsoleHandler;
       owner: object;
     },
   ): SandboxCore {
-    const origin: TemplateOrigin = { support, baseline: options.baseline, deterministic: options.deterministic, owner: options.owner };
-    const core = new SandboxCore(
-      template.config,
-      (h) => support.clone(template, h, { deterministic: options.deterministic }),
-      options.console,
-      origin,
-    );
+    // A fixed Math.random seed continues the snapshot's sequence in every clone;
+    // otherwise each request's fresh entropy reseeds it (crypto is always fresh).
+    const deterministic = options.runtimeOptions.randomSeed !== undefined;
+    const origin: TemplateOrigin = { support, baseline: options.baseline, deterministic, owner: options.owner };
+    const core = new SandboxCore(template.config, (h) => support.clone(template, h, { deterministic }), options.console, origin);
+    core.runtimeOptions = { ...options.runtimeOptions };
     core.runtimeHostFunctions = options.hostFunctions.map((r) => ({ module: r.module, functions: [...r.functions] }));
     return core;
+  }
+
+  /** The guest runtime options LOAD_RUNTIME carried (a snapshot records them). */
+  get guestRuntimeOptions(): GuestRuntimeOptions {
+    return { ...this.runtimeOptions };
   }
 
   get poisoned(): boolean {
@@ -185,11 +211,13 @@ export class SandboxCore {
   /** Creates the JS context with the registered host modules. */
   loadRuntime(): Promise<void> {
     return this.serialize(async () => {
-      const fields: string[] = [];
+      const fields: FieldValue[] = [];
       for (const [module, fns] of this.hostFunctions) {
         for (const fn of fns.keys()) fields.push(module, fn);
       }
-      this.expectOk(await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, 0, fields)), 'loadRuntime');
+      fields.push(encodeRuntimeOptions(this.runtimeOptions), hostEntropy());
+      const flags = abi.AIRLOCK_RUNTIME_FLAG_OPTIONS | abi.AIRLOCK_REQUEST_FLAG_ENTROPY;
+      this.expectOk(await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, flags, fields)), 'loadRuntime');
       this.runtimeHostFunctions = [...this.hostFunctions].map(([module, fns]) => ({ module: `host:${module}`, functions: [...fns.keys()] }));
       this.runtimeBaseline = await this.engine.snapshot();
     });
@@ -199,10 +227,11 @@ export class SandboxCore {
   load(modules: ReadonlyMap<string, { namespace: string; name: string; source: string }>, handlers: ReadonlyMap<string, string>): Promise<void> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
-      const fields: string[] = [];
+      const fields: FieldValue[] = [];
       for (const m of modules.values()) fields.push('module', m.namespace, m.name, m.source);
       for (const [name, source] of handlers) fields.push('handler', '', name, source);
-      const reply = await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD, 0, fields));
+      fields.push(hostEntropy());
+      const reply = await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD, abi.AIRLOCK_REQUEST_FLAG_ENTROPY, fields));
       if (reply.status === abi.AIRLOCK_STATUS_COMPILE_ERROR) {
         // Modules that did evaluate may have run side effects: start the next attempt clean.
         await this.returnToBaseline();
@@ -221,18 +250,23 @@ export class SandboxCore {
     });
   }
 
+  /** Whether Uint8Arrays and ArrayBuffers cross as binary fields (SandboxBuilder.setBinaryData). */
+  get binaryData(): boolean {
+    return this.runtimeOptions.binary === true;
+  }
+
   /** Runs one handler. */
-  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean }): Promise<unknown> {
+  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean }, eventBuffers: readonly Uint8Array[] = []): Promise<unknown> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
-      const fields: FieldValue[] = eventJson === undefined ? [name] : [name, eventJson];
+      const fields: FieldValue[] = eventJson === undefined ? [name, hostEntropy()] : [name, eventJson, ...eventBuffers, hostEntropy()];
       const size = encodedSize(fields);
       if (size > this.config.inputSize) {
         throw new InvalidArgumentError(
           `event is too large: the request needs ${size} bytes but the input buffer holds ${this.config.inputSize} (raise it with setInputBufferSize())`,
         );
       }
-      const flags = options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0;
+      const flags = (options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0) | abi.AIRLOCK_REQUEST_FLAG_ENTROPY;
       const started = performance.now();
       let terminatedBy: TerminatedBy | null = null;
       try {
@@ -458,9 +492,10 @@ export class SandboxCore {
       const json = fieldText(reply, 0);
       if (json === undefined) return undefined;
       try {
-        return JSON.parse(json);
-      } catch {
-        const err = new GuestAbortError(`guest returned invalid JSON from handler '${name}'`);
+        return this.binaryData ? decodeBinary(json, reply.fields.slice(1)) : JSON.parse(json);
+      } catch (e) {
+        const what = e instanceof BinaryEncodingError ? e.message : 'invalid JSON';
+        const err = new GuestAbortError(`guest returned ${what} from handler '${name}'`);
         this.poisonReason = `${err.code}: ${err.message}`;
         throw err;
       }
@@ -521,12 +556,14 @@ export class SandboxCore {
     try {
       const { console: lines, final } = splitOutput(output);
       this.console.write(lines, false);
-      if (final.kind !== abi.AIRLOCK_MSG_HOST_CALL || final.fields.length !== 3) {
+      const binaryFields = this.binaryData ? Math.max(0, final.fields.length - 3) : 0;
+      if (final.kind !== abi.AIRLOCK_MSG_HOST_CALL || final.fields.length !== 3 + binaryFields) {
         throw new GuestAbortError(`expected a host call, got message kind ${final.kind} with ${final.fields.length} fields`);
       }
       module = final.fields[0].toString('utf8');
       fn = final.fields[1].toString('utf8');
-      const parsed: unknown = JSON.parse(final.fields[2].toString('utf8'));
+      const argsJson = final.fields[2].toString('utf8');
+      const parsed: unknown = this.binaryData ? decodeBinary(argsJson, final.fields.slice(3)) : JSON.parse(argsJson);
       if (!Array.isArray(parsed)) throw new GuestAbortError('host call arguments are not a JSON array');
       args = parsed;
     } catch (e) {
@@ -549,12 +586,14 @@ export class SandboxCore {
       frame.active = false;
     }
     let json: string | undefined;
+    let buffers: Uint8Array[] = [];
     try {
-      json = JSON.stringify(result);
+      if (this.binaryData) ({ json, buffers } = encodeBinary(result));
+      else json = JSON.stringify(result);
     } catch (e) {
       return hostError(`host function '${module}.${fn}' returned a value that is not JSON-serialisable: ${describeThrown(e)}`, this.config.inputSize);
     }
-    const fields = json === undefined ? [] : [json];
+    const fields: FieldValue[] = json === undefined ? [] : [json, ...buffers];
     const size = encodedSize(fields);
     if (size > this.config.inputSize) {
       return hostError(

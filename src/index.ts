@@ -17,6 +17,8 @@ export { SandboxRestorer, type HostFunctionFilter } from './restorer.js';
 export { SandboxStatus, SnapshotRequirementStatus } from './snapshot/status.js';
 export type { ConsoleHandler, HostFunction } from './core.js';
 export * from './pool/index.js';
+export type { HardenedOptions } from './guest-options.js';
+export type { SourceOptions } from './typescript.js';
 export type { Backend, TerminatedBy } from './engine/engine.js';
 export type { BackendChoice } from './engine/select.js';
 export {

@@ -18,7 +18,6 @@ export interface RestoreSettings {
   filter: HostFunctionFilter;
   console: ConsoleHandler | undefined;
   view: ViewSettings;
-  deterministic: boolean;
 }
 
 /**
@@ -90,7 +89,7 @@ export class SandboxRestorer {
       const core = SandboxCore.fromTemplate(template, support, {
         baseline,
         hostFunctions: content.requirements.hostFunctions,
-        deterministic: this.#settings.deterministic,
+        runtimeOptions: content.runtimeOptions,
         console: this.#settings.console,
         owner: content,
       });

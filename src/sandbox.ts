@@ -4,6 +4,7 @@
 // snapshot). Each sandbox class is a view over one SandboxCore; consuming a view
 // (loadRuntime, getLoadedSandbox, unload) hands the core to the next one.
 import { ConsumedError, InvalidArgumentError } from './errors.js';
+import { stripTypes, type SourceOptions } from './typescript.js';
 import type { Backend, EngineSnapshot } from './engine/engine.js';
 import { SandboxCore, type CallStats, type HostFunction } from './core.js';
 import { SnapshotContent, copyRequirements, type SnapshotKind, type SnapshotRequirements, type StagedSources } from './snapshot/content.js';
@@ -19,6 +20,7 @@ import {
   requireName,
   requireString,
   serializeEvent,
+  serializeEventBinary,
 } from './validate.js';
 
 export type { CallStats } from './core.js';
@@ -235,6 +237,7 @@ export class JSSandbox extends SandboxView {
       backend: core.backend,
       config: core.config,
       requirements: { hostFunctions: core.hostFunctionRequirements, moduleLoader: 'unknown' },
+        runtimeOptions: core.guestRuntimeOptions,
       staged: { handlers: [...this.#handlers], modules: [...this.#modules.values()] },
       state: () => core.runtimeTemplate(),
     });
@@ -242,10 +245,15 @@ export class JSSandbox extends SandboxView {
     return Snapshot.create(content);
   }
 
-  /** Adds (or replaces) the handler for routing key `name`. */
-  addHandler(name: string, code: string): void {
+  /**
+   * Adds (or replaces) the handler for routing key `name`. With `{ typescript: true }` the
+   * code is TypeScript, stripped of its types here (ERR_COMPILE on a syntax error).
+   */
+  addHandler(name: string, code: string, options?: SourceOptions): void {
     this.assertUsable();
-    this.#handlers.set(requireName(name, 'handler name'), requireString(code, 'handler code'));
+    const key = requireName(name, 'handler name');
+    const text = requireString(code, 'handler code');
+    this.#handlers.set(key, typescriptOption(options) ? stripTypes(text, `handler '${key}'`) : text);
   }
 
   /** Removes the handler for routing key `name`, if any. */
@@ -260,11 +268,15 @@ export class JSSandbox extends SandboxView {
     this.#handlers.clear();
   }
 
-  /** Adds (or replaces) module `<namespace>:<name>`; the namespace 'host' is reserved. */
-  addModule(name: string, source: string, namespace = 'user'): void {
+  /**
+   * Adds (or replaces) module `<namespace>:<name>`; the namespace 'host' is reserved.
+   * With `{ typescript: true }` the source is TypeScript, stripped of its types here.
+   */
+  addModule(name: string, source: string, namespace = 'user', options?: SourceOptions): void {
     this.assertUsable();
     const key = moduleKey(name, namespace);
-    this.#modules.set(key, { namespace, name, source: requireString(source, 'module source') });
+    const text = requireString(source, 'module source');
+    this.#modules.set(key, { namespace, name, source: typescriptOption(options) ? stripTypes(text, `module '${key}'`) : text });
   }
 
   /** Removes module `<namespace>:<name>`, if any. */
@@ -295,6 +307,15 @@ export class JSSandbox extends SandboxView {
       return new LoadedJSSandbox(this.core, this.settings);
     });
   }
+}
+
+function typescriptOption(options: SourceOptions | undefined): boolean {
+  if (options === undefined) return false;
+  if (typeof options !== 'object' || options === null) throw new InvalidArgumentError(`source options must be an object (got ${typeof options})`);
+  if (options.typescript !== undefined && typeof options.typescript !== 'boolean') {
+    throw new InvalidArgumentError(`options.typescript must be a boolean (got ${typeof options.typescript})`);
+  }
+  return options.typescript === true;
 }
 
 function moduleKey(name: string, namespace: string): string {
@@ -433,9 +454,9 @@ export class LoadedJSSandbox extends SandboxView {
     const wallClockTimeoutMs = optionalTimeout(options?.wallClockTimeoutMs, 'wallClockTimeoutMs');
     const cpuTimeoutMs = optionalTimeout(options?.cpuTimeoutMs, 'cpuTimeoutMs');
     const gc = optionalBoolean(options?.gc, 'gc', true);
-    const event = serializeEvent(eventData);
-    // Unchecked cast: the result is whatever JSON the guest produced; T is the caller's claim.
-    return this.pinned(() => this.core.call(name, event, { wallClockTimeoutMs, cpuTimeoutMs, gc })) as Promise<T>;
+    const event = this.core.binaryData ? serializeEventBinary(eventData) : { json: serializeEvent(eventData), buffers: [] };
+    // Unchecked cast: the result is whatever the guest produced; T is the caller's claim.
+    return this.pinned(() => this.core.call(name, event.json, { wallClockTimeoutMs, cpuTimeoutMs, gc }, event.buffers)) as Promise<T>;
   }
 
   /** Drops handlers and modules; returns a JSSandbox to load new ones. Also clears poisoning. */
@@ -460,6 +481,7 @@ export class LoadedJSSandbox extends SandboxView {
         backend: core.backend,
         config: core.config,
         requirements: { hostFunctions: core.hostFunctionRequirements, moduleLoader: 'unknown' },
+        runtimeOptions: core.guestRuntimeOptions,
         state: async () => ({ template: await core.template(state) }),
         baseline: () => core.runtimeTemplate(),
       });

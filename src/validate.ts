@@ -1,5 +1,6 @@
 // validate.ts — argument checks shared by the public entry points. Every failure is an
 // InvalidArgumentError naming the argument and what it must be.
+import { encodeBinary, type EncodedValue } from './binary.js';
 import { InvalidArgumentError } from './errors.js';
 
 /**
@@ -127,6 +128,22 @@ export function optionalBoolean(value: unknown, what: string, fallback: boolean)
   if (value === undefined) return fallback;
   if (typeof value !== 'boolean') throw new InvalidArgumentError(`${what} must be a boolean (got ${describe(value)})`);
   return value;
+}
+
+/**
+ * An event with its Uint8Arrays and ArrayBuffers split off as binary fields (binary data on);
+ * otherwise as serializeEvent(). Non-serialisable events are ERR_INVALID_ARG either way.
+ */
+export function serializeEventBinary(event: unknown): EncodedValue {
+  if (event === undefined) return { json: undefined, buffers: [] };
+  let encoded: EncodedValue;
+  try {
+    encoded = encodeBinary(event);
+  } catch (e) {
+    throw new InvalidArgumentError(`event is not serialisable: ${describeThrown(e)}`);
+  }
+  if (encoded.json === undefined) throw new InvalidArgumentError(`event is not serialisable (got ${describe(event)})`);
+  return encoded;
 }
 
 /** JSON text of an event, or undefined for `undefined`; anything else non-serialisable is refused. */

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define AIRLOCK_ABI_VERSION 2
+#define AIRLOCK_ABI_VERSION 3
 
 /* ------------------------------------------------------------------------------
  * KVM memory map. Guest physical == guest virtual (identity map). Every mapping is a
@@ -241,6 +241,24 @@ struct airlock_msg {
 
 #define AIRLOCK_CALL_FLAG_GC 1
 #define AIRLOCK_CHUNK_FLAG_LAST 1
+
+/* LOAD_RUNTIME, LOAD and CALL: the request's last field is AIRLOCK_ENTROPY_SIZE bytes of
+ * host entropy, mixed into the guest's CSPRNG before anything else runs. */
+#define AIRLOCK_REQUEST_FLAG_ENTROPY 0x100
+#define AIRLOCK_ENTROPY_SIZE 32
+/* LOAD_RUNTIME: a field of AIRLOCK_RUNTIME_OPTIONS_SIZE bytes follows the (module,
+ * function) pairs (before the entropy): u32 flags, u32 time resolution in microseconds
+ * (hardened profile; 0 = 1000), u64 Math.random seed, i64 fixed Date.now() in ms, all
+ * little-endian. */
+#define AIRLOCK_RUNTIME_FLAG_OPTIONS 0x200
+#define AIRLOCK_RUNTIME_OPTIONS_SIZE 24
+#define AIRLOCK_RUNTIME_OPT_HARDENED 1     /* eval/Function off, intrinsics frozen, coarse clocks */
+#define AIRLOCK_RUNTIME_OPT_FIXED_RANDOM 2 /* Math.random from the seed, never reseeded */
+#define AIRLOCK_RUNTIME_OPT_FIXED_TIME 4   /* Date.now() is the fixed time (hardened only) */
+/* Binary data: every JSON field (CALL's event, RESULT's value, HOST_CALL's arguments,
+ * HOST_RETURN's value) is followed by one field per Uint8Array/ArrayBuffer, each named in
+ * the JSON by {"$airlock.binary": <index>, "type": "Uint8Array"|"ArrayBuffer"}. */
+#define AIRLOCK_RUNTIME_OPT_BINARY 8
 
 #define AIRLOCK_STATUS_OK 0
 #define AIRLOCK_STATUS_EXCEPTION 1      /* the handler threw: name, message, stack */

@@ -7,7 +7,9 @@
 
 #include "alloc.h"
 #include "crypto.h"
+#include "random.h"
 #include "runtime.h"
+#include "webapi.h"
 
 /* QuickJS's own per-allocation bookkeeping estimate (its MALLOC_OVERHEAD). */
 #define JS_MALLOC_OVERHEAD 8
@@ -51,6 +53,8 @@ static struct {
     int interrupted;
     /* The last request wants a GC once its response is on its way (airlock_runtime_after). */
     int gc_pending;
+    /* LOAD_RUNTIME's options, applied again to the fresh context of an UNLOAD. */
+    struct webapi_options options;
 } rt_state;
 
 /* ---------------------------------------------------------------------------
@@ -376,9 +380,10 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
             return JS_EXCEPTION;
         }
     }
-    JSValue json = JS_JSONStringify(ctx, args, JS_UNDEFINED, JS_UNDEFINED);
+    struct webapi_encoded enc;
+    int encoded = webapi_encode(ctx, args, &enc);
     JS_FreeValue(ctx, args);
-    if (JS_IsException(json)) {
+    if (encoded < 0) {
         JSValue exc = JS_GetException(ctx);
         if (rt_state.interrupted || rt_state.oom)
             return JS_Throw(ctx, exc);
@@ -390,11 +395,7 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
         JS_FreeValue(ctx, exc);
         return r;
     }
-    size_t json_len;
-    const char *json_text = JS_ToCStringLen(ctx, &json_len, json);
-    JS_FreeValue(ctx, json);
-    if (!json_text)
-        return JS_EXCEPTION;
+    size_t json_len = enc.fields[0].len;
 
     struct out_buf out = runtime_output();
     int fits = console_write_pending(&out) == 0;
@@ -403,10 +404,11 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
         msg_begin(&w, &out, AIRLOCK_MSG_HOST_CALL, 0);
         msg_add_str(&w, hf->module);
         msg_add_str(&w, hf->function);
-        msg_add(&w, json_text, json_len);
+        for (uint32_t i = 0; i < enc.count; i++)
+            msg_add(&w, enc.fields[i].data, enc.fields[i].len);
         fits = msg_end(&w) == 0;
     }
-    JS_FreeCString(ctx, json_text);
+    webapi_encoded_free(ctx, &enc);
     if (!fits)
         return JS_ThrowRangeError(ctx,
                                   "arguments of host function %s.%s (%zu bytes of JSON) with %zu bytes of console "
@@ -436,15 +438,7 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
                                      hf->function, reply.status);
     if (!has_field)
         return JS_UNDEFINED;
-    /* JS_ParseJSON needs a NUL-terminated copy; the JS heap accounts for it. */
-    char *text = js_malloc(ctx, (size_t)f.len + 1);
-    if (!text)
-        return JS_EXCEPTION;
-    memcpy(text, f.data, f.len);
-    text[f.len] = '\0';
-    JSValue result = JS_ParseJSON(ctx, text, f.len, "<host result>");
-    js_free(ctx, text);
-    return result;
+    return webapi_decode(ctx, &reply, 0, "<host result>");
 }
 
 static int host_module_init(JSContext *ctx, JSModuleDef *m)
@@ -525,24 +519,18 @@ static JSModuleDef *module_load(JSContext *ctx, const char *name, void *opaque)
 /* ---------------------------------------------------------------------------
  * Context lifecycle */
 
-static JSValue js_performance_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
-{
-    (void)this_val;
-    (void)argc;
-    (void)argv;
-    return JS_NewFloat64(ctx, (double)(plat_monotonic_ns() - rt_state.boot_ns) / 1e6);
-}
-
 static JSContext *context_create(void)
 {
     JSContext *ctx = JS_NewContext(rt_state.rt);
     if (!ctx)
         return NULL;
     console_install(ctx);
+    if (webapi_context_init(ctx) < 0) {
+        webapi_context_free(ctx);
+        JS_FreeContext(ctx);
+        return NULL;
+    }
     JSValue global = JS_GetGlobalObject(ctx);
-    JSValue perf = JS_NewObject(ctx);
-    JS_SetPropertyStr(ctx, perf, "now", JS_NewCFunction(ctx, js_performance_now, "now", 0));
-    JS_SetPropertyStr(ctx, global, "performance", perf);
     /* One thread per guest, so shared memory has no use; and the WebAssembly build of
      * QuickJS has no Atomics (wasi-libc has no threads). Both tiers offer neither, so
      * a handler sees the same globals wherever it runs. */
@@ -594,12 +582,22 @@ static int context_reset(void)
 {
     handlers_clear();
     modules_clear();
-    if (rt_state.ctx)
+    if (rt_state.ctx) {
+        webapi_context_free(rt_state.ctx);
         JS_FreeContext(rt_state.ctx);
+    }
     JS_RunGC(rt_state.rt);
     rt_state.ctx = context_create();
     rt_state.ctx_pristine = rt_state.ctx != NULL;
     return rt_state.ctx ? 0 : -1;
+}
+
+/* Applies LOAD_RUNTIME's options to a fresh context. The hardened profile and binary data
+ * run code in it, after which it is no longer pristine. 0, or -1 with an exception pending. */
+static int context_configure(void)
+{
+    rt_state.ctx_pristine = !rt_state.options.hardened && !rt_state.options.binary;
+    return webapi_configure(rt_state.ctx, &rt_state.options);
 }
 
 /* ---------------------------------------------------------------------------
@@ -629,9 +627,22 @@ static void drain_jobs(void) { run_jobs(JS_UNDEFINED); }
  * Requests */
 
 static void handle_message(const uint8_t *buf, size_t len);
+static void respond_exception(JSValue exc);
 
-static void handle_load_runtime(const struct msg_view *m)
+static void handle_load_runtime(const struct msg_view *request)
 {
+    struct msg_view view = *request;
+    const struct msg_view *m = &view;
+    struct webapi_options options = {0};
+    if (request->status & AIRLOCK_RUNTIME_FLAG_OPTIONS) {
+        struct field f;
+        if (view.count == 0 || msg_field(&view, view.count - 1, &f) < 0 || f.len != AIRLOCK_RUNTIME_OPTIONS_SIZE) {
+            respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD_RUNTIME options field has the wrong size");
+            return;
+        }
+        webapi_options_parse(f.data, &options);
+        view.count--;
+    }
     if (m->count % 2 != 0) {
         respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD_RUNTIME needs (module, function) pairs");
         return;
@@ -674,6 +685,11 @@ static void handle_load_runtime(const struct msg_view *m)
      * nothing has run in it yet. */
     if (!rt_state.ctx_pristine && context_reset() < 0) {
         respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted creating the JavaScript context");
+        return;
+    }
+    rt_state.options = options;
+    if (context_configure() < 0) {
+        respond_exception(JS_GetException(rt_state.ctx));
         return;
     }
     respond_ok();
@@ -943,15 +959,7 @@ static void handle_call(const struct msg_view *m)
     }
     JSValue event = JS_UNDEFINED;
     if (msg_field(m, 1, &event_field) == 0) {
-        char *text = js_malloc(ctx, (size_t)event_field.len + 1);
-        if (!text) {
-            respond_exception(JS_GetException(ctx));
-            return;
-        }
-        memcpy(text, event_field.data, event_field.len);
-        text[event_field.len] = '\0';
-        event = JS_ParseJSON(ctx, text, event_field.len, "<event>");
-        js_free(ctx, text);
+        event = webapi_decode(ctx, m, 1, "<event>");
         if (JS_IsException(event)) {
             JSValue exc = JS_GetException(ctx);
             if (rt_state.oom) {
@@ -1004,9 +1012,10 @@ static void handle_call(const struct msg_view *m)
         respond_exception(JS_UNDEFINED);
         goto done;
     }
-    JSValue json = JS_JSONStringify(ctx, result, JS_UNDEFINED, JS_UNDEFINED);
+    struct webapi_encoded enc;
+    int encoded = webapi_encode(ctx, result, &enc);
     JS_FreeValue(ctx, result);
-    if (JS_IsException(json)) {
+    if (encoded < 0) {
         JSValue exc = JS_GetException(ctx);
         if (rt_state.oom || rt_state.interrupted) {
             respond_exception(exc);
@@ -1020,20 +1029,11 @@ static void handle_call(const struct msg_view *m)
         JS_FreeValue(ctx, exc);
         goto done;
     }
-    if (JS_IsUndefined(json)) {
+    if (JS_IsUndefined(enc.json))
         respond_ok();
-        goto done;
-    }
-    size_t len;
-    const char *text = JS_ToCStringLen(ctx, &len, json);
-    JS_FreeValue(ctx, json);
-    if (!text) {
-        respond_exception(JS_GetException(ctx));
-        goto done;
-    }
-    struct field f = {(const uint8_t *)text, (uint32_t)len};
-    respond(AIRLOCK_STATUS_OK, &f, 1);
-    JS_FreeCString(ctx, text);
+    else
+        respond(AIRLOCK_STATUS_OK, enc.fields, enc.count);
+    webapi_encoded_free(ctx, &enc);
 done:
     if ((flags & AIRLOCK_CALL_FLAG_GC) || rt_state.oom)
         rt_state.gc_pending = 1;
@@ -1078,12 +1078,31 @@ static void handle_chunk(const struct msg_view *m)
     airlock_free(whole);
 }
 
+/* AIRLOCK_REQUEST_FLAG_ENTROPY: drops the trailing entropy field from `m`, mixing it into
+ * the CSPRNG when `mix`. -1 when the field is missing or has the wrong size. */
+static int take_entropy(struct msg_view *m, int mix)
+{
+    if (!(m->status & AIRLOCK_REQUEST_FLAG_ENTROPY) || m->kind == AIRLOCK_MSG_CHUNK)
+        return 0;
+    struct field f;
+    if (m->count == 0 || msg_field(m, m->count - 1, &f) < 0 || f.len != AIRLOCK_ENTROPY_SIZE)
+        return -1;
+    if (mix)
+        random_mix_entropy(f.data, f.len);
+    m->count--;
+    return 0;
+}
+
 static void handle_message(const uint8_t *buf, size_t len)
 {
     struct msg_view m;
     const char *why;
     if (msg_parse(buf, len, &m, &why) < 0) {
         respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "malformed request: %s", why);
+        return;
+    }
+    if (take_entropy(&m, 1) < 0) {
+        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "the request's entropy field is missing or has the wrong size");
         return;
     }
     switch (m.kind) {
@@ -1100,6 +1119,7 @@ static void handle_message(const uint8_t *buf, size_t len)
         }
         memcpy(copy, buf, len);
         msg_parse(copy, len, &m, &why); /* same bytes: cannot fail */
+        take_entropy(&m, 0);              /* nor can this: mixed above */
         handle_load(&m);
         airlock_free(copy);
         break;
@@ -1110,6 +1130,8 @@ static void handle_message(const uint8_t *buf, size_t len)
     case AIRLOCK_MSG_UNLOAD:
         if (context_reset() < 0)
             respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted creating the JavaScript context");
+        else if (context_configure() < 0)
+            respond_exception(JS_GetException(rt_state.ctx));
         else
             respond_ok();
         break;

@@ -2,8 +2,15 @@
 // guest/include/abi.h. Shared by both tiers. Guest output is hostile: every length is
 // checked before use and any violation becomes a GuestAbortError (the sandbox is then
 // poisoned by the caller), never an exception escaping as something else.
+import { randomFillSync } from 'node:crypto';
 import { GuestAbortError } from '../errors.js';
 import {
+  AIRLOCK_ENTROPY_SIZE,
+  AIRLOCK_RUNTIME_OPT_BINARY,
+  AIRLOCK_RUNTIME_OPT_FIXED_RANDOM,
+  AIRLOCK_RUNTIME_OPT_FIXED_TIME,
+  AIRLOCK_RUNTIME_OPT_HARDENED,
+  AIRLOCK_RUNTIME_OPTIONS_SIZE,
   AIRLOCK_FIELD_HEADER_SIZE,
   AIRLOCK_MSG_ABORT,
   AIRLOCK_MSG_CONSOLE,
@@ -148,4 +155,44 @@ export function decodeOutput(bytes: Uint8Array): GuestOutput {
 /** The text of field `i`, or undefined when the message has fewer fields. */
 export function fieldText(message: Message, i: number): string | undefined {
   return i < message.fields.length ? message.fields[i].toString('utf8') : undefined;
+}
+
+/**
+ * AIRLOCK_ENTROPY_SIZE fresh bytes from the host's CSPRNG, sent as the last field of every
+ * LOAD_RUNTIME, LOAD and CALL (flag AIRLOCK_REQUEST_FLAG_ENTROPY): a restored or cloned
+ * guest mixes new entropy in before it runs anything, so it never repeats its random numbers.
+ */
+export function hostEntropy(): Buffer {
+  return randomFillSync(Buffer.allocUnsafe(AIRLOCK_ENTROPY_SIZE));
+}
+
+/** What LOAD_RUNTIME's options field carries (docs/PROTOCOL.md). */
+export interface GuestRuntimeOptions {
+  /** The hardened profile, with its clock settings. */
+  hardened?: { timeResolutionUs: number; fixedTimeMs: number | undefined };
+  /** Math.random replays the sequence of this seed (crypto stays random). */
+  randomSeed?: bigint;
+  /** Uint8Arrays and ArrayBuffers cross as binary fields beside the JSON. */
+  binary?: boolean;
+}
+
+/** The LOAD_RUNTIME options field: u32 flags, u32 time resolution (µs), u64 seed, i64 fixed time (ms), little-endian. */
+export function encodeRuntimeOptions(options: GuestRuntimeOptions): Buffer {
+  const buf = Buffer.alloc(AIRLOCK_RUNTIME_OPTIONS_SIZE);
+  let flags = 0;
+  if (options.hardened) {
+    flags |= AIRLOCK_RUNTIME_OPT_HARDENED;
+    buf.writeUInt32LE(options.hardened.timeResolutionUs, 4);
+    if (options.hardened.fixedTimeMs !== undefined) {
+      flags |= AIRLOCK_RUNTIME_OPT_FIXED_TIME;
+      buf.writeBigInt64LE(BigInt(Math.trunc(options.hardened.fixedTimeMs)), 16);
+    }
+  }
+  if (options.randomSeed !== undefined) {
+    flags |= AIRLOCK_RUNTIME_OPT_FIXED_RANDOM;
+    buf.writeBigUInt64LE(BigInt.asUintN(64, options.randomSeed), 8);
+  }
+  if (options.binary) flags |= AIRLOCK_RUNTIME_OPT_BINARY;
+  buf.writeUInt32LE(flags, 0);
+  return buf;
 }

@@ -50,8 +50,6 @@ export interface SandboxPoolOptions {
   idleTimeoutMs?: number;
   /** Options every call gets unless it passes its own (timeouts, gc). */
   callDefaults?: CallHandlerOptions;
-  /** Clones keep the snapshot's Math.random sequence (default false: reseeded). */
-  deterministicRandom?: boolean;
 }
 
 /** What the 'call' event reports about each finished call. */
@@ -405,7 +403,6 @@ export class SandboxPool extends EventEmitter {
       const modules = this.#options.hostFunctionModules;
       if (modules) builder.setHostFunctionModules(() => modules(t.name));
       if (this.#options.hostFunctionFilter) builder.setHostFunctionFilter(this.#options.hostFunctionFilter);
-      if (this.#options.deterministicRandom) builder.setDeterministicRandom(true);
       const route = this.#options.console;
       if (route) {
         builder.setConsoleHandler((level, message) => {

@@ -3,6 +3,7 @@
 // from (made on first use, or imported from a file), which it owns and releases.
 import type { Backend, EngineConfig, EngineTemplate } from '../engine/engine.js';
 import type { HostFunctionRequirement } from '../core.js';
+import type { GuestRuntimeOptions } from '../engine/protocol.js';
 
 /** The sandbox stage a snapshot captures (the mirrored API's Snapshot.kind values). */
 export type SnapshotKind = 'jsSandbox' | 'loadedJsSandbox';
@@ -36,6 +37,8 @@ export class SnapshotContent {
   readonly config: EngineConfig;
   readonly requirements: SnapshotRequirements;
   readonly staged: StagedSources | undefined;
+  /** The guest runtime options its runtime was loaded with (a clone keeps them). */
+  readonly runtimeOptions: GuestRuntimeOptions;
   /** Templates this content made or imported: released with it. */
   readonly #owned: EngineTemplate[] = [];
   /** Other contents whose templates this one uses: kept alive as long as it is. */
@@ -51,6 +54,7 @@ export class SnapshotContent {
     config: EngineConfig;
     requirements: SnapshotRequirements;
     staged?: StagedSources;
+    runtimeOptions: GuestRuntimeOptions;
     state: TemplateSource;
     /** For a jsSandbox snapshot the state is the baseline; omit it. */
     baseline?: TemplateSource;
@@ -59,6 +63,7 @@ export class SnapshotContent {
     this.backend = init.backend;
     this.config = { ...init.config };
     this.requirements = copyRequirements(init.requirements);
+    this.runtimeOptions = { ...init.runtimeOptions, hardened: init.runtimeOptions.hardened && { ...init.runtimeOptions.hardened } };
     this.staged = init.staged && {
       handlers: init.staged.handlers.map(([n, s]) => [n, s]),
       modules: init.staged.modules.map((m) => ({ ...m })),

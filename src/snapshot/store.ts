@@ -98,6 +98,13 @@ const configSchema = z.strictObject({
       modules: z.array(z.strictObject({ namespace: name, name, source: z.string() })).max(100_000),
     })
     .nullable(),
+  /** The guest runtime options the runtime was loaded with (its state depends on them). */
+  runtime: z.strictObject({
+    hardened: z.strictObject({ timeResolutionUs: z.number().int().min(1).max(60_000_000), fixedTimeMs: z.number().int().nullable() }).nullable(),
+    /** Decimal, below 2^64. */
+    randomSeed: z.string().regex(/^(0|[1-9][0-9]{0,19})$/).refine((v) => BigInt(v) < 1n << 64n, 'the random seed must fit 64 bits').nullable(),
+    binary: z.boolean(),
+  }),
   state: templateRef,
   /** Absent when the state is the baseline (a jsSandbox snapshot). */
   baseline: templateRef.nullable(),
@@ -202,6 +209,13 @@ export async function saveSnapshot(content: SnapshotContent, dir: string, tag: s
       config: { ...state.config },
       requirements: content.requirements,
       staged: content.staged ?? null,
+      runtime: {
+        hardened: content.runtimeOptions.hardened
+          ? { timeResolutionUs: content.runtimeOptions.hardened.timeResolutionUs, fixedTimeMs: content.runtimeOptions.hardened.fixedTimeMs ?? null }
+          : null,
+        randomSeed: content.runtimeOptions.randomSeed === undefined ? null : content.runtimeOptions.randomSeed.toString(),
+        binary: content.runtimeOptions.binary === true,
+      },
       state: stateRef,
       baseline: baselineRef,
     };
@@ -348,6 +362,13 @@ export async function loadSnapshot(dir: string, ref: string, verifyMemory: boole
       config: meta.config,
       requirements: meta.requirements,
       staged: meta.staged ?? undefined,
+      runtimeOptions: {
+        hardened: meta.runtime.hardened
+          ? { timeResolutionUs: meta.runtime.hardened.timeResolutionUs, fixedTimeMs: meta.runtime.hardened.fixedTimeMs ?? undefined }
+          : undefined,
+        randomSeed: meta.runtime.randomSeed === null ? undefined : BigInt(meta.runtime.randomSeed),
+        binary: meta.runtime.binary,
+      },
       state: async () => ({ template: state }),
       baseline: baseline ? async () => ({ template: baseline }) : undefined,
     });

@@ -11,6 +11,9 @@ export const GUEST_GLOBALS = [
   'URIError', 'Uint16Array', 'Uint32Array', 'Uint8Array', 'Uint8ClampedArray', 'WeakMap', 'WeakRef', 'WeakSet',
   'console', 'decodeURI', 'decodeURIComponent', 'encodeURI', 'encodeURIComponent', 'escape', 'eval', 'globalThis',
   'isFinite', 'isNaN', 'parseFloat', 'parseInt', 'performance', 'undefined', 'unescape',
+  // Web APIs (guest/runtime/webapi.c).
+  'AbortController', 'AbortSignal', 'DOMException', 'Event', 'EventTarget', 'TextDecoder', 'TextEncoder', 'URL',
+  'URLSearchParams', 'atob', 'btoa', 'crypto', 'structuredClone',
 ];
 
 describeEachBackend('guest globals', (h) => {

@@ -41,6 +41,10 @@ const expectedOutput: Record<string, RegExp[]> = {
   'interrupt.ts': [/ERR_CANCELLED, terminatedBy=wall-clock/, /poisoned: true/, /after restore, poisoned: false/, /killed: ERR_CANCELLED, terminatedBy=kill/, /\{"finished":true\}/],
   'cpu-timeout.ts': [/compute: terminatedBy=cpu-time/, /wait: terminatedBy=wall-clock/],
   'unload.ts': [/\{"version":1,"n":2\}\n\{"version":2,"n":101\}/],
+  'web-apis.ts': [/\{"host":"xn--bcher-kva.example","query":"héllo","utf8Bytes":6,"base64":"aMOpbGxv","cloned":true,"uuidLooksRight":true,"aborted":"true:done"\}/],
+  'typescript-handler.ts': [/\{"cents":700\}/, /ERR_GUEST_EXCEPTION at handler:checkout:6:\d+/],
+  'binary-data.ts': [/size=11 digestBytes=32 header=89504e47/],
+  'hardened.ts': [/\{"eval":"EvalError","pollute":"TypeError","now":"2024-01-01T00:00:00.000Z","dice":\d\}/, /replayed identically: true/],
 };
 
 // Documented output of doc snippets, by file and snippet number.

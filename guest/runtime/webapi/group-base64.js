@@ -1,0 +1,3 @@
+// group-base64.js — lazily installed global group: atob, btoa.
+
+export { atob, btoa } from './base64.js';

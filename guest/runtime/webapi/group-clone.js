@@ -1,0 +1,3 @@
+// group-clone.js — lazily installed global group: structuredClone.
+
+export { structuredClone } from './structured-clone.js';

@@ -1,0 +1,3 @@
+// group-encoding.js — lazily installed global group: TextEncoder, TextDecoder.
+
+export { TextEncoder, TextDecoder } from './text-encoding.js';
