@@ -1,6 +1,7 @@
 // builder.ts — SandboxBuilder: collects sizes, tier and console options, validates
 // them as they are set, and builds a booted ProtoJSSandbox.
-import { SandboxCore, type ConsoleHandler } from './core.js';
+import { DEFAULT_ASYNC_HOST_CALL_LIMIT, SandboxCore, type ConsoleHandler } from './core.js';
+import { resolveFetchPolicy, type FetchPolicy } from './fetch/policy.js';
 import { ConsumedError, InvalidArgumentError } from './errors.js';
 import { engineFactory, type BackendChoice } from './engine/select.js';
 import { ProtoJSSandbox } from './sandbox.js';
@@ -28,6 +29,8 @@ export class SandboxBuilder {
   #backend: BackendChoice = 'auto';
   #console: ConsoleHandler | undefined;
   #strictOptions = false;
+  #asyncHostCallLimit = DEFAULT_ASYNC_HOST_CALL_LIMIT;
+  #fetchPolicy: FetchPolicy | undefined;
   // Like the mirrored API, build() consumes the builder: a second build() or a setter
   // afterwards is ERR_CONSUMED. A build that fails hands the builder back.
   #consumed = false;
@@ -102,6 +105,30 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * Async host calls (`host:<m>?async` and fetch) one call may have in flight at once
+   * (default 64, at most 10,000); one more rejects in the guest with a HostFunctionError.
+   */
+  setAsyncHostCallLimit(count: number): this {
+    this.#open();
+    if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 1 || count > 10_000) {
+      throw new InvalidArgumentError(`async host call limit must be an integer from 1 to 10000 (got ${String(count)})`);
+    }
+    this.#asyncHostCallLimit = count;
+    return this;
+  }
+
+  /**
+   * Grants the guest fetch() under an allow-list (docs/API.md, "fetch"); without it the
+   * guest's fetch() rejects with a TypeError.
+   */
+  setFetchPolicy(policy: FetchPolicy): this {
+    this.#open();
+    resolveFetchPolicy(policy); // refuses a bad policy now, not at the first fetch
+    this.#fetchPolicy = structuredClone(policy);
+    return this;
+  }
+
   /** Boots a sandbox on the chosen tier. Consumes the builder once it succeeds. */
   async build(): Promise<ProtoJSSandbox> {
     this.#open();
@@ -126,6 +153,7 @@ export class SandboxBuilder {
       },
       factory,
       this.#console,
+      { asyncHostCallLimit: this.#asyncHostCallLimit, fetch: this.#fetchPolicy },
     );
     return new ProtoJSSandbox(core, { unknownOptions: this.#strictOptions ? 'reject' : 'warn' });
   }

@@ -23,6 +23,8 @@ import { encodeMessage, encodedSize, fieldText, splitOutput, type FieldValue, ty
 import { GuestConsole, type ConsoleHandler } from './console.js';
 import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
+import { CompletionKind, LOOP_MODULE, LoopProtocolError, OperationLoop, type Outcome } from './hostcalls/event-loop.js';
+import { FETCH_MODULE, GuestFetch, type FetchPolicy } from './fetch/guest-fetch.js';
 
 export type HostFunction = (...args: any[]) => unknown;
 export type { ConsoleHandler } from './console.js';
@@ -52,6 +54,16 @@ const hostCallChain = new AsyncLocalStorage<readonly HostCallFrame[]>();
 
 let nextSandboxId = 1;
 
+/** Host-side capabilities and budgets of a sandbox that its engine never sees. */
+export interface HostOptions {
+  /** Async host calls (and fetches) one request may have in flight at once. */
+  asyncHostCallLimit: number;
+  /** The fetch capability; absent, fetch() in the guest is refused. */
+  fetch?: FetchPolicy;
+}
+
+export const DEFAULT_ASYNC_HOST_CALL_LIMIT = 64;
+
 export class SandboxCore {
   readonly id = nextSandboxId++;
   readonly config: EngineConfig;
@@ -70,16 +82,27 @@ export class SandboxCore {
   private runtimeBaseline: EngineSnapshot | undefined;
 
   lastCallStats: CallStats | null = null;
+  private readonly hostOptions: HostOptions;
+  /** The event loop of the operation in progress, made at its first loop step. */
+  private operationLoop: OperationLoop | undefined;
+  private readonly fetcher: GuestFetch | undefined;
 
-  private constructor(config: EngineConfig, factory: EngineFactory, consoleHandler: ConsoleHandler | undefined) {
+  private constructor(config: EngineConfig, factory: EngineFactory, consoleHandler: ConsoleHandler | undefined, hostOptions: HostOptions) {
     this.config = config;
+    this.hostOptions = hostOptions;
+    this.fetcher = hostOptions.fetch ? new GuestFetch(hostOptions.fetch) : undefined;
     this.console = new GuestConsole(this.id, config.consoleLimit, consoleHandler);
     this.engine = factory(config, (output) => this.serveHostCall(output));
     this.backend = this.engine.backend;
   }
 
-  static async create(config: EngineConfig, factory: EngineFactory, consoleHandler?: ConsoleHandler): Promise<SandboxCore> {
-    const core = new SandboxCore(config, factory, consoleHandler);
+  static async create(
+    config: EngineConfig,
+    factory: EngineFactory,
+    consoleHandler?: ConsoleHandler,
+    hostOptions: HostOptions = { asyncHostCallLimit: DEFAULT_ASYNC_HOST_CALL_LIMIT },
+  ): Promise<SandboxCore> {
+    const core = new SandboxCore(config, factory, consoleHandler, hostOptions);
     try {
       const ready = core.readFinal(await core.engine.boot());
       if (ready.kind !== abi.AIRLOCK_MSG_READY) {
@@ -207,6 +230,7 @@ export class SandboxCore {
     if (this.disposed) return;
     this.disposed = true;
     await this.engine.dispose();
+    await this.fetcher?.close();
   }
 
   // ---------------------------------------------------------------------------
@@ -234,6 +258,9 @@ export class SandboxCore {
       try {
         return await op();
       } finally {
+        // Timers and async host calls live within one operation: late answers are dropped.
+        this.operationLoop?.close();
+        this.operationLoop = undefined;
         this.callerChain = [];
         // Every console line of the operation, host calls included, shared one budget.
         this.console.end();
@@ -385,10 +412,15 @@ export class SandboxCore {
       if (!Array.isArray(parsed)) throw new GuestAbortError('host call arguments are not a JSON array');
       args = parsed;
     } catch (e) {
-      // The guest broke the protocol: stop it and report an abort from the exchange.
-      this.protocolFault = e instanceof AirlockError ? e : new GuestAbortError(`malformed host call: ${(e as Error).message}`);
-      this.engine.kill();
-      return hostError('malformed host call', this.config.inputSize);
+      return this.breakProtocol(e instanceof AirlockError ? e : new GuestAbortError(`malformed host call: ${(e as Error).message}`));
+    }
+    if (module === LOOP_MODULE) {
+      try {
+        return await this.serveLoopStep(fn, args);
+      } catch (e) {
+        if (e instanceof LoopProtocolError) return this.breakProtocol(e);
+        throw e;
+      }
     }
 
     const callback = this.hostFunctions.get(module)?.get(fn);
@@ -418,6 +450,71 @@ export class SandboxCore {
       );
     }
     return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, fields);
+  }
+
+  /** The guest broke the protocol: stop it and report an abort from the exchange. */
+  private breakProtocol(fault: AirlockError): Buffer {
+    this.protocolFault = fault;
+    this.engine.kill();
+    return hostError('malformed host call', this.config.inputSize);
+  }
+
+  /** A step of the guest's event loop (guest/runtime/eventloop.c): start an async call, or sleep. */
+  private async serveLoopStep(step: string, args: unknown[]): Promise<Uint8Array> {
+    const loop = (this.operationLoop ??= new OperationLoop(
+      this.hostOptions.asyncHostCallLimit,
+      this.config.inputSize - encodedSize(['']),
+    ));
+    if (step === 'wait') {
+      if (args.length !== 1) throw new LoopProtocolError('event loop wait takes one argument');
+      return loop.wait(args[0]);
+    }
+    if (step !== 'start') throw new LoopProtocolError(`unknown event loop step '${step.slice(0, 40)}'`);
+    const [module, fn, callArgs] = args;
+    if (args.length !== 3 || typeof module !== 'string' || typeof fn !== 'string' || !Array.isArray(callArgs)) {
+      throw new LoopProtocolError('an async host call needs (module, function, arguments array)');
+    }
+    const run = this.asyncCall(module, fn, callArgs);
+    if (typeof run === 'string') return hostError(run, this.config.inputSize);
+    const started = loop.start(run);
+    if ('refused' in started) return hostError(started.refused, this.config.inputSize);
+    return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [String(started.id)]);
+  }
+
+  /** The work of one async call, or why it cannot start. */
+  private asyncCall(module: string, fn: string, args: unknown[]): ((signal: AbortSignal) => Promise<Outcome>) | string {
+    if (module === FETCH_MODULE && fn === 'fetch') {
+      const fetcher = this.fetcher;
+      if (!fetcher) {
+        return async () => ({
+          kind: CompletionKind.TypeError,
+          message: 'fetch is not enabled for this sandbox (the embedder grants it with SandboxBuilder.setFetchPolicy())',
+        });
+      }
+      return (signal) => fetcher.fetch(args[0], signal);
+    }
+    const callback = this.hostFunctions.get(module)?.get(fn);
+    if (!callback) return `host function '${module}.${fn}' is not registered`;
+    const chain = this.callerChain;
+    return async () => {
+      let result: unknown;
+      const frame: HostCallFrame = { core: this, active: true };
+      try {
+        result = await hostCallChain.run([...chain, frame], () => callback(...args));
+      } catch (e) {
+        return { kind: CompletionKind.HostError, message: describeThrown(e) };
+      } finally {
+        frame.active = false;
+      }
+      try {
+        return { kind: CompletionKind.Value, json: JSON.stringify(result) };
+      } catch (e) {
+        return {
+          kind: CompletionKind.HostError,
+          message: `host function '${module}.${fn}' returned a value that is not JSON-serialisable: ${describeThrown(e)}`,
+        };
+      }
+    };
   }
 }
 

@@ -11,6 +11,7 @@ export {
   type CallStats,
 } from './sandbox.js';
 export type { ConsoleHandler, HostFunction } from './core.js';
+export type { FetchPolicy } from './fetch/policy.js';
 export type { Backend, TerminatedBy } from './engine/engine.js';
 export type { BackendChoice } from './engine/select.js';
 export {

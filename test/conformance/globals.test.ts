@@ -11,6 +11,8 @@ export const GUEST_GLOBALS = [
   'URIError', 'Uint16Array', 'Uint32Array', 'Uint8Array', 'Uint8ClampedArray', 'WeakMap', 'WeakRef', 'WeakSet',
   'console', 'decodeURI', 'decodeURIComponent', 'encodeURI', 'encodeURIComponent', 'escape', 'eval', 'globalThis',
   'isFinite', 'isNaN', 'parseFloat', 'parseInt', 'performance', 'undefined', 'unescape',
+  // The event loop (guest/runtime/eventloop.c).
+  'clearInterval', 'clearTimeout', 'fetch', 'queueMicrotask', 'setInterval', 'setTimeout',
 ];
 
 describeEachBackend('guest globals', (h) => {
