@@ -12,13 +12,14 @@ import { kvmUnusableReasons } from '../../src/engine/probe.js';
 import { collect, summarize, usSince, type Result } from './stats.js';
 import { NativeGuest } from '../guest/driver.js';
 import { emscriptenContender } from './quickjs-emscripten.js';
+import { benchEventLoop } from './eventloop.js';
 
 const root = join(__dirname, '..', '..');
 const quick = process.env.AIRLOCK_BENCH_QUICK === '1';
 const scale = (n: number) => (quick ? Math.max(3, Math.ceil(n / 10)) : n);
 // AIRLOCK_BENCH_ONLY=calls,idle runs only those groups (a before/after comparison of
 // one figure needs no full run): exit-floor, calls (per-tier call, host-call, restore,
-// kill), create, snapshot, idle, native, emscripten.
+// kill), create, snapshot, idle, eventloop, native, emscripten.
 const only = new Set((process.env.AIRLOCK_BENCH_ONLY ?? '').split(',').filter(Boolean));
 const wants = (group: string) => only.size === 0 || only.has(group);
 
@@ -71,6 +72,7 @@ async function benchAirlock(backend: Backend): Promise<void> {
   if (wants('create')) await benchCreate(backend);
   if (wants('snapshot')) await benchSnapshot(backend);
   if (wants('idle')) await benchIdle(backend);
+  if (wants('eventloop')) await benchEventLoop(backend, record, scale);
 }
 
 async function benchCalls(backend: Backend): Promise<void> {

@@ -41,6 +41,9 @@ const expectedOutput: Record<string, RegExp[]> = {
   'interrupt.ts': [/ERR_CANCELLED, terminatedBy=wall-clock/, /poisoned: true/, /after restore, poisoned: false/, /killed: ERR_CANCELLED, terminatedBy=kill/, /\{"finished":true\}/],
   'cpu-timeout.ts': [/compute: terminatedBy=cpu-time/, /wait: terminatedBy=wall-clock/],
   'unload.ts': [/\{"version":1,"n":2\}\n\{"version":2,"n":101\}/],
+  'timers.ts': [/\{"log":\["attempt 1","microtask","attempt 2","attempt 3"\],"ticks":3\}/, /forever: ERR_CANCELLED, terminatedBy=wall-clock/],
+  'async-host-calls.ts': [/\["apple=3","pear=4","HostFunctionError: no price for kiwi"\]/],
+  'fetch.ts': [/\{"status":200,"weather":"sunny","denied":"TypeError: fetch refused: origin http:\/\/169\.254\.169\.254 is not in the policy's origins"\}/],
 };
 
 // Documented output of doc snippets, by file and snippet number.
