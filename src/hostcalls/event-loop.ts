@@ -36,6 +36,9 @@ export class OperationLoop {
   private closed = false;
   /** Aborted at close(): work that can stop early (fetch) does. */
   private readonly ended = new AbortController();
+  private readonly openedAt = performance.now();
+  /** Host time spent polling for sub-millisecond wake-ups (see sleep()). */
+  private polledMs = 0;
 
   /**
    * @param maxInFlight async calls the guest may have outstanding at once
@@ -84,7 +87,7 @@ export class OperationLoop {
           cancelTimer?.();
           resolve();
         };
-        if (delayMs >= 0) cancelTimer = sleepTimer(Math.min(delayMs, MAX_SLEEP_MS), this.wake);
+        if (delayMs >= 0) cancelTimer = this.sleep(Math.min(delayMs, MAX_SLEEP_MS), this.wake);
       });
     }
     return this.takeReady();
@@ -96,6 +99,43 @@ export class OperationLoop {
     this.ready.length = 0;
     this.ended.abort();
     this.wake?.();
+  }
+
+  /**
+   * Node's timers have millisecond resolution and fire up to a millisecond late, while
+   * the guest's timers are finer. So the last millisecond of a sleep is polled on
+   * setImmediate turns (host CPU, never the guest's) — within an allowance of 2 ms plus
+   * 5% of the operation's time so far, so a guest with a 1 ms interval cannot keep the
+   * main thread busy; past it, sleeps end on plain timers, rounded up.
+   */
+  private sleep(delayMs: number, done: () => void): () => void {
+    const deadline = performance.now() + delayMs;
+    const allowance = 2 + 0.05 * (performance.now() - this.openedAt) - this.polledMs;
+    let immediate: NodeJS.Immediate | undefined;
+    let pollingSince = 0;
+    const poll = () => {
+      immediate = undefined;
+      const now = performance.now();
+      if (!pollingSince) pollingSince = now;
+      if (now < deadline) {
+        immediate = setImmediate(poll);
+        return;
+      }
+      this.polledMs += now - pollingSince;
+      done();
+    };
+    const polls = allowance >= Math.min(delayMs, 1);
+    const timerMs = polls ? Math.floor(delayMs - 1) : Math.ceil(delayMs);
+    const timer = timerMs > 0 ? setTimeout(polls ? poll : done, timerMs) : undefined;
+    if (!timer) {
+      if (polls) immediate = setImmediate(poll);
+      else immediate = setImmediate(done);
+    }
+    return () => {
+      if (timer) clearTimeout(timer);
+      if (immediate) clearImmediate(immediate);
+      if (pollingSince) this.polledMs += performance.now() - pollingSince;
+    };
   }
 
   private complete(id: number, outcome: Outcome): void {
@@ -142,25 +182,4 @@ function completionBytes(entry: string): number {
 function encodeCompletion(id: number, outcome: Outcome): string {
   if (outcome.kind === CompletionKind.Value) return outcome.json === undefined ? `[${id},0]` : `[${id},0,${outcome.json}]`;
   return `[${id},${outcome.kind},${JSON.stringify(outcome.message)}]`;
-}
-
-/**
- * Node's timers have millisecond resolution and fire late by up to a millisecond; the
- * guest's timers are sub-millisecond. Sleep on a timer until the last millisecond, then
- * finish on setImmediate turns, which cost the host a little CPU and the guest none.
- */
-function sleepTimer(delayMs: number, done: () => void): () => void {
-  const deadline = performance.now() + delayMs;
-  let immediate: NodeJS.Immediate | undefined;
-  const finish = () => {
-    immediate = undefined;
-    if (performance.now() >= deadline) done();
-    else immediate = setImmediate(finish);
-  };
-  const timer = delayMs > 1 ? setTimeout(finish, Math.floor(delayMs - 1)) : undefined;
-  if (!timer) immediate = setImmediate(finish);
-  return () => {
-    if (timer) clearTimeout(timer);
-    if (immediate) clearImmediate(immediate);
-  };
 }

@@ -40,22 +40,23 @@ describeEachBackend('guest timers', (h) => {
       h: `export default async function () {
         const seen = [];
         const ids = [
-          setTimeout(() => seen.push('string'), '3'),
+          setTimeout(() => seen.push('string 60'), '60'),
+          setTimeout(() => seen.push('30'), 30),
           setTimeout(() => seen.push('nan'), 'soon'),
           setTimeout(() => seen.push('negative'), -50),
           setTimeout(() => seen.push('huge'), 2 ** 40),
           setTimeout(() => seen.push('undefined')),
         ];
-        await new Promise((r) => setTimeout(r, 30));
-        clearTimeout(ids[3]);
+        await new Promise((r) => setTimeout(r, 100));
         return { seen, numeric: ids.every((id) => typeof id === 'number'), distinct: new Set(ids).size };
       }`,
     });
-    // NaN, negative, over 2^31-1 and missing delays all become 1 ms; '3' is 3 ms.
+    // NaN, negative, over 2^31-1 and missing delays all become 1 ms (in creation
+    // order); the string '60' is 60 ms, after the 30 ms timer.
     expect(await loaded.callHandler('h', {})).toEqual({
-      seen: ['nan', 'negative', 'huge', 'undefined', 'string'],
+      seen: ['nan', 'negative', 'huge', 'undefined', '30', 'string 60'],
       numeric: true,
-      distinct: 5,
+      distinct: 6,
     });
   });
 
