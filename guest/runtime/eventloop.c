@@ -80,7 +80,6 @@ static const char prelude_source[] =
     "      });\n"
     "    },\n"
     "  };\n"
-    "  for (const name in globals) globalThis[name] = globals[name];\n"
     "\n"
     "  // Starts a non-blocking host call; its completion arrives from a later wait.\n"
     "  function start(module, fn, args, map, resolve, reject) {\n"
@@ -206,17 +205,28 @@ static const char prelude_source[] =
     "    json() { return this.text().then(function (t) { return JSON.parse(t); }); }\n"
     "  }\n"
     "\n"
-    "  return { turn: turn, end: end, startHostCall: startHostCall };\n"
+    "  globals.turn = turn;\n"
+    "  globals.end = end;\n"
+    "  globals.startHostCall = startHostCall;\n"
+    "  return globals;\n"
     "})\n"
     "\n";
+
+/* The globals the loop provides. Each is a small native function that loads the prelude
+ * on first use and forwards to it: compiling the prelude costs about as much as a call,
+ * and most handlers never touch a timer. */
+static const char *const loop_globals[] = {"setTimeout", "setInterval", "clearTimeout", "clearInterval",
+                                           "queueMicrotask", "fetch"};
+static const int loop_global_lengths[] = {2, 2, 1, 1, 1, 2};
 
 /* The prelude's entry points for the current context (one context at a time). */
 static struct {
     JSContext *ctx;
-    JSValue turn, end, start_host_call;
+    int loaded; /* the values below are set only while ctx is set and loaded */
+    JSValue api, turn, end, start_host_call;
     JSValue uncaught;
     int has_uncaught;
-} loop; /* the values are read only while ctx is set */
+} loop;
 
 static JSValue js_loop_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
@@ -307,8 +317,12 @@ static JSValue js_loop_decode_utf8(JSContext *ctx, JSValueConst this_val, int ar
     return JS_NewStringLen(ctx, (const char *)bytes, len);
 }
 
-int eventloop_install(JSContext *ctx)
+/* Compiles and runs the prelude in the current context, once. 0, or -1 with an
+ * exception pending. */
+static int loop_load(JSContext *ctx)
 {
+    if (loop.loaded)
+        return 0;
     JSValue factory = JS_Eval(ctx, prelude_source, sizeof prelude_source - 1, "<airlock:eventloop>", JS_EVAL_TYPE_GLOBAL);
     if (JS_IsException(factory))
         return -1;
@@ -321,15 +335,47 @@ int eventloop_install(JSContext *ctx)
     JSValue api = JS_Call(ctx, factory, JS_UNDEFINED, 1, (JSValueConst *)&natives);
     JS_FreeValue(ctx, factory);
     JS_FreeValue(ctx, natives);
-    if (JS_IsException(api)) {
+    if (JS_IsException(api))
+        return -1;
+    loop.api = api;
+    loop.turn = JS_GetPropertyStr(ctx, api, "turn");
+    loop.end = JS_GetPropertyStr(ctx, api, "end");
+    loop.start_host_call = JS_GetPropertyStr(ctx, api, "startHostCall");
+    loop.loaded = 1;
+    return 0;
+}
+
+static JSValue js_loop_global(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
+{
+    (void)this_val;
+    if (loop.ctx != ctx)
+        return JS_ThrowInternalError(ctx, "the event loop is not installed in this context");
+    if (loop_load(ctx) < 0)
+        return JS_EXCEPTION;
+    JSValue fn = JS_GetPropertyStr(ctx, loop.api, loop_globals[magic]);
+    JSValue r = JS_Call(ctx, fn, JS_UNDEFINED, argc, argv);
+    JS_FreeValue(ctx, fn);
+    return r;
+}
+
+int eventloop_install(JSContext *ctx)
+{
+    JSValue global = JS_GetGlobalObject(ctx);
+    int rc = 0;
+    for (int i = 0; i < (int)(sizeof loop_globals / sizeof loop_globals[0]) && rc == 0; i++) {
+        JSValue fn = JS_NewCFunctionMagic(ctx, js_loop_global, loop_globals[i], loop_global_lengths[i],
+                                          JS_CFUNC_generic_magic, i);
+        if (JS_IsException(fn) || JS_SetPropertyStr(ctx, global, loop_globals[i], fn) < 0)
+            rc = -1;
+    }
+    JS_FreeValue(ctx, global);
+    if (rc < 0) {
         JS_FreeValue(ctx, JS_GetException(ctx));
         return -1;
     }
     loop.ctx = ctx;
-    loop.turn = JS_GetPropertyStr(ctx, api, "turn");
-    loop.end = JS_GetPropertyStr(ctx, api, "end");
-    loop.start_host_call = JS_GetPropertyStr(ctx, api, "startHostCall");
-    JS_FreeValue(ctx, api);
+    loop.loaded = 0;
+    loop.has_uncaught = 0;
     return 0;
 }
 
@@ -337,19 +383,23 @@ void eventloop_release(JSContext *ctx)
 {
     if (loop.ctx != ctx)
         return;
-    JS_FreeValue(ctx, loop.turn);
-    JS_FreeValue(ctx, loop.end);
-    JS_FreeValue(ctx, loop.start_host_call);
+    if (loop.loaded) {
+        JS_FreeValue(ctx, loop.api);
+        JS_FreeValue(ctx, loop.turn);
+        JS_FreeValue(ctx, loop.end);
+        JS_FreeValue(ctx, loop.start_host_call);
+    }
     if (loop.has_uncaught)
         JS_FreeValue(ctx, loop.uncaught);
-    loop.turn = loop.end = loop.start_host_call = loop.uncaught = JS_UNDEFINED;
+    loop.loaded = 0;
     loop.has_uncaught = 0;
     loop.ctx = NULL;
 }
 
 int eventloop_turn(JSContext *ctx)
 {
-    if (loop.ctx != ctx || loop.has_uncaught)
+    /* Without the prelude there is no timer and no async call to wait for. */
+    if (loop.ctx != ctx || !loop.loaded || loop.has_uncaught)
         return 0;
     JSValue r = JS_Call(ctx, loop.turn, JS_UNDEFINED, 0, NULL);
     if (JS_IsException(r)) {
@@ -385,6 +435,8 @@ void eventloop_end(JSContext *ctx)
         loop.uncaught = JS_UNDEFINED;
         loop.has_uncaught = 0;
     }
+    if (!loop.loaded)
+        return;
     JSValue r = JS_Call(ctx, loop.end, JS_UNDEFINED, 0, NULL);
     if (JS_IsException(r))
         JS_FreeValue(ctx, JS_GetException(ctx));
@@ -395,6 +447,8 @@ JSValue eventloop_start_host_call(JSContext *ctx, const char *module, const char
 {
     if (loop.ctx != ctx)
         return JS_ThrowInternalError(ctx, "the event loop is not installed in this context");
+    if (loop_load(ctx) < 0)
+        return JS_EXCEPTION;
     JSValue argv[3] = {JS_NewString(ctx, module), JS_NewString(ctx, function), JS_DupValue(ctx, args)};
     JSValue r = JS_Call(ctx, loop.start_host_call, JS_UNDEFINED, 3, (JSValueConst *)argv);
     for (int i = 0; i < 3; i++)

@@ -106,12 +106,23 @@ describeEachBackend('async host calls', (h) => {
   });
 
   it('refuses calls past the in-flight limit with a HostFunctionError naming it', async () => {
+    // Calls stay in flight until the guest has tried all three; later calls answer at once.
+    const held: (() => void)[] = [];
+    let released = false;
     const loaded = await load(
-      (p) => p.hostModule('m').register('slow', async (x: number) => { await new Promise((r) => setTimeout(r, 10)); return x; }),
+      (p) => {
+        p.hostModule('m').register('slow', (x: number) => (released ? x : new Promise((resolve) => held.push(() => resolve(x)))));
+        p.hostModule('ctl').register('release', () => {
+          released = true;
+          held.forEach((f) => f());
+        });
+      },
       {
-        h: `import { slow } from 'host:m?async';
+        h: `import { slow } from 'host:m?async'; import { release } from 'host:ctl';
           export default async function () {
-            const r = await Promise.allSettled([slow(1), slow(2), slow(3)]);
+            const calls = [slow(1), slow(2), slow(3)];
+            release();
+            const r = await Promise.allSettled(calls);
             const again = await slow(4);
             return [r.map((x) => x.status === 'fulfilled' ? x.value : x.reason.name + ': ' + x.reason.message), again];
           }`,
@@ -143,7 +154,7 @@ describeEachBackend('async host calls', (h) => {
     expect(await loaded.callHandler('leave', {})).toBe('left');
     pending[0].resolve('stale');
     const check = loaded.callHandler('check', {});
-    await new Promise((r) => setTimeout(r, 20));
+    while (pending.length < 2) await new Promise((r) => setTimeout(r, 5));
     pending[1].resolve('fresh');
     expect(await check).toEqual(['fresh', false]);
   });
@@ -159,7 +170,8 @@ describeEachBackend('async host calls', (h) => {
     );
     const snapshot = await loaded.snapshot();
     const call = loaded.callHandler('h', {});
-    setTimeout(() => loaded.interruptHandle.kill(), 50);
+    while (pending.length < 2) await new Promise((r) => setTimeout(r, 5));
+    loaded.interruptHandle.kill();
     await expect(call).rejects.toMatchObject({ code: 'ERR_CANCELLED' });
     for (const d of pending) d.resolve('late');
     await loaded.restore(snapshot);
