@@ -29,6 +29,8 @@ export class LoopProtocolError extends GuestAbortError {}
 
 export class OperationLoop {
   private nextId = 1;
+  /** Calls started and not yet handed back, answered or not: a slot is freed only on
+   *  delivery, so answers a guest never collects cannot pile up on the host. */
   private inFlight = 0;
   /** Encoded completions (`[id,kind,payload]`) not yet handed to the guest. */
   private readonly ready: string[] = [];
@@ -75,7 +77,7 @@ export class OperationLoop {
     if (typeof delayMs !== 'number' || !(delayMs === -1 || (delayMs >= 0 && delayMs <= Number.MAX_VALUE))) {
       throw new LoopProtocolError(`event loop wait with an invalid delay: ${String(delayMs).slice(0, 40)}`);
     }
-    if (delayMs === -1 && this.inFlight === 0 && this.ready.length === 0) {
+    if (delayMs === -1 && this.inFlight === 0) {
       throw new LoopProtocolError('event loop wait with no timer and no async host call in flight (it would never end)');
     }
     if (this.wake) throw new LoopProtocolError('event loop wait while another wait is pending');
@@ -140,7 +142,6 @@ export class OperationLoop {
 
   private complete(id: number, outcome: Outcome): void {
     if (this.closed) return;
-    this.inFlight--;
     let entry = encodeCompletion(id, outcome);
     if (completionBytes(entry) + 2 > this.replyRoom) {
       const size = outcome.kind === CompletionKind.Value ? Buffer.byteLength(outcome.json ?? '', 'utf8') : 0;
@@ -166,6 +167,7 @@ export class OperationLoop {
       n++;
     }
     const json = `[${this.ready.splice(0, n).join(',')}]`;
+    this.inFlight -= n;
     return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [json]);
   }
 }

@@ -132,6 +132,27 @@ describeEachBackend('async host calls', (h) => {
     expect(await loaded.callHandler('h', {})).toEqual([[1, 2, expect.stringMatching(/^HostFunctionError: too many async host calls in flight: the limit is 2/)], 4]);
   });
 
+  it('frees a slot only when the guest collects the answer, so uncollected answers cannot pile up', async () => {
+    const loaded = await load(
+      (p) => {
+        p.hostModule('m').register('quick', (x: number) => x);
+        // Blocking: the two async calls are answered on the host while the guest waits here.
+        p.hostModule('ctl').register('pause', () => new Promise((r) => setTimeout(r, 20)));
+      },
+      {
+        h: `import { quick } from 'host:m?async'; import { pause } from 'host:ctl';
+          export default async function () {
+            const a = quick(1), b = quick(2);
+            pause();
+            const c = quick(3).then(() => 'started', (e) => e.message);
+            return [await a, await b, await c, await quick(4)];
+          }`,
+      },
+      h.builder().setAsyncHostCallLimit(2),
+    );
+    expect(await loaded.callHandler('h', {})).toEqual([1, 2, expect.stringMatching(/^too many async host calls in flight/), 4]);
+  });
+
   it('rejects a bad limit and a host module name with ? at the API', async () => {
     expect(() => h.builder().setAsyncHostCallLimit(0)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
     expect(() => h.builder().setAsyncHostCallLimit(1.5)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
