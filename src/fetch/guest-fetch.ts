@@ -39,7 +39,7 @@ export class GuestFetch {
   /** One guest fetch; `request` is what the guest sent (hostile), `cancel` ends it early. */
   async fetch(request: unknown, cancel?: AbortSignal): Promise<Outcome> {
     const timeout = AbortSignal.timeout(this.policy.timeoutMs);
-    const signal = cancel ? AbortSignal.any([cancel, timeout]) : timeout;
+    const signal = cancel ? eitherSignal(cancel, timeout) : timeout;
     try {
       return { kind: CompletionKind.Value, json: JSON.stringify(await this.run(request, signal)) };
     } catch (e) {
@@ -180,4 +180,16 @@ function describeFailure(e: unknown): string {
     if (typeof c.message === 'string' && c.message) parts.push(c.message);
   }
   return parts.join(': ') || String(e);
+}
+
+/** AbortSignal.any, which Node 20 gained only in 20.3. */
+function eitherSignal(a: AbortSignal, b: AbortSignal): AbortSignal {
+  const any = (AbortSignal as { any?: (signals: AbortSignal[]) => AbortSignal }).any;
+  if (typeof any === 'function') return any.call(AbortSignal, [a, b]);
+  const both = new AbortController();
+  for (const s of [a, b]) {
+    if (s.aborted) both.abort(s.reason);
+    else s.addEventListener('abort', () => both.abort(s.reason), { once: true });
+  }
+  return both.signal;
 }
