@@ -124,6 +124,7 @@ export class OperationLoop {
         return;
       }
       this.polledMs += now - pollingSince;
+      pollingSince = 0;
       done();
     };
     const polls = allowance >= Math.min(delayMs, 1);
