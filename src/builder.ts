@@ -1,7 +1,8 @@
-// builder.ts — SandboxBuilder: collects sizes, tier, console and host-function options,
-// validates them as they are set, and builds a booted ProtoJSSandbox, or a
-// SandboxRestorer that starts sandboxes from a snapshot.
-import { SandboxCore, type ConsoleHandler, type HostFunction } from './core.js';
+// builder.ts — SandboxBuilder: collects sizes, tier, console, host-function and guest
+// runtime options and host capabilities, validates them as they are set, and builds a
+// booted ProtoJSSandbox, or a SandboxRestorer that starts sandboxes from a snapshot.
+import { DEFAULT_ASYNC_HOST_CALL_LIMIT, SandboxCore, type ConsoleHandler, type HostFunction } from './core.js';
+import { resolveFetchPolicy, type FetchPolicy } from './fetch/policy.js';
 import { ConsumedError, InvalidArgumentError } from './errors.js';
 import { engineFactory, type BackendChoice } from './engine/select.js';
 import { HostFunctionModule } from './host-function-module.js';
@@ -42,6 +43,8 @@ export class SandboxBuilder {
   #hostFunctions = new Map<string, ReadonlyMap<string, HostFunction>>();
   #hostFunctionFilter: HostFunctionFilter = 'all';
   #guestOptions: GuestRuntimeOptions = {};
+  #asyncHostCallLimit = DEFAULT_ASYNC_HOST_CALL_LIMIT;
+  #fetchPolicy: FetchPolicy | undefined;
   // Like the mirrored API, build() consumes the builder: a second build() or a setter
   // afterwards is ERR_CONSUMED. A build that fails hands the builder back.
   #consumed = false;
@@ -198,6 +201,30 @@ export class SandboxBuilder {
   }
 
   /**
+   * Async host calls (`host:<m>?async` and fetch) one call may have in flight at once
+   * (default 64, at most 10,000); one more rejects in the guest with a HostFunctionError.
+   */
+  setAsyncHostCallLimit(count: number): this {
+    this.#open();
+    if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 1 || count > 10_000) {
+      throw new InvalidArgumentError(`async host call limit must be an integer from 1 to 10000 (got ${String(count)})`);
+    }
+    this.#asyncHostCallLimit = count;
+    return this;
+  }
+
+  /**
+   * Grants the guest fetch() under an allow-list (docs/API.md, "fetch"); without it the
+   * guest's fetch() rejects with a TypeError.
+   */
+  setFetchPolicy(policy: FetchPolicy): this {
+    this.#open();
+    resolveFetchPolicy(policy); // refuses a bad policy now, not at the first fetch
+    this.#fetchPolicy = structuredClone(policy);
+    return this;
+  }
+
+  /**
    * A restorer for sandboxes in `snapshot`'s state, on the snapshot's tier and with its
    * sizes (the size setters do not apply). Consumes the builder. Host functions the
    * snapshot requires are checked when the restorer starts a sandbox.
@@ -227,6 +254,7 @@ export class SandboxBuilder {
       filter: this.#hostFunctionFilter,
       console: this.#console,
       view: { unknownOptions: this.#strictOptions ? 'reject' : 'warn' },
+      hostOptions: { asyncHostCallLimit: this.#asyncHostCallLimit, fetch: this.#fetchPolicy },
     });
   }
 
@@ -255,6 +283,7 @@ export class SandboxBuilder {
       factory,
       this.#console,
       this.#guestOptions,
+      { asyncHostCallLimit: this.#asyncHostCallLimit, fetch: this.#fetchPolicy },
     );
     for (const [module, fns] of this.#hostFunctions) core.hostFunctions.set(module, new Map(fns));
     return new ProtoJSSandbox(core, { unknownOptions: this.#strictOptions ? 'reject' : 'warn' });

@@ -46,6 +46,8 @@ import { GuestConsole, type ConsoleHandler } from './console.js';
 import { BinaryEncodingError, decodeBinary, encodeBinary } from './binary.js';
 import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
+import { CompletionKind, LOOP_MODULE, LoopProtocolError, OperationLoop, type Outcome } from './hostcalls/event-loop.js';
+import { FETCH_MODULE, GuestFetch, type FetchPolicy } from './fetch/guest-fetch.js';
 
 /**
  * A host function the guest calls as `import { f } from 'host:<module>'`: receives the
@@ -95,6 +97,15 @@ interface TemplateOrigin {
   /** What owns `baseline` (and releases it once unreachable): held so it stays alive. */
   owner: object;
 }
+/** Host-side capabilities and budgets of a sandbox that its engine never sees. */
+export interface HostOptions {
+  /** Async host calls (and fetches) one request may have in flight at once. */
+  asyncHostCallLimit: number;
+  /** The fetch capability; absent, fetch() in the guest is refused. */
+  fetch?: FetchPolicy;
+}
+
+export const DEFAULT_ASYNC_HOST_CALL_LIMIT = 64;
 
 export class SandboxCore {
   readonly id = nextSandboxId++;
@@ -118,6 +129,10 @@ export class SandboxCore {
   private runtimeHostFunctions: HostFunctionRequirement[] = [];
 
   lastCallStats: CallStats | null = null;
+  private readonly hostOptions: HostOptions;
+  /** The event loop of the operation in progress, made at its first loop step. */
+  private operationLoop: OperationLoop | undefined;
+  private readonly fetcher: GuestFetch | undefined;
 
   /** Sent with LOAD_RUNTIME (hardened profile, deterministic Math.random, binary data);
    *  a clone inherits its snapshot's, which its guest state already carries. */
@@ -127,9 +142,12 @@ export class SandboxCore {
     config: EngineConfig,
     makeEngine: (onHostCall: HostCallHandler) => GuestEngine,
     consoleHandler: ConsoleHandler | undefined,
+    hostOptions: HostOptions,
     origin?: TemplateOrigin,
   ) {
     this.config = config;
+    this.hostOptions = hostOptions;
+    this.fetcher = hostOptions.fetch ? new GuestFetch(hostOptions.fetch) : undefined;
     this.console = new GuestConsole(this.id, config.consoleLimit, consoleHandler);
     this.engine = makeEngine(this.onHostCall);
     this.backend = this.engine.backend;
@@ -143,8 +161,9 @@ export class SandboxCore {
     factory: EngineFactory,
     consoleHandler?: ConsoleHandler,
     runtimeOptions: GuestRuntimeOptions = {},
+    hostOptions: HostOptions = { asyncHostCallLimit: DEFAULT_ASYNC_HOST_CALL_LIMIT },
   ): Promise<SandboxCore> {
-    const core = new SandboxCore(config, (h) => factory(config, h), consoleHandler);
+    const core = new SandboxCore(config, (h) => factory(config, h), consoleHandler, hostOptions);
     core.runtimeOptions = runtimeOptions;
     try {
       const ready = core.readFinal(await core.engine.boot());
@@ -174,6 +193,8 @@ export class SandboxCore {
       /** The snapshot's guest runtime options (its guest state was loaded with them). */
       runtimeOptions: GuestRuntimeOptions;
       console?: ConsoleHandler;
+      /** The restoring builder's host-side capabilities (async host calls, fetch). */
+      hostOptions?: HostOptions;
       owner: object;
     },
   ): SandboxCore {
@@ -181,7 +202,13 @@ export class SandboxCore {
     // otherwise each request's fresh entropy reseeds it (crypto is always fresh).
     const deterministic = options.runtimeOptions.randomSeed !== undefined;
     const origin: TemplateOrigin = { support, baseline: options.baseline, deterministic, owner: options.owner };
-    const core = new SandboxCore(template.config, (h) => support.clone(template, h, { deterministic }), options.console, origin);
+    const core = new SandboxCore(
+      template.config,
+      (h) => support.clone(template, h, { deterministic }),
+      options.console,
+      options.hostOptions ?? { asyncHostCallLimit: DEFAULT_ASYNC_HOST_CALL_LIMIT },
+      origin,
+    );
     core.runtimeOptions = { ...options.runtimeOptions };
     core.runtimeHostFunctions = options.hostFunctions.map((r) => ({ module: r.module, functions: [...r.functions] }));
     return core;
@@ -379,6 +406,7 @@ export class SandboxCore {
       await Promise.all(pending.map((d) => d.materialize()));
       this.disposed = true;
       await this.engine.dispose();
+      await this.fetcher?.close();
     })();
     return this.disposing;
   }
@@ -412,6 +440,9 @@ export class SandboxCore {
       try {
         return await op();
       } finally {
+        // Timers and async host calls live within one operation: late answers are dropped.
+        this.operationLoop?.close();
+        this.operationLoop = undefined;
         this.callerChain = [];
         // Every console line of the operation, host calls included, shared one budget.
         this.console.end();
@@ -567,10 +598,15 @@ export class SandboxCore {
       if (!Array.isArray(parsed)) throw new GuestAbortError('host call arguments are not a JSON array');
       args = parsed;
     } catch (e) {
-      // The guest broke the protocol: stop it and report an abort from the exchange.
-      this.protocolFault = e instanceof AirlockError ? e : new GuestAbortError(`malformed host call: ${(e as Error).message}`);
-      this.engine.kill();
-      return hostError('malformed host call', this.config.inputSize);
+      return this.breakProtocol(e instanceof AirlockError ? e : new GuestAbortError(`malformed host call: ${(e as Error).message}`));
+    }
+    if (module === LOOP_MODULE) {
+      try {
+        return await this.serveLoopStep(fn, args);
+      } catch (e) {
+        if (e instanceof LoopProtocolError) return this.breakProtocol(e);
+        throw e;
+      }
     }
 
     const callback = this.hostFunctions.get(module)?.get(fn);
@@ -602,6 +638,71 @@ export class SandboxCore {
       );
     }
     return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, fields);
+  }
+
+  /** The guest broke the protocol: stop it and report an abort from the exchange. */
+  private breakProtocol(fault: AirlockError): Buffer {
+    this.protocolFault = fault;
+    this.engine.kill();
+    return hostError('malformed host call', this.config.inputSize);
+  }
+
+  /** A step of the guest's event loop (guest/runtime/eventloop.c): start an async call, or sleep. */
+  private async serveLoopStep(step: string, args: unknown[]): Promise<Uint8Array> {
+    const loop = (this.operationLoop ??= new OperationLoop(
+      this.hostOptions.asyncHostCallLimit,
+      this.config.inputSize - encodedSize(['']),
+    ));
+    if (step === 'wait') {
+      if (args.length !== 1) throw new LoopProtocolError('event loop wait takes one argument');
+      return loop.wait(args[0]);
+    }
+    if (step !== 'start') throw new LoopProtocolError(`unknown event loop step '${step.slice(0, 40)}'`);
+    const [module, fn, callArgs] = args;
+    if (args.length !== 3 || typeof module !== 'string' || typeof fn !== 'string' || !Array.isArray(callArgs)) {
+      throw new LoopProtocolError('an async host call needs (module, function, arguments array)');
+    }
+    const run = this.asyncCall(module, fn, callArgs);
+    if (typeof run === 'string') return hostError(run, this.config.inputSize);
+    const started = loop.start(run);
+    if ('refused' in started) return hostError(started.refused, this.config.inputSize);
+    return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [String(started.id)]);
+  }
+
+  /** The work of one async call, or why it cannot start. */
+  private asyncCall(module: string, fn: string, args: unknown[]): ((signal: AbortSignal) => Promise<Outcome>) | string {
+    if (module === FETCH_MODULE && fn === 'fetch') {
+      const fetcher = this.fetcher;
+      if (!fetcher) {
+        return async () => ({
+          kind: CompletionKind.TypeError,
+          message: 'fetch is not enabled for this sandbox (the embedder grants it with SandboxBuilder.setFetchPolicy())',
+        });
+      }
+      return (signal) => fetcher.fetch(args[0], signal);
+    }
+    const callback = this.hostFunctions.get(module)?.get(fn);
+    if (!callback) return `host function '${module}.${fn}' is not registered`;
+    const chain = this.callerChain;
+    return async () => {
+      let result: unknown;
+      const frame: HostCallFrame = { core: this, active: true };
+      try {
+        result = await hostCallChain.run([...chain, frame], () => callback(...args));
+      } catch (e) {
+        return { kind: CompletionKind.HostError, message: describeThrown(e) };
+      } finally {
+        frame.active = false;
+      }
+      try {
+        return { kind: CompletionKind.Value, json: JSON.stringify(result) };
+      } catch (e) {
+        return {
+          kind: CompletionKind.HostError,
+          message: `host function '${module}.${fn}' returned a value that is not JSON-serialisable: ${describeThrown(e)}`,
+        };
+      }
+    };
   }
 }
 

@@ -19,6 +19,7 @@ export type { ConsoleHandler, HostFunction } from './core.js';
 export * from './pool/index.js';
 export type { HardenedOptions } from './guest-options.js';
 export type { SourceOptions } from './typescript.js';
+export type { FetchPolicy } from './fetch/policy.js';
 export type { Backend, TerminatedBy } from './engine/engine.js';
 export type { BackendChoice } from './engine/select.js';
 export {

@@ -2,7 +2,7 @@
 // checks that the builder supplies every host function the snapshot requires, then
 // starts the sandbox as a clone of the snapshot's template (copy-on-write on KVM, a
 // copy on WebAssembly) at the stage the caller asks for.
-import { SandboxCore, type HostFunction } from './core.js';
+import { SandboxCore, type HostFunction, type HostOptions } from './core.js';
 import type { ConsoleHandler } from './console.js';
 import { ConsumedError, InvalidArgumentError } from './errors.js';
 import { JSSandbox, LoadedJSSandbox, type ViewSettings } from './sandbox.js';
@@ -18,6 +18,8 @@ export interface RestoreSettings {
   filter: HostFunctionFilter;
   console: ConsoleHandler | undefined;
   view: ViewSettings;
+  /** Host-side capabilities the builder grants (async host calls, fetch). */
+  hostOptions: HostOptions;
 }
 
 /**
@@ -91,6 +93,7 @@ export class SandboxRestorer {
         hostFunctions: content.requirements.hostFunctions,
         runtimeOptions: content.runtimeOptions,
         console: this.#settings.console,
+        hostOptions: this.#settings.hostOptions,
         owner: content,
       });
       for (const [module, fns] of registered) core.hostFunctions.set(module, new Map(fns));

@@ -16,6 +16,7 @@ import {
   optionalTimeout,
   type UnknownOptionPolicy,
   requireFunction,
+  requireHostModuleName,
   requireModulePart,
   requireName,
   requireString,
@@ -166,13 +167,13 @@ export class ProtoJSSandbox extends SandboxView {
   /** A builder for the functions of host module `name`. */
   hostModule(name: string): HostModule {
     this.assertRegistrationOpen();
-    return new HostModule(this, requireModulePart(name, 'host module name'));
+    return new HostModule(this, requireHostModuleName(name));
   }
 
   /** Registers one host function: shorthand for hostModule(module).register(name, callback). */
   register(moduleName: string, functionName: string, callback: HostFunction): void {
     this.assertRegistrationOpen();
-    const module = requireModulePart(moduleName, 'host module name');
+    const module = requireHostModuleName(moduleName);
     const fn = requireName(functionName, 'host function name');
     requireFunction<HostFunction>(callback, 'host function callback');
     let fns = this.core.hostFunctions.get(module);

@@ -34,6 +34,13 @@ export function requireModulePart(value: unknown, what: string): string {
   return name;
 }
 
+/** A host module name: `host:<name>` imports it, and `host:<name>?async` its non-blocking form. */
+export function requireHostModuleName(value: unknown): string {
+  const name = requireModulePart(value, 'host module name');
+  if (name.includes('?')) throw new InvalidArgumentError(`host module name must not contain '?', which marks the async form 'host:<name>?async' (got '${name}')`);
+  return name;
+}
+
 export function requireString(value: unknown, what: string): string {
   if (typeof value !== 'string') throw new InvalidArgumentError(`${what} must be a string (got ${describe(value)})`);
   return value;

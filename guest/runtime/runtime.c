@@ -7,6 +7,7 @@
 
 #include "alloc.h"
 #include "crypto.h"
+#include "eventloop.h"
 #include "random.h"
 #include "runtime.h"
 #include "webapi.h"
@@ -365,12 +366,9 @@ static JSValue throw_host_error(JSContext *ctx, const struct field *msg)
     return JS_Throw(ctx, err);
 }
 
-static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
+/* The arguments as a fresh array (the form both host-call bridges send). */
+static JSValue args_array(JSContext *ctx, int argc, JSValueConst *argv)
 {
-    (void)this_val;
-    struct host_function *hf = host_fn_lookup((uint32_t)magic);
-    if (!hf)
-        return JS_ThrowInternalError(ctx, "host function table changed under a live module");
     JSValue args = JS_NewArray(ctx);
     if (JS_IsException(args))
         return args;
@@ -380,17 +378,20 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
             return JS_EXCEPTION;
         }
     }
+    return args;
+}
+
+JSValue runtime_host_call(JSContext *ctx, const char *module, const char *function, JSValueConst args)
+{
     struct webapi_encoded enc;
-    int encoded = webapi_encode(ctx, args, &enc);
-    JS_FreeValue(ctx, args);
-    if (encoded < 0) {
+    if (webapi_encode(ctx, args, &enc) < 0) {
         JSValue exc = JS_GetException(ctx);
         if (rt_state.interrupted || rt_state.oom)
             return JS_Throw(ctx, exc);
         struct exception_info info;
         exception_describe(ctx, exc, &info);
         JSValue r = JS_ThrowTypeError(ctx, "arguments of host function %s.%s are not JSON-serializable: %s",
-                                      hf->module, hf->function, info.message);
+                                      module, function, info.message);
         exception_release(ctx, &info);
         JS_FreeValue(ctx, exc);
         return r;
@@ -402,8 +403,8 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
     if (fits) {
         struct msg_writer w;
         msg_begin(&w, &out, AIRLOCK_MSG_HOST_CALL, 0);
-        msg_add_str(&w, hf->module);
-        msg_add_str(&w, hf->function);
+        msg_add_str(&w, module);
+        msg_add_str(&w, function);
         for (uint32_t i = 0; i < enc.count; i++)
             msg_add(&w, enc.fields[i].data, enc.fields[i].len);
         fits = msg_end(&w) == 0;
@@ -413,7 +414,7 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
         return JS_ThrowRangeError(ctx,
                                   "arguments of host function %s.%s (%zu bytes of JSON) with %zu bytes of console "
                                   "output do not fit the %u-byte output buffer",
-                                  hf->module, hf->function, json_len, console_pending_bytes(), out.cap);
+                                  module, function, json_len, console_pending_bytes(), out.cap);
     runtime_publish(&out);
     plat_exit(AIRLOCK_EXIT_HOST_CALL);
     console_clear_pending();
@@ -428,17 +429,61 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
         why = "expected a HOST_RETURN message";
     }
     if (why)
-        return JS_ThrowInternalError(ctx, "host call %s.%s: malformed reply: %s", hf->module, hf->function, why);
+        return JS_ThrowInternalError(ctx, "host call %s.%s: malformed reply: %s", module, function, why);
     struct field f;
     int has_field = msg_field(&reply, 0, &f) == 0;
     if (reply.status == AIRLOCK_STATUS_HOST_ERROR)
         return throw_host_error(ctx, has_field ? &f : NULL);
     if (reply.status != AIRLOCK_STATUS_OK)
-        return JS_ThrowInternalError(ctx, "host call %s.%s: malformed reply: unknown status %u", hf->module,
-                                     hf->function, reply.status);
+        return JS_ThrowInternalError(ctx, "host call %s.%s: malformed reply: unknown status %u", module,
+                                     function, reply.status);
     if (!has_field)
         return JS_UNDEFINED;
     return webapi_decode(ctx, &reply, 0, "<host result>");
+}
+
+static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
+{
+    (void)this_val;
+    struct host_function *hf = host_fn_lookup((uint32_t)magic);
+    if (!hf)
+        return JS_ThrowInternalError(ctx, "host function table changed under a live module");
+    JSValue args = args_array(ctx, argc, argv);
+    if (JS_IsException(args))
+        return args;
+    JSValue result = runtime_host_call(ctx, hf->module, hf->function, args);
+    JS_FreeValue(ctx, args);
+    return result;
+}
+
+/* The non-blocking form (`host:<m>?async`): the event loop starts the call and
+ * returns its promise. */
+static JSValue js_host_call_async(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
+{
+    (void)this_val;
+    struct host_function *hf = host_fn_lookup((uint32_t)magic);
+    if (!hf)
+        return JS_ThrowInternalError(ctx, "host function table changed under a live module");
+    JSValue args = args_array(ctx, argc, argv);
+    if (JS_IsException(args))
+        return args;
+    JSValue promise = eventloop_start_host_call(ctx, hf->module, hf->function, args);
+    JS_FreeValue(ctx, args);
+    return promise;
+}
+
+/* "host:<m>" or "host:<m>?async": the length of <m> and whether it is the async form. */
+static size_t host_module_base(const char *module, int *is_async)
+{
+    size_t len = strlen(module);
+    size_t suffix = sizeof EVENTLOOP_ASYNC_SUFFIX - 1;
+    *is_async = len > suffix && strcmp(module + len - suffix, EVENTLOOP_ASYNC_SUFFIX) == 0;
+    return *is_async ? len - suffix : len;
+}
+
+static int host_module_matches(const struct host_function *hf, const char *module, size_t len)
+{
+    return strncmp(hf->module, module, len) == 0 && hf->module[len] == '\0';
 }
 
 static int host_module_init(JSContext *ctx, JSModuleDef *m)
@@ -449,12 +494,15 @@ static int host_module_init(JSContext *ctx, JSModuleDef *m)
     if (!name)
         return -1;
     const char *module = name + 5; /* after "host:", checked by the loader */
+    int is_async;
+    size_t module_len = host_module_base(module, &is_async);
     int rc = 0;
     for (uint32_t i = 0; i < rt_state.host_fn_count && rc == 0; i++) {
         struct host_function *hf = &rt_state.host_fns[i];
-        if (strcmp(hf->module, module) != 0)
+        if (!host_module_matches(hf, module, module_len))
             continue;
-        JSValue fn = JS_NewCFunctionMagic(ctx, js_host_call, hf->function, 0, JS_CFUNC_generic_magic, (int)i);
+        JSValue fn = JS_NewCFunctionMagic(ctx, is_async ? js_host_call_async : js_host_call, hf->function, 0,
+                                          JS_CFUNC_generic_magic, (int)i);
         if (JS_IsException(fn) || JS_SetModuleExport(ctx, m, hf->function, fn) < 0)
             rc = -1;
     }
@@ -482,10 +530,12 @@ static JSModuleDef *module_load(JSContext *ctx, const char *name, void *opaque)
         return crypto_module_new(ctx, name);
     if (strncmp(name, "host:", 5) == 0) {
         const char *module = name + 5;
+        int is_async;
+        size_t module_len = host_module_base(module, &is_async);
         JSModuleDef *m = NULL;
         for (uint32_t i = 0; i < rt_state.host_fn_count; i++) {
             struct host_function *hf = &rt_state.host_fns[i];
-            if (strcmp(hf->module, module) != 0)
+            if (!host_module_matches(hf, module, module_len))
                 continue;
             if (!m) {
                 m = JS_NewCModule(ctx, name, host_module_init);
@@ -525,7 +575,7 @@ static JSContext *context_create(void)
     if (!ctx)
         return NULL;
     console_install(ctx);
-    if (webapi_context_init(ctx) < 0) {
+    if (webapi_context_init(ctx) < 0 || eventloop_install(ctx) < 0) {
         webapi_context_free(ctx);
         JS_FreeContext(ctx);
         return NULL;
@@ -583,6 +633,7 @@ static int context_reset(void)
     handlers_clear();
     modules_clear();
     if (rt_state.ctx) {
+        eventloop_release(rt_state.ctx);
         webapi_context_free(rt_state.ctx);
         JS_FreeContext(rt_state.ctx);
     }
@@ -612,7 +663,8 @@ static void run_jobs(JSValueConst promise)
         if (!JS_IsUndefined(promise) && JS_PromiseState(rt_state.ctx, promise) != JS_PROMISE_PENDING)
             return;
         int r = JS_ExecutePendingJob(rt_state.rt, &job_ctx);
-        if (r == 0)
+        /* No job left: a pending promise may still wait on timers or async host calls. */
+        if (r == 0 && (JS_IsUndefined(promise) || eventloop_turn(rt_state.ctx) <= 0))
             return;
         if (r < 0)
             JS_FreeValue(job_ctx, JS_GetException(job_ctx));
@@ -991,6 +1043,12 @@ static void handle_call(const struct msg_view *m)
             respond_exception(JS_UNDEFINED);
             goto done;
         }
+        JSValue uncaught = eventloop_take_uncaught(ctx);
+        if (!JS_IsUninitialized(uncaught)) {
+            JS_FreeValue(ctx, result);
+            respond_exception(uncaught);
+            goto done;
+        }
         if (state == JS_PROMISE_PENDING) {
             JS_FreeValue(ctx, result);
             char name[128];
@@ -1010,6 +1068,12 @@ static void handle_call(const struct msg_view *m)
     if (rt_state.interrupted || rt_state.oom) {
         JS_FreeValue(ctx, result);
         respond_exception(JS_UNDEFINED);
+        goto done;
+    }
+    JSValue late_uncaught = eventloop_take_uncaught(ctx);
+    if (!JS_IsUninitialized(late_uncaught)) {
+        JS_FreeValue(ctx, result);
+        respond_exception(late_uncaught);
         goto done;
     }
     struct webapi_encoded enc;
@@ -1178,6 +1242,9 @@ void airlock_runtime_handle(void)
     }
     /* Invariant: the host mapped [input_addr, +input_size) for the guest. */
     handle_message((const uint8_t *)(uintptr_t)c->input_addr, c->request_len);
+    /* Timers and async host calls live within one request (docs/API.md). */
+    if (rt_state.ctx)
+        eventloop_end(rt_state.ctx);
 }
 
 /* Leaves room below QuickJS's limit for C frames that run after its last check. */

@@ -22,6 +22,10 @@ void runtime_publish(const struct out_buf *out);
  * targets' plat_abort before their final exit. */
 void airlock_write_abort(const char *msg);
 
+/* The blocking host call: sends HOST_CALL(module, function, JSON of the `args` array),
+ * exits, and returns the parsed HOST_RETURN (or throws HostFunctionError). */
+JSValue runtime_host_call(JSContext *ctx, const char *module, const char *function, JSValueConst args);
+
 /* console.c: per-request console capture. */
 void console_install(JSContext *ctx);
 void console_begin_request(void);

@@ -14,6 +14,8 @@ export const GUEST_GLOBALS = [
   // Web APIs (guest/runtime/webapi.c).
   'AbortController', 'AbortSignal', 'DOMException', 'Event', 'EventTarget', 'TextDecoder', 'TextEncoder', 'URL',
   'URLSearchParams', 'atob', 'btoa', 'crypto', 'structuredClone',
+  // The event loop (guest/runtime/eventloop.c).
+  'clearInterval', 'clearTimeout', 'fetch', 'queueMicrotask', 'setInterval', 'setTimeout',
 ];
 
 describeEachBackend('guest globals', (h) => {

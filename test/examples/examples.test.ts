@@ -45,6 +45,9 @@ const expectedOutput: Record<string, RegExp[]> = {
   'typescript-handler.ts': [/\{"cents":700\}/, /ERR_GUEST_EXCEPTION at handler:checkout:6:\d+/],
   'binary-data.ts': [/size=11 digestBytes=32 header=89504e47/],
   'hardened.ts': [/\{"eval":"EvalError","pollute":"TypeError","now":"2024-01-01T00:00:00.000Z","dice":\d\}/, /replayed identically: true/],
+  'timers.ts': [/\{"log":\["attempt 1","microtask","attempt 2","attempt 3"\],"ticks":3\}/, /forever: ERR_CANCELLED, terminatedBy=wall-clock/],
+  'async-host-calls.ts': [/\["apple=3","pear=4","HostFunctionError: no price for kiwi"\]/],
+  'fetch.ts': [/\{"status":200,"weather":"sunny","denied":"TypeError: fetch refused: origin http:\/\/169\.254\.169\.254 is not in the policy's origins"\}/],
 };
 
 // Documented output of doc snippets, by file and snippet number.

@@ -147,8 +147,10 @@ describe('wasm guest memory', () => {
     const snap = await engine.snapshot();
     const image = imageOf(snap);
     const size = image.bytes.byteLength;
-    // Memory grows ahead of the heap, so part of it holds nothing yet: not copied.
-    expect(image.heapExtent).toBeLessThan(image.memorySize);
+    // Memory grows ahead of the heap, so part of it usually holds nothing yet: not
+    // copied. (Whether the heap's top lands in memory's last 4 KiB block depends on the
+    // runtime's allocations, so only the bound is certain.)
+    expect(image.heapExtent).toBeLessThanOrEqual(image.memorySize);
     // The guest now claims its whole heap is in use; the next snapshot ignores it.
     const { control, heapAddr, heapSize } = image.layout;
     imageBytesAt(image, control + AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, 8).writeBigUInt64LE(BigInt(heapAddr + heapSize));

@@ -1,0 +1,188 @@
+// event-loop.ts — the host half of the guest event loop for one operation: the async
+// host calls it has in flight, their completions, and the guest's sleep (the reserved
+// host call `airlock:loop` `wait`, answered when a timer is due or a call completes).
+// Every step the guest asks for is bounded here: the number of calls in flight, the
+// size of each answer, the length of a sleep. A closed loop drops late answers.
+import { GuestAbortError } from '../errors.js';
+import { encodeMessage, encodedSize } from '../engine/protocol.js';
+import * as abi from '../engine/abi.generated.js';
+
+/** The reserved host module of the loop's protocol steps; hostModule() cannot name it (':' is refused). */
+export const LOOP_MODULE = 'airlock:loop';
+/** Node's own ceiling on a timer delay (2^31 - 1 ms); a longer sleep is cut to it. */
+export const MAX_SLEEP_MS = 2_147_483_647;
+
+/** How a completed async call reaches the guest (the kind field of a completion). */
+export const enum CompletionKind {
+  Value = 0,
+  /** The guest rejects with a HostFunctionError carrying the message. */
+  HostError = 1,
+  /** The guest rejects with a TypeError carrying the message (fetch refusals). */
+  TypeError = 2,
+}
+
+/** What an async host call settled with, before encoding. */
+export type Outcome = { kind: CompletionKind.Value; json: string | undefined } | { kind: CompletionKind.HostError | CompletionKind.TypeError; message: string };
+
+/** Thrown for a step the guest may not ask for: the sandbox is stopped and poisoned. */
+export class LoopProtocolError extends GuestAbortError {}
+
+export class OperationLoop {
+  private nextId = 1;
+  /** Calls started and not yet handed back, answered or not: a slot is freed only on
+   *  delivery, so answers a guest never collects cannot pile up on the host. */
+  private inFlight = 0;
+  /** Encoded completions (`[id,kind,payload]`) not yet handed to the guest. */
+  private readonly ready: string[] = [];
+  private wake: (() => void) | undefined;
+  private closed = false;
+  /** Aborted at close(): work that can stop early (fetch) does. */
+  private readonly ended = new AbortController();
+  private readonly openedAt = performance.now();
+  /** Host time spent polling for sub-millisecond wake-ups (see sleep()). */
+  private polledMs = 0;
+
+  /**
+   * @param maxInFlight async calls the guest may have outstanding at once
+   * @param replyRoom bytes one wait answer may carry (the input buffer less framing)
+   */
+  constructor(
+    private readonly maxInFlight: number,
+    private readonly replyRoom: number,
+  ) {}
+
+  /**
+   * Starts one async call: `run` is the host function already bound to its arguments;
+   * `signal` aborts when the operation ends. Returns the call's id, or a refusal the
+   * guest turns into a rejected promise.
+   */
+  start(run: (signal: AbortSignal) => Promise<Outcome>): { id: number } | { refused: string } {
+    if (this.inFlight >= this.maxInFlight) {
+      return { refused: `too many async host calls in flight: the limit is ${this.maxInFlight} per request (SandboxBuilder.setAsyncHostCallLimit())` };
+    }
+    const id = this.nextId++;
+    this.inFlight++;
+    void run(this.ended.signal).then(
+      (outcome) => this.complete(id, outcome),
+      (e: unknown) => this.complete(id, { kind: CompletionKind.HostError, message: String((e as Error)?.message ?? e) }),
+    );
+    return { id };
+  }
+
+  /**
+   * The guest sleeps until `delayMs` has passed (or, for -1, with no timer pending)
+   * or a call completes, and gets every completion that fits one answer.
+   */
+  async wait(delayMs: unknown): Promise<Buffer> {
+    if (typeof delayMs !== 'number' || !(delayMs === -1 || (delayMs >= 0 && delayMs <= Number.MAX_VALUE))) {
+      throw new LoopProtocolError(`event loop wait with an invalid delay: ${String(delayMs).slice(0, 40)}`);
+    }
+    if (delayMs === -1 && this.inFlight === 0) {
+      throw new LoopProtocolError('event loop wait with no timer and no async host call in flight (it would never end)');
+    }
+    if (this.wake) throw new LoopProtocolError('event loop wait while another wait is pending');
+    if (this.ready.length === 0 && delayMs !== 0) {
+      await new Promise<void>((resolve) => {
+        let cancelTimer: (() => void) | undefined;
+        this.wake = () => {
+          this.wake = undefined;
+          cancelTimer?.();
+          resolve();
+        };
+        if (delayMs >= 0) cancelTimer = this.sleep(Math.min(delayMs, MAX_SLEEP_MS), this.wake);
+      });
+    }
+    return this.takeReady();
+  }
+
+  /** The operation ended: answers that arrive later are dropped, a pending wait ends. */
+  close(): void {
+    this.closed = true;
+    this.ready.length = 0;
+    this.ended.abort();
+    this.wake?.();
+  }
+
+  /**
+   * Node's timers have millisecond resolution and fire up to a millisecond late, while
+   * the guest's timers are finer. So the last millisecond of a sleep is polled on
+   * setImmediate turns (host CPU, never the guest's) — within an allowance of 2 ms plus
+   * 5% of the operation's time so far, so a guest with a 1 ms interval cannot keep the
+   * main thread busy; past it, sleeps end on plain timers, rounded up.
+   */
+  private sleep(delayMs: number, done: () => void): () => void {
+    const deadline = performance.now() + delayMs;
+    const allowance = 2 + 0.05 * (performance.now() - this.openedAt) - this.polledMs;
+    let immediate: NodeJS.Immediate | undefined;
+    let pollingSince = 0;
+    const poll = () => {
+      immediate = undefined;
+      const now = performance.now();
+      if (!pollingSince) pollingSince = now;
+      if (now < deadline) {
+        immediate = setImmediate(poll);
+        return;
+      }
+      this.polledMs += now - pollingSince;
+      pollingSince = 0;
+      done();
+    };
+    const polls = allowance >= Math.min(delayMs, 1);
+    const timerMs = polls ? Math.floor(delayMs - 1) : Math.ceil(delayMs);
+    const timer = timerMs > 0 ? setTimeout(polls ? poll : done, timerMs) : undefined;
+    if (!timer) {
+      if (polls) immediate = setImmediate(poll);
+      else immediate = setImmediate(done);
+    }
+    return () => {
+      if (timer) clearTimeout(timer);
+      if (immediate) clearImmediate(immediate);
+      if (pollingSince) this.polledMs += performance.now() - pollingSince;
+    };
+  }
+
+  private complete(id: number, outcome: Outcome): void {
+    if (this.closed) return;
+    let entry = encodeCompletion(id, outcome);
+    if (completionBytes(entry) + 2 > this.replyRoom) {
+      const size = outcome.kind === CompletionKind.Value ? Buffer.byteLength(outcome.json ?? '', 'utf8') : 0;
+      entry = encodeCompletion(id, {
+        kind: CompletionKind.HostError,
+        message: `the async host call's result of ${size} bytes does not fit the ${this.replyRoom + framing()}-byte input buffer`,
+      });
+      // A message cut to fit still says what happened.
+      if (completionBytes(entry) + 2 > this.replyRoom) entry = encodeCompletion(id, { kind: CompletionKind.HostError, message: 'result too large' });
+    }
+    this.ready.push(entry);
+    this.wake?.();
+  }
+
+  /** As many completions as fit one HOST_RETURN, oldest first. */
+  private takeReady(): Buffer {
+    let used = 2; // the brackets
+    let n = 0;
+    while (n < this.ready.length) {
+      const bytes = completionBytes(this.ready[n]) + (n > 0 ? 1 : 0);
+      if (used + bytes > this.replyRoom) break;
+      used += bytes;
+      n++;
+    }
+    const json = `[${this.ready.splice(0, n).join(',')}]`;
+    this.inFlight -= n;
+    return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [json]);
+  }
+}
+
+/** Bytes of a HOST_RETURN around its one field. */
+function framing(): number {
+  return encodedSize(['']);
+}
+
+function completionBytes(entry: string): number {
+  return Buffer.byteLength(entry, 'utf8');
+}
+
+function encodeCompletion(id: number, outcome: Outcome): string {
+  if (outcome.kind === CompletionKind.Value) return outcome.json === undefined ? `[${id},0]` : `[${id},0,${outcome.json}]`;
+  return `[${id},${outcome.kind},${JSON.stringify(outcome.message)}]`;
+}
