@@ -1,7 +1,7 @@
 // wasm-engine.ts — the WebAssembly tier: one guest module instance per sandbox, run in
 // its own worker thread (a spinning guest never blocks the event loop). Calls cross
-// on shared memory (channel.ts): the main thread spins for an adaptive time (Spinner),
-// then waits with Atomics.waitAsync. This file owns the main-thread side: exchanges, host calls,
+// on shared memory (channel.ts): the main thread never spins; it waits with
+// Atomics.waitAsync, whose wake-up is an event-loop task. This file owns the main-thread side: exchanges, host calls,
 // monitors, kill, snapshots and the worker's lifetime (a healthy worker goes back to
 // the pool on dispose, pool.ts resets it for the next sandbox).
 import {
