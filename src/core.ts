@@ -144,7 +144,9 @@ export class SandboxCore {
   }
 
   /** Runs one handler. */
-  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean }): Promise<unknown> {
+  /** `gc`: true a full collection after the call, false none, 'auto' one if the guest's
+   *  heap grew enough since the last (guest/runtime/runtime.c, post-call GC policy). */
+  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean | 'auto' }): Promise<unknown> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
       const fields: FieldValue[] = eventJson === undefined ? [name] : [name, eventJson];
@@ -154,7 +156,7 @@ export class SandboxCore {
           `event is too large: the request needs ${size} bytes but the input buffer holds ${this.config.inputSize} (raise it with setInputBufferSize())`,
         );
       }
-      const flags = options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0;
+      const flags = options.gc === 'auto' ? abi.AIRLOCK_CALL_FLAG_GC_AUTO : options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0;
       const started = performance.now();
       let terminatedBy: TerminatedBy | null = null;
       try {
