@@ -19,7 +19,7 @@ import {
 } from './errors.js';
 import type { Backend, EngineConfig, EngineFactory, EngineSnapshot, ExchangeOptions, GuestEngine, TerminatedBy } from './engine/engine.js';
 import * as abi from './engine/abi.generated.js';
-import { encodeMessage, encodedSize, fieldText, splitOutput, type FieldValue, type Message } from './engine/protocol.js';
+import { consoleBeforeStop, encodeMessage, encodedSize, fieldText, splitOutput, type FieldValue, type Message } from './engine/protocol.js';
 import { GuestConsole, type ConsoleHandler } from './console.js';
 import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
@@ -274,6 +274,12 @@ export class SandboxCore {
       // dispose() stops the guest the way kill() does; say what really happened.
       if (this.disposed) throw new ConsumedError('the sandbox was disposed while the request ran');
       let err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
+      // A stopped call's console lines are the ones that explain it: deliver them, within
+      // the operation's console budget, before the rejection.
+      if (err.guestOutput) {
+        this.console.write(consoleBeforeStop(err.guestOutput), false);
+        err.guestOutput = undefined;
+      }
       // A malformed host call made us stop the guest; report that, not the stop.
       // (Set by serveHostCall while the exchange was pending, which TS cannot see.)
       const fault = this.protocolFault as AirlockError | undefined;

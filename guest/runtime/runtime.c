@@ -146,7 +146,7 @@ static void respond(uint32_t status, const struct field *fields, unsigned n)
         ok = msg_end(&w) == 0;
     }
     if (ok) {
-        console_clear_pending();
+        console_clear_pending(); /* before publishing: it empties response_len */
         runtime_publish(&out);
         return;
     }

@@ -278,7 +278,13 @@ export class WasmEngine implements GuestEngine {
         const output = await this.serveExchange(w, flight);
         if (eagerId) this.eagerImage = w.takeImage(eagerId);
         const reason = Atomics.load(ctl, Slot.Cancel);
-        if (reason !== CancelReason.None) throw new CancelledError(REASONS[reason] ?? 'kill');
+        if (reason !== CancelReason.None) {
+          // The guest stopped at an interrupt check and answered: its console lines
+          // written before the stop are in the output, for the core to deliver.
+          const cancelled = new CancelledError(REASONS[reason] ?? 'kill');
+          cancelled.guestOutput = output;
+          throw cancelled;
+        }
         const cpuUs = ctl[Slot.CpuUsedUs];
         return { output, wallTimeNs: Math.round((performance.now() - started) * 1e6), cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null };
       } finally {
