@@ -3,6 +3,7 @@
  * the output buffer, with response_len kept current after each, so a host that stops
  * the guest mid-call still finds every line written so far; up to
  * control->console_limit bytes of text, counted once the limit is reached. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -61,8 +62,10 @@ static void console_append(unsigned level, const char *text, size_t len)
     msg_add(&w, text, len);
     msg_end(&w); /* cannot overflow: the room was checked above */
     console.len = out.len;
-    /* Published after the message is whole: a host that stops the guest here reads
-     * complete messages only (it still checks every length). */
+    /* Published after the message is whole: the host may stop the guest at any
+     * instruction, so the compiler must not move this store before the message's
+     * (the fence); the host still checks every length. */
+    atomic_signal_fence(memory_order_release);
     plat_control()->response_len = console.len;
 }
 
