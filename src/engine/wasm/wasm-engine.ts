@@ -340,9 +340,14 @@ export class WasmEngine implements GuestEngine {
   /** Runs the exchange's turns until the final output: serves host calls meanwhile. */
   private async serveExchange(w: GuestWorker, flight: Flight): Promise<Buffer> {
     let waitingOn = State.Request;
+    // The post-call deadline matters only while the worker is still in the previous
+    // call's post-call work: PostCall turns 1 only as an exchange ends, so once it reads
+    // 0 after this request was signalled, that work is over, and the usual call
+    // arms no timer (main-thread time per call).
+    const inPostCall = Atomics.load(w.control, Slot.PostCall) === 1;
     for (;;) {
       const s =
-        waitingOn === State.Request
+        waitingOn === State.Request && inPostCall
           ? await w.waitWhile(waitingOn, true, deadlines.postCallMs, this.checkPostCall)
           : await w.waitWhile(waitingOn);
       if (s === State.Done) {
