@@ -1,7 +1,7 @@
 // console-stopped.test.ts — console output of a call that is stopped (kill, wall-clock or
-// CPU limit) reaches the console handler before the call rejects with ERR_CANCELLED,
-// once per line (lines that went out with a host call are not repeated), and within
-// the host's console budget.
+// CPU limit: ERR_CANCELLED; heap exhaustion: ERR_OUT_OF_MEMORY) reaches the console
+// handler before the call rejects, once per line (lines that went out with a host call
+// are not repeated), and within the host's console budget.
 import { afterEach, expect, it } from 'vitest';
 import { CancelledError } from '../../src/errors.js';
 import type { LoadedJSSandbox } from '../../src/index.js';
@@ -14,6 +14,7 @@ const HANDLERS = {
   afterHost:
     'import { note } from "host:test";\nfunction handler() { console.log("before the host call"); note(); console.log("after the host call"); for (;;) {} }',
   killed: 'import { note } from "host:test";\nfunction handler() { note(); console.log("running"); console.warn("about to loop"); for (;;) {} }',
+  bomb: 'function handler() { console.log("before the bomb"); const a = []; for (;;) a.push("x".repeat(1000) + a.length); }',
   inHost: 'import { hang } from "host:test";\nfunction handler() { console.log("before the hanging host call"); hang(); }',
 };
 
@@ -25,8 +26,9 @@ describeEachBackend('console output of a stopped call', (h: BackendHarness) => {
     await Promise.all(sandboxes.splice(0).map((s) => s.dispose()));
   });
 
-  async function load(lines: Line[], consoleLimit?: number): Promise<LoadedJSSandbox> {
+  async function load(lines: Line[], consoleLimit?: number, heapSize?: number): Promise<LoadedJSSandbox> {
     const builder = h.builder().setConsoleHandler((level, message) => lines.push([level, message]));
+    if (heapSize !== undefined) builder.setHeapSize(heapSize);
     if (consoleLimit !== undefined) builder.setConsoleLimit(consoleLimit);
     const proto = await builder.build();
     proto.register('test', 'note', () => {
@@ -100,6 +102,17 @@ describeEachBackend('console output of a stopped call', (h: BackendHarness) => {
     const s = await load(lines);
     await cancelled(s.callHandler('inHost', undefined, { wallClockTimeoutMs: 50 }));
     expect(lines).toEqual([['log', 'before the hanging host call']]);
+  });
+
+  it('delivers the lines written before the heap ran out', async () => {
+    const lines: Line[] = [];
+    const s = await load(lines, undefined, 4 << 20);
+    const e = await s.callHandler('bomb', undefined).then(
+      () => undefined,
+      (err: unknown) => err as { code?: string },
+    );
+    expect(e?.code).toBe('ERR_OUT_OF_MEMORY');
+    expect(lines).toEqual([['log', 'before the bomb']]);
   });
 
   it('keeps a stopped call within the console budget', async () => {
