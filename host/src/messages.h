@@ -24,8 +24,10 @@ bool readGuestOutput(const GuestMemory &mem, const GuestLayout &layout, std::vec
 
 // What a guest stopped mid-request (cancelled) had published: the CONSOLE messages it
 // wrote before the stop, which it keeps response_len current for. response_len is read
-// once and bounded by the output buffer (a larger claim gives nothing); the bytes are
-// not decoded here: src/engine/protocol.ts (consoleBeforeStop) decodes them as hostile.
+// once and bounded by the output buffer (a larger claim gives nothing); only the
+// leading messages of kind CONSOLE whose bodies lie within it are copied (none when a
+// HOST_CALL follows them); their fields are decoded as hostile by
+// src/engine/protocol.ts (consoleBeforeStop).
 std::vector<uint8_t> readStoppedOutput(const GuestMemory &mem, const GuestLayout &layout);
 
 // The text of the first ABORT message in `out`, at most 2 KiB (cut on a character

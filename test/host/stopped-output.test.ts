@@ -1,7 +1,8 @@
 // stopped-output.test.ts — hostile guest: what the host reads from a guest it stopped
 // mid-request (the console lines of a cancelled call). The guest's response_len is a
-// claim: the host copies at most the output buffer, nothing for a larger claim, never
-// the previous request's output, and src/ decodes the bytes as hostile.
+// claim: the host copies at most the output buffer, nothing for a larger claim, only
+// the leading CONSOLE messages that lie within it, never the previous request's
+// output, and src/ decodes the bytes as hostile.
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { consoleBeforeStop } from '../../src/engine/protocol.js';
@@ -52,13 +53,30 @@ describeKvm('hostile guest: the output of a stopped request', () => {
     }
   });
 
-  it('a response_len of exactly the output buffer is copied and no further', async () => {
+  it('a response_len of exactly the output buffer is read within it, and zeros give no line', async () => {
     const vm = await bootVm(claimThenSpin(defaultConfig.outputSize));
     const e = await rejection(vm.send(Buffer.from('x'), { wallClockTimeoutMs: 30 }));
     expect(e.code).toBe('ERR_CANCELLED');
-    expect((e.output as Buffer).length).toBe(defaultConfig.outputSize);
-    // Zeros decode as a message of kind 0: no console line comes of them.
-    expect(consoleBeforeStop(e.output as Buffer)).toEqual([]);
+    expect(e.output).toBeUndefined();
+  });
+
+  it('console messages are copied up to one whose length overruns the published bytes', async () => {
+    const vm = await bootVm(copyThenSpin);
+    const line = encodeMessage(abi.AIRLOCK_MSG_CONSOLE, 0, ['log', 'kept']);
+    const overrun = encodeMessage(abi.AIRLOCK_MSG_CONSOLE, 0, ['log', 'lost']);
+    overrun.writeUInt32LE(0x7fff_ffff, 8); // the header's body length
+    const e = await rejection(vm.send(Buffer.concat([line, overrun, line]), { wallClockTimeoutMs: 30 }));
+    expect(e.code).toBe('ERR_CANCELLED');
+    expect(Buffer.compare(e.output as Buffer, line)).toBe(0);
+  });
+
+  it('lines followed by a HOST_CALL are not copied: they went out with it', async () => {
+    const vm = await bootVm(copyThenSpin);
+    const line = encodeMessage(abi.AIRLOCK_MSG_CONSOLE, 0, ['log', 'sent with the host call']);
+    const hostCall = encodeMessage(abi.AIRLOCK_MSG_HOST_CALL, 0, ['m', 'f', '[]']);
+    const e = await rejection(vm.send(Buffer.concat([line, hostCall]), { wallClockTimeoutMs: 30 }));
+    expect(e.code).toBe('ERR_CANCELLED');
+    expect(e.output).toBeUndefined();
   });
 
   it('the published bytes reach the rejection as they are, and decode only as far as they are well-formed', async () => {
