@@ -32,6 +32,7 @@ import type {
 } from './engine/engine.js';
 import * as abi from './engine/abi.generated.js';
 import {
+  consoleBeforeStop,
   encodeMessage,
   encodedSize,
   encodeRuntimeOptions,
@@ -283,7 +284,9 @@ export class SandboxCore {
   }
 
   /** Runs one handler. */
-  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean }, eventBuffers: readonly Uint8Array[] = []): Promise<unknown> {
+  /** `gc`: true a full collection after the call, false none, 'auto' one if the guest's
+   *  heap grew enough since the last (guest/runtime/runtime.c, post-call GC policy). */
+  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean | 'auto' }, eventBuffers: readonly Uint8Array[] = []): Promise<unknown> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
       const fields: FieldValue[] = eventJson === undefined ? [name, hostEntropy()] : [name, eventJson, ...eventBuffers, hostEntropy()];
@@ -293,7 +296,8 @@ export class SandboxCore {
           `event is too large: the request needs ${size} bytes but the input buffer holds ${this.config.inputSize} (raise it with setInputBufferSize())`,
         );
       }
-      const flags = (options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0) | abi.AIRLOCK_REQUEST_FLAG_ENTROPY;
+      const gcFlag = options.gc === 'auto' ? abi.AIRLOCK_CALL_FLAG_GC_AUTO : options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0;
+      const flags = gcFlag | abi.AIRLOCK_REQUEST_FLAG_ENTROPY;
       const started = performance.now();
       let terminatedBy: TerminatedBy | null = null;
       try {
@@ -482,6 +486,12 @@ export class SandboxCore {
       // dispose() stops the guest the way kill() does; say what really happened.
       if (this.disposed) throw new ConsumedError('the sandbox was disposed while the request ran');
       let err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
+      // A stopped call's console lines are the ones that explain it: deliver them, within
+      // the operation's console budget, before the rejection.
+      if (err.guestOutput) {
+        this.console.write(consoleBeforeStop(err.guestOutput), false);
+        err.guestOutput = undefined;
+      }
       // A malformed host call made us stop the guest; report that, not the stop.
       // (Set by serveHostCall while the exchange was pending, which TS cannot see.)
       const fault = this.protocolFault as AirlockError | undefined;

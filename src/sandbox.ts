@@ -33,7 +33,10 @@ export interface CallHandlerOptions {
   wallClockTimeoutMs?: number;
   /** Cancel the call after this many milliseconds of guest CPU time. */
   cpuTimeoutMs?: number;
-  /** Run the guest's garbage collector after the call (default true). */
+  /** `true`: a full garbage collection after the call; `false`: none. Unset (the
+   *  default): a collection only when the guest's heap grew by a share of itself since
+   *  the last one, so a large live heap is not collected after every call
+   *  (docs/API.md, "Garbage collection"). */
   gc?: boolean;
 }
 
@@ -437,7 +440,8 @@ export class LoadedJSSandbox extends SandboxView {
   /**
    * Calls handler `handlerName` with `eventData` (any JSON-serialisable value). Options:
    * `wallClockTimeoutMs` and `cpuTimeoutMs` (1 to 3,600,000 ms) cancel the call with
-   * ERR_CANCELLED; `gc: false` skips the post-call collection.
+   * ERR_CANCELLED; `gc: true` collects garbage after the call, `gc: false` skips it,
+   * and without `gc` the guest collects when its heap has grown enough.
    *
    * Resolves with the handler's return value (awaited when it is a promise) after a JSON
    * round trip; `T` only names that shape for the caller, nothing checks it at run time.
@@ -454,7 +458,7 @@ export class LoadedJSSandbox extends SandboxView {
     if (options !== undefined) checkOptionKeys(options, callOptionKeys, 'callHandler()', this.settings.unknownOptions);
     const wallClockTimeoutMs = optionalTimeout(options?.wallClockTimeoutMs, 'wallClockTimeoutMs');
     const cpuTimeoutMs = optionalTimeout(options?.cpuTimeoutMs, 'cpuTimeoutMs');
-    const gc = optionalBoolean(options?.gc, 'gc', true);
+    const gc = options?.gc === undefined ? 'auto' : optionalBoolean(options.gc, 'gc', true);
     const event = this.core.binaryData ? serializeEventBinary(eventData) : { json: serializeEvent(eventData), buffers: [] };
     // Unchecked cast: the result is whatever the guest produced; T is the caller's claim.
     return this.pinned(() => this.core.call(name, event.json, { wallClockTimeoutMs, cpuTimeoutMs, gc }, event.buffers)) as Promise<T>;

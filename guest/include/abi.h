@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define AIRLOCK_ABI_VERSION 3
+#define AIRLOCK_ABI_VERSION 4
 
 /* ------------------------------------------------------------------------------
  * KVM memory map. Guest physical == guest virtual (identity map). Every mapping is a
@@ -200,7 +200,11 @@ struct airlock_control {
  *                 compiles and evaluates a handler (namespace empty). Answered by
  *                 RESULT: OK, or COMPILE_ERROR naming the handler/module.
  *   CALL          (handler name, event JSON); field 2 absent = undefined event.
- *                 flags: AIRLOCK_CALL_FLAG_GC runs the GC after the call.
+ *                 flags: AIRLOCK_CALL_FLAG_GC runs a full GC after the call;
+ *                 AIRLOCK_CALL_FLAG_GC_AUTO runs one only if the JS heap grew by a
+ *                 share of itself since the last collection (runtime.c, "post-call
+ *                 GC policy"); neither: no post-call GC (QuickJS still collects
+ *                 when allocation crosses its own threshold).
  *   UNLOAD        no fields: drop handlers and modules (fresh JS context).
  *   HOST_RETURN   answer to HOST_CALL: status OK + (result JSON; absent = undefined)
  *                 or status HOST_ERROR + (message).
@@ -240,6 +244,7 @@ struct airlock_msg {
 #define AIRLOCK_MSG_ABORT 68
 
 #define AIRLOCK_CALL_FLAG_GC 1
+#define AIRLOCK_CALL_FLAG_GC_AUTO 2
 #define AIRLOCK_CHUNK_FLAG_LAST 1
 
 /* LOAD_RUNTIME, LOAD and CALL: the request's last field is AIRLOCK_ENTROPY_SIZE bytes of

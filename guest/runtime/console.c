@@ -1,6 +1,9 @@
 /* console.c — the guest's `console` object and its per-request capture: messages are
- * formatted roughly like Node, kept as encoded CONSOLE messages on the guest heap up
- * to control->console_limit bytes of text, and counted once the limit is reached. */
+ * formatted roughly like Node and written as encoded CONSOLE messages straight into
+ * the output buffer, with response_len kept current after each, so a host that stops
+ * the guest mid-call still finds every line written so far; up to
+ * control->console_limit bytes of text, counted once the limit is reached. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,23 +14,28 @@ static const char *const level_names[] = {"log", "info", "warn", "error", "debug
 enum { LEVEL_LOG, LEVEL_INFO, LEVEL_WARN, LEVEL_ERROR, LEVEL_DEBUG };
 
 static struct {
-    uint8_t *buf; /* encoded CONSOLE messages not yet handed to the host */
-    uint32_t len;
-    uint32_t cap;
-    uint64_t kept;    /* text bytes kept during this request */
-    uint64_t dropped; /* text bytes dropped during this request */
+    uint32_t len;      /* bytes of CONSOLE messages at the start of the output buffer */
+    uint64_t overflow; /* bytes of messages that did not fit the output buffer after them */
+    uint64_t kept;     /* text bytes kept during this request */
+    uint64_t dropped;  /* text bytes dropped during this request */
 } console;
+
+/* The output buffer is free again: nothing in it is for the host. */
+void console_clear_pending(void)
+{
+    console.len = 0;
+    console.overflow = 0;
+    plat_control()->response_len = 0;
+}
 
 void console_begin_request(void)
 {
-    console.len = 0;
+    console_clear_pending();
     console.kept = 0;
     console.dropped = 0;
 }
 
-void console_clear_pending(void) { console.len = 0; }
-
-size_t console_pending_bytes(void) { return console.len; }
+size_t console_pending_bytes(void) { return console.len + console.overflow; }
 
 static void console_append(unsigned level, const char *text, size_t len)
 {
@@ -35,40 +43,38 @@ static void console_append(unsigned level, const char *text, size_t len)
     const char *lname = level_names[level];
     size_t lens[2] = {strlen(lname), len};
     size_t need = msg_size(lens, 2);
-    if (len > limit || console.kept + len > limit || need > UINT32_MAX - console.len) {
+    if (len > limit || console.kept + len > limit) {
         console.dropped += len;
         return;
     }
-    if (console.len + need > console.cap) {
-        size_t cap = console.cap ? console.cap : 1024;
-        while (cap < console.len + need)
-            cap *= 2;
-        /* The raw allocator: a console that cannot grow drops text, it is not an
-         * out-of-memory condition of the request. */
-        uint8_t *grown = airlock_realloc(console.buf, cap);
-        if (!grown) {
-            console.dropped += len;
-            return;
-        }
-        console.buf = grown;
-        console.cap = (uint32_t)cap;
+    console.kept += len;
+    struct out_buf out = runtime_output();
+    /* Once one message did not fit, later ones are not written either: the lines keep
+     * their order, and the response reports the whole size (TOO_LARGE). */
+    if (console.overflow || need > out.cap - console.len) {
+        console.overflow += need;
+        return;
     }
-    struct out_buf ob = {console.buf, console.cap, console.len};
+    out.len = console.len;
     struct msg_writer w;
-    msg_begin(&w, &ob, AIRLOCK_MSG_CONSOLE, 0);
+    msg_begin(&w, &out, AIRLOCK_MSG_CONSOLE, 0);
     msg_add_str(&w, lname);
     msg_add(&w, text, len);
-    msg_end(&w); /* cannot overflow: capacity was ensured above */
-    console.len = ob.len;
-    console.kept += len;
+    msg_end(&w); /* cannot overflow: the room was checked above */
+    console.len = out.len;
+    /* Published after the message is whole: the host may stop the guest at any
+     * instruction, so the compiler must not move this store before the message's
+     * (the fence); the host still checks every length. */
+    atomic_signal_fence(memory_order_release);
+    plat_control()->response_len = console.len;
 }
 
 int console_write_pending(struct out_buf *out)
 {
-    if (console.len > out->cap - out->len)
+    /* The messages are already at the start of the output buffer, where `out` starts. */
+    if (console.overflow || out->len != 0)
         return -1;
-    memcpy(out->base + out->len, console.buf, console.len);
-    out->len += console.len;
+    out->len = console.len;
     return 0;
 }
 

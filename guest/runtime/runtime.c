@@ -52,11 +52,28 @@ static struct {
     /* Per-request conditions. */
     int oom;
     int interrupted;
-    /* The last request wants a GC once its response is on its way (airlock_runtime_after). */
+    /* The post-call GC the last request asked for, run once its response is on its way
+     * (airlock_runtime_after): GC_NONE, GC_FULL or GC_IF_GROWN. */
     int gc_pending;
     /* LOAD_RUNTIME's options, applied again to the fresh context of an UNLOAD. */
     struct webapi_options options;
+    /* Bytes QuickJS holds (its malloc_size, tracked by the allocator hooks below) and
+     * what it held after the last collection we saw: the post-call GC policy. */
+    size_t js_bytes;
+    size_t gc_baseline;
 } rt_state;
+
+enum { GC_NONE, GC_FULL, GC_IF_GROWN };
+
+/* Post-call GC policy (the default of a CALL, AIRLOCK_CALL_FLAG_GC_AUTO): a full
+ * collection costs what the live heap holds (21 us empty, 520 us with 10,000 objects),
+ * so it runs only once the JS heap has grown since the last collection by a quarter of
+ * what survived it, and by at least GC_MIN_GROWTH. Each collection then frees (or
+ * finds newly live) a share of the heap proportional to its cost, and between calls,
+ * before QuickJS's own allocation-time trigger (at half the live heap) fires in the
+ * middle of one. Garbage stays bounded either way. */
+#define GC_MIN_GROWTH ((size_t)256 * 1024)
+#define GC_GROWTH_SHARE 4
 
 /* ---------------------------------------------------------------------------
  * Small helpers */
@@ -134,7 +151,7 @@ static void respond(uint32_t status, const struct field *fields, unsigned n)
         ok = msg_end(&w) == 0;
     }
     if (ok) {
-        console_clear_pending();
+        console_clear_pending(); /* before publishing: it empties response_len */
         runtime_publish(&out);
         return;
     }
@@ -180,6 +197,7 @@ static void *js_heap_malloc(JSMallocState *s, size_t size)
     }
     s->malloc_count++;
     s->malloc_size += airlock_usable_size(p) + JS_MALLOC_OVERHEAD;
+    rt_state.js_bytes = s->malloc_size;
     return p;
 }
 
@@ -189,6 +207,7 @@ static void js_heap_free(JSMallocState *s, void *p)
         return;
     s->malloc_count--;
     s->malloc_size -= airlock_usable_size(p) + JS_MALLOC_OVERHEAD;
+    rt_state.js_bytes = s->malloc_size;
     airlock_free(p);
 }
 
@@ -208,6 +227,7 @@ static void *js_heap_realloc(JSMallocState *s, void *p, size_t size)
     }
     s->malloc_size += airlock_usable_size(q);
     s->malloc_size -= old;
+    rt_state.js_bytes = s->malloc_size;
     return q;
 }
 
@@ -627,6 +647,16 @@ static void host_fns_clear(void)
     rt_state.host_fn_count = 0;
 }
 
+/* A full collection; what survives is the baseline of the post-call GC policy, and
+ * QuickJS's own trigger is moved as its collections move it (1.5x what survived), so
+ * it does not fire again at once on a heap that grew while it was not looking. */
+static void collect_garbage(void)
+{
+    JS_RunGC(rt_state.rt);
+    rt_state.gc_baseline = rt_state.js_bytes;
+    JS_SetGCThreshold(rt_state.rt, rt_state.js_bytes + (rt_state.js_bytes >> 1));
+}
+
 /* Drops handlers and user modules and starts a fresh context. 0, or -1 on OOM. */
 static int context_reset(void)
 {
@@ -637,7 +667,7 @@ static int context_reset(void)
         webapi_context_free(rt_state.ctx);
         JS_FreeContext(rt_state.ctx);
     }
-    JS_RunGC(rt_state.rt);
+    collect_garbage();
     rt_state.ctx = context_create();
     rt_state.ctx_pristine = rt_state.ctx != NULL;
     return rt_state.ctx ? 0 : -1;
@@ -945,7 +975,7 @@ static void handle_load(const struct msg_view *m)
                 respond_fmt(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted while loading: %s", error);
             else
                 respond_text(AIRLOCK_STATUS_COMPILE_ERROR, error);
-            JS_RunGC(rt_state.rt);
+            collect_garbage();
             return;
         }
     }
@@ -1100,7 +1130,9 @@ static void handle_call(const struct msg_view *m)
     webapi_encoded_free(ctx, &enc);
 done:
     if ((flags & AIRLOCK_CALL_FLAG_GC) || rt_state.oom)
-        rt_state.gc_pending = 1;
+        rt_state.gc_pending = GC_FULL;
+    else if (flags & AIRLOCK_CALL_FLAG_GC_AUTO)
+        rt_state.gc_pending = GC_IF_GROWN;
 }
 
 static void handle_chunk(const struct msg_view *m)
@@ -1200,7 +1232,7 @@ static void handle_message(const uint8_t *buf, size_t len)
             respond_ok();
         break;
     case AIRLOCK_MSG_GC:
-        JS_RunGC(rt_state.rt);
+        collect_garbage();
         respond_ok();
         break;
     case AIRLOCK_MSG_CHUNK:
@@ -1215,12 +1247,25 @@ static void handle_message(const uint8_t *buf, size_t len)
     }
 }
 
+/* Whether the heap grew enough since the last collection (the post-call GC policy). A
+ * collection QuickJS ran by itself is seen as a heap below the baseline. */
+static int heap_grew(void)
+{
+    if (rt_state.js_bytes < rt_state.gc_baseline)
+        rt_state.gc_baseline = rt_state.js_bytes;
+    size_t grown = rt_state.js_bytes - rt_state.gc_baseline;
+    size_t needed = rt_state.gc_baseline / GC_GROWTH_SHARE;
+    return grown >= (needed > GC_MIN_GROWTH ? needed : GC_MIN_GROWTH);
+}
+
 void airlock_runtime_after(void)
 {
-    if (rt_state.gc_pending && rt_state.rt) {
-        rt_state.gc_pending = 0;
-        JS_RunGC(rt_state.rt);
-    }
+    int pending = rt_state.gc_pending;
+    rt_state.gc_pending = GC_NONE;
+    if (!rt_state.rt || pending == GC_NONE)
+        return;
+    if (pending == GC_FULL || heap_grew())
+        collect_garbage();
 }
 
 void airlock_runtime_handle(void)
@@ -1278,6 +1323,7 @@ void airlock_runtime_init(void)
     if (!rt_state.ctx)
         plat_abort("guest heap exhausted creating the JavaScript context");
     rt_state.ctx_pristine = 1;
+    rt_state.gc_baseline = rt_state.js_bytes;
     c->magic = AIRLOCK_CONTROL_MAGIC;
     c->abi_version = AIRLOCK_ABI_VERSION;
     const char *fields[1] = {AIRLOCK_ENGINE_VERSION};

@@ -29,11 +29,14 @@ JSValue runtime_host_call(JSContext *ctx, const char *module, const char *functi
 /* console.c: per-request console capture. */
 void console_install(JSContext *ctx);
 void console_begin_request(void);
-/* Appends the pending console messages to `out`; -1 (out unchanged) when they do not fit. */
+/* Console messages are written into the output buffer as they happen (so a stopped
+ * call's lines survive). Takes them into `out`, a fresh runtime_output(); -1 (out
+ * unchanged) when they did not all fit. */
 int console_write_pending(struct out_buf *out);
 /* Appends the "N bytes dropped" notice when anything was dropped; -1 when it does not fit. */
 int console_write_dropped_notice(struct out_buf *out);
-/* The pending messages reached the host (after a HOST_CALL exit). */
+/* The pending messages reached the host (after a HOST_CALL exit) or are given up: the
+ * output buffer is free again (response_len 0). */
 void console_clear_pending(void);
 /* Bytes the pending console messages occupy once encoded. */
 size_t console_pending_bytes(void);

@@ -48,6 +48,26 @@ bool readGuestOutput(const GuestMemory &mem, const GuestLayout &l, std::vector<u
     return true;
 }
 
+std::vector<uint8_t> readStoppedOutput(const GuestMemory &mem, const GuestLayout &l) {
+    const uint32_t len = mem.read<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
+    // A forged length only costs the guest its console lines.
+    if (len > l.outputSize) return {};
+    const uint8_t *out = mem.at(l.outputAddr, len);
+    // Only the leading CONSOLE messages are copied, so a guest's garbage costs no
+    // allocation; every header length is checked against `len` (src/ checks fields).
+    size_t off = 0;
+    while (len - off >= AIRLOCK_MSG_HEADER_SIZE) {
+        airlock_msg m;
+        std::memcpy(&m, out + off, sizeof m);
+        const size_t bodyStart = off + AIRLOCK_MSG_HEADER_SIZE;
+        // Lines before a HOST_CALL went out with it, and were delivered then.
+        if (m.kind == AIRLOCK_MSG_HOST_CALL) return {};
+        if (m.kind != AIRLOCK_MSG_CONSOLE || m.length > len - bodyStart) break;
+        off = bodyStart + m.length;
+    }
+    return std::vector<uint8_t>(out, out + off);
+}
+
 std::string abortText(const uint8_t *out, size_t len) {
     // Walk the messages; every header and field length is checked against `len`.
     size_t off = 0;

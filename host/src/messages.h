@@ -22,6 +22,14 @@ std::vector<uint8_t> encodeHostError(const std::string &text, size_t capacity);
 // buffer. False with `error` set when the guest claims more than the buffer holds.
 bool readGuestOutput(const GuestMemory &mem, const GuestLayout &layout, std::vector<uint8_t> &out, std::string &error);
 
+// What a guest stopped mid-request (cancelled) had published: the CONSOLE messages it
+// wrote before the stop, which it keeps response_len current for. response_len is read
+// once and bounded by the output buffer (a larger claim gives nothing); only the
+// leading messages of kind CONSOLE whose bodies lie within it are copied (none when a
+// HOST_CALL follows them); their fields are decoded as hostile by
+// src/engine/protocol.ts (consoleBeforeStop).
+std::vector<uint8_t> readStoppedOutput(const GuestMemory &mem, const GuestLayout &layout);
+
 // The text of the first ABORT message in `out`, at most 2 KiB (cut on a character
 // boundary, "..." appended), or "" when there is none or it is not printable UTF-8.
 std::string abortText(const uint8_t *out, size_t len);

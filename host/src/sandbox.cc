@@ -270,6 +270,8 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
         // data pointer: memcpy from null is undefined even for 0 bytes.
         if (!request->empty()) std::memcpy(memory_->at(l.inputAddr, request->size()), request->data(), request->size());
         memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(request->size()));
+        // The last answer was read: what a stop finds there (readStoppedOutput) is this request's.
+        memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0);
     }
     writeClockBase();
     writePollTicks();

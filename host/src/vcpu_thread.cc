@@ -434,6 +434,8 @@ bool VcpuThread::cancelInFlight() {
     o.code = OutcomeCode::Cancelled;
     o.terminatedBy = s_.cancel_.reason();
     o.message = std::string("execution cancelled by ") + terminatedByName(o.terminatedBy);
+    // The console lines written before the stop (issue #11): the guest is not running.
+    if (s_.record_.guestEntered) o.output = readStoppedOutput(*s_.memory_, s_.layout_);
     done(std::move(o));
     return true;
 }

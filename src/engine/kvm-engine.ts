@@ -43,12 +43,13 @@ class KvmSnapshot implements EngineSnapshot {
 /** Turns an addon rejection into the taxonomy, keeping its timing. */
 function fromNative(e: unknown): AirlockError {
   if (e instanceof AirlockError) return e;
-  const err = e as { code?: string; message?: string; terminatedBy?: string; wallTimeNs?: number; cpuTimeNs?: number };
+  const err = e as { code?: string; message?: string; terminatedBy?: string; wallTimeNs?: number; cpuTimeNs?: number; output?: unknown };
   const message = err?.message ?? String(e);
   let out: AirlockError;
   switch (err?.code) {
     case 'ERR_CANCELLED':
       out = new CancelledError((err.terminatedBy as TerminatedBy) ?? 'kill');
+      if (err.output instanceof Uint8Array) out.guestOutput = err.output;
       break;
     case 'ERR_GUEST_ABORT':
       out = new GuestAbortError(message);

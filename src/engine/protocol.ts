@@ -15,6 +15,7 @@ import {
   AIRLOCK_MSG_ABORT,
   AIRLOCK_MSG_CONSOLE,
   AIRLOCK_MSG_HEADER_SIZE,
+  AIRLOCK_MSG_HOST_CALL,
 } from './abi.generated.js';
 
 /** A field to encode: text (UTF-8) or raw bytes. `undefined` fields must come last and are omitted. */
@@ -144,6 +145,34 @@ export function splitOutput(bytes: Uint8Array): RawGuestOutput {
     }
     return { console: consoleEntries, final: message };
   }
+}
+
+/**
+ * The console lines a guest had written when its call was stopped (ERR_CANCELLED): the
+ * CONSOLE messages at the start of its output, up to the first message that is not one
+ * or does not decode, which ends them without an error (the guest may have been stopped
+ * anywhere). When that message is a HOST_CALL the lines went out with it and were
+ * delivered then: none are returned.
+ */
+export function consoleBeforeStop(bytes: Uint8Array): RawConsoleEntry[] {
+  const entries: RawConsoleEntry[] = [];
+  let offset = 0;
+  while (offset < bytes.byteLength) {
+    let decoded: { message: Message; next: number };
+    try {
+      decoded = decodeMessageAt(bytes, offset);
+    } catch {
+      break;
+    }
+    const { message, next } = decoded;
+    if (message.kind === AIRLOCK_MSG_HOST_CALL) return [];
+    if (message.kind !== AIRLOCK_MSG_CONSOLE || message.fields.length !== 2 || message.status !== 0) break;
+    const level = message.fields[0].toString('utf8');
+    if (!CONSOLE_LEVELS.has(level)) break;
+    entries.push({ level: level as ConsoleLevel, text: message.fields[1] });
+    offset = next;
+  }
+  return entries;
 }
 
 /** splitOutput() with console text decoded as UTF-8 (invalid sequences become U+FFFD). */

@@ -18,7 +18,6 @@ import {
   Slot,
   State,
   atomicsWaitAsync,
-  Spinner,
   type BootConfig,
   type MemoryImage,
   type RestoreRequest,
@@ -30,10 +29,6 @@ import { MAX_SHADOW_STACK_BYTES, readModuleMemory, type GuestSizes, type ModuleM
 function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
 }
-
-/** The longest a waiting main thread spins before sleeping in waitAsync. A trivial call
- *  finishes inside it; a wake-up through the event loop costs more. */
-const MAIN_SPIN_MS = 0.2;
 
 /** Threads started ahead of demand when the pool runs dry while other sandboxes are
  *  alive (demand is growing). Each is a thread with a V8 isolate (a few MiB); a start
@@ -175,7 +170,6 @@ export class GuestWorker {
   /** The memory image the worker keeps (Slot.ImageId); 0: none. */
   private heldImage = 0;
   private readonly exitListeners = new Set<() => void>();
-  private readonly spinner = new Spinner(MAIN_SPIN_MS);
 
   private constructor(
     readonly thread: Worker,
@@ -272,7 +266,10 @@ export class GuestWorker {
    *  the process open meanwhile (someone awaits the answer; the pool's own work does
    *  not). `deadlineMs`: past it `onDeadline` runs, by default terminating the worker
    *  (expire), which ends the wait; `onDeadline` returns how many ms more to wait
-   *  before that, or nothing when it dealt with the deadline itself. */
+   *  before that, or nothing when it dealt with the deadline itself.
+   *  The main thread never spins here: the answer arrives through Atomics.waitAsync,
+   *  whose wake-up is a task of the event loop, so timers and I/O run between the
+   *  turns of back-to-back calls and host-call storms (issue #10). */
   async waitWhile(
     value: State,
     keepAlive = true,
@@ -280,13 +277,9 @@ export class GuestWorker {
     onDeadline?: () => number | void,
   ): Promise<number> {
     const ctl = this.control;
-    const start = performance.now();
-    // The pool's own work (keepAlive false) is in no hurry: it never spins the main
-    // thread, and its long operations do not teach the sandbox's spinner anything.
-    let s = keepAlive ? this.spinner.spinWhile(ctl, value) : Atomics.load(ctl, Slot.State);
+    let s = Atomics.load(ctl, Slot.State);
     if (s !== value) return s;
-    // Sleeping: keep the process alive until the worker answers. The deadline's timer
-    // is armed only here, off the fast path of an answer caught while spinning.
+    // Keep the process alive until the worker answers (a waitAsync holds no handle).
     if (keepAlive) this.thread.ref();
     let timer: NodeJS.Timeout | undefined;
     const arm = (ms: number, fire: () => void) => {
@@ -294,7 +287,7 @@ export class GuestWorker {
       if (!keepAlive) timer.unref();
     };
     if (deadlineMs !== Infinity) {
-      arm(Math.max(0, start + deadlineMs - performance.now()), () => {
+      arm(deadlineMs, () => {
         const more = onDeadline ? onDeadline() : 0;
         if (more === undefined) return;
         arm(more, () => this.expire(`the worker did not answer within ${deadlineMs + more} ms and was terminated`));
@@ -310,7 +303,6 @@ export class GuestWorker {
       clearTimeout(timer);
       if (keepAlive) this.thread.unref();
     }
-    if (keepAlive) this.spinner.waited(performance.now() - start);
     return s;
   }
 

@@ -1,7 +1,7 @@
 // wasm-engine.ts — the WebAssembly tier: one guest module instance per sandbox, run in
 // its own worker thread (a spinning guest never blocks the event loop). Calls cross
-// on shared memory (channel.ts): the main thread spins for an adaptive time (Spinner),
-// then waits with Atomics.waitAsync. This file owns the main-thread side: exchanges, host calls,
+// on shared memory (channel.ts): the main thread never spins; it waits with
+// Atomics.waitAsync, whose wake-up is an event-loop task. This file owns the main-thread side: exchanges, host calls,
 // monitors, kill, snapshots and the worker's lifetime (a healthy worker goes back to
 // the pool on dispose, pool.ts resets it for the next sandbox).
 import {
@@ -284,7 +284,13 @@ export class WasmEngine implements GuestEngine {
         const output = await this.serveExchange(w, flight);
         if (eagerId) this.eagerImage = w.takeImage(eagerId);
         const reason = Atomics.load(ctl, Slot.Cancel);
-        if (reason !== CancelReason.None) throw new CancelledError(REASONS[reason] ?? 'kill');
+        if (reason !== CancelReason.None) {
+          // The guest stopped at an interrupt check and answered: its console lines
+          // written before the stop are in the output, for the core to deliver.
+          const cancelled = new CancelledError(REASONS[reason] ?? 'kill');
+          cancelled.guestOutput = output;
+          throw cancelled;
+        }
         const cpuUs = ctl[Slot.CpuUsedUs];
         return { output, wallTimeNs: Math.round((performance.now() - started) * 1e6), cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null };
       } finally {
@@ -340,9 +346,14 @@ export class WasmEngine implements GuestEngine {
   /** Runs the exchange's turns until the final output: serves host calls meanwhile. */
   private async serveExchange(w: GuestWorker, flight: Flight): Promise<Buffer> {
     let waitingOn = State.Request;
+    // The post-call deadline matters only while the worker is still in the previous
+    // call's post-call work: PostCall turns 1 only as an exchange ends, so once it reads
+    // 0 after this request was signalled, that work is over, and the usual call
+    // arms no timer (main-thread time per call).
+    const inPostCall = Atomics.load(w.control, Slot.PostCall) === 1;
     for (;;) {
       const s =
-        waitingOn === State.Request
+        waitingOn === State.Request && inPostCall
           ? await w.waitWhile(waitingOn, true, deadlines.postCallMs, this.checkPostCall)
           : await w.waitWhile(waitingOn);
       if (s === State.Done) {

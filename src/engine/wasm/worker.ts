@@ -317,7 +317,10 @@ function deliverInput(l: Layout): void {
   }
   if (len > dataUsed) dataUsed = len;
   memoryBytes().set(data.subarray(0, len), l.inputAddr);
-  memoryView().setUint32(l.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, len, true);
+  const view = memoryView();
+  view.setUint32(l.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, len, true);
+  // The last output was read: whatever the guest publishes from here is this turn's.
+  view.setUint32(l.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0, true);
 }
 
 function hostExit(kind: number): void {
