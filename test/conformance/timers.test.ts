@@ -23,12 +23,14 @@ describeEachBackend('guest timers', (h) => {
     const loaded = await load({
       h: `export default async function () {
         const order = [];
-        setTimeout((a, b) => order.push('late:' + a + b), 20, 'x', 'y');
+        // Far apart: a loaded host may pause the guest for tens of ms between two lines,
+        // and deadlines (like Node's) count that time.
+        setTimeout((a, b) => order.push('late:' + a + b), 150, 'x', 'y');
         setTimeout(() => order.push('first'), 1);
         setTimeout(() => order.push('tie'), 1);
         queueMicrotask(() => order.push('micro'));
         order.push('sync');
-        await new Promise((r) => setTimeout(r, 40));
+        await new Promise((r) => setTimeout(r, 200));
         return order;
       }`,
     });
