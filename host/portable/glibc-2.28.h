@@ -15,6 +15,7 @@ __asm__(".symver pthread_sigmask,pthread_sigmask@GLIBC_2.2.5");
 __asm__(".symver pthread_getcpuclockid,pthread_getcpuclockid@GLIBC_2.2.5");
 __asm__(".symver pthread_setname_np,pthread_setname_np@GLIBC_2.12");
 __asm__(".symver pthread_sigqueue,pthread_sigqueue@GLIBC_2.11");
+__asm__(".symver pthread_mutex_trylock,pthread_mutex_trylock@GLIBC_2.2.5");
 
 #ifdef __cplusplus
 // pthread_cond_clockwait appeared in glibc 2.30. Without this macro libstdc++'s
