@@ -2,7 +2,7 @@
 // blanking its types (ts-blank-space): every remaining character keeps its line and column,
 // so guest stack traces and syntax errors point at the user's own source.
 import { createRequire } from 'node:module';
-import { CompileError } from './errors.js';
+import { CompileError, UnavailableError } from './errors.js';
 
 type TsModule = typeof import('typescript');
 type BlankSourceFile = (sourceFile: import('typescript').SourceFile, onError?: (node: import('typescript').Node) => void) => string;
@@ -11,10 +11,18 @@ type BlankSourceFile = (sourceFile: import('typescript').SourceFile, onError?: (
 // more to load, which sandboxes that never see TypeScript should not pay.
 let loaded: { ts: TsModule; blankSourceFile: BlankSourceFile } | undefined;
 
+// Optional peer dependencies: a package that needs no TypeScript handlers does not carry
+// the TypeScript parser (tens of MiB). Missing, a TypeScript source is ERR_UNAVAILABLE.
 function load(): { ts: TsModule; blankSourceFile: BlankSourceFile } {
   if (!loaded) {
     const require = createRequire(__filename);
-    loaded = { ts: require('typescript') as TsModule, blankSourceFile: (require('ts-blank-space') as { blankSourceFile: BlankSourceFile }).blankSourceFile };
+    try {
+      loaded = { ts: require('typescript') as TsModule, blankSourceFile: (require('ts-blank-space') as { blankSourceFile: BlankSourceFile }).blankSourceFile };
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'MODULE_NOT_FOUND') throw e;
+      const reason = 'TypeScript sources need the optional packages typescript and ts-blank-space: npm install typescript ts-blank-space';
+      throw new UnavailableError(reason, [reason]);
+    }
   }
   return loaded;
 }

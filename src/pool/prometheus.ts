@@ -6,10 +6,22 @@ import type * as PromClient from 'prom-client';
 import { UnavailableError } from '../errors.js';
 import type { PoolCallEvent, SandboxPool } from './pool.js';
 
+/**
+ * The part of a prom-client `Registry` the adapter uses. Written out here so the
+ * published types do not need prom-client installed (it is an optional peer).
+ */
+export interface PromRegistryLike {
+  /** Adds a metric (prom-client's Registry.registerMetric). */
+  registerMetric(metric: never): void;
+  /** Removes a metric by name (prom-client's Registry.removeSingleMetric). */
+  removeSingleMetric(name: string): void;
+}
+
 /** Options of registerPoolMetrics(): where the metrics go and how they are named and labelled. */
 export interface PoolMetricsOptions {
-  /** Where the metrics are registered (default: prom-client's global registry). */
-  registry?: PromClient.Registry;
+  /** Where the metrics are registered: a prom-client `Registry` (default: prom-client's
+   *  global registry). */
+  registry?: PromRegistryLike;
   /** Metric name prefix (default 'airlock_pool_'). */
   prefix?: string;
   /** Label series by tenant (default true). Turn off for very many tenants: each tenant
@@ -34,7 +46,8 @@ function loadPromClient(): typeof PromClient {
  */
 export function registerPoolMetrics(pool: SandboxPool, options: PoolMetricsOptions = {}): () => void {
   const client = loadPromClient();
-  const registry = options.registry ?? client.register;
+  // The caller's object is a prom-client Registry; only its shape is declared above.
+  const registry = (options.registry as PromClient.Registry | undefined) ?? client.register;
   const prefix = options.prefix ?? 'airlock_pool_';
   const byTenant = options.tenantLabel ?? true;
   const tenant = (name: string) => (byTenant ? { tenant: name } : {});
