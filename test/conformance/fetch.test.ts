@@ -27,7 +27,9 @@ beforeAll(async () => {
     } else if (url.pathname === '/bytes') {
       res.end(Buffer.from([0, 1, 2, 250, 255]));
     } else if (url.pathname === '/big') {
-      res.end('x'.repeat(4096));
+      // Declared also for HEAD, which sends no body.
+      res.setHeader('content-length', 4096);
+      res.end(req.method === 'HEAD' ? undefined : 'x'.repeat(4096));
     } else if (url.pathname === '/chunked-big') {
       res.write('y'.repeat(3000));
       res.end('y'.repeat(3000));
@@ -140,6 +142,11 @@ describeEachBackend('fetch', (h) => {
       expect(loaded.poisoned).toBe(false);
     });
   }
+
+  it('answers HEAD for a resource larger than maxResponseBodyBytes (no body is read)', async () => {
+    const loaded = await sandbox(loopbackAllowed({ maxResponseBodyBytes: 1000 }));
+    expect(await loaded.callHandler('f', { url: `${origin}/big`, init: { method: 'HEAD' } })).toMatchObject({ status: 200, body: '' });
+  });
 
   it('follows allowed redirects and says so', async () => {
     const loaded = await sandbox(loopbackAllowed());
