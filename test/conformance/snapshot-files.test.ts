@@ -2,8 +2,9 @@
 // directory and Snapshot.load() back, file modes, and loading hostile files (altered
 // blobs, oversize claims, wrong schema, ABI or guest image), which must fail with
 // ERR_INVALID_ARG before anything reaches a guest.
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
@@ -50,6 +51,13 @@ it('refuses names and directories it cannot use', async () => {
   await expect(Snapshot.load(join(tmpdir(), 'airlock-no-such-layout'), 'missing')).rejects.toMatchObject({ code: 'ERR_INTERNAL' });
   await expect(Snapshot.load(tmpdir(), '../escape')).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
   await expect(Snapshot.load(tmpdir(), 'sha256:1234')).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+});
+
+it('refuses a FIFO in place of a file without waiting for a writer', async () => {
+  const dir = await snapshotDir();
+  await mkdir(dir, { recursive: true });
+  execFileSync('mkfifo', [join(dir, 'oci-layout')]);
+  await expect(Snapshot.load(dir, 'any')).rejects.toMatchObject({ code: 'ERR_INVALID_ARG', message: expect.stringMatching(/oci-layout is not a regular file/) });
 });
 
 describeEachBackend('persistent snapshots', (h) => {
@@ -140,7 +148,7 @@ describeEachBackend('persistent snapshots', (h) => {
     const loaded = await loadedCounter();
     const snapshot = await loaded.snapshot();
     // Equal content: every tag names one manifest until forged.
-    for (const tag of ['pristine', 'memory', 'size', 'schema', 'abi', 'image', 'layers', 'ranges', 'backend']) await snapshot.save(dir, tag);
+    for (const tag of ['pristine', 'memory', 'size', 'heap', 'schema', 'abi', 'image', 'layers', 'ranges', 'backend']) await snapshot.save(dir, tag);
 
     const expectRefused = async (tag: string, pattern: RegExp) => {
       const err = await Snapshot.load(dir, tag).then(() => undefined, (e: unknown) => e);
@@ -166,6 +174,11 @@ describeEachBackend('persistent snapshots', (h) => {
       m.layers[1].size = 2 ** 50;
     });
     await expectRefused('size', /more than the .* allowed/);
+    // A forged heap size would raise the memory layer's read limit past any real guest.
+    await forgeMetadata(dir, 'heap', (meta) => {
+      meta.config.heapSize = 2 ** 40;
+    });
+    await expectRefused('heap', /config\.heapSize/);
     await forgeMetadata(dir, 'schema', (meta) => {
       meta.airlockSnapshot = 99;
     });
