@@ -7,7 +7,7 @@
 // importTemplate() refuses another ABI, guest image or layout.
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { AirlockError, InternalError, InvalidArgumentError } from '../errors.js';
@@ -145,10 +145,33 @@ async function writeBlob(dir: string, chunks: readonly Uint8Array[]): Promise<Bl
   }
   const hex = hash.digest('hex');
   const path = join(dir, 'blobs', 'sha256', hex);
-  const existing = await stat(path).catch(() => undefined);
-  if (existing?.isFile() && existing.size === total) return { digest: `sha256:${hex}`, size: total };
-  await writeAtomically(path, chunks);
+  if (!(await holdsBlob(path, hex, total))) await writeAtomically(path, chunks);
   return { digest: `sha256:${hex}`, size: total };
+}
+
+/** Whether `path` is already a regular file with these bytes: a same-sized file with other
+ *  bytes, or a link, is replaced (loadUnverified() would otherwise run what it holds). */
+async function holdsBlob(path: string, hex: string, size: number): Promise<boolean> {
+  const existing = await lstat(path).catch(() => undefined);
+  if (!existing?.isFile() || existing.size !== size) return false;
+  const hash = createHash('sha256');
+  const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK).catch(() => undefined);
+  if (!fh) return false;
+  try {
+    const chunk = Buffer.alloc(Math.min(size, 1 * MiB));
+    let at = 0;
+    while (at < size) {
+      const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.length, size - at), at);
+      if (bytesRead === 0) return false;
+      hash.update(chunk.subarray(0, bytesRead));
+      at += bytesRead;
+    }
+  } catch {
+    return false;
+  } finally {
+    await fh.close();
+  }
+  return hash.digest('hex') === hex;
 }
 
 /** Writes a file under a temporary name and renames it over `path`, so a reader never

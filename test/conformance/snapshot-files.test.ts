@@ -4,7 +4,7 @@
 // ERR_INVALID_ARG before anything reaches a guest.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
@@ -106,6 +106,25 @@ describeEachBackend('persistent snapshots', (h) => {
       open.push(s);
       expect(await s.callHandler('counter', {})).toEqual({ count: 2 });
     }
+  });
+
+  it('rewrites a blob that is present with the same size but other bytes, or as a link', async () => {
+    const dir = await snapshotDir();
+    const snapshot = await (await loadedCounter()).snapshot();
+    await snapshot.save(dir, 'first');
+    const index = await readJson(join(dir, 'index.json'));
+    const [cpu, memory] = (await readJson(blobPath(dir, index.manifests[0].digest))).layers as Json[];
+    const altered = await readFile(blobPath(dir, memory.digest));
+    altered[altered.length >> 1] ^= 0xff;
+    await writeFile(blobPath(dir, memory.digest), altered);
+    const elsewhere = join(dir, '..', 'cpu-copy');
+    await writeFile(elsewhere, await readFile(blobPath(dir, cpu.digest)));
+    await rm(blobPath(dir, cpu.digest));
+    await symlink(elsewhere, blobPath(dir, cpu.digest));
+
+    await snapshot.save(dir, 'again');
+    expect((await lstat(blobPath(dir, cpu.digest))).isFile()).toBe(true);
+    expect((await Snapshot.load(dir, 'again')).kind).toBe('loadedJsSandbox');
   });
 
   it('saves a jsSandbox with its staged sources and its host function requirements', async () => {
