@@ -168,6 +168,9 @@ describeEachBackend('fetch', (h) => {
       { origins: ['https://example.com/path'] },
       { origins: 'https://example.com' },
       { origins: [], allowAddresses: ['not-an-ip'] },
+      { origins: [], allowAddresses: ['127.0.0.1/'] }, // not /0: that would allow every address
+      { origins: [], allowAddresses: ['10.0.0.0/8/16'] },
+      { origins: [], allowAddresses: ['10.0.0.0/0x8'] },
       { origins: [], timeoutMs: 0 },
       { origins: [], maxRedirect: 3 },
     ];
