@@ -142,6 +142,8 @@ const SPECIAL_RANGES: readonly [string, number, 'ipv4' | 'ipv6', string][] = [
   ['240.0.0.0', 4, 'ipv4', 'reserved'],
   ['::', 128, 'ipv6', 'unspecified'],
   ['::1', 128, 'ipv6', 'loopback'],
+  // Deprecated, but a stack with a 6-in-4 tunnel still routes ::a.b.c.d to a.b.c.d.
+  ['::', 96, 'ipv6', 'IPv4-compatible'],
   ['::ffff:0:0', 96, 'ipv6', 'IPv4-mapped'],
   ['64:ff9b::', 96, 'ipv6', 'NAT64'],
   ['fc00::', 7, 'ipv6', 'private (unique local, cloud metadata)'],

@@ -129,6 +129,7 @@ describeEachBackend('fetch', (h) => {
     ['request headers larger than the limit', () => loopbackAllowed({ maxRequestHeaderBytes: 10 }), { url: '/json', init: { headers: { 'x-long': 'a'.repeat(20) } } }, /maxRequestHeaderBytes \(10\)/],
     ['a server that does not answer in time', () => loopbackAllowed({ timeoutMs: 200 }), { url: '/hang' }, /timeoutMs \(200 ms\)/],
     ['more redirects than allowed', () => loopbackAllowed({ maxRedirects: 0 }), { url: '/redirect' }, /maxRedirects \(0\)/],
+    ['an IPv4-compatible IPv6 address', () => ({ origins: ['http://[::7f00:1]:1'] }), { url: 'http://[::127.0.0.1]:1/json' }, /address ::7f00:1 is IPv4-compatible/],
     ['a non-http scheme', () => loopbackAllowed(), { url: 'file:///etc/passwd' }, /file: URLs are not fetchable/],
   ];
   for (const [what, policy, req, rule] of refusals) {
