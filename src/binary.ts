@@ -44,10 +44,14 @@ export function encodeBinary(value: unknown): EncodedValue {
 /**
  * The value of guest-written `json` with each placeholder replaced by a copy of its field
  * (the fields are views into memory the engine reuses). Guest output is hostile: a
- * placeholder with other keys, an index that is not an integer naming one of `buffers`, or an
- * unknown type throws BinaryEncodingError, as does invalid JSON (SyntaxError).
+ * placeholder with other keys, an index that is not an integer naming one of `buffers`, an
+ * index named a second time, or an unknown type throws BinaryEncodingError, as does invalid
+ * JSON (SyntaxError).
  */
 export function decodeBinary(json: string, buffers: readonly Uint8Array[]): unknown {
+  // An encoder names each field once; a repeated index would have the host copy one big
+  // field per 40-byte placeholder (gigabytes from one output buffer).
+  const used = new Set<number>();
   return JSON.parse(json, (_key, v: unknown) => {
     if (v === null || typeof v !== 'object' || !hasOwn(v, BINARY_KEY)) return v;
     const placeholder = v as Record<string, unknown>;
@@ -57,6 +61,8 @@ export function decodeBinary(json: string, buffers: readonly Uint8Array[]): unkn
       throw new BinaryEncodingError('malformed binary placeholder');
     }
     if (type !== 'Uint8Array' && type !== 'ArrayBuffer') throw new BinaryEncodingError(`unknown binary placeholder type ${JSON.stringify(type)?.slice(0, 40)}`);
+    if (used.has(index)) throw new BinaryEncodingError(`binary field ${index} is named by more than one placeholder`);
+    used.add(index);
     const copy = new Uint8Array(buffers[index]);
     return type === 'ArrayBuffer' ? copy.buffer : copy;
   });

@@ -9,22 +9,11 @@ import { HostFunctionModule } from './host-function-module.js';
 import { SandboxRestorer, type HostFunctionFilter } from './restorer.js';
 import { ProtoJSSandbox, Snapshot } from './sandbox.js';
 import { templateSupport } from './snapshot/tiers.js';
-import { requireFunction, requireSize } from './validate.js';
+import { requireFunction, requireSize, sizeLimits } from './validate.js';
 import { hardenedProfile, randomSeed, type HardenedOptions } from './guest-options.js';
 import type { GuestRuntimeOptions } from './engine/protocol.js';
 
-const KiB = 1024;
-const MiB = 1024 * KiB;
-const GiB = 1024 * MiB;
-
-/** Defaults and limits of the builder's sizes, in bytes. */
-export const sizeLimits = {
-  heap: { default: 64 * MiB, min: 2 * MiB, max: 16 * GiB },
-  scratch: { default: 1 * MiB, min: 64 * KiB, max: 1 * GiB },
-  inputBuffer: { default: 1 * MiB, min: 1 * KiB, max: 256 * MiB },
-  outputBuffer: { default: 1 * MiB, min: 1 * KiB, max: 256 * MiB },
-  consoleLimit: { default: 64 * KiB, min: 1, max: 256 * MiB },
-} as const;
+export { sizeLimits } from './validate.js';
 
 /**
  * The entry point: configure sizes, tier and console, then build() a sandbox. Each build()

@@ -705,7 +705,10 @@ export class SandboxCore {
         frame.active = false;
       }
       try {
-        return { kind: CompletionKind.Value, json: JSON.stringify(result) };
+        // As a blocking call's result: with binary data on, bytes cross as fields.
+        if (!this.binaryData) return { kind: CompletionKind.Value, json: JSON.stringify(result) };
+        const { json, buffers } = encodeBinary(result);
+        return { kind: CompletionKind.Value, json, buffers };
       } catch (e) {
         return {
           kind: CompletionKind.HostError,

@@ -193,3 +193,16 @@ function describe(value: unknown): string {
   if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint') return `${typeof value} ${String(value)}`;
   return typeof value;
 }
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+/** Defaults and limits of the builder's sizes, in bytes. */
+export const sizeLimits = {
+  heap: { default: 64 * MiB, min: 2 * MiB, max: 16 * GiB },
+  scratch: { default: 1 * MiB, min: 64 * KiB, max: 1 * GiB },
+  inputBuffer: { default: 1 * MiB, min: 1 * KiB, max: 256 * MiB },
+  outputBuffer: { default: 1 * MiB, min: 1 * KiB, max: 256 * MiB },
+  consoleLimit: { default: 64 * KiB, min: 1, max: 256 * MiB },
+} as const;

@@ -86,7 +86,8 @@ export class GuestFetch {
         url = next;
         continue;
       }
-      const bytes = await readLimited(response, p.maxResponseBodyBytes);
+      // A HEAD response has no body: its content-length is the GET's, not bytes to read.
+      const bytes = method === 'HEAD' ? Buffer.alloc(0) : await readLimited(response, p.maxResponseBodyBytes);
       return {
         status: response.status,
         statusText: response.statusText,

@@ -103,10 +103,11 @@ export function resolveFetchPolicy(policy: FetchPolicy): ResolvedFetchPolicy {
   const methods = new Set((policy.methods === undefined ? fetchDefaults.methods : stringList(policy.methods, 'methods')).map((m) => m.toUpperCase()));
   const allowAddresses = new BlockList();
   for (const a of policy.allowAddresses === undefined ? [] : stringList(policy.allowAddresses, 'allowAddresses')) {
-    const [address, prefix] = a.split('/');
+    const [address, prefix, ...rest] = a.split('/');
     const family = isIP(address);
-    const bits = prefix === undefined ? undefined : Number(prefix);
-    if (family === 0 || (bits !== undefined && !(Number.isInteger(bits) && bits >= 0 && bits <= (family === 4 ? 32 : 128)))) {
+    // Digits only: Number('') is 0, and '127.0.0.1/' must not allow every address.
+    const bits = prefix === undefined ? undefined : /^[0-9]{1,3}$/.test(prefix) ? Number(prefix) : NaN;
+    if (family === 0 || rest.length > 0 || (bits !== undefined && !(Number.isInteger(bits) && bits >= 0 && bits <= (family === 4 ? 32 : 128)))) {
       throw new InvalidArgumentError(`fetch policy allowAddresses entry '${a}' is not an IP address or CIDR range`);
     }
     const type = family === 4 ? 'ipv4' : 'ipv6';
@@ -141,6 +142,8 @@ const SPECIAL_RANGES: readonly [string, number, 'ipv4' | 'ipv6', string][] = [
   ['240.0.0.0', 4, 'ipv4', 'reserved'],
   ['::', 128, 'ipv6', 'unspecified'],
   ['::1', 128, 'ipv6', 'loopback'],
+  // Deprecated, but a stack with a 6-in-4 tunnel still routes ::a.b.c.d to a.b.c.d.
+  ['::', 96, 'ipv6', 'IPv4-compatible'],
   ['::ffff:0:0', 96, 'ipv6', 'IPv4-mapped'],
   ['64:ff9b::', 96, 'ipv6', 'NAT64'],
   ['fc00::', 7, 'ipv6', 'private (unique local, cloud metadata)'],

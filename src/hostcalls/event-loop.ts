@@ -4,6 +4,7 @@
 // Every step the guest asks for is bounded here: the number of calls in flight, the
 // size of each answer, the length of a sleep. A closed loop drops late answers.
 import { GuestAbortError } from '../errors.js';
+import { BINARY_KEY } from '../binary.js';
 import { encodeMessage, encodedSize } from '../engine/protocol.js';
 import * as abi from '../engine/abi.generated.js';
 
@@ -21,8 +22,17 @@ export const enum CompletionKind {
   TypeError = 2,
 }
 
-/** What an async host call settled with, before encoding. */
-export type Outcome = { kind: CompletionKind.Value; json: string | undefined } | { kind: CompletionKind.HostError | CompletionKind.TypeError; message: string };
+/** What an async host call settled with, before encoding; with binary data on, a value's
+ *  placeholders number its own `buffers` from 0 (src/binary.ts). */
+export type Outcome =
+  | { kind: CompletionKind.Value; json: string | undefined; buffers?: readonly Uint8Array[] }
+  | { kind: CompletionKind.HostError | CompletionKind.TypeError; message: string };
+
+/** One completion waiting for the guest: its JSON entry and the binary fields it names. */
+interface ReadyCompletion {
+  entry: string;
+  buffers: readonly Uint8Array[];
+}
 
 /** Thrown for a step the guest may not ask for: the sandbox is stopped and poisoned. */
 export class LoopProtocolError extends GuestAbortError {}
@@ -33,7 +43,7 @@ export class OperationLoop {
    *  delivery, so answers a guest never collects cannot pile up on the host. */
   private inFlight = 0;
   /** Encoded completions (`[id,kind,payload]`) not yet handed to the guest. */
-  private readonly ready: string[] = [];
+  private readonly ready: ReadyCompletion[] = [];
   private wake: (() => void) | undefined;
   private closed = false;
   /** Aborted at close(): work that can stop early (fetch) does. */
@@ -144,8 +154,10 @@ export class OperationLoop {
   private complete(id: number, outcome: Outcome): void {
     if (this.closed) return;
     let entry = encodeCompletion(id, outcome);
-    if (completionBytes(entry) + 2 > this.replyRoom) {
-      const size = outcome.kind === CompletionKind.Value ? Buffer.byteLength(outcome.json ?? '', 'utf8') : 0;
+    let buffers = outcome.kind === CompletionKind.Value ? (outcome.buffers ?? []) : [];
+    if (completionBytes(entry) + fieldBytes(buffers) + 2 > this.replyRoom) {
+      buffers = [];
+      const size = outcome.kind === CompletionKind.Value ? Buffer.byteLength(outcome.json ?? '', 'utf8') + fieldBytes(outcome.buffers ?? []) : 0;
       entry = encodeCompletion(id, {
         kind: CompletionKind.HostError,
         message: `the async host call's result of ${size} bytes does not fit the ${this.replyRoom + framing()}-byte input buffer`,
@@ -153,23 +165,31 @@ export class OperationLoop {
       // A message cut to fit still says what happened.
       if (completionBytes(entry) + 2 > this.replyRoom) entry = encodeCompletion(id, { kind: CompletionKind.HostError, message: 'result too large' });
     }
-    this.ready.push(entry);
+    this.ready.push({ entry, buffers });
     this.wake?.();
   }
 
-  /** As many completions as fit one HOST_RETURN, oldest first. */
+  /**
+   * As many completions as fit one HOST_RETURN, oldest first. Binary fields follow the
+   * JSON in completion order, so each completion's placeholders are renumbered past the
+   * fields of those before it.
+   */
   private takeReady(): Buffer {
     let used = 2; // the brackets
-    let n = 0;
-    while (n < this.ready.length) {
-      const bytes = completionBytes(this.ready[n]) + (n > 0 ? 1 : 0);
+    const entries: string[] = [];
+    const fields: Uint8Array[] = [];
+    while (entries.length < this.ready.length) {
+      const { entry, buffers } = this.ready[entries.length];
+      const numbered = renumberPlaceholders(entry, fields.length);
+      const bytes = completionBytes(numbered) + (entries.length > 0 ? 1 : 0) + fieldBytes(buffers);
       if (used + bytes > this.replyRoom) break;
       used += bytes;
-      n++;
+      entries.push(numbered);
+      fields.push(...buffers);
     }
-    const json = `[${this.ready.splice(0, n).join(',')}]`;
-    this.inFlight -= n;
-    return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [json]);
+    this.ready.splice(0, entries.length);
+    this.inFlight -= entries.length;
+    return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [`[${entries.join(',')}]`, ...fields]);
   }
 }
 
@@ -180,6 +200,22 @@ function framing(): number {
 
 function completionBytes(entry: string): number {
   return Buffer.byteLength(entry, 'utf8');
+}
+
+/** Bytes binary fields add to a message (each has its own length header). */
+function fieldBytes(buffers: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const b of buffers) n += abi.AIRLOCK_FIELD_HEADER_SIZE + b.byteLength;
+  return n;
+}
+
+// Only encodeBinary's placeholders can match: inside a JSON string every '"' is escaped,
+// and an object key of the user's own named BINARY_KEY is refused when encoding.
+const PLACEHOLDER = new RegExp(`\\{${JSON.stringify(BINARY_KEY).replace(/[.$]/g, '\\$&')}:([0-9]+),`, 'g');
+
+function renumberPlaceholders(entry: string, offset: number): string {
+  if (offset === 0) return entry;
+  return entry.replace(PLACEHOLDER, (_m, index: string) => `{${JSON.stringify(BINARY_KEY)}:${Number(index) + offset},`);
 }
 
 function encodeCompletion(id: number, outcome: Outcome): string {

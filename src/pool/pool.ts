@@ -258,7 +258,8 @@ export class SandboxPool extends EventEmitter {
       queueDepth += t.queue.length;
       const usage = t.meter.usage();
       committedBytes += usage.committedBytes;
-      tenants[t.name] = { ...usage, resident: t.sandboxes.size, queueDepth: t.queue.length };
+      // Defined, not assigned: a tenant named '__proto__' is a key like any other.
+      Object.defineProperty(tenants, t.name, { value: { ...usage, resident: t.sandboxes.size, queueDepth: t.queue.length }, enumerable: true, writable: true, configurable: true });
     }
     return {
       calls: this.#calls,

@@ -7,11 +7,12 @@
 // importTemplate() refuses another ABI, guest image or layout.
 import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { chmod, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { AirlockError, InternalError, InvalidArgumentError } from '../errors.js';
 import type { EngineTemplate, SerializedTemplate } from '../engine/engine.js';
+import { sizeLimits } from '../validate.js';
 import { SnapshotContent } from './content.js';
 import { templateSupport } from './tiers.js';
 
@@ -70,7 +71,7 @@ const manifestSchema = z.object({
 });
 
 const u32 = z.number().int().min(0).max(0xffff_ffff);
-const size = z.number().int().min(1).max(2 ** 40);
+const within = (limits: { min: number; max: number }) => z.number().int().min(limits.min).max(limits.max);
 const name = z.string().min(1).max(4096);
 
 const templateRef = z.object({
@@ -87,7 +88,14 @@ const configSchema = z.strictObject({
   backend: z.enum(['kvm', 'wasm']),
   abiVersion: u32,
   imageSha256: z.string().regex(/^[0-9a-f]{64}$/),
-  config: z.strictObject({ heapSize: size, stackSize: size, inputSize: size, outputSize: size, consoleLimit: size }),
+  // The builder's own bounds: the memory layer's read limit is derived from these.
+  config: z.strictObject({
+    heapSize: within(sizeLimits.heap),
+    stackSize: within(sizeLimits.scratch),
+    inputSize: within(sizeLimits.inputBuffer),
+    outputSize: within(sizeLimits.outputBuffer),
+    consoleLimit: within(sizeLimits.consoleLimit),
+  }),
   requirements: z.strictObject({
     hostFunctions: z.array(z.strictObject({ module: z.string().regex(/^host:.{1,256}$/s), functions: z.array(name).max(10_000) })).max(10_000),
     moduleLoader: z.literal('unknown'),
@@ -137,10 +145,33 @@ async function writeBlob(dir: string, chunks: readonly Uint8Array[]): Promise<Bl
   }
   const hex = hash.digest('hex');
   const path = join(dir, 'blobs', 'sha256', hex);
-  const existing = await stat(path).catch(() => undefined);
-  if (existing?.isFile() && existing.size === total) return { digest: `sha256:${hex}`, size: total };
-  await writeAtomically(path, chunks);
+  if (!(await holdsBlob(path, hex, total))) await writeAtomically(path, chunks);
   return { digest: `sha256:${hex}`, size: total };
+}
+
+/** Whether `path` is already a regular file with these bytes: a same-sized file with other
+ *  bytes, or a link, is replaced (loadUnverified() would otherwise run what it holds). */
+async function holdsBlob(path: string, hex: string, size: number): Promise<boolean> {
+  const existing = await lstat(path).catch(() => undefined);
+  if (!existing?.isFile() || existing.size !== size) return false;
+  const hash = createHash('sha256');
+  const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK).catch(() => undefined);
+  if (!fh) return false;
+  try {
+    const chunk = Buffer.alloc(Math.min(size, 1 * MiB));
+    let at = 0;
+    while (at < size) {
+      const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.length, size - at), at);
+      if (bytesRead === 0) return false;
+      hash.update(chunk.subarray(0, bytesRead));
+      at += bytesRead;
+    }
+  } catch {
+    return false;
+  } finally {
+    await fh.close();
+  }
+  return hash.digest('hex') === hex;
 }
 
 /** Writes a file under a temporary name and renames it over `path`, so a reader never
@@ -245,7 +276,9 @@ export async function saveSnapshot(content: SnapshotContent, dir: string, tag: s
 
 /** Reads a whole file of at most `limit` bytes (checked before reading). */
 async function readBounded(path: string, limit: number, dir: string, what: string): Promise<Buffer> {
-  const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW).catch((e: NodeJS.ErrnoException) => {
+  // O_NONBLOCK: a FIFO planted in the layout would otherwise block open() (and a libuv
+  // thread) until some writer came; the fstat below then refuses anything but a file.
+  const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') throw invalid(dir, `${what} is missing`);
     throw e;
   });

@@ -105,6 +105,32 @@ describeEachBackend('async host calls', (h) => {
     expect(await loaded.callHandler('h', {})).toEqual([true, expect.stringMatching(/^HostFunctionError: .*not JSON-serialisable/)]);
   });
 
+  it('carries bytes in results as the blocking form does when binary data is on', async () => {
+    const loaded = await load(
+      (p) =>
+        p
+          .hostModule('m')
+          .register('bytes', async (n: number) => ({ n, data: Buffer.from([n, n + 1]), raw: new Uint8Array([n]).buffer }))
+          .register('reserved', async () => ({ $airlock: 1, ['$airlock.binary']: 0, type: 'Uint8Array' })),
+      {
+        h: `import { bytes, reserved } from 'host:m?async';
+          export default async function () {
+            const all = await Promise.all([bytes(1), bytes(5)]);
+            const r = await reserved().then(() => 'resolved', (e) => e.name + ': ' + e.message);
+            return [all.map((x) => [x.n, x.data instanceof Uint8Array, Array.from(x.data), x.raw instanceof ArrayBuffer]), r];
+          }`,
+      },
+      h.builder().setBinaryData(),
+    );
+    expect(await loaded.callHandler('h', {})).toEqual([
+      [
+        [1, true, [1, 2], true],
+        [5, true, [5, 6], true],
+      ],
+      expect.stringMatching(/^HostFunctionError: .*\$airlock\.binary/),
+    ]);
+  });
+
   it('refuses calls past the in-flight limit with a HostFunctionError naming it', async () => {
     // Calls stay in flight until the guest has tried all three; later calls answer at once.
     const held: (() => void)[] = [];

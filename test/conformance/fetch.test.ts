@@ -27,7 +27,9 @@ beforeAll(async () => {
     } else if (url.pathname === '/bytes') {
       res.end(Buffer.from([0, 1, 2, 250, 255]));
     } else if (url.pathname === '/big') {
-      res.end('x'.repeat(4096));
+      // Declared also for HEAD, which sends no body.
+      res.setHeader('content-length', 4096);
+      res.end(req.method === 'HEAD' ? undefined : 'x'.repeat(4096));
     } else if (url.pathname === '/chunked-big') {
       res.write('y'.repeat(3000));
       res.end('y'.repeat(3000));
@@ -127,6 +129,7 @@ describeEachBackend('fetch', (h) => {
     ['request headers larger than the limit', () => loopbackAllowed({ maxRequestHeaderBytes: 10 }), { url: '/json', init: { headers: { 'x-long': 'a'.repeat(20) } } }, /maxRequestHeaderBytes \(10\)/],
     ['a server that does not answer in time', () => loopbackAllowed({ timeoutMs: 200 }), { url: '/hang' }, /timeoutMs \(200 ms\)/],
     ['more redirects than allowed', () => loopbackAllowed({ maxRedirects: 0 }), { url: '/redirect' }, /maxRedirects \(0\)/],
+    ['an IPv4-compatible IPv6 address', () => ({ origins: ['http://[::7f00:1]:1'] }), { url: 'http://[::127.0.0.1]:1/json' }, /address ::7f00:1 is IPv4-compatible/],
     ['a non-http scheme', () => loopbackAllowed(), { url: 'file:///etc/passwd' }, /file: URLs are not fetchable/],
   ];
   for (const [what, policy, req, rule] of refusals) {
@@ -140,6 +143,11 @@ describeEachBackend('fetch', (h) => {
       expect(loaded.poisoned).toBe(false);
     });
   }
+
+  it('answers HEAD for a resource larger than maxResponseBodyBytes (no body is read)', async () => {
+    const loaded = await sandbox(loopbackAllowed({ maxResponseBodyBytes: 1000 }));
+    expect(await loaded.callHandler('f', { url: `${origin}/big`, init: { method: 'HEAD' } })).toMatchObject({ status: 200, body: '' });
+  });
 
   it('follows allowed redirects and says so', async () => {
     const loaded = await sandbox(loopbackAllowed());
@@ -161,6 +169,9 @@ describeEachBackend('fetch', (h) => {
       { origins: ['https://example.com/path'] },
       { origins: 'https://example.com' },
       { origins: [], allowAddresses: ['not-an-ip'] },
+      { origins: [], allowAddresses: ['127.0.0.1/'] }, // not /0: that would allow every address
+      { origins: [], allowAddresses: ['10.0.0.0/8/16'] },
+      { origins: [], allowAddresses: ['10.0.0.0/0x8'] },
       { origins: [], timeoutMs: 0 },
       { origins: [], maxRedirect: 3 },
     ];

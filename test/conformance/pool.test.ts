@@ -78,6 +78,15 @@ describeEachBackend('SandboxPool', (h: BackendHarness) => {
     expect(p.stats().tenants.c.resident).toBe(1);
   });
 
+  it('reports a tenant named like an Object.prototype key as its own entry', async () => {
+    const p = pool();
+    expect(await p.call('__proto__', 'counter', { tenant: 'x' })).toEqual({ n: 1, tenant: 'x' });
+    const s = p.stats();
+    expect(Object.getPrototypeOf(s.tenants)).toBe(Object.prototype);
+    expect(Object.keys(s.tenants)).toEqual(['__proto__']);
+    expect(Object.getOwnPropertyDescriptor(s.tenants, '__proto__')?.value).toMatchObject({ calls: 1, resident: 1 });
+  });
+
   it('queues past the concurrency limit and turns calls away past the queue bound', async () => {
     const p = pool({ maxConcurrencyPerTenant: 1, maxQueuePerTenant: 1 });
     const first = p.call('a', 'wait', {});

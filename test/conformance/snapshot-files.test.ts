@@ -2,8 +2,9 @@
 // directory and Snapshot.load() back, file modes, and loading hostile files (altered
 // blobs, oversize claims, wrong schema, ABI or guest image), which must fail with
 // ERR_INVALID_ARG before anything reaches a guest.
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
@@ -50,6 +51,13 @@ it('refuses names and directories it cannot use', async () => {
   await expect(Snapshot.load(join(tmpdir(), 'airlock-no-such-layout'), 'missing')).rejects.toMatchObject({ code: 'ERR_INTERNAL' });
   await expect(Snapshot.load(tmpdir(), '../escape')).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
   await expect(Snapshot.load(tmpdir(), 'sha256:1234')).rejects.toMatchObject({ code: 'ERR_INVALID_ARG' });
+});
+
+it('refuses a FIFO in place of a file without waiting for a writer', async () => {
+  const dir = await snapshotDir();
+  await mkdir(dir, { recursive: true });
+  execFileSync('mkfifo', [join(dir, 'oci-layout')]);
+  await expect(Snapshot.load(dir, 'any')).rejects.toMatchObject({ code: 'ERR_INVALID_ARG', message: expect.stringMatching(/oci-layout is not a regular file/) });
 });
 
 describeEachBackend('persistent snapshots', (h) => {
@@ -100,6 +108,25 @@ describeEachBackend('persistent snapshots', (h) => {
     }
   });
 
+  it('rewrites a blob that is present with the same size but other bytes, or as a link', async () => {
+    const dir = await snapshotDir();
+    const snapshot = await (await loadedCounter()).snapshot();
+    await snapshot.save(dir, 'first');
+    const index = await readJson(join(dir, 'index.json'));
+    const [cpu, memory] = (await readJson(blobPath(dir, index.manifests[0].digest))).layers as Json[];
+    const altered = await readFile(blobPath(dir, memory.digest));
+    altered[altered.length >> 1] ^= 0xff;
+    await writeFile(blobPath(dir, memory.digest), altered);
+    const elsewhere = join(dir, '..', 'cpu-copy');
+    await writeFile(elsewhere, await readFile(blobPath(dir, cpu.digest)));
+    await rm(blobPath(dir, cpu.digest));
+    await symlink(elsewhere, blobPath(dir, cpu.digest));
+
+    await snapshot.save(dir, 'again');
+    expect((await lstat(blobPath(dir, cpu.digest))).isFile()).toBe(true);
+    expect((await Snapshot.load(dir, 'again')).kind).toBe('loadedJsSandbox');
+  });
+
   it('saves a jsSandbox with its staged sources and its host function requirements', async () => {
     const dir = await snapshotDir();
     const modules = () => [new HostFunctionModule('state').register('next', () => 7)];
@@ -140,7 +167,7 @@ describeEachBackend('persistent snapshots', (h) => {
     const loaded = await loadedCounter();
     const snapshot = await loaded.snapshot();
     // Equal content: every tag names one manifest until forged.
-    for (const tag of ['pristine', 'memory', 'size', 'schema', 'abi', 'image', 'layers', 'ranges', 'backend']) await snapshot.save(dir, tag);
+    for (const tag of ['pristine', 'memory', 'size', 'heap', 'schema', 'abi', 'image', 'layers', 'ranges', 'backend']) await snapshot.save(dir, tag);
 
     const expectRefused = async (tag: string, pattern: RegExp) => {
       const err = await Snapshot.load(dir, tag).then(() => undefined, (e: unknown) => e);
@@ -166,6 +193,11 @@ describeEachBackend('persistent snapshots', (h) => {
       m.layers[1].size = 2 ** 50;
     });
     await expectRefused('size', /more than the .* allowed/);
+    // A forged heap size would raise the memory layer's read limit past any real guest.
+    await forgeMetadata(dir, 'heap', (meta) => {
+      meta.config.heapSize = 2 ** 40;
+    });
+    await expectRefused('heap', /config\.heapSize/);
     await forgeMetadata(dir, 'schema', (meta) => {
       meta.airlockSnapshot = 99;
     });

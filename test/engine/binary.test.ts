@@ -36,6 +36,14 @@ describe('binary codec', () => {
     expect(() => decodeBinary('{"a":', bufs)).toThrow(SyntaxError);
   });
 
+  it('refuses a field named by two placeholders, so one field cannot be copied many times', () => {
+    const p = { [BINARY_KEY]: 0, type: 'Uint8Array' };
+    expect(() => decodeBinary(JSON.stringify([p, p]), bufs)).toThrow(BinaryEncodingError);
+    expect(() => decodeBinary(JSON.stringify([p, { ...p, type: 'ArrayBuffer' }]), bufs)).toThrow(BinaryEncodingError);
+    const both = decodeBinary(JSON.stringify([p, { [BINARY_KEY]: 1, type: 'Uint8Array' }]), bufs) as Uint8Array[];
+    expect(both.map((b) => Array.from(b))).toEqual([[1, 2], [3]]);
+  });
+
   it('copies bytes, so the guest buffer can be reused', () => {
     const field = new Uint8Array([7, 8]);
     const out = decodeBinary(`{"${BINARY_KEY}":0,"type":"Uint8Array"}`, [field]) as Uint8Array;
