@@ -486,8 +486,8 @@ export class SandboxCore {
       // dispose() stops the guest the way kill() does; say what really happened.
       if (this.disposed) throw new ConsumedError('the sandbox was disposed while the request ran');
       let err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
-      // A stopped call's console lines are the ones that explain it: deliver them, within
-      // the operation's console budget, before the rejection.
+      // A stopped or aborted call's console lines are the ones that explain it: deliver
+      // them, within the operation's console budget, before the rejection.
       if (err.guestOutput) {
         this.console.write(consoleBeforeStop(err.guestOutput), false);
         err.guestOutput = undefined;

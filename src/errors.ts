@@ -36,8 +36,8 @@ export class AirlockError extends Error {
   readonly code: ErrorCode;
   /** Set by engines on rejected exchanges. */
   stats?: ErrorStats;
-  /** @internal Set by engines on a cancelled exchange: what the guest had written to its
-   *  output buffer before it stopped (its console lines), hostile bytes that
+  /** @internal Set by engines on a cancelled or aborted exchange: what the guest had
+   *  written to its output buffer before it stopped (its console lines), hostile bytes that
    *  src/core.ts decodes with consoleBeforeStop() and consumes. */
   guestOutput?: Uint8Array;
 

@@ -60,7 +60,7 @@
 #define AIRLOCK_PORT 0x3A1
 #define AIRLOCK_EXIT_RESPONSE 1  /* output holds console msgs + one final message   */
 #define AIRLOCK_EXIT_HOST_CALL 2 /* output holds console msgs + one HOST_CALL message */
-#define AIRLOCK_EXIT_ABORT 3     /* output holds one ABORT message; guest is dead   */
+#define AIRLOCK_EXIT_ABORT 3     /* output: console lines, one ABORT; guest is dead */
 #define AIRLOCK_EXIT_IDLE 4      /* polling guest parked: re-enter it with a request */
 
 /* ------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ void console_begin_request(void)
 
 size_t console_pending_bytes(void) { return console.len + console.overflow; }
 
+size_t console_written_bytes(void) { return console.len; }
+
 static void console_append(unsigned level, const char *text, size_t len)
 {
     uint64_t limit = plat_control()->console_limit;

@@ -132,6 +132,23 @@ static void write_alone(uint32_t kind, uint32_t status, const char *const *field
 
 void airlock_write_abort(const char *msg)
 {
+    /* After the console lines already in the buffer, so the host can still deliver
+     * them with the abort; the message is cut to the room they leave. Only when not
+     * even an empty ABORT fits there does it go alone, at the start. */
+    struct out_buf out = runtime_output();
+    out.len = (uint32_t)console_written_bytes();
+    size_t room = out.cap - out.len;
+    if (room >= AIRLOCK_MSG_HEADER_SIZE + AIRLOCK_FIELD_HEADER_SIZE) {
+        size_t len = strlen(msg);
+        size_t keep = room - AIRLOCK_MSG_HEADER_SIZE - AIRLOCK_FIELD_HEADER_SIZE;
+        struct msg_writer w;
+        msg_begin(&w, &out, AIRLOCK_MSG_ABORT, 0);
+        msg_add(&w, msg, len < keep ? len : keep);
+        if (msg_end(&w) == 0) {
+            runtime_publish(&out);
+            return;
+        }
+    }
     const char *fields[1] = {msg};
     write_alone(AIRLOCK_MSG_ABORT, 0, fields, 1);
 }

@@ -18,8 +18,9 @@ struct out_buf runtime_output(void);
 /* Publishes `out` (response_len) and the heap statistics to the control block. */
 void runtime_publish(const struct out_buf *out);
 
-/* Writes an ABORT message with `msg` (truncated to fit) as the only output. Used by
- * targets' plat_abort before their final exit. */
+/* Writes an ABORT message with `msg` (truncated to fit) after the console lines the
+ * output buffer holds (alone when they leave no room). Used by targets' plat_abort
+ * before their final exit. */
 void airlock_write_abort(const char *msg);
 
 /* The blocking host call: sends HOST_CALL(module, function, JSON of the `args` array),
@@ -40,5 +41,8 @@ int console_write_dropped_notice(struct out_buf *out);
 void console_clear_pending(void);
 /* Bytes the pending console messages occupy once encoded. */
 size_t console_pending_bytes(void);
+/* Bytes of whole console messages at the start of the output buffer now (what
+ * response_len shows while a call runs); at most the buffer's size. */
+size_t console_written_bytes(void);
 
 #endif /* AIRLOCK_RUNTIME_H */

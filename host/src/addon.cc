@@ -336,11 +336,11 @@ private:
             Napi::Error e = makeError(env, codeOf(o.code), o.message);
             e.Set("wallTimeNs", Napi::Number::New(env, static_cast<double>(o.wallNs)));
             e.Set("cpuTimeNs", Napi::Number::New(env, static_cast<double>(o.cpuNs)));
-            if (o.code == OutcomeCode::Cancelled) {
+            if (o.code == OutcomeCode::Cancelled)
                 e.Set("terminatedBy", Napi::String::New(env, terminatedByName(o.terminatedBy)));
-                // What the stopped guest had written (its console lines), still hostile.
-                if (!o.output.empty()) e.Set("output", Napi::Buffer<uint8_t>::Copy(env, o.output.data(), o.output.size()));
-            }
+            // What a cancelled or aborted guest had written (its console lines), still hostile.
+            if ((o.code == OutcomeCode::Cancelled || o.code == OutcomeCode::GuestAbort) && !o.output.empty())
+                e.Set("output", Napi::Buffer<uint8_t>::Copy(env, o.output.data(), o.output.size()));
             d.Reject(e.Value());
         }
         if (state_ == State::Disposing)

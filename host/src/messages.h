@@ -22,8 +22,9 @@ std::vector<uint8_t> encodeHostError(const std::string &text, size_t capacity);
 // buffer. False with `error` set when the guest claims more than the buffer holds.
 bool readGuestOutput(const GuestMemory &mem, const GuestLayout &layout, std::vector<uint8_t> &out, std::string &error);
 
-// What a guest stopped mid-request (cancelled) had published: the CONSOLE messages it
-// wrote before the stop, which it keeps response_len current for. response_len is read
+// What a guest stopped mid-request (cancelled or aborted) had published: the CONSOLE
+// messages it wrote before the stop, which it keeps response_len current for (an
+// ABORT message after them, or alone at the start, is not copied). response_len is read
 // once and bounded by the output buffer (a larger claim gives nothing); only the
 // leading messages of kind CONSOLE whose bodies lie within it are copied (none when a
 // HOST_CALL follows them); their fields are decoded as hostile by

@@ -419,6 +419,9 @@ VcpuThread::Next VcpuThread::abortGuest(std::string message, bool claimed) {
         Outcome o;
         o.code = OutcomeCode::GuestAbort;
         o.message = std::move(message);
+        // The console lines written before the abort (issue #11), as for a cancel: the
+        // guest is stopped, and an ABORT message after them ends the copy.
+        if (s_.record_.guestEntered) o.output = readStoppedOutput(*s_.memory_, s_.layout_);
         done(std::move(o));
     }
     return Next::Leave;

@@ -73,9 +73,10 @@ export interface GuestEngine {
    * inputSize, a timeout is not a positive number, or the guest is not booted or
    * disposed; ERR_BUSY when another operation runs; ERR_INTERNAL when the hypervisor
    * or worker failed. The rejection carries
-   * `stats` ({ wallTimeNs, cpuTimeNs }) like a result would, and an ERR_CANCELLED one
-   * `guestOutput`: what the guest had written to its output buffer before the stop
-   * (its console lines; hostile bytes), when it wrote anything. The guest's own failures
+   * `stats` ({ wallTimeNs, cpuTimeNs }) like a result would, and an ERR_CANCELLED or
+   * ERR_GUEST_ABORT one `guestOutput`: what the guest had written to its output buffer
+   * before the stop or abort (its console lines; hostile bytes), when it wrote anything
+   * and its memory outlived it (not for a WebAssembly worker that was terminated). The guest's own failures
    * (exception, out of memory, stack overflow, too large) are RESULT statuses in the
    * output, not rejections: the facade decodes them.
    */

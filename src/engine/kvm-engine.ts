@@ -53,6 +53,7 @@ function fromNative(e: unknown): AirlockError {
       break;
     case 'ERR_GUEST_ABORT':
       out = new GuestAbortError(message);
+      if (err.output instanceof Uint8Array) out.guestOutput = err.output;
       break;
     case 'ERR_INVALID_ARG':
       out = new InvalidArgumentError(message);

@@ -148,10 +148,10 @@ export function splitOutput(bytes: Uint8Array): RawGuestOutput {
 }
 
 /**
- * The console lines a guest had written when its call was stopped (ERR_CANCELLED): the
- * CONSOLE messages at the start of its output, up to the first message that is not one
- * or does not decode, which ends them without an error (the guest may have been stopped
- * anywhere). When that message is a HOST_CALL the lines went out with it and were
+ * The console lines a guest had written when its call was stopped or aborted
+ * (ERR_CANCELLED, ERR_GUEST_ABORT): the CONSOLE messages at the start of its output, up
+ * to the first message that is not one (an ABORT, say) or does not decode, which ends
+ * them without an error (the guest may have been stopped anywhere). When that message is a HOST_CALL the lines went out with it and were
  * delivered then: none are returned.
  */
 export function consoleBeforeStop(bytes: Uint8Array): RawConsoleEntry[] {

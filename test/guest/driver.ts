@@ -168,6 +168,12 @@ export class NativeGuest {
     this.child.kill('SIGUSR1');
   }
 
+  /** Makes the running request abort at its next interrupt check (the native target's
+   *  test-only SIGUSR2), as a guest fault or abort() would end it. */
+  abortRunning(): void {
+    this.child.kill('SIGUSR2');
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.child.stdin.end();

@@ -4,10 +4,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AIRLOCK_CALL_FLAG_GC,
   AIRLOCK_CHUNK_FLAG_LAST,
+  AIRLOCK_EXIT_ABORT,
   AIRLOCK_EXIT_RESPONSE,
   AIRLOCK_MSG_CALL,
   AIRLOCK_MSG_CHUNK,
   AIRLOCK_MSG_GC,
+  AIRLOCK_MSG_ABORT,
   AIRLOCK_MSG_LOAD,
   AIRLOCK_MSG_READY,
   AIRLOCK_MSG_RESULT,
@@ -460,6 +462,41 @@ describe('robustness', () => {
     expect(x.final.status).toBe(AIRLOCK_STATUS_INTERRUPTED);
     expect(result(await g.call('ok', 5))).toBe(5);
   });
+
+  it('writes its ABORT after the console lines of the call it aborts', async () => {
+    const g = await start();
+    expectOk(await g.load({ spin: 'function handler() { console.log("one"); console.warn("two"); for (;;) {} }' }));
+    const pending = g.call('spin');
+    await new Promise((r) => setTimeout(r, 200));
+    g.abortRunning();
+    const x = await pending;
+    expect(x.exitKind).toBe(AIRLOCK_EXIT_ABORT);
+    expect(x.console).toEqual([
+      { level: 'log', text: 'one' },
+      { level: 'warn', text: 'two' },
+    ]);
+    expect(x.final.kind).toBe(AIRLOCK_MSG_ABORT);
+    expect(texts(x)).toEqual(['abort requested by SIGUSR2']);
+  });
+
+  // A console message is 27 bytes plus its text ("log"); an ABORT of n text bytes is 20 + n.
+  for (const [what, lines, size, expected] of [
+    ['cut to the room the lines leave', 2, 2006, { kept: 2, text: 'abort requ' }],
+    ['alone at the start when not even an empty one fits', 4, 993, { kept: 0, text: 'abort requested by SIGUSR2' }],
+  ] as const) {
+    it(`writes its ABORT ${what} (4 KiB output buffer)`, async () => {
+      const g = await start({ outputSize: 4096 });
+      expectOk(await g.load({ fill: `function handler() { for (let i = 0; i < ${lines}; i++) console.log(String(i).repeat(${size})); for (;;) {} }` }));
+      const pending = g.call('fill');
+      await new Promise((r) => setTimeout(r, 200));
+      g.abortRunning();
+      const x = await pending;
+      expect(x.exitKind).toBe(AIRLOCK_EXIT_ABORT);
+      expect(x.final.kind).toBe(AIRLOCK_MSG_ABORT);
+      expect(x.console.map((l) => l.text)).toEqual(['0', '1'].slice(0, expected.kept).map((d) => d.repeat(size)));
+      expect(texts(x)).toEqual([expected.text]);
+    });
+  }
 
   it('exercises the allocator with mixed sizes without corrupting data', async () => {
     const g = await start({ heapSize: 32 << 20 });

@@ -2,8 +2,9 @@
 // tests: the tier's counterpart of test/host's raw guests. Each imports its memory and
 // exports what the worker calls, with a control block that passes the worker's layout
 // checks, and misbehaves in a chosen way: an endless loop in one export, so a test can
-// make a worker that never answers at a chosen point of the protocol, or a request
-// handler that grows its memory by itself.
+// make a worker that never answers at a chosen point of the protocol, a request
+// handler that grows its memory by itself, or one that publishes chosen output (the
+// request's bytes, under a chosen response_len) and then traps or calls abort.
 import {
   AIRLOCK_CTRL_OFF_HEAP_ADDR,
   AIRLOCK_CTRL_OFF_HEAP_SIZE,
@@ -11,6 +12,8 @@ import {
   AIRLOCK_CTRL_OFF_INPUT_SIZE,
   AIRLOCK_CTRL_OFF_OUTPUT_ADDR,
   AIRLOCK_CTRL_OFF_OUTPUT_SIZE,
+  AIRLOCK_CTRL_OFF_REQUEST_LEN,
+  AIRLOCK_CTRL_OFF_RESPONSE_LEN,
   AIRLOCK_CTRL_OFF_STACK_TOP,
   AIRLOCK_CONTROL_SIZE,
 } from '../../src/engine/abi.generated.js';
@@ -64,6 +67,14 @@ const I32_CONST = 0x41;
 const MEMORY_GROW = 0x40;
 const DROP = 0x1a;
 const LOOP_FOREVER = [0x03, 0x40, 0x0c, 0x00, END]; // loop: br 0; end
+const UNREACHABLE = 0x00;
+const CALL = 0x10;
+const I32_LOAD = [0x28, 0x02]; // align 4, then the offset
+const I32_STORE = [0x36, 0x02];
+const MEMORY_COPY = [0xfc, 0x0a, 0x00, 0x00];
+/** The abort import's text, in static data below the control block. */
+const ABORT_TEXT = 'hostile abort';
+const ABORT_TEXT_ADDR = 512;
 
 /** The control block the worker reads at boot: buffers and heap in the second page. */
 function controlBlock(): Buffer {
@@ -88,14 +99,28 @@ export interface Hostility {
   looping?: LoopingExport;
   /** airlock_handle asks for this many more pages of memory (memory.grow). */
   growPages?: number;
+  /** airlock_handle copies the request into the output buffer, sets response_len to
+   *  `claim` (default: the request's length), then traps (unreachable) or calls the
+   *  `airlock.abort` import. */
+  echoThen?: { stop: 'trap' | 'abort'; claim?: number };
 }
 
 /** The binary of a guest module that misbehaves as `hostility` says and otherwise does
  *  the least the worker needs: its memory layout is valid and every output is empty. */
 export function hostileModuleBytes(hostility: Hostility): Uint8Array<ArrayBuffer> {
-  // Types: 0 () -> (); 1 (i32 x5) -> i32; 2 () -> i32.
-  const types = section(1, vec([[0x60, 0, 0], [0x60, 5, I32, I32, I32, I32, I32, 1, I32], [0x60, 0, 1, I32]]));
-  const imports = section(2, vec([[...name('env'), ...name('memory'), 0x02, 0x00, ...leb(MEMORY_PAGES)]]));
+  // Types: 0 () -> (); 1 (i32 x5) -> i32; 2 () -> i32; 3 (i32 i32) -> ().
+  const types = section(
+    1,
+    vec([[0x60, 0, 0], [0x60, 5, I32, I32, I32, I32, I32, 1, I32], [0x60, 0, 1, I32], [0x60, 2, I32, I32, 0]]),
+  );
+  // Function 0 is the imported airlock.abort; the bodies below start at index 1.
+  const imports = section(
+    2,
+    vec([
+      [...name('env'), ...name('memory'), 0x02, 0x00, ...leb(MEMORY_PAGES)],
+      [...name('airlock'), ...name('abort'), 0x00, ...leb(3)],
+    ]),
+  );
   const bodies: { export: string; type: number; code: number[] }[] = [
     { export: 'airlock_init', type: 1, code: [I32_CONST, 0, END] },
     { export: 'airlock_boot', type: 0, code: [END] },
@@ -109,6 +134,23 @@ export function hostileModuleBytes(hostility: Hostility): Uint8Array<ArrayBuffer
     if (b.export === 'airlock_handle' && hostility.growPages !== undefined) {
       b.code = [I32_CONST, ...sleb(hostility.growPages), MEMORY_GROW, 0x00, DROP, END];
     }
+    if (b.export === 'airlock_handle' && hostility.echoThen) {
+      const { stop, claim } = hostility.echoThen;
+      const outputAddr = LAYOUT_BASE + HOSTILE_SIZES.inputSize;
+      const requestLen = [I32_CONST, ...sleb(CONTROL_ADDR), ...I32_LOAD, ...leb(AIRLOCK_CTRL_OFF_REQUEST_LEN)];
+      b.code = [
+        ...[I32_CONST, ...sleb(outputAddr), I32_CONST, ...sleb(LAYOUT_BASE), ...requestLen, ...MEMORY_COPY],
+        I32_CONST,
+        ...sleb(CONTROL_ADDR),
+        ...(claim === undefined ? requestLen : [I32_CONST, ...sleb(claim | 0)]),
+        ...I32_STORE,
+        ...leb(AIRLOCK_CTRL_OFF_RESPONSE_LEN),
+        ...(stop === 'trap'
+          ? [UNREACHABLE]
+          : [I32_CONST, ...sleb(ABORT_TEXT_ADDR), I32_CONST, ...sleb(ABORT_TEXT.length), CALL, 0x00]),
+        END,
+      ];
+    }
     if (b.export !== hostility.looping) continue;
     b.code = b.type === 1 || b.type === 2 ? [...LOOP_FOREVER, I32_CONST, 0, END] : [...LOOP_FOREVER, END];
   }
@@ -116,7 +158,7 @@ export function hostileModuleBytes(hostility: Hostility): Uint8Array<ArrayBuffer
   const globals = section(6, vec([[I32, 0x01, I32_CONST, ...sleb(CONTROL_ADDR), END]]));
   const exports = section(
     7,
-    vec([...bodies.map((b, i) => [...name(b.export), 0x00, ...leb(i)]), [...name('__stack_pointer'), 0x03, 0x00]]),
+    vec([...bodies.map((b, i) => [...name(b.export), 0x00, ...leb(i + 1)]), [...name('__stack_pointer'), 0x03, 0x00]]),
   );
   const code = section(
     10,
@@ -128,7 +170,14 @@ export function hostileModuleBytes(hostility: Hostility): Uint8Array<ArrayBuffer
     ),
   );
   const control = [...controlBlock()];
-  const data = section(11, vec([[0x00, I32_CONST, ...sleb(CONTROL_ADDR), END, ...leb(control.length), ...control]]));
+  const text = [...Buffer.from(ABORT_TEXT)];
+  const data = section(
+    11,
+    vec([
+      [0x00, I32_CONST, ...sleb(CONTROL_ADDR), END, ...leb(control.length), ...control],
+      [0x00, I32_CONST, ...sleb(ABORT_TEXT_ADDR), END, ...leb(text.length), ...text],
+    ]),
+  );
   return new Uint8Array([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, ...types, ...imports, ...functions, ...globals, ...exports, ...code, ...data]);
 }
 

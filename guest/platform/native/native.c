@@ -2,7 +2,8 @@
  * frames requests on stdin (u32le length + message) and this program answers on
  * stdout (u32le exit kind + u32le length + output bytes); after a HOST_CALL answer it
  * reads the HOST_RETURN the same way. Used by tests and the native-quickjs benchmark.
- * SIGUSR1 asks the running request to stop (plat_interrupt_requested). */
+ * SIGUSR1 asks the running request to stop (plat_interrupt_requested); SIGUSR2 makes
+ * it abort there instead, so tests can make the real runtime abort mid-call. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 
 static struct airlock_control control;
 static volatile sig_atomic_t interrupt_flag;
+static volatile sig_atomic_t abort_flag;
 
 struct airlock_control *plat_control(void) { return &control; }
 
@@ -115,7 +117,12 @@ uint64_t plat_monotonic_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-int plat_interrupt_requested(void) { return interrupt_flag; }
+int plat_interrupt_requested(void)
+{
+    if (abort_flag)
+        plat_abort("abort requested by SIGUSR2");
+    return interrupt_flag;
+}
 
 _Noreturn void plat_abort(const char *msg)
 {
@@ -128,6 +135,12 @@ static void on_sigusr1(int sig)
 {
     (void)sig;
     interrupt_flag = 1;
+}
+
+static void on_sigusr2(int sig)
+{
+    (void)sig;
+    abort_flag = 1;
 }
 
 static uint64_t parse_size(const char *flag, const char *text)
@@ -184,6 +197,8 @@ int main(int argc, char **argv)
     sa.sa_handler = on_sigusr1;
     sa.sa_flags = SA_RESTART;
     sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = on_sigusr2;
+    sigaction(SIGUSR2, &sa, NULL);
 
     /* QuickJS measures its stack from where the runtime is created (in main's
      * callee); give it half the process stack so deep recursion is a JS error. */

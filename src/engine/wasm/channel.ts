@@ -95,8 +95,12 @@ export enum Slot {
   /** 1 while the worker runs the last exchange's post-call work (airlock_after), which
    *  it starts as it answers; the main thread bounds how long a request waits on it. */
   PostCall = 9,
+  /** After an exchange ends Trap or Abort: how many bytes of what the guest had
+   *  written to its output buffer (its console lines, hostile) follow the error text's
+   *  Length bytes in the data area; 0 otherwise. */
+  StoppedLength = 10,
 }
-export const CONTROL_SLOTS = 10;
+export const CONTROL_SLOTS = 11;
 
 export enum State {
   /** Nothing in flight; the worker waits. Stored without a notify: the worker waits

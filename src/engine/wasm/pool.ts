@@ -390,6 +390,16 @@ export class GuestWorker {
     return outcome;
   }
 
+  /** Copy of the guest output the worker left after a failed exchange's error text
+   *  (Slot.StoppedLength bytes after Length), or undefined when there is none. */
+  stoppedOutput(): Buffer | undefined {
+    // Shared memory: both words are clamped to the data area again.
+    const start = Math.min(Math.max(this.control[Slot.Length], 0), this.dataBytes.length);
+    const len = Math.min(Math.max(this.control[Slot.StoppedLength], 0), this.dataBytes.length - start);
+    if (len === 0) return undefined;
+    return Buffer.from(this.dataBytes.subarray(start, start + len));
+  }
+
   /** Copy of the data area's first Length bytes. */
   dataCopy(): Buffer {
     // The worker bounded Length by the output buffer; clamp again: it is shared memory.

@@ -189,7 +189,10 @@ export class WasmEngine implements GuestEngine {
     const text = this.dataText(w);
     if (outcome === Outcome.Trap || outcome === Outcome.Abort) {
       this.loseGuest(text);
-      throw new GuestAbortError(text);
+      const err = new GuestAbortError(text);
+      const stopped = w.stoppedOutput();
+      if (stopped) err.guestOutput = stopped;
+      throw err;
     }
     this.loseGuest(text);
     // The worker's own code failed: its state is unknown, so it serves nobody else.

@@ -461,11 +461,29 @@ function exchange(): void {
   cpuStartNs = measuring ? threadCpuNs() : 0;
   try {
     exportsOf.airlock_handle();
+  } catch (e) {
+    // The guest trapped or aborted mid-request: its memory is intact, and the console
+    // lines it wrote before are in its output buffer, for fail() to pass on.
+    stoppedOutput = readStoppedOutput(l);
+    throw e;
   } finally {
     ctl[Slot.CpuUsedUs] = measuring ? Math.max(0, Math.round(guestCpuNs() / 1000)) : -1;
   }
   publishOutput(l);
 }
+
+/** What the guest of the exchange that just failed had published in its output buffer
+ *  (response_len bytes), still hostile: src/core.ts delivers the console lines at its
+ *  start (consoleBeforeStop). Nothing for a response_len past the output buffer. */
+function readStoppedOutput(l: Layout): Uint8Array | undefined {
+  // Hostile: response_len is guest-written; the buffer bounds are the host's layout.
+  const len = memoryView().getUint32(l.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, true);
+  if (len === 0 || len > l.outputSize) return undefined;
+  return memoryBytes().subarray(l.outputAddr, l.outputAddr + len);
+}
+
+/** Set by a failed exchange, written after the error text by fail(). */
+let stoppedOutput: Uint8Array | undefined;
 
 function snapshot(): void {
   const l = layout;
@@ -639,9 +657,16 @@ function fail(outcome: Outcome, message: string): void {
   const bytes = Buffer.from(message.slice(0, 2000), 'utf8');
   const n = Math.min(bytes.length, data.length);
   data.set(bytes.subarray(0, n));
-  if (n > dataUsed) dataUsed = n;
   ctl[Slot.Length] = n;
   ctl[Slot.Outcome] = outcome;
+  // The failed exchange's console lines follow the text, cut to the data area's room
+  // (the console budget keeps the first lines anyway; a cut message ends them).
+  const stopped = outcome === Outcome.Trap || outcome === Outcome.Abort ? stoppedOutput : undefined;
+  stoppedOutput = undefined;
+  const m = stopped ? Math.min(stopped.length, data.length - n) : 0;
+  if (stopped && m > 0) data.set(stopped.subarray(0, m), n);
+  ctl[Slot.StoppedLength] = m;
+  if (n + m > dataUsed) dataUsed = n + m;
 }
 
 /**
@@ -665,6 +690,8 @@ function serve(): void {
     }
     const op = ctl[Slot.Op] as Op;
     ctl[Slot.Outcome] = Outcome.Ok;
+    ctl[Slot.StoppedLength] = 0;
+    stoppedOutput = undefined;
     try {
       run(op);
     } catch (e) {
