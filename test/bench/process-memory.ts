@@ -1,0 +1,38 @@
+// process-memory.ts — what the bench reads about its own process: PSS from
+// /proc/self/smaps_rollup (pages shared between mappings, such as a template's
+// copy-on-write pages in every clone, count once) and the threads in /proc/self/task,
+// split into KVM's per-VM kernel threads (named `kvm-*`) and the rest.
+import { readdirSync, readFileSync } from 'node:fs';
+
+/** The process's proportional set size in bytes. */
+export function pssBytes(): number {
+  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'));
+  if (!m) throw new Error('no Pss line in /proc/self/smaps_rollup');
+  return Number(m[1]) * 1024;
+}
+
+export interface ThreadCount {
+  /** Threads of the process other than KVM's (Node's, the addon's, workers). */
+  own: number;
+  /** KVM's per-VM kernel threads living in this process (`kvm-nx-lpage-re` and kin). */
+  kvm: number;
+}
+
+export function threadCount(): ThreadCount {
+  let own = 0;
+  let kvm = 0;
+  for (const tid of readdirSync('/proc/self/task')) {
+    let comm: string;
+    try {
+      comm = readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim();
+    } catch {
+      continue; // the thread ended between the listing and the read
+    }
+    if (comm.startsWith('kvm-')) kvm++;
+    else own++;
+  }
+  return { own, kvm };
+}
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
