@@ -392,7 +392,7 @@ async function benchTemplateGroup(backends: Backend[]): Promise<void> {
 }
 
 // The WebAssembly tier gives every live sandbox a worker thread with its own V8 isolate
-// (~10 MiB each): 1,000 of them would take most of this shared machine's memory, so
+// (~7 MiB of PSS each here): 1,000 of them would take most of this shared machine's memory, so
 // it runs 100 unless AIRLOCK_BENCH_LIVE_WASM says otherwise (its metrics are then
 // named live_100_*).
 async function benchLive(backends: Backend[]): Promise<void> {
