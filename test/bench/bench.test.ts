@@ -96,6 +96,7 @@ describeKvm('bench: call-path groups', () => {
         'live_100_pss_gib',
         'live_100_threads',
         'live_100_kvm_threads',
+        'live_100_kernel_mib',
         'concurrent_host_calls_ms',
         'timer_wakeup_us',
         'timer_sleep_cpu_us',

@@ -1,7 +1,8 @@
 // process-memory.ts — what the bench reads about its own process: PSS from
 // /proc/self/smaps_rollup (pages shared between mappings, such as a template's
 // copy-on-write pages in every clone, count once) and the threads in /proc/self/task,
-// split into KVM's per-VM kernel threads (named `kvm-*`) and the rest.
+// split into KVM's per-VM kernel threads (named `kvm-*`) and the rest; and the machine's
+// unreclaimable kernel memory from /proc/meminfo.
 import { readdirSync, readFileSync } from 'node:fs';
 
 /** The process's proportional set size in bytes. */
@@ -9,6 +10,20 @@ export function pssBytes(): number {
   const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'));
   if (!m) throw new Error('no Pss line in /proc/self/smaps_rollup');
   return Number(m[1]) * 1024;
+}
+
+/**
+ * The machine's unreclaimable kernel memory in bytes (SUnreclaim, PageTables,
+ * SecPageTables — KVM's EPT — and KernelStack of /proc/meminfo): what PSS leaves out.
+ */
+export function kernelBytes(): number {
+  const info = readFileSync('/proc/meminfo', 'utf8');
+  let kb = 0;
+  for (const field of ['SUnreclaim', 'PageTables', 'SecPageTables', 'KernelStack']) {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(info);
+    if (m) kb += Number(m[1]);
+  }
+  return kb * 1024;
 }
 
 export interface ThreadCount {
