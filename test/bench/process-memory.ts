@@ -4,9 +4,17 @@
 // split into KVM's per-VM kernel threads (named `kvm-*`) and the rest; and the machine's
 // unreclaimable kernel memory from /proc/meminfo.
 import { readdirSync, readFileSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 
-/** The process's proportional set size in bytes. */
+// A full V8 collection before each reading: the JavaScript heap otherwise grows and
+// shrinks by megabytes between two readings, as much as 100 idle sandboxes change.
+setFlagsFromString('--expose-gc');
+const collectGarbage = runInNewContext('gc') as () => void;
+
+/** The process's proportional set size in bytes, read after a full V8 collection. */
 export function pssBytes(): number {
+  collectGarbage();
   const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync('/proc/self/smaps_rollup', 'utf8'));
   if (!m) throw new Error('no Pss line in /proc/self/smaps_rollup');
   return Number(m[1]) * 1024;
