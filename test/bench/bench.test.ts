@@ -1,5 +1,6 @@
 // bench.test.ts — the bench's own behaviour, not its figures: a quick run of the
-// call-path groups finishes and reports every metric for both tiers, isolated-vm's
+// call-path groups, and one of the template, live and guest event-loop groups, finish and
+// report every metric for both tiers, isolated-vm's
 // absence is reported rather than fatal, the exchange floor refuses bad arguments, and
 // the report keeps its hand-written sections. No timing is asserted.
 import { execFile } from 'node:child_process';
@@ -66,6 +67,53 @@ describeKvm('bench: call-path groups', () => {
     expect(stderr).toContain('isolated-vm unavailable');
   }, 240_000);
 
+  it('a quick run of the template, live and guest event-loop groups reports their metrics for both tiers and quickjs-emscripten', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-bench-'));
+    const out = join(dir, 'partial.json');
+    const { code, stdout, stderr } = await runBench({
+      AIRLOCK_BENCH_QUICK: '1',
+      AIRLOCK_BENCH_ONLY: 'templates,live-1000,guest-eventloop',
+      AIRLOCK_BENCH_OUT: out,
+    });
+    expect(code, stderr).toBe(0);
+    const run = JSON.parse(readFileSync(out, 'utf8')) as Partial;
+    const missing: string[] = [];
+    const want = (contender: string, metric: string) => {
+      const r = run.results.find((x) => x.contender === contender && x.metric === metric);
+      if (!r || !Number.isFinite(r.p50) || !Number.isFinite(r.p99)) missing.push(`${contender} ${metric}`);
+      else expect(stdout).toContain(metric);
+    };
+    for (const contender of ['airlock-kvm', 'airlock-wasm']) {
+      for (const metric of [
+        'create_from_template_ms',
+        'create_from_template_to_result_ms',
+        'pool_acquire_to_result_ms',
+        'pss_per_idle_sandbox_mib',
+        'restore_and_call_1mib_us',
+        'restore_and_call_128mib_us',
+        'snapshot_load_ms',
+        'live_100_create_s',
+        'live_100_pss_gib',
+        'live_100_threads',
+        'live_100_kvm_threads',
+        'live_100_kernel_mib',
+        'concurrent_host_calls_ms',
+        'timer_wakeup_us',
+        'timer_sleep_cpu_us',
+      ]) {
+        want(contender, metric);
+      }
+    }
+    for (const metric of ['create_from_template_ms', 'create_from_template_to_result_ms', 'pss_per_idle_sandbox_mib']) want('quickjs-emscripten', metric);
+    expect(missing, run.notes.join('\n')).toEqual([]);
+    const value = (contender: string, metric: string) => run.results.find((x) => x.contender === contender && x.metric === metric)!.p50;
+    // 100 live sandboxes hold at least one thread each; only KVM sandboxes have KVM threads.
+    expect(value('airlock-kvm', 'live_100_threads') + value('airlock-kvm', 'live_100_kvm_threads')).toBeGreaterThanOrEqual(100);
+    expect(value('airlock-kvm', 'live_100_kvm_threads')).toBeGreaterThan(0);
+    expect(value('airlock-wasm', 'live_100_kvm_threads')).toBe(0);
+    expect(value('airlock-kvm', 'live_100_pss_gib')).toBeGreaterThan(0);
+  }, 300_000);
+
   it('measureExchangeFloor answers with one positive figure per call, and refuses bad arguments and images', async () => {
     const addon = loadAddon().addon as unknown as { measureExchangeFloor(image: unknown, n: unknown): Promise<number[]> };
     const samples = await addon.measureExchangeFloor(readFileSync(kvmImagePath), 5);
@@ -78,6 +126,32 @@ describeKvm('bench: call-path groups', () => {
 });
 
 describe('bench: report', () => {
+  it('puts the figures of issues #12 and #13 next to their targets', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-report-'));
+    mkdirSync(join(dir, 'docs'));
+    writeReport(
+      dir,
+      [
+        { contender: 'airlock-kvm', metric: 'create_from_template_ms', p50: 0.25, p99: 2, n: 10 },
+        { contender: 'quickjs-emscripten', metric: 'create_from_template_ms', p50: 0.5, p99: 3, n: 10 },
+        { contender: 'airlock-kvm', metric: 'restore_and_call_1mib_us', p50: 100, p99: 200, n: 10 },
+        { contender: 'airlock-kvm', metric: 'restore_and_call_128mib_us', p50: 150, p99: 300, n: 10 },
+        { contender: 'airlock-kvm', metric: 'live_1000_threads', p50: 40, p99: 40, n: 1 },
+        { contender: 'airlock-wasm', metric: 'timer_wakeup_us', p50: 120, p99: 400, n: 10 },
+      ],
+      [],
+      [],
+      true,
+    );
+    const md = readFileSync(join(dir, 'docs/BENCHMARKS.md'), 'utf8');
+    expect(md).toContain('| airlock-kvm create_from_template (ms) | 0.250 | ≤ 0.5 ms |');
+    expect(md).toContain('| airlock-kvm create_from_template / quickjs-emscripten new context | 0.50× | ≤ 1× |');
+    expect(md).toContain('| airlock-kvm restore_and_call_128mib / restore_and_call_1mib | 1.50× | ≤ 2× |');
+    expect(md).toContain("| airlock-kvm live_1000_threads (Airlock's) | 40 | ≤ 64 |");
+    expect(md).toContain('| airlock-wasm timer_wakeup overshoot (µs) | 120.0 | ≤ 200 µs |');
+    expect(md).toContain('| airlock-kvm compile_250k_cached / compile_250k_first | n/a | ≤ 0.1× |');
+  });
+
   it('writes unavailable contenders as rows and keeps the before/after sections of the previous file', () => {
     const dir = mkdtempSync(join(tmpdir(), 'airlock-report-'));
     mkdirSync(join(dir, 'docs'));
@@ -100,6 +174,7 @@ describe('bench: report', () => {
     expect(md).not.toContain('old table');
     expect(md.endsWith(before)).toBe(true);
     expect(md.split('## Before and after').length).toBe(2);
+    expect(md).toContain('| airlock-kvm create_from_template (ms) | n/a | ≤ 0.5 ms |');
     const json = JSON.parse(readFileSync(join(dir, 'docs/benchmarks.json'), 'utf8')) as { unavailable: unknown[] };
     expect(json.unavailable).toHaveLength(1);
   });

@@ -10,6 +10,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { collect, summarize, usSince, type Result } from './stats.js';
 import { eventLoopGaps, mainThreadCpuPerCall, throughput } from './loops.js';
+import { MiB, pssBytes } from './process-memory.js';
 
 const root = join(__dirname, '..', '..');
 // AIRLOCK_BENCH_DEPS: where scripts/bench-deps.sh installed isolated-vm (default out/bench-deps).
@@ -159,6 +160,20 @@ async function child(): Promise<void> {
     s.isolate.dispose();
     return ms;
   })));
+  // pss_per_idle_sandbox_mib: the child's PSS grown by 100 isolates (20 in a quick run),
+  // each with the handler loaded and called once, divided by their number.
+  const n = quick ? 20 : 100;
+  const pss: number[] = [];
+  for (let r = 0; r < (quick ? 1 : 3); r++) {
+    await new Promise((res) => setTimeout(res, 200));
+    const before = pssBytes();
+    const live = await Promise.all(Array.from({ length: n }, () => IvmSandbox.create(ivm, ECHO)));
+    for (const s of live) await s.call({ first: true });
+    await new Promise((res) => setTimeout(res, 300));
+    pss.push((pssBytes() - before) / n / MiB);
+    for (const s of live) s.isolate.dispose();
+  }
+  add(summarize('isolated-vm-async', 'pss_per_idle_sandbox_mib', pss));
   one.isolate.dispose();
   report();
 }

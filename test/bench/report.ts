@@ -1,5 +1,5 @@
 // report.ts — docs/BENCHMARKS.md and docs/benchmarks.json from one run's results: the
-// table, the ratios issue #10 sets as targets, what each metric measures, the run's
+// table, the ratios issue #10 sets as targets, the figures issues #12 and #13 set, what each metric measures, the run's
 // notes, and the hand-written sections kept from the previous file (from the first
 // "## Before and after" heading on: ab.sh comparisons).
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -47,6 +47,7 @@ export function writeReport(root: string, results: readonly Result[], notes: rea
   }
   const K = 'airlock-kvm';
   const W = 'airlock-wasm';
+  const E = 'quickjs-emscripten';
   lines.push(
     '',
     '## Ratios (p50 unless noted)',
@@ -86,6 +87,38 @@ export function writeReport(root: string, results: readonly Result[], notes: rea
     `| airlock-wasm idle_cpu_ms (10 idle sandboxes, 1 s) | ${fmt(p50(W, 'idle_cpu_ms'))} | ≤ 5 ms |`,
     `| airlock-kvm call after a snapshot / without one | ${ratio([K, 'call_after_snapshot_us'], [K, 'call_without_snapshot_us'])} | ~1× (snapshots do not slow calls) |`,
     '',
+    '## Targets of issues #12 and #13 (p50 unless noted)',
+    '',
+    '| figure | value | target |',
+    '|---|---:|---|',
+    `| airlock-kvm create_from_template (ms) | ${fmt(p50(K, 'create_from_template_ms'), 3)} | ≤ 0.5 ms |`,
+    `| airlock-kvm create_from_template p99 (ms) | ${fmt(p99(K, 'create_from_template_ms'), 3)} | ≤ 3 ms |`,
+    `| airlock-kvm create_from_template / quickjs-emscripten new context | ${ratio([K, 'create_from_template_ms'], [E, 'create_from_template_ms'])} | ≤ 1× |`,
+    `| airlock-wasm create_from_template (ms) | ${fmt(p50(W, 'create_from_template_ms'), 3)} | |`,
+    `| airlock-kvm create_from_template_to_result (ms) | ${fmt(p50(K, 'create_from_template_to_result_ms'), 3)} | |`,
+    `| airlock-kvm pool_acquire_to_result (ms) | ${fmt(p50(K, 'pool_acquire_to_result_ms'), 3)} | |`,
+    `| airlock-kvm pss_per_idle_sandbox (MiB) | ${fmt(p50(K, 'pss_per_idle_sandbox_mib'), 2)} | ≤ 2.5 MiB |`,
+    `| airlock-wasm pss_per_idle_sandbox (MiB) | ${fmt(p50(W, 'pss_per_idle_sandbox_mib'), 2)} | |`,
+    `| quickjs-emscripten / isolated-vm-async pss_per_idle_sandbox (MiB) | ${fmt(p50(E, 'pss_per_idle_sandbox_mib'), 2)} / ${fmt(p50('isolated-vm-async', 'pss_per_idle_sandbox_mib'), 2)} | |`,
+    `| airlock-kvm live_1000_pss (GiB) | ${fmt(p50(K, 'live_1000_pss_gib'), 2)} | ≤ 3 GiB |`,
+    `| airlock-kvm live_1000_threads (Airlock's) | ${fmt(p50(K, 'live_1000_threads'), 0)} | ≤ 64 |`,
+    `| airlock-kvm live_1000_kvm_threads (KVM's per-VM kernel threads) | ${fmt(p50(K, 'live_1000_kvm_threads'), 0)} | (reported apart) |`,
+    `| airlock-kvm live_1000_kernel (MiB of unreclaimable kernel memory, machine-wide) | ${fmt(p50(K, 'live_1000_kernel_mib'), 0)} | (not in PSS) |`,
+    `| airlock-kvm live_1000_create (s) | ${fmt(p50(K, 'live_1000_create_s'), 2)} | ≤ 2 s |`,
+    `| airlock-kvm restore_and_call_128mib / restore_and_call_1mib | ${ratio([K, 'restore_and_call_128mib_us'], [K, 'restore_and_call_1mib_us'])} | ≤ 2× |`,
+    `| airlock-kvm restore_and_call_128mib (µs) | ${fmt(p50(K, 'restore_and_call_128mib_us'))} | ≤ 300 µs |`,
+    `| airlock-wasm restore_and_call_128mib / restore_and_call_1mib | ${ratio([W, 'restore_and_call_128mib_us'], [W, 'restore_and_call_1mib_us'])} | |`,
+    `| airlock-kvm snapshot_load (ms) | ${fmt(p50(K, 'snapshot_load_ms'), 2)} | |`,
+    `| airlock-kvm concurrent_host_calls (ms) | ${fmt(p50(K, 'concurrent_host_calls_ms'))} | ≤ 60 ms |`,
+    `| airlock-wasm concurrent_host_calls (ms) | ${fmt(p50(W, 'concurrent_host_calls_ms'))} | ≤ 60 ms |`,
+    `| airlock-kvm timer_wakeup overshoot (µs) | ${fmt(p50(K, 'timer_wakeup_us'))} | ≤ 200 µs |`,
+    `| airlock-wasm timer_wakeup overshoot (µs) | ${fmt(p50(W, 'timer_wakeup_us'))} | ≤ 200 µs |`,
+    `| airlock-kvm timer_sleep_cpu (µs of guest CPU in a 20 ms sleep) | ${fmt(p50(K, 'timer_sleep_cpu_us'))} | ≈ 0 |`,
+    `| airlock-wasm timer_sleep_cpu (µs of guest CPU in a 20 ms sleep) | ${fmt(p50(W, 'timer_sleep_cpu_us'))} | ≈ 0 |`,
+    // The compile group (compiled-code cache, issue #13) fills these when it runs.
+    `| airlock-kvm compile_250k_cached / compile_250k_first | ${ratio([K, 'compile_250k_cached_ms'], [K, 'compile_250k_first_ms'])} | ≤ 0.1× |`,
+    `| airlock-wasm compile_250k_cached / compile_250k_first | ${ratio([W, 'compile_250k_cached_ms'], [W, 'compile_250k_first_ms'])} | ≤ 0.1× |`,
+    '',
     '## What each metric measures',
     '',
     '- `exit_floor_us`: one guest exit round trip (ring-3 `out`, KVM_RUN returns, KVM_RUN again) in a bare VM, timed off the JS thread by the addon. The floor under any call.',
@@ -103,6 +136,14 @@ export function writeReport(root: string, results: readonly Result[], notes: rea
     '- `restore_us`: restore() right after a trivial call (default options); `restore_idle_us`: restore() with nothing changed since the last one; `restore_1gib_heap_us`: `restore_us` in a sandbox built with a 1 GiB heap.',
     '- `call_without_snapshot_us` / `call_after_snapshot_us`: the trivial call (`gc: false`) in two identical 1 GiB-heap sandboxes, one of which has a snapshot taken, called alternately.',
     '- `kill_latency_ms`: from `interruptHandle.kill()` to the rejected call, the guest spinning in `for(;;){}`.',
+    '- `create_from_template_ms`: a sandbox cloned from a snapshot of a loaded sandbox through the public API, `new SandboxBuilder().buildFromSnapshot(snapshot)` then `restoreLoadedSandbox()` (on KVM the clone maps the template copy-on-write; on WebAssembly its memory is copied into a pooled worker\'s instance); `create_from_template_to_result_ms` adds the clone\'s first `callHandler()`. Clones disposed in fours, untimed. quickjs-emscripten: `newContext()` with the handler evaluated (and its first call). Each round times every contender once, the order rotating.',
+    '- `pool_acquire_to_result_ms`: `SandboxPool.call()` of a tenant whose clone is warm and idle (the handler loaded in the snapshot).',
+    '- `pss_per_idle_sandbox_mib`: the growth of the process\'s PSS (/proc/self/smaps_rollup, so pages shared copy-on-write count once) over 100 live sandboxes that each made one call, 300 ms after the last, divided by 100; 3 rounds. Clones of one template on the Airlock tiers; quickjs-emscripten contexts in its one module; isolated-vm isolates (in its child process).',
+    '- `live_1000_create_s`, `live_1000_pss_gib`, `live_1000_threads`, `live_1000_kvm_threads`, `live_1000_kernel_mib`: in a child process, 1,000 clones of one template made back to back (the template and one clone made before, untimed); then one call each, 500 ms to settle, the whole process\'s PSS (Node\'s own included), the threads the process gained other than KVM\'s, and KVM\'s per-VM kernel threads (`kvm-*` in /proc/self/task); `live_1000_kernel_mib` the growth of the machine\'s unreclaimable kernel memory (SUnreclaim, PageTables, SecPageTables, KernelStack of /proc/meminfo: KVM\'s structures and page tables, which PSS leaves out), so other processes add noise to it. The WebAssembly tier runs 100 (`live_100_*`) unless AIRLOCK_BENCH_LIVE_WASM is set. One sample each.',
+    '- `restore_and_call_1mib_us`, `restore_and_call_128mib_us`: a sandbox (512 MiB heap) whose handler module keeps 1 or 128 MiB alive in filled 1 MiB arrays; after a call that writes a few pages, `restore()` plus the next call, timed together.',
+    '- `snapshot_load_ms`: `Snapshot.load()` of a saved tag (every blob\'s digest verified) and its first clone (`buildFromSnapshot` → `restoreLoadedSandbox`), a new Snapshot object each time.',
+    '- `concurrent_host_calls_ms`: a handler awaiting `Promise.all` of three async host calls that each take 50 ms on the host.',
+    '- `timer_wakeup_us`: a handler\'s `await new Promise((r) => setTimeout(r, 1))`, the overshoot past 1 ms by the guest\'s own clock; `timer_sleep_cpu_us`: the guest CPU time of a call sleeping 20 ms less that of a trivial call.',
     '- `idle_cpu_ms`: 10 sandboxes, one call each, 300 ms to settle, then the CPU time (user + system) of the whole process over the next second. An idle sandbox must cost nothing; the target is ≤ 5 ms.',
   );
   if (notes.length) lines.push('', '## Notes from this run', '', ...notes.map((n) => `- ${n}`));

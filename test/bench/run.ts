@@ -19,6 +19,7 @@ import { mainThreadCpuPerCall, throughput } from './loops.js';
 import { runIsolatedVm } from './isolated-vm.js';
 import { writeReport, type Unavailable } from './report.js';
 import { benchEventLoop as benchGuestEventLoop } from './eventloop.js';
+import { benchTemplates, runLive } from './templates.js';
 
 const root = join(__dirname, '..', '..');
 const quick = process.env.AIRLOCK_BENCH_QUICK === '1';
@@ -352,7 +353,7 @@ async function benchEmscripten(): Promise<void> {
   c.context.dispose();
 }
 
-const ISOLATED_VM_METRICS = ['call_roundtrip_us', 'main_thread_cpu_us_per_call', 'event_loop_gap_calls_ms', 'throughput_1_per_s', 'throughput_2_per_s', 'throughput_8_per_s', 'create_to_first_result_ms'];
+const ISOLATED_VM_METRICS = ['call_roundtrip_us', 'main_thread_cpu_us_per_call', 'event_loop_gap_calls_ms', 'throughput_1_per_s', 'throughput_2_per_s', 'throughput_8_per_s', 'create_to_first_result_ms', 'pss_per_idle_sandbox_mib'];
 
 async function benchIsolatedVm(): Promise<void> {
   const run = await runIsolatedVm();
@@ -362,6 +363,47 @@ async function benchIsolatedVm(): Promise<void> {
     console.error(`  ! isolated-vm unavailable: ${run.unavailable}`);
     if (run.results.length === 0) {
       for (const contender of ['isolated-vm-async', 'isolated-vm-sync']) unavailable.push({ contender, metrics: ISOLATED_VM_METRICS, reason: run.unavailable });
+    }
+  }
+}
+
+async function benchTemplateGroup(backends: Backend[]): Promise<void> {
+  let emscripten: Awaited<ReturnType<typeof emscriptenContender>> | undefined;
+  try {
+    emscripten = await emscriptenContender({ echo: ECHO });
+  } catch (e) {
+    notes.push(`templates: quickjs-emscripten did not load: ${(e as Error).message}`);
+  }
+  try {
+    await benchTemplates({
+      backends,
+      record,
+      note: (text) => {
+        notes.push(text);
+        console.error(`  ! ${text}`);
+      },
+      scale,
+      quick,
+      emscripten: emscripten?.create,
+    });
+  } finally {
+    emscripten?.context.dispose();
+  }
+}
+
+// The WebAssembly tier gives every live sandbox a worker thread with its own V8 isolate
+// (~7 MiB of PSS each here): 1,000 of them would take most of this shared machine's memory, so
+// it runs 100 unless AIRLOCK_BENCH_LIVE_WASM says otherwise (its metrics are then
+// named live_100_*).
+async function benchLive(backends: Backend[]): Promise<void> {
+  for (const b of backends) {
+    const count = quick ? 100 : b === 'wasm' ? Number(process.env.AIRLOCK_BENCH_LIVE_WASM ?? 100) : 1000;
+    if (b === 'wasm' && !quick && count !== 1000) notes.push(`live-1000 on the WebAssembly tier ran with ${count} sandboxes (live_${count}_*): set AIRLOCK_BENCH_LIVE_WASM=1000 for the full figure`);
+    const run = await runLive(b, count);
+    for (const r of run.results) record(r);
+    if (run.failed) {
+      notes.push(run.failed);
+      console.error(`  ! ${run.failed}`);
     }
   }
 }
@@ -377,6 +419,9 @@ async function main(): Promise<void> {
     notes.push(`KVM unusable: ${kvmUnusableReasons().join('; ')}`);
   }
   await guarded('airlock-wasm', () => benchAirlock('wasm'));
+  const tiers: Backend[] = kvm ? ['kvm', 'wasm'] : ['wasm'];
+  if (wants('templates')) await guarded('templates', () => benchTemplateGroup(tiers));
+  if (wants('live-1000')) await guarded('live-1000', () => benchLive(tiers));
   if (wants('native')) await guarded('native-quickjs', benchNative);
   if (wants('emscripten') || wants('main-thread') || wants('throughput')) await guarded('quickjs-emscripten', benchEmscripten);
   if (wants('isolated-vm')) await guarded('isolated-vm', benchIsolatedVm);
