@@ -105,7 +105,12 @@ export class CompileCache {
    */
   async bytecodeFor(target: CompileTarget, units: readonly CompileUnit[]): Promise<(Uint8Array | undefined)[]> {
     if (this.#maxBytes === 0 || units.length === 0) return units.map(() => undefined);
-    const keys = units.map((u) => cacheKey(target, u));
+    let keys: string[];
+    try {
+      keys = units.map((u) => cacheKey(target, u));
+    } catch {
+      return units.map(() => undefined); // the guest image digest is unreadable: no cache
+    }
     const result: (Uint8Array | undefined)[] = new Array(units.length);
     const missing: number[] = [];
     const waits: Promise<void>[] = [];
