@@ -118,6 +118,13 @@ describeEachBackend('compiled-code cache', (h) => {
     compileCache.configure({ maxBytes: 64 * 1024 * 1024 });
   });
 
+  it('refuses bad settings with ERR_INVALID_ARG', () => {
+    expect(() => h.builder().setCompileCache('yes' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+    for (const maxBytes of [-1, 1.5, Number.NaN, '1' as never]) {
+      expect(() => compileCache.configure({ maxBytes })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
+    }
+  });
+
   it('is off with a zero budget: no compiler is asked', async () => {
     compileCache.configure({ maxBytes: 0 });
     const s = await loaded({ cache: true });
