@@ -46,6 +46,8 @@ const COMPILER_MIN_OUTPUT = 32 * MiB;
 
 interface Compiler {
   core: Promise<SandboxCore>;
+  /** Settles when the compiler is back at its pristine snapshot (rejects if it cannot be). */
+  pristine: Promise<void>;
   idle: NodeJS.Timeout | undefined;
   users: number;
 }
@@ -159,7 +161,7 @@ export class CompileCache {
     const id = JSON.stringify([target.backend, target.hardened, config]);
     let compiler = this.#compilers.get(id);
     if (!compiler) {
-      compiler = { core: startCompiler(target, config), idle: undefined, users: 0 };
+      compiler = { core: startCompiler(target, config), pristine: Promise.resolve(), idle: undefined, users: 0 };
       this.#compilers.set(id, compiler);
     }
     clearTimeout(compiler.idle);
@@ -167,10 +169,17 @@ export class CompileCache {
     try {
       const core = await compiler.core;
       // Pristine before every COMPILE: nothing an earlier source did to the compiler's
-      // parser state can reach the next one's bytecode.
-      await core.unload();
+      // parser state can reach the next one's bytecode. The restore runs after each
+      // COMPILE, off the loading sandbox's path, and the next COMPILE waits for it.
+      await compiler.pristine;
       this.#compileRequests++;
-      const out = await core.compile(units, { wallClockTimeoutMs: COMPILE_WALL_CLOCK_MS });
+      const pending = core.compile(units, { wallClockTimeoutMs: COMPILE_WALL_CLOCK_MS });
+      compiler.pristine = pending.then(
+        () => core.unload(),
+        () => core.unload(),
+      );
+      compiler.pristine.catch(() => undefined); // observed by the next COMPILE
+      const out = await pending;
       const limit = this.#entries.maxEntrySize;
       return out.map((b) => (b && b.length + ENTRY_OVERHEAD <= limit ? b : undefined));
     } catch {

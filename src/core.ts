@@ -275,8 +275,10 @@ export class SandboxCore {
       const withBytecode = bytecode.some((b) => b !== undefined);
       const fields: FieldValue[] = [];
       units.forEach((u, i) => {
-        fields.push(u.tag, u.namespace, u.name, u.source);
-        if (withBytecode) fields.push(bytecode[i] ?? new Uint8Array(0));
+        // With bytecode the guest never reads the source: it is not sent (half the LOAD).
+        const b = bytecode[i];
+        fields.push(u.tag, u.namespace, u.name, b ? '' : u.source);
+        if (withBytecode) fields.push(b ?? new Uint8Array(0));
       });
       fields.push(hostEntropy());
       const flags = abi.AIRLOCK_REQUEST_FLAG_ENTROPY | (withBytecode ? abi.AIRLOCK_LOAD_FLAG_BYTECODE : 0);
