@@ -21,6 +21,7 @@ export interface CompileTarget {
   hardened: boolean;
 }
 
+/** Counters of the compiled-code cache since it was last configured or cleared. */
 export interface CompileCacheStats {
   /** Units whose bytecode (or known compile failure) came from the cache. */
   hits: number;
@@ -30,6 +31,7 @@ export interface CompileCacheStats {
   compileRequests: number;
   /** Bytes the cache holds (bytecode plus a fixed overhead per entry). */
   bytes: number;
+  /** Units the cache holds (bytecode, or a remembered compile failure). */
   entries: number;
 }
 
@@ -97,6 +99,7 @@ export class CompileCache {
     this.#hits = this.#misses = this.#compileRequests = 0;
   }
 
+  /** Hits, misses, COMPILE requests and the bytes and entries held. */
   stats(): CompileCacheStats {
     return { hits: this.#hits, misses: this.#misses, compileRequests: this.#compileRequests, bytes: this.#entries.calculatedSize, entries: this.#entries.size };
   }
