@@ -63,6 +63,24 @@ describeEachBackend('compiled-code cache', (h) => {
     expect(thrown.message).toContain('negative: -1');
   });
 
+  it('keeps TypeScript line and column numbers in guest stacks through the cache', async () => {
+    const ts = `interface Event { n: number }\nfunction handler(event: Event): number {\n  if (event.n < 0) throw new TypeError('below zero');\n  return event.n as number;\n}`;
+    const load = async (cache: boolean) => {
+      const js = await (await h.builder().setCompileCache(cache).build()).loadRuntime();
+      js.addHandler('t', ts, { typescript: true });
+      const s = await js.getLoadedSandbox();
+      sandboxes.push(s);
+      return s;
+    };
+    const plain = await load(false);
+    await load(true);
+    const cached = await load(true);
+    expect(compileCache.stats().hits).toBe(1);
+    const a = (await outcome(plain, { n: -1 }, 't')) as { guestStack: string };
+    expect(a.guestStack).toContain('handler:t:3:');
+    expect(await outcome(cached, { n: -1 }, 't')).toEqual(a);
+  });
+
   it('compiles a source once: a second sandbox loading it asks no compiler', async () => {
     await loaded({ cache: true });
     const first = compileCache.stats();
