@@ -33,6 +33,7 @@ export class SandboxBuilder {
   #hostFunctionFilter: HostFunctionFilter = 'all';
   #guestOptions: GuestRuntimeOptions = {};
   #asyncHostCallLimit = DEFAULT_ASYNC_HOST_CALL_LIMIT;
+  #compileCache = true;
   #fetchPolicy: FetchPolicy | undefined;
   // Like the mirrored API, build() consumes the builder: a second build() or a setter
   // afterwards is ERR_CONSUMED. A build that fails hands the builder back.
@@ -94,6 +95,19 @@ export class SandboxBuilder {
   setConsoleLimit(bytes: number): this {
     this.#open();
     this.#consoleLimit = requireSize(bytes, 'console limit', sizeLimits.consoleLimit.min, sizeLimits.consoleLimit.max);
+    return this;
+  }
+
+  /**
+   * Whether this builder's sandboxes take handler and module bytecode from the process's
+   * compiled-code cache (default true; `compileCache.configure({ maxBytes: 0 })` turns it
+   * off for the whole process). Results are the same either way; false makes every LOAD
+   * compile its source inside the sandbox, with no compiler sandbox involved.
+   */
+  setCompileCache(enabled: boolean): this {
+    this.#open();
+    if (typeof enabled !== 'boolean') throw new InvalidArgumentError(`compile cache setting must be a boolean (got ${typeof enabled})`);
+    this.#compileCache = enabled;
     return this;
   }
 
@@ -243,7 +257,7 @@ export class SandboxBuilder {
       filter: this.#hostFunctionFilter,
       console: this.#console,
       view: { unknownOptions: this.#strictOptions ? 'reject' : 'warn' },
-      hostOptions: { asyncHostCallLimit: this.#asyncHostCallLimit, fetch: this.#fetchPolicy },
+      hostOptions: { asyncHostCallLimit: this.#asyncHostCallLimit, fetch: this.#fetchPolicy, compileCache: this.#compileCache },
     });
   }
 
@@ -272,7 +286,7 @@ export class SandboxBuilder {
       factory,
       this.#console,
       this.#guestOptions,
-      { asyncHostCallLimit: this.#asyncHostCallLimit, fetch: this.#fetchPolicy },
+      { asyncHostCallLimit: this.#asyncHostCallLimit, fetch: this.#fetchPolicy, compileCache: this.#compileCache },
     );
     for (const [module, fns] of this.#hostFunctions) core.hostFunctions.set(module, new Map(fns));
     return new ProtoJSSandbox(core, { unknownOptions: this.#strictOptions ? 'reject' : 'warn' });

@@ -49,6 +49,15 @@ import { poisons } from './poison.js';
 import { describeThrown } from './validate.js';
 import { CompletionKind, LOOP_MODULE, LoopProtocolError, OperationLoop, type Outcome } from './hostcalls/event-loop.js';
 import { FETCH_MODULE, GuestFetch, type FetchPolicy } from './fetch/guest-fetch.js';
+import { compileCache } from './compile-cache.js';
+
+/** One LOAD group: a user module, or a handler (namespace ''). */
+export interface CompileUnit {
+  tag: 'module' | 'handler';
+  namespace: string;
+  name: string;
+  source: string;
+}
 
 /**
  * A host function the guest calls as `import { f } from 'host:<module>'`: receives the
@@ -104,6 +113,8 @@ export interface HostOptions {
   asyncHostCallLimit: number;
   /** The fetch capability; absent, fetch() in the guest is refused. */
   fetch?: FetchPolicy;
+  /** false: LOAD never uses the process's compiled-code cache (SandboxBuilder.setCompileCache). */
+  compileCache?: boolean;
 }
 
 export const DEFAULT_ASYNC_HOST_CALL_LIMIT = 64;
@@ -255,17 +266,47 @@ export class SandboxCore {
   load(modules: ReadonlyMap<string, { namespace: string; name: string; source: string }>, handlers: ReadonlyMap<string, string>): Promise<void> {
     return this.serialize(async () => {
       this.assertNotPoisoned();
+      const units: CompileUnit[] = [];
+      for (const m of modules.values()) units.push({ tag: 'module', namespace: m.namespace, name: m.name, source: m.source });
+      for (const [name, source] of handlers) units.push({ tag: 'handler', namespace: '', name, source });
+      // The only bytes ever sent as bytecode: the cache's, which came from a compiler
+      // sandbox that ran no tenant code (src/compile-cache.ts).
+      const bytecode = this.hostOptions.compileCache === false ? [] : await compileCache.bytecodeFor({ backend: this.backend, config: this.config, hardened: this.runtimeOptions.hardened !== undefined }, units);
+      const withBytecode = bytecode.some((b) => b !== undefined);
       const fields: FieldValue[] = [];
-      for (const m of modules.values()) fields.push('module', m.namespace, m.name, m.source);
-      for (const [name, source] of handlers) fields.push('handler', '', name, source);
+      units.forEach((u, i) => {
+        // With bytecode the guest never reads the source: it is not sent (half the LOAD).
+        const b = bytecode[i];
+        fields.push(u.tag, u.namespace, u.name, b ? '' : u.source);
+        if (withBytecode) fields.push(b ?? new Uint8Array(0));
+      });
       fields.push(hostEntropy());
-      const reply = await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD, abi.AIRLOCK_REQUEST_FLAG_ENTROPY, fields));
+      const flags = abi.AIRLOCK_REQUEST_FLAG_ENTROPY | (withBytecode ? abi.AIRLOCK_LOAD_FLAG_BYTECODE : 0);
+      const reply = await this.request(encodeMessage(abi.AIRLOCK_MSG_LOAD, flags, fields));
       if (reply.status === abi.AIRLOCK_STATUS_COMPILE_ERROR) {
         // Modules that did evaluate may have run side effects: start the next attempt clean.
         await this.returnToBaseline();
         throw new CompileError(fieldText(reply, 0) ?? 'handler failed to compile');
       }
       this.expectOk(reply, 'getLoadedSandbox');
+    });
+  }
+
+  /**
+   * COMPILE: the bytecode of each unit, or undefined for one that does not compile. Only
+   * src/compile-cache.ts calls this, on a compiler core that never loads tenant code.
+   */
+  compile(units: readonly CompileUnit[], options: ExchangeOptions): Promise<(Uint8Array | undefined)[]> {
+    return this.serialize(async () => {
+      this.assertNotPoisoned();
+      const fields: FieldValue[] = [];
+      for (const u of units) fields.push(u.tag, u.namespace, u.name, u.source);
+      const reply = await this.request(encodeMessage(abi.AIRLOCK_MSG_COMPILE, 0, fields), options);
+      this.expectOk(reply, 'compile');
+      if (reply.fields.length !== units.length) {
+        throw new GuestAbortError(`compile: guest answered ${reply.fields.length} fields for ${units.length} units`);
+      }
+      return reply.fields.map((f) => (f.length ? new Uint8Array(f) : undefined));
     });
   }
 
@@ -459,19 +500,19 @@ export class SandboxCore {
   }
 
   /** Sends a request of any size (chunked when it exceeds the input buffer). */
-  private async request(message: Buffer): Promise<Message> {
+  private async request(message: Buffer, options?: ExchangeOptions): Promise<Message> {
     if (message.length > this.config.inputSize) {
       const room = this.config.inputSize - abi.AIRLOCK_MSG_HEADER_SIZE - abi.AIRLOCK_FIELD_HEADER_SIZE;
       if (room <= 0) throw new InvalidArgumentError('the input buffer is too small to carry any request');
       for (let off = 0; off < message.length; off += room) {
         const last = off + room >= message.length;
         const chunk = encodeMessage(abi.AIRLOCK_MSG_CHUNK, last ? abi.AIRLOCK_CHUNK_FLAG_LAST : 0, [message.subarray(off, off + room)]);
-        const reply = (await this.exchange(chunk)).message;
+        const reply = (await this.exchange(chunk, last ? options : undefined)).message;
         if (last) return reply;
         this.expectOk(reply, 'chunked request');
       }
     }
-    return (await this.exchange(message)).message;
+    return (await this.exchange(message, options)).message;
   }
 
   /** One engine exchange; failures that poison are recorded here and nowhere else. */

@@ -20,6 +20,7 @@ export * from './pool/index.js';
 export type { HardenedOptions } from './guest-options.js';
 export type { SourceOptions } from './typescript.js';
 export type { FetchPolicy } from './fetch/policy.js';
+export { compileCache, type CompileCache, type CompileCacheStats } from './compile-cache.js';
 export type { Backend, TerminatedBy } from './engine/engine.js';
 export type { BackendChoice } from './engine/select.js';
 export {

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define AIRLOCK_ABI_VERSION 4
+#define AIRLOCK_ABI_VERSION 5
 
 /* ------------------------------------------------------------------------------
  * KVM memory map. Guest physical == guest virtual (identity map). Every mapping is a
@@ -199,6 +199,13 @@ struct airlock_control {
  *                 a user module (compiled lazily on first import), tag "handler"
  *                 compiles and evaluates a handler (namespace empty). Answered by
  *                 RESULT: OK, or COMPILE_ERROR naming the handler/module.
+ *                 flags: AIRLOCK_LOAD_FLAG_BYTECODE makes the groups 5 fields,
+ *                 (tag, namespace, name, source, bytecode): a non-empty bytecode is
+ *                 what COMPILE produced for that group in a guest that ran no tenant
+ *                 code, and is read instead of compiling the source.
+ *   COMPILE       groups of 4 like LOAD's; compiles each (nothing runs) and answers
+ *                 RESULT OK with one field per group: its bytecode (JS_WriteObject),
+ *                 or empty when that group does not compile.
  *   CALL          (handler name, event JSON); field 2 absent = undefined event.
  *                 flags: AIRLOCK_CALL_FLAG_GC runs a full GC after the call;
  *                 AIRLOCK_CALL_FLAG_GC_AUTO runs one only if the JS heap grew by a
@@ -237,6 +244,7 @@ struct airlock_msg {
 #define AIRLOCK_MSG_HOST_RETURN 5
 #define AIRLOCK_MSG_CHUNK 6
 #define AIRLOCK_MSG_GC 7
+#define AIRLOCK_MSG_COMPILE 8
 #define AIRLOCK_MSG_READY 64
 #define AIRLOCK_MSG_RESULT 65
 #define AIRLOCK_MSG_HOST_CALL 66
@@ -256,6 +264,8 @@ struct airlock_msg {
  * (hardened profile; 0 = 1000), u64 Math.random seed, i64 fixed Date.now() in ms, all
  * little-endian. */
 #define AIRLOCK_RUNTIME_FLAG_OPTIONS 0x200
+/* LOAD: every group carries a fifth field, its cached bytecode (empty = compile the source). */
+#define AIRLOCK_LOAD_FLAG_BYTECODE 0x400
 #define AIRLOCK_RUNTIME_OPTIONS_SIZE 24
 #define AIRLOCK_RUNTIME_OPT_HARDENED 1     /* eval/Function off, intrinsics frozen, coarse clocks */
 #define AIRLOCK_RUNTIME_OPT_FIXED_RANDOM 2 /* Math.random from the seed, never reseeded */

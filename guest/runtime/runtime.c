@@ -27,6 +27,8 @@ struct user_module {
     char *specifier; /* "<namespace>:<name>" */
     char *source;    /* NUL-terminated, as JS_Eval requires */
     size_t source_len;
+    uint8_t *bytecode; /* LOAD_FLAG_BYTECODE: read instead of compiling source; NULL = none */
+    size_t bytecode_len;
 };
 
 struct handler {
@@ -49,6 +51,8 @@ static struct {
     /* No JS has run in ctx since it was made: LOAD_RUNTIME may keep it, since host
      * modules are resolved lazily by the module loader, not installed in the context. */
     int ctx_pristine;
+    /* A COMPILE is in progress: every import resolves to an empty stand-in module. */
+    int compiling;
     /* Per-request conditions. */
     int oom;
     int interrupted;
@@ -559,9 +563,34 @@ static char *module_normalize(JSContext *ctx, const char *base, const char *name
     return js_strdup(ctx, name);
 }
 
+/* A module from the bytecode LOAD_FLAG_BYTECODE carried: the host sends only bytes that
+ * COMPILE produced in a guest that ran no tenant code (QuickJS's bytecode reader trusts
+ * its input), so this is the only JS_ReadObject in the runtime and it reads only the
+ * request's own field. Anything but a module is refused as a bad request would be. */
+static JSValue read_module_bytecode(JSContext *ctx, const uint8_t *bytes, size_t len)
+{
+    JSValue v = JS_ReadObject(ctx, bytes, len, JS_READ_OBJ_BYTECODE);
+    if (JS_IsException(v) || JS_VALUE_GET_TAG(v) == JS_TAG_MODULE)
+        return v;
+    JS_FreeValue(ctx, v);
+    return JS_ThrowTypeError(ctx, "cached bytecode is not a module");
+}
+
+static int stand_in_module_init(JSContext *ctx, JSModuleDef *m)
+{
+    (void)ctx;
+    (void)m;
+    return 0;
+}
+
 static JSModuleDef *module_load(JSContext *ctx, const char *name, void *opaque)
 {
     (void)opaque;
+    /* QuickJS resolves a module's imports while compiling it, but the bytecode names its
+     * imports only by specifier: COMPILE needs no real module behind them, and loads
+     * none (a sandbox resolves them again when it reads the bytecode). */
+    if (rt_state.compiling)
+        return JS_NewCModule(ctx, name, stand_in_module_init);
     /* Built-in modules: bare names, which no user module can take (those have a ns:). */
     if (strcmp(name, CRYPTO_MODULE_NAME) == 0)
         return crypto_module_new(ctx, name);
@@ -590,7 +619,8 @@ static JSModuleDef *module_load(JSContext *ctx, const char *name, void *opaque)
         struct user_module *um = &rt_state.modules[i];
         if (strcmp(um->specifier, name) != 0)
             continue;
-        JSValue fn = JS_Eval(ctx, um->source, um->source_len, name, JS_EVAL_TYPE_MODULE | JS_EVAL_FLAG_COMPILE_ONLY);
+        JSValue fn = um->bytecode ? read_module_bytecode(ctx, um->bytecode, um->bytecode_len)
+                                  : JS_Eval(ctx, um->source, um->source_len, name, JS_EVAL_TYPE_MODULE | JS_EVAL_FLAG_COMPILE_ONLY);
         if (JS_IsException(fn))
             return NULL;
         /* Invariant: a COMPILE_ONLY module eval yields a JS_TAG_MODULE value whose
@@ -647,6 +677,7 @@ static void modules_clear(void)
     for (uint32_t i = 0; i < rt_state.module_count; i++) {
         airlock_free(rt_state.modules[i].specifier);
         airlock_free(rt_state.modules[i].source);
+        airlock_free(rt_state.modules[i].bytecode);
     }
     airlock_free(rt_state.modules);
     rt_state.modules = NULL;
@@ -794,37 +825,52 @@ static void handle_load_runtime(const struct msg_view *request)
     respond_ok();
 }
 
-static int register_module(const struct field *ns, const struct field *name, const struct field *source)
+/* "<namespace>:<name>" (namespace "user" when empty), NUL-terminated; NULL on OOM. */
+static char *module_specifier(const struct field *ns, const struct field *name)
 {
     const char *ns_text = ns->len ? NULL : "user";
     size_t ns_len = ns->len ? ns->len : 4;
     size_t spec_len = ns_len + 1 + name->len;
     char *spec = airlock_malloc(spec_len + 1);
-    char *src = dup_field(source);
-    struct user_module *grown = NULL;
-    if (spec && src)
-        grown = airlock_realloc(rt_state.modules, (rt_state.module_count + 1) * sizeof *rt_state.modules);
-    if (!grown) {
-        airlock_free(spec);
-        airlock_free(src);
-        return -1;
-    }
-    rt_state.modules = grown;
+    if (!spec)
+        return NULL;
     memcpy(spec, ns_text ? (const void *)ns_text : (const void *)ns->data, ns_len);
     spec[ns_len] = ':';
     memcpy(spec + ns_len + 1, name->data, name->len);
     spec[spec_len] = '\0';
+    return spec;
+}
+
+static int register_module(const struct field *ns, const struct field *name, const struct field *source,
+                           const struct field *bytecode)
+{
+    char *spec = module_specifier(ns, name);
+    char *src = dup_field(source);
+    uint8_t *bc = bytecode->len ? (uint8_t *)dup_field(bytecode) : NULL;
+    struct user_module *grown = NULL;
+    if (spec && src && (bc || !bytecode->len))
+        grown = airlock_realloc(rt_state.modules, (rt_state.module_count + 1) * sizeof *rt_state.modules);
+    if (!grown) {
+        airlock_free(spec);
+        airlock_free(src);
+        airlock_free(bc);
+        return -1;
+    }
+    rt_state.modules = grown;
     /* A later registration of the same specifier replaces the source. */
     for (uint32_t i = 0; i < rt_state.module_count; i++) {
         if (strcmp(rt_state.modules[i].specifier, spec) == 0) {
             airlock_free(rt_state.modules[i].source);
+            airlock_free(rt_state.modules[i].bytecode);
             airlock_free(spec);
             rt_state.modules[i].source = src;
             rt_state.modules[i].source_len = source->len;
+            rt_state.modules[i].bytecode = bc;
+            rt_state.modules[i].bytecode_len = bytecode->len;
             return 0;
         }
     }
-    rt_state.modules[rt_state.module_count++] = (struct user_module){spec, src, source->len};
+    rt_state.modules[rt_state.module_count++] = (struct user_module){spec, src, source->len, bc, bytecode->len};
     return 0;
 }
 
@@ -842,28 +888,47 @@ static void compile_error_from_exception(const char *handler_name, char *buf, si
     JS_FreeValue(rt_state.ctx, exc);
 }
 
-/* Compiles and evaluates one handler. 0, or -1 with an error message in buf. */
-static int compile_handler(const struct field *name_field, const struct field *source, char *buf, size_t size)
+/* Compiles (nothing runs) a handler's source as the module "handler:<name>" with the
+ * export line appended: LOAD and COMPILE both come here, so cached bytecode is what
+ * LOAD would have compiled, file name and line/column table included. */
+static JSValue compile_handler_source(JSContext *ctx, const struct field *name, const struct field *source)
 {
-    JSContext *ctx = rt_state.ctx;
-    char *name = dup_field(name_field);
-    size_t module_name_len = 8 + name_field->len;
+    size_t module_name_len = 8 + name->len;
     char *module_name = airlock_malloc(module_name_len + 1);
     size_t text_len = source->len + sizeof handler_suffix - 1;
     char *text = airlock_malloc(text_len + 1);
-    JSValue promise = JS_UNDEFINED;
-    int rc = -1;
-    if (!name || !module_name || !text) {
-        snprintf(buf, size, "guest heap exhausted compiling a handler");
+    JSValue fn = JS_EXCEPTION;
+    if (!module_name || !text) {
+        JS_ThrowOutOfMemory(ctx);
         goto out;
     }
     memcpy(module_name, "handler:", 8);
-    memcpy(module_name + 8, name_field->data, name_field->len);
+    memcpy(module_name + 8, name->data, name->len);
     module_name[module_name_len] = '\0';
     memcpy(text, source->data, source->len);
     memcpy(text + source->len, handler_suffix, sizeof handler_suffix); /* includes the NUL */
+    fn = JS_Eval(ctx, text, text_len, module_name, JS_EVAL_TYPE_MODULE | JS_EVAL_FLAG_COMPILE_ONLY);
+out:
+    airlock_free(module_name);
+    airlock_free(text);
+    return fn;
+}
 
-    JSValue fn = JS_Eval(ctx, text, text_len, module_name, JS_EVAL_TYPE_MODULE | JS_EVAL_FLAG_COMPILE_ONLY);
+/* Compiles and evaluates one handler (from its cached bytecode when `bytecode` is
+ * non-empty). 0, or -1 with an error message in buf. */
+static int compile_handler(const struct field *name_field, const struct field *source, const struct field *bytecode,
+                           char *buf, size_t size)
+{
+    JSContext *ctx = rt_state.ctx;
+    char *name = dup_field(name_field);
+    JSValue promise = JS_UNDEFINED;
+    int rc = -1;
+    if (!name) {
+        snprintf(buf, size, "guest heap exhausted compiling a handler");
+        goto out;
+    }
+    JSValue fn = bytecode->len ? read_module_bytecode(ctx, bytecode->data, bytecode->len)
+                               : compile_handler_source(ctx, name_field, source);
     if (JS_IsException(fn)) {
         compile_error_from_exception(name, buf, size);
         goto out;
@@ -934,57 +999,78 @@ static int compile_handler(const struct field *name_field, const struct field *s
 out:
     JS_FreeValue(ctx, promise);
     airlock_free(name);
-    airlock_free(module_name);
-    airlock_free(text);
     return rc;
+}
+
+/* LOAD's and COMPILE's groups: (tag, namespace, name, source), plus the bytecode with
+ * LOAD_FLAG_BYTECODE. */
+struct load_group {
+    struct field tag, ns, name, source, bytecode;
+};
+
+static void group_next(struct field_iter *it, unsigned group_size, struct load_group *g)
+{
+    field_next(it, &g->ns);
+    field_next(it, &g->name);
+    field_next(it, &g->source);
+    g->bytecode = (struct field){NULL, 0};
+    if (group_size == 5)
+        field_next(it, &g->bytecode);
+}
+
+/* Checks every group's shape; answers BAD_REQUEST and returns -1 when one is wrong. */
+static int groups_check(const struct msg_view *m, unsigned group_size, const char *what)
+{
+    if (m->count % group_size != 0) {
+        respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "%s needs (tag, namespace, name, source%s) groups", what,
+                    group_size == 5 ? ", bytecode" : "");
+        return -1;
+    }
+    struct field_iter it;
+    struct load_group g;
+    field_iter_init(&it, m);
+    while (field_next(&it, &g.tag) == 0) {
+        group_next(&it, group_size, &g);
+        int is_module = field_equals(&g.tag, "module");
+        if (!is_module && !field_equals(&g.tag, "handler")) {
+            respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "%s tag must be 'module' or 'handler'", what);
+            return -1;
+        }
+        if (g.name.len == 0 || memchr(g.name.data, '\0', g.name.len) || memchr(g.ns.data, '\0', g.ns.len) ||
+            memchr(g.source.data, '\0', g.source.len)) {
+            respond_fmt(AIRLOCK_STATUS_BAD_REQUEST, "%s names must be non-empty and text must contain no NUL", what);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static void handle_load(const struct msg_view *m)
 {
     rt_state.ctx_pristine = 0;
-    if (m->count % 4 != 0) {
-        respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD needs (tag, namespace, name, source) groups");
+    /* Bytecode is read only where the host's flag says the request carries it. */
+    unsigned group_size = (m->status & AIRLOCK_LOAD_FLAG_BYTECODE) ? 5 : 4;
+    if (groups_check(m, group_size, "LOAD") < 0)
         return;
-    }
     struct field_iter it;
-    struct field tag, ns, name, source;
-    /* Validate every group, then register all modules, then compile handlers, so
-     * modules and handlers may come in any order. */
+    struct load_group g;
+    /* Register all modules, then compile handlers, so modules and handlers may come in
+     * any order. */
     field_iter_init(&it, m);
-    while (field_next(&it, &tag) == 0) {
-        field_next(&it, &ns);
-        field_next(&it, &name);
-        field_next(&it, &source);
-        int is_module = field_equals(&tag, "module");
-        if (!is_module && !field_equals(&tag, "handler")) {
-            respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD tag must be 'module' or 'handler'");
-            return;
-        }
-        if (name.len == 0 || memchr(name.data, '\0', name.len) || memchr(ns.data, '\0', ns.len) ||
-            memchr(source.data, '\0', source.len)) {
-            respond_text(AIRLOCK_STATUS_BAD_REQUEST, "LOAD names must be non-empty and text must contain no NUL");
-            return;
-        }
-    }
-    field_iter_init(&it, m);
-    while (field_next(&it, &tag) == 0) {
-        field_next(&it, &ns);
-        field_next(&it, &name);
-        field_next(&it, &source);
-        if (field_equals(&tag, "module") && register_module(&ns, &name, &source) < 0) {
+    while (field_next(&it, &g.tag) == 0) {
+        group_next(&it, group_size, &g);
+        if (field_equals(&g.tag, "module") && register_module(&g.ns, &g.name, &g.source, &g.bytecode) < 0) {
             respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted registering modules");
             return;
         }
     }
     char error[1024];
     field_iter_init(&it, m);
-    while (field_next(&it, &tag) == 0) {
-        field_next(&it, &ns);
-        field_next(&it, &name);
-        field_next(&it, &source);
-        if (!field_equals(&tag, "handler"))
+    while (field_next(&it, &g.tag) == 0) {
+        group_next(&it, group_size, &g);
+        if (!field_equals(&g.tag, "handler"))
             continue;
-        if (compile_handler(&name, &source, error, sizeof error) < 0) {
+        if (compile_handler(&g.name, &g.source, &g.bytecode, error, sizeof error) < 0) {
             handlers_clear(); /* LOAD is all-or-nothing */
             if (rt_state.interrupted)
                 respond_text(AIRLOCK_STATUS_INTERRUPTED, "loading was interrupted by the host");
@@ -997,6 +1083,62 @@ static void handle_load(const struct msg_view *m)
         }
     }
     respond_ok();
+}
+
+/* COMPILE: each group's bytecode, exactly what LOAD would compile from it (nothing runs:
+ * no module is resolved or evaluated). A group that does not compile gets an empty field,
+ * so LOAD compiles it itself and reports the error as it always has. The host sends this
+ * only to a guest that has run no tenant code and restores it before every COMPILE. */
+static void handle_compile(const struct msg_view *m)
+{
+    rt_state.ctx_pristine = 0;
+    if (groups_check(m, 4, "COMPILE") < 0)
+        return;
+    uint32_t n = m->count / 4;
+    struct field *out = airlock_calloc(n ? n : 1, sizeof *out);
+    if (!out) {
+        respond_text(AIRLOCK_STATUS_OUT_OF_MEMORY, "guest heap exhausted compiling");
+        return;
+    }
+    struct field_iter it;
+    struct load_group g;
+    rt_state.compiling = 1;
+    field_iter_init(&it, m);
+    for (uint32_t i = 0; i < n; i++) {
+        field_next(&it, &g.tag);
+        group_next(&it, 4, &g);
+        JSValue fn;
+        if (field_equals(&g.tag, "handler")) {
+            fn = compile_handler_source(rt_state.ctx, &g.name, &g.source);
+        } else {
+            char *spec = module_specifier(&g.ns, &g.name);
+            char *src = dup_field(&g.source); /* JS_Eval wants the NUL */
+            fn = spec && src ? JS_Eval(rt_state.ctx, src, g.source.len, spec, JS_EVAL_TYPE_MODULE | JS_EVAL_FLAG_COMPILE_ONLY)
+                             : JS_ThrowOutOfMemory(rt_state.ctx);
+            airlock_free(spec);
+            airlock_free(src);
+        }
+        if (JS_IsException(fn)) {
+            JS_FreeValue(rt_state.ctx, JS_GetException(rt_state.ctx));
+            continue;
+        }
+        size_t len = 0;
+        uint8_t *bytes = JS_WriteObject(rt_state.ctx, &len, fn, JS_WRITE_OBJ_BYTECODE);
+        JS_FreeValue(rt_state.ctx, fn);
+        if (!bytes || len > UINT32_MAX) {
+            if (bytes)
+                js_free(rt_state.ctx, bytes);
+            JS_FreeValue(rt_state.ctx, JS_GetException(rt_state.ctx));
+            continue;
+        }
+        out[i] = (struct field){bytes, (uint32_t)len};
+    }
+    rt_state.compiling = 0;
+    respond(AIRLOCK_STATUS_OK, out, n);
+    for (uint32_t i = 0; i < n; i++)
+        if (out[i].data)
+            js_free(rt_state.ctx, (void *)out[i].data);
+    airlock_free(out);
 }
 
 static struct handler *handler_find(const struct field *name)
@@ -1239,6 +1381,9 @@ static void handle_message(const uint8_t *buf, size_t len)
     }
     case AIRLOCK_MSG_CALL:
         handle_call(&m);
+        break;
+    case AIRLOCK_MSG_COMPILE:
+        handle_compile(&m);
         break;
     case AIRLOCK_MSG_UNLOAD:
         if (context_reset() < 0)

@@ -35,7 +35,7 @@ function coded(e: unknown): AirlockError {
 
 let imageDigest: string | undefined;
 
-function guestImageSha256(): string {
+export function guestImageSha256(): string {
   imageDigest ??= createHash('sha256').update(kvmGuestImage()).digest('hex');
   return imageDigest;
 }

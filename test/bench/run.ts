@@ -20,6 +20,7 @@ import { runIsolatedVm } from './isolated-vm.js';
 import { writeReport, type Unavailable } from './report.js';
 import { benchEventLoop as benchGuestEventLoop } from './eventloop.js';
 import { benchTemplates, runLive } from './templates.js';
+import { benchCompile } from './compile.js';
 
 const root = join(__dirname, '..', '..');
 const quick = process.env.AIRLOCK_BENCH_QUICK === '1';
@@ -27,7 +28,8 @@ const scale = (n: number) => (quick ? Math.max(3, Math.ceil(n / 10)) : n);
 // AIRLOCK_BENCH_ONLY=calls,idle runs only those groups (a before/after comparison of
 // one figure needs no full run): exit-floor, exchange-floor, calls (per-tier call,
 // host-call, restore, kill), placement (same core / split cores), main-thread (its CPU
-// per call), throughput, eventloop, guest-eventloop (timers and async host calls), live-heap, create, snapshot, idle, native,
+// per call), throughput, eventloop, guest-eventloop (timers and async host calls), compile (the
+// compiled-code cache: test/bench/compile.ts), live-heap, create, snapshot, idle, native,
 // emscripten, isolated-vm. AIRLOCK_BENCH_QUICK=1 takes a tenth of the samples (a smoke
 // run); a partial run writes its results to AIRLOCK_BENCH_OUT (default out/bench-partial.json).
 const only = new Set((process.env.AIRLOCK_BENCH_ONLY ?? '').split(',').filter(Boolean));
@@ -109,6 +111,7 @@ async function benchAirlock(backend: Backend): Promise<void> {
   if (wants('snapshot')) await benchSnapshot(backend);
   if (wants('idle')) await benchIdle(backend);
   if (wants('guest-eventloop')) await benchGuestEventLoop(backend, record, scale);
+  if (wants('compile')) await benchCompile(backend, record, scale);
 }
 
 async function benchCalls(backend: Backend): Promise<void> {

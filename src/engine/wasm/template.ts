@@ -117,7 +117,7 @@ export function clone(template: EngineTemplate, onHostCall: HostCallHandler, _op
 let moduleFacts: { sha256: string; memory: ModuleMemory } | undefined;
 
 /** The guest module's digest and memory needs, read once from the file engines load. */
-function guestModuleFacts(): { sha256: string; memory: ModuleMemory } {
+export function guestModuleFacts(): { sha256: string; memory: ModuleMemory } {
   if (!moduleFacts) {
     const bytes = readFileSync(wasmModulePath);
     moduleFacts = { sha256: createHash('sha256').update(bytes).digest('hex'), memory: readModuleMemory(bytes) };
