@@ -483,14 +483,25 @@ JSValue runtime_host_call(JSContext *ctx, const char *module, const char *functi
     return webapi_decode(ctx, &reply, 0, "<host result>");
 }
 
+/* The host function a bridge was made for, with its arguments as a fresh array:
+ * NULL with an exception pending (in *args) when either fails. */
+static struct host_function *host_fn_call_args(JSContext *ctx, int magic, int argc, JSValueConst *argv, JSValue *args)
+{
+    struct host_function *hf = host_fn_lookup((uint32_t)magic);
+    if (!hf) {
+        *args = JS_ThrowInternalError(ctx, "host function table changed under a live module");
+        return NULL;
+    }
+    *args = args_array(ctx, argc, argv);
+    return JS_IsException(*args) ? NULL : hf;
+}
+
 static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
 {
     (void)this_val;
-    struct host_function *hf = host_fn_lookup((uint32_t)magic);
+    JSValue args;
+    struct host_function *hf = host_fn_call_args(ctx, magic, argc, argv, &args);
     if (!hf)
-        return JS_ThrowInternalError(ctx, "host function table changed under a live module");
-    JSValue args = args_array(ctx, argc, argv);
-    if (JS_IsException(args))
         return args;
     JSValue result = runtime_host_call(ctx, hf->module, hf->function, args);
     JS_FreeValue(ctx, args);
@@ -502,11 +513,9 @@ static JSValue js_host_call(JSContext *ctx, JSValueConst this_val, int argc, JSV
 static JSValue js_host_call_async(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv, int magic)
 {
     (void)this_val;
-    struct host_function *hf = host_fn_lookup((uint32_t)magic);
+    JSValue args;
+    struct host_function *hf = host_fn_call_args(ctx, magic, argc, argv, &args);
     if (!hf)
-        return JS_ThrowInternalError(ctx, "host function table changed under a live module");
-    JSValue args = args_array(ctx, argc, argv);
-    if (JS_IsException(args))
         return args;
     JSValue promise = eventloop_start_host_call(ctx, hf->module, hf->function, args);
     JS_FreeValue(ctx, args);

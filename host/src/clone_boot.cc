@@ -1,8 +1,6 @@
 // clone_boot.cc — the vCPU thread's start of a clone: a new VM over a private mapping
 // of its template's image, with the template's CPU state, ready for its first request
 // without running a guest instruction. The template's image is shared, never copied.
-#include <x86intrin.h>
-
 #include "../../guest/include/abi.h"
 #include "vcpu_thread.h"
 #include "vm_factory.h"
@@ -12,7 +10,6 @@ namespace airlock {
 Outcome VcpuThread::bootFromTemplate() {
     Outcome o;
     const Template &t = *s_.template_;
-    const GuestLayout &l = s_.layout_;
     try {
         // Made ahead (vm_factory.h): the slot already covers the range the image is
         // mapped into now.
@@ -20,7 +17,6 @@ Outcome VcpuThread::bootFromTemplate() {
         vm_ = std::move(prepared.vm);
         vcpu_ = std::move(prepared.vcpu);
         s_.memory_ = std::make_unique<GuestMemory>(t.memory, prepared.memory);
-        GuestMemory &mem = *s_.memory_;
         s_.signalVcpu_.store(vcpu_.get());
         // The template's CPU state was checked when the template was made (its
         // snapshot's guest ran with it, or the import refused anything outside ring 3).
@@ -29,19 +25,7 @@ Outcome VcpuThread::bootFromTemplate() {
         vcpu_->setExtendedState(t.cpu.extended);
         checkNoSystemCalls(*vcpu_, t.cpu.sregs);
 
-        // The clock and the poll window belong to this VM, as at boot (setUpGuest).
-        const uint64_t c = l.header.control;
-        s_.tscKhz_ = vcpu_->tscKhz();
-        mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_KHZ, s_.tscKhz_);
-        s_.pollNs_.store(0);
-        s_.setPollWindow(s_.spin_.guestPollNs);
-        const uint64_t before = __rdtsc();
-        const uint64_t guest = vcpu_->guestTsc();
-        const uint64_t after = __rdtsc();
-        s_.tscOffset_ = static_cast<int64_t>(guest - (before + (after - before) / 2));
-        // Invariant: the control block lies inside the image (parseImageHeader, for
-        // this layout) and poll_state is 4-byte aligned in it (abi.h static asserts).
-        s_.handover_.attach(reinterpret_cast<uint32_t *>(mem.at(c + AIRLOCK_CTRL_OFF_POLL_STATE, 4)));
+        attachClockAndHandover();
     } catch (const std::exception &e) {
         tearDownGuest();
         o.code = OutcomeCode::Internal;

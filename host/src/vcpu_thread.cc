@@ -240,7 +240,13 @@ void VcpuThread::setUpGuest() {
     regs.rsp = l.stackTop;
     regs.rflags = kRing3Rflags;
     vcpu_->setRegisters(regs);
+    attachClockAndHandover();
+}
 
+// The clock and the poll window belong to this VM (a boot or a clone's start).
+void VcpuThread::attachClockAndHandover() {
+    GuestMemory &mem = *s_.memory_;
+    const uint64_t c = s_.layout_.header.control;
     s_.tscKhz_ = vcpu_->tscKhz();
     mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_TSC_KHZ, s_.tscKhz_);
     s_.pollNs_.store(0);
@@ -251,8 +257,8 @@ void VcpuThread::setUpGuest() {
     const uint64_t guest = vcpu_->guestTsc();
     const uint64_t after = __rdtsc();
     s_.tscOffset_ = static_cast<int64_t>(guest - (before + (after - before) / 2));
-    // Invariant: the control block lies inside the image (parseImageHeader) and
-    // poll_state is 4-byte aligned in it (abi.h static asserts).
+    // Invariant: the control block lies inside the image (parseImageHeader, for this
+    // layout) and poll_state is 4-byte aligned in it (abi.h static asserts).
     s_.handover_.attach(reinterpret_cast<uint32_t *>(mem.at(c + AIRLOCK_CTRL_OFF_POLL_STATE, 4)));
 }
 

@@ -33,6 +33,7 @@ private:
     std::optional<Outcome> handle(const Op &op);
     std::optional<Outcome> boot();
     Outcome bootFromTemplate(); // clone_boot.cc
+    void attachClockAndHandover();
     Outcome takeSnapshot();
     Outcome restore(const Snapshot &snap);
     void startExchange(const Op &op);

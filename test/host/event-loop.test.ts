@@ -5,39 +5,15 @@
 // synchronously from the previous answer). Counts firings, never times them; and
 // checks the order of turns: a setImmediate queued when a request (or an answer to a
 // host call) leaves always runs before the guest's reply reaches JavaScript.
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
+import { finalMessage, realGuestBooter, realImagePresent } from './real-guest-vms.js';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
-import { decodeMessages, encodeMessage, loadAddon, type NativeVm } from './raw-guest.js';
+import { encodeMessage, loadAddon, type NativeVm } from './raw-guest.js';
 
-const imagePath = join(__dirname, '..', '..', 'out', 'guest', 'kvm', 'airlock-guest.img');
-const config = { heapSize: 64 << 20, stackSize: 1 << 20, inputSize: 1 << 20, outputSize: 1 << 20, consoleLimit: 4096 };
-const present = existsSync(imagePath);
-
-const live: NativeVm[] = [];
-afterEach(async () => {
-  await Promise.all(live.splice(0).map((vm) => vm.dispose()));
-});
-
-function final(output: Buffer) {
-  const msgs = decodeMessages(output);
-  return msgs[msgs.length - 1];
-}
-
-async function boot(source: string, hostFunctions: string[] = [], onHostCall = (_o: Buffer, _id: number) => {}) {
-  const vm = new (loadAddon().Vm)(readFileSync(imagePath), config, onHostCall);
-  live.push(vm);
-  expect(final(await vm.boot()).kind).toBe(abi.AIRLOCK_MSG_READY);
-  expect(final((await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, 0, hostFunctions))).output).status).toBe(
-    abi.AIRLOCK_STATUS_OK,
-  );
-  expect(final((await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD, 0, ['handler', '', 'h', source]))).output).status).toBe(
-    abi.AIRLOCK_STATUS_OK,
-  );
-  return vm;
-}
+const present = realImagePresent;
+const final = finalMessage;
+const boot = realGuestBooter();
 
 async function call(vm: NativeVm, event: unknown, gc: boolean) {
   const r = await vm.send(encodeMessage(abi.AIRLOCK_MSG_CALL, gc ? abi.AIRLOCK_CALL_FLAG_GC : 0, ['h', JSON.stringify(event)]));
@@ -131,7 +107,7 @@ describeKvm('the event loop keeps turning while guests work', () => {
     const budget = loadAddon().pollingBudget();
     expect(budget.exitFloorUs).toBeGreaterThan(0);
     expect(budget.cap).toBeGreaterThanOrEqual(0);
-    await Promise.all(live.splice(0).map((v) => v.dispose()));
+    await vm.dispose();
     expect(loadAddon().pollingBudget().polling).toBe(0);
   });
 });

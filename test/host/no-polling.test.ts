@@ -3,42 +3,18 @@
 // request enters a parked guest and is answered with one exit, nothing spins, and
 // calls, host calls, kill and snapshot/restore behave as with polling. Also: the
 // removed main-thread spin option is refused, not ignored.
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
+import { finalMessage, realGuestBooter, realImagePresent } from './real-guest-vms.js';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
-import { buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, programs, rejection, type NativeVm } from './raw-guest.js';
+import { buildImage, defaultConfig, encodeMessage, loadAddon, programs, rejection, type NativeVm } from './raw-guest.js';
 
 // Read when the addon loads (lazily, in the first test of this file's process).
 process.env.AIRLOCK_KVM_POLLERS = '0';
 
-const imagePath = join(__dirname, '..', '..', 'out', 'guest', 'kvm', 'airlock-guest.img');
-const config = { heapSize: 64 << 20, stackSize: 1 << 20, inputSize: 1 << 20, outputSize: 1 << 20, consoleLimit: 4096 };
-const present = existsSync(imagePath);
-
-const live: NativeVm[] = [];
-afterEach(async () => {
-  await Promise.all(live.splice(0).map((vm) => vm.dispose()));
-});
-
-function final(output: Buffer) {
-  const msgs = decodeMessages(output);
-  return msgs[msgs.length - 1];
-}
-
-async function boot(source: string, hostFunctions: string[] = [], onHostCall = (_o: Buffer, _id: number) => {}) {
-  const vm = new (loadAddon().Vm)(readFileSync(imagePath), config, onHostCall);
-  live.push(vm);
-  expect(final(await vm.boot()).kind).toBe(abi.AIRLOCK_MSG_READY);
-  expect(final((await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, 0, hostFunctions))).output).status).toBe(
-    abi.AIRLOCK_STATUS_OK,
-  );
-  expect(final((await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD, 0, ['handler', '', 'h', source]))).output).status).toBe(
-    abi.AIRLOCK_STATUS_OK,
-  );
-  return vm;
-}
+const present = realImagePresent;
+const final = finalMessage;
+const boot = realGuestBooter();
 
 const callMessage = (event: unknown, gc: boolean) =>
   encodeMessage(abi.AIRLOCK_MSG_CALL, gc ? abi.AIRLOCK_CALL_FLAG_GC : 0, ['h', JSON.stringify(event)]);
