@@ -140,7 +140,7 @@ export class BusyError extends AirlockError {
 }
 
 /** Why a SandboxPool turned a call away. */
-export type OverloadReason = 'queue-full' | 'queue-timeout' | 'memory';
+export type OverloadReason = 'queue-full' | 'queue-timeout' | 'memory' | 'tenants';
 
 /**
  * A SandboxPool turned a call away instead of queueing it without bound: the tenant's
@@ -151,7 +151,8 @@ export class OverloadedError extends AirlockError {
   /**
    * Which limit turned the call away: 'queue-full' (maxQueuePerTenant calls already
    * waiting), 'queue-timeout' (no sandbox within queueTimeoutMs) or 'memory' (one sandbox
-   * needs more than setGuestMemoryLimit() allows, so waiting cannot help).
+   * needs more than setGuestMemoryLimit() allows, so waiting cannot help) or 'tenants'
+   * (maxTenants tenants all hold sandboxes or calls, so a new one has no room).
    */
   readonly reason: OverloadReason;
   constructor(reason: OverloadReason, message: string) {

@@ -48,6 +48,12 @@ export interface SandboxPoolOptions {
   maxResident?: number;
   /** An idle sandbox unused this long is disposed (ms, default 60,000). */
   idleTimeoutMs?: number;
+  /** Tenant records (usage counters, cached snapshot) kept (default 100,000). A new tenant
+   *  past it makes the pool forget the least recently active tenant that has no sandbox,
+   *  call or queue, emitting 'forget' with its final usage; with none, the new tenant's
+   *  call is ERR_OVERLOADED (reason 'tenants'). Keeps memory bounded whatever tenant
+   *  names callers send. */
+  maxTenants?: number;
   /** Options every call gets unless it passes its own (timeouts, gc). */
   callDefaults?: CallHandlerOptions;
 }
@@ -125,6 +131,8 @@ interface Tenant {
   snapshot: Promise<Snapshot> | undefined;
   snapshotResolved: Snapshot | undefined;
   meter: TenantMeter;
+  /** Calls and warm() runs of the tenant in progress (queueing included). */
+  active: number;
 }
 
 function positiveInt(value: unknown, what: string, fallback: number): number {
@@ -141,8 +149,10 @@ let nextCallId = 1;
  * Runs calls of many tenants, each in sandboxes cloned from a snapshot: per tenant a
  * concurrency limit and a bounded queue (ERR_OVERLOADED past it), a fresh clone in place
  * of a poisoned sandbox, idle and LRU eviction under maxResident and the process-wide
- * guest memory cap. Emits 'call' (PoolCallEvent), 'restore' ({ tenant }) and 'evict'
- * ({ tenant, reason: 'idle' | 'lru' | 'memory' }). Bad options are ERR_INVALID_ARG.
+ * guest memory cap. Emits 'call' (PoolCallEvent), 'restore' ({ tenant }), 'evict'
+ * ({ tenant, reason: 'idle' | 'lru' | 'memory' }) and 'forget' ({ tenant, usage }: a
+ * dormant tenant's record dropped under maxTenants, with its final TenantUsage for
+ * billing). Bad options are ERR_INVALID_ARG.
  */
 export class SandboxPool extends EventEmitter {
   readonly #options: SandboxPoolOptions;
@@ -151,6 +161,8 @@ export class SandboxPool extends EventEmitter {
   readonly #queueTimeoutMs: number;
   readonly #maxResident: number;
   readonly #idleTimeoutMs: number;
+  readonly #maxTenants: number;
+  /** Least recently active first (a tenant is moved to the end on each use). */
   readonly #tenants = new Map<string, Tenant>();
   #resident = 0;
   #creating = 0;
@@ -179,6 +191,7 @@ export class SandboxPool extends EventEmitter {
     this.#queueTimeoutMs = positiveInt(options.queueTimeoutMs, 'queueTimeoutMs', 30_000);
     this.#maxResident = positiveInt(options.maxResident, 'maxResident', 1000);
     this.#idleTimeoutMs = positiveInt(options.idleTimeoutMs, 'idleTimeoutMs', 60_000);
+    this.#maxTenants = positiveInt(options.maxTenants, 'maxTenants', 100_000);
     this.#sweeper = setInterval(() => void this.evictIdle(this.#idleTimeoutMs), Math.max(1000, this.#idleTimeoutMs / 2));
     this.#sweeper.unref();
   }
@@ -190,11 +203,12 @@ export class SandboxPool extends EventEmitter {
    */
   async call(tenant: string, handler: string, event: unknown, options?: CallHandlerOptions): Promise<any> {
     const started = performance.now();
-    const t = this.#tenant(tenant);
     const name = requireName(handler, 'handler name');
+    const t = this.#tenant(tenant);
     const callId = nextCallId++;
     // Counted from here, queueing included, so drain() waits for queued calls too.
     this.#running++;
+    t.active++;
     let pooled: PooledSandbox | undefined;
     let queueMs = 0;
     let error: string | undefined;
@@ -217,6 +231,7 @@ export class SandboxPool extends EventEmitter {
       const stats = latest !== statsBefore ? latest : null;
       if (pooled) pooled.call = undefined;
       this.#running--;
+      t.active--;
       const latencyMs = performance.now() - started;
       this.#record(t, { tenant: t.name, handler: name, callId, latencyMs, queueMs, cpuTimeMs: stats?.cpuTimeMs ?? null, error }, stats?.wallClockMs ?? 0);
       if (pooled) this.#release(pooled);
@@ -226,14 +241,19 @@ export class SandboxPool extends EventEmitter {
 
   /** Creates sandboxes for `tenant` ahead of its calls, up to `count` (default: its concurrency limit). */
   async warm(tenant: string, count = this.#maxConcurrency): Promise<void> {
-    const t = this.#tenant(tenant);
     const n = Math.min(positiveInt(count, 'count', 1), this.#maxConcurrency);
-    await this.#snapshotOf(t);
-    const made: Promise<void>[] = [];
-    while (t.sandboxes.size + t.creating < n && this.#makeRoom(t, false)) {
-      made.push(this.#create(t).then((p) => this.#release(p)));
+    const t = this.#tenant(tenant);
+    t.active++;
+    try {
+      await this.#snapshotOf(t);
+      const made: Promise<void>[] = [];
+      while (t.sandboxes.size + t.creating < n && this.#makeRoom(t, false)) {
+        made.push(this.#create(t).then((p) => this.#release(p)));
+      }
+      await Promise.all(made);
+    } finally {
+      t.active--;
     }
-    await Promise.all(made);
   }
 
   /** Disposes idle sandboxes unused for `olderThanMs` (the sweeper runs this with idleTimeoutMs). */
@@ -303,12 +323,40 @@ export class SandboxPool extends EventEmitter {
   #tenant(name: string): Tenant {
     if (this.#closing) throw new ConsumedError('the SandboxPool is draining or closed');
     const key = requireName(name, 'tenant');
-    let t = this.#tenants.get(key);
-    if (!t) {
-      t = { name: key, sandboxes: new Set(), idle: [], creating: 0, queue: [], snapshot: undefined, snapshotResolved: undefined, meter: new TenantMeter() };
-      this.#tenants.set(key, t);
+    const known = this.#tenants.get(key);
+    if (known) {
+      // Most recently active last: the first dormant record is the one to forget.
+      this.#tenants.delete(key);
+      this.#tenants.set(key, known);
+      return known;
     }
+    if (this.#tenants.size >= this.#maxTenants) this.#forgetDormantTenant();
+    const t: Tenant = {
+      name: key,
+      sandboxes: new Set(),
+      idle: [],
+      creating: 0,
+      queue: [],
+      snapshot: undefined,
+      snapshotResolved: undefined,
+      meter: new TenantMeter(),
+      active: 0,
+    };
+    this.#tenants.set(key, t);
     return t;
+  }
+
+  /** Drops the least recently active tenant with no sandbox, call or queue (its final
+   *  usage goes out with 'forget'), or refuses the new tenant when every one is busy. */
+  #forgetDormantTenant(): void {
+    for (const t of this.#tenants.values()) {
+      if (t.active === 0 && t.creating === 0 && t.sandboxes.size === 0 && t.queue.length === 0) {
+        this.#tenants.delete(t.name);
+        this.emit('forget', { tenant: t.name, usage: t.meter.usage() });
+        return;
+      }
+    }
+    throw new OverloadedError('tenants', `the pool already holds ${this.#tenants.size} tenants with sandboxes or calls (maxTenants)`);
   }
 
   async #acquire(t: Tenant): Promise<PooledSandbox> {

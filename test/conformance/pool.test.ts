@@ -2,7 +2,7 @@
 // concurrency limit and bounded queue (ERR_OVERLOADED), a fresh clone after a poisoning
 // call, idle and LRU eviction, the process-wide guest memory cap, console routing by
 // tenant and call, drain/close, usage counters and the prom-client adapter.
-import { afterEach, beforeEach, expect, it } from 'vitest';
+import { afterEach, beforeEach, expect, it, vi } from 'vitest';
 import { Registry } from 'prom-client';
 import {
   HostFunctionModule,
@@ -206,6 +206,31 @@ describeEachBackend('SandboxPool', (h: BackendHarness) => {
     if (h.backend === 'kvm') expect(events[0].cpuTimeMs).toBeGreaterThan(0);
     expect(events[1]).toMatchObject({ cpuTimeMs: null, error: 'ERR_INVALID_ARG' });
     expect(p.stats().tenants.a.calls).toBe(2);
+  });
+
+  it('forgets the least recently active dormant tenant past maxTenants, reporting its usage, and refuses a new one when all are busy', async () => {
+    const forgotten: { tenant: string; usage: { calls: number } }[] = [];
+    const p = pool({ maxTenants: 2, idleTimeoutMs: 60_000 });
+    p.on('forget', (e: { tenant: string; usage: { calls: number } }) => forgotten.push(e));
+    await p.call('a', 'counter', {});
+    await p.call('b', 'counter', {});
+    await p.call('a', 'counter', {});
+    // Both hold an idle sandbox: neither is dormant until idle eviction frees it.
+    await expect(p.call('c', 'counter', {})).rejects.toMatchObject({ code: 'ERR_OVERLOADED', reason: 'tenants' });
+    await p.evictIdle(0);
+    expect(await p.call('c', 'counter', {})).toMatchObject({ n: 1 });
+    // 'b' was the least recently active of the two dormant tenants.
+    expect(forgotten).toEqual([{ tenant: 'b', usage: expect.objectContaining({ calls: 1 }) }]);
+    expect(Object.keys(p.stats().tenants).sort()).toEqual(['a', 'c']);
+    // A tenant with a call in progress is never forgotten.
+    const running = p.call('a', 'wait', {});
+    await vi.waitFor(() => expect(gates.length).toBe(1));
+    await p.evictIdle(0);
+    await expect(p.call('d', 'counter', {})).resolves.toMatchObject({ n: 1 });
+    expect(forgotten.map((f) => f.tenant)).toEqual(['b', 'c']);
+    openGates();
+    expect(await running).toBe('passed');
+    expect(() => new SandboxPool({ snapshot: template, maxTenants: 0 })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG' }));
   });
 
   it('clones per-tenant snapshots and drains before closing', async () => {
