@@ -1,7 +1,7 @@
 // native.ts — loads the host addon (the VMM) once and describes its JS surface.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import { addonPath as builtAddonPath } from './paths.js';
+import { addonPath as builtAddonPath, prebuiltAddonPath } from './paths.js';
 
 // AIRLOCK_ADDON_PATH swaps in another build of the same addon (the sanitizer build of
 // scripts/test-sanitized.sh); the package's own build otherwise.
@@ -50,15 +50,25 @@ let cached: { addon?: NativeAddon; error?: string } | undefined;
 /** The addon, or the reason it cannot be loaded (with the fix). */
 export function loadAddon(): { addon?: NativeAddon; error?: string } {
   if (cached) return cached;
+  // An installed package ships only the prebuilt addon (linux-x64, glibc >= 2.28): its
+  // failures need another fix than a clone's own build.
+  const prebuilt = addonPath === prebuiltAddonPath;
   if (!existsSync(addonPath)) {
-    cached = { error: `the host addon is not built (${addonPath} is missing; run \`npm run setup\`)` };
+    cached = {
+      error: prebuilt
+        ? `no KVM addon ships for ${process.platform}-${process.arch} (only linux-x64 with glibc 2.28 or newer); the WebAssembly tier runs here`
+        : `the host addon is not built (${addonPath} is missing; run \`npm run setup\`)`,
+    };
     return cached;
   }
   try {
     const req = createRequire(__filename);
     cached = { addon: req(addonPath) as NativeAddon };
   } catch (e) {
-    cached = { error: `the host addon failed to load: ${(e as Error).message} (rebuild it with \`npm run setup\`)` };
+    const fix = prebuilt
+      ? 'the prebuilt addon needs linux-x64 with glibc 2.28 or newer (not musl); the WebAssembly tier runs here'
+      : 'rebuild it with `npm run setup`';
+    cached = { error: `the host addon failed to load: ${(e as Error).message} (${fix})` };
   }
   return cached;
 }
