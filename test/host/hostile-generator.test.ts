@@ -64,10 +64,14 @@ describeKvm('host addon: seeded random hostile guests', () => {
       expect(summary.end.fds, report).toBeLessThanOrEqual(summary.start.fds);
       expect(summary.end.threads, report).toBeLessThanOrEqual(summary.start.threads);
       // ... and its memory (guest memory, snapshots) released: RSS apart from V8's own
-      // heap (the driver's JavaScript, which V8 grows and shrinks by ~10 MB between
-      // samples on its own) ends within 10% of where it started.
+      // heap ends within 32 MiB of where it started. A leak held per VM (guest memory or
+      // a snapshot, MiBs each) over the ~180 VMs of a run is far above that; what moves
+      // between samples on its own (the driver's JavaScript: V8's memory beside its heap
+      // and malloc arenas, up to 16 MiB between runs) stays below it. A
+      // bound of 10% of the start failed on such noise with the process ending lower
+      // than it started in other runs.
       const host = (m: { rss: number; v8Heap: number }) => m.rss - m.v8Heap;
-      if (!sanitized) expect(host(summary.end), report).toBeLessThanOrEqual(host(summary.start) * 1.1);
+      if (!sanitized) expect(host(summary.end), report).toBeLessThanOrEqual(host(summary.start) + 32 * 1024 * 1024);
     },
     timeLimitMs + 30_000,
   );
