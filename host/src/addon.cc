@@ -491,34 +491,6 @@ private:
     std::vector<Napi::Promise::Deferred> disposeWaiters_;
 };
 
-class ExitFloorWorker : public Napi::AsyncWorker {
-public:
-    ExitFloorWorker(Napi::Env env, uint32_t iterations)
-        : Napi::AsyncWorker(env), iterations_(iterations), deferred_(Napi::Promise::Deferred::New(env)) {}
-    Napi::Promise promise() { return deferred_.Promise(); }
-    void Execute() override {
-        try {
-            micros_ = measureExitFloor(iterations_);
-        } catch (const std::exception &e) {
-            SetError(e.what());
-        }
-    }
-    void OnOK() override {
-        Napi::Env env = Env();
-        Napi::Array a = Napi::Array::New(env, micros_.size());
-        for (size_t i = 0; i < micros_.size(); ++i) a.Set(static_cast<uint32_t>(i), Napi::Number::New(env, micros_[i]));
-        deferred_.Resolve(a);
-    }
-    void OnError(const Napi::Error &e) override {
-        deferred_.Reject(makeError(Env(), "ERR_INTERNAL", "exit-floor measurement failed: " + e.Message()).Value());
-    }
-
-private:
-    uint32_t iterations_;
-    Napi::Promise::Deferred deferred_;
-    std::vector<double> micros_;
-};
-
 Napi::Value Probe(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     hv::ProbeResult r = hv::probe();
@@ -528,17 +500,6 @@ Napi::Value Probe(const Napi::CallbackInfo &info) {
     for (size_t i = 0; i < r.reasons.size(); ++i) reasons.Set(static_cast<uint32_t>(i), r.reasons[i]);
     o.Set("reasons", reasons);
     return o;
-}
-
-Napi::Value MeasureExitFloor(const Napi::CallbackInfo &info) {
-    Napi::Env env = info.Env();
-    double n = info.Length() >= 1 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : NAN;
-    if (!std::isfinite(n) || n < 1 || n > 10'000'000 || n != std::floor(n))
-        throw makeError(env, "ERR_INVALID_ARG", "measureExitFloor(iterations) needs an integer in [1, 10000000]");
-    auto *worker = new ExitFloorWorker(env, static_cast<uint32_t>(n));
-    Napi::Promise p = worker->promise();
-    worker->Queue();
-    return p;
 }
 
 // setCancelSignal(n): the real-time signal that interrupts vCPU threads, chosen before
@@ -587,7 +548,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
     exports.Set("setCancelSignal", Napi::Function::New(env, SetCancelSignal, "setCancelSignal"));
     exports.Set("abiVersion", Napi::Number::New(env, AIRLOCK_ABI_VERSION));
     exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
-    exports.Set("measureExitFloor", Napi::Function::New(env, MeasureExitFloor, "measureExitFloor"));
+    exports.Set("measureExitFloor", exitFloorFunction(env));
     exports.Set("measureExchangeFloor", exchangeFloorFunction(env));
     exports.Set("Vm", VmWrap::Init(env));
     registerTemplateApi(env, exports);

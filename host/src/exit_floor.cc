@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <ctime>
+#include <functional>
 #include <string>
 
 #include "../../guest/include/abi.h"
@@ -200,15 +201,17 @@ std::vector<double> measureExchangeFloor(const uint8_t *image, size_t imageSize,
     return micros;
 }
 
-class ExchangeFloorWorker : public Napi::AsyncWorker {
+// Runs one measurement off the JS thread and resolves with its per-round microseconds;
+// a failure rejects with ERR_INTERNAL naming the measurement.
+class MeasureWorker : public Napi::AsyncWorker {
 public:
-    ExchangeFloorWorker(Napi::Env env, const uint8_t *image, size_t size, uint32_t iterations)
-        : Napi::AsyncWorker(env), image_(image, image + size), iterations_(iterations),
+    MeasureWorker(Napi::Env env, std::string what, std::function<std::vector<double>()> measure)
+        : Napi::AsyncWorker(env), what_(std::move(what)), measure_(std::move(measure)),
           deferred_(Napi::Promise::Deferred::New(env)) {}
     Napi::Promise promise() { return deferred_.Promise(); }
     void Execute() override {
         try {
-            micros_ = measureExchangeFloor(image_.data(), image_.size(), iterations_);
+            micros_ = measure_();
         } catch (const std::exception &e) {
             SetError(e.what());
         }
@@ -220,32 +223,57 @@ public:
         deferred_.Resolve(a);
     }
     void OnError(const Napi::Error &e) override {
-        Napi::Error err = Napi::Error::New(Env(), "exchange-floor measurement failed: " + e.Message());
+        Napi::Error err = Napi::Error::New(Env(), what_ + " measurement failed: " + e.Message());
         err.Set("code", Napi::String::New(Env(), "ERR_INTERNAL"));
         deferred_.Reject(err.Value());
     }
 
 private:
-    std::vector<uint8_t> image_; // copied: the caller's buffer may move while the worker runs
-    uint32_t iterations_;
+    std::string what_;
+    std::function<std::vector<double>()> measure_;
     Napi::Promise::Deferred deferred_;
     std::vector<double> micros_;
 };
 
-Napi::Value MeasureExchangeFloor(const Napi::CallbackInfo &info) {
-    Napi::Env env = info.Env();
-    const double n = info.Length() >= 2 && info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : NAN;
-    if (info.Length() < 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
-        !std::isfinite(n) || n < 1 || n > 10'000'000 || n != std::floor(n)) {
-        Napi::Error err = Napi::Error::New(env, "measureExchangeFloor(image, iterations) needs the guest image bytes and an integer in [1, 10000000]");
-        err.Set("code", Napi::String::New(env, "ERR_INVALID_ARG"));
-        throw err;
-    }
-    Napi::Uint8Array image = info[0].As<Napi::Uint8Array>();
-    auto *worker = new ExchangeFloorWorker(env, image.Data(), image.ByteLength(), static_cast<uint32_t>(n));
+Napi::Promise queueMeasurement(Napi::Env env, std::string what, std::function<std::vector<double>()> measure) {
+    auto *worker = new MeasureWorker(env, std::move(what), std::move(measure));
     Napi::Promise p = worker->promise();
     worker->Queue();
     return p;
+}
+
+// An integer round count in [1, 10000000], or NaN.
+double iterationsArg(const Napi::CallbackInfo &info, size_t index) {
+    const double n = info.Length() > index && info[index].IsNumber() ? info[index].As<Napi::Number>().DoubleValue() : NAN;
+    return std::isfinite(n) && n >= 1 && n <= 10'000'000 && n == std::floor(n) ? n : NAN;
+}
+
+[[noreturn]] void invalidArg(Napi::Env env, const char *message) {
+    Napi::Error err = Napi::Error::New(env, message);
+    err.Set("code", Napi::String::New(env, "ERR_INVALID_ARG"));
+    throw err;
+}
+
+Napi::Value MeasureExchangeFloor(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    const double n = iterationsArg(info, 1);
+    if (std::isnan(n) || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+        invalidArg(env, "measureExchangeFloor(image, iterations) needs the guest image bytes and an integer in [1, 10000000]");
+    Napi::Uint8Array image = info[0].As<Napi::Uint8Array>();
+    // Copied: the caller's buffer may move while the worker runs.
+    std::vector<uint8_t> bytes(image.Data(), image.Data() + image.ByteLength());
+    const auto iterations = static_cast<uint32_t>(n);
+    return queueMeasurement(env, "exchange-floor", [bytes = std::move(bytes), iterations] {
+        return measureExchangeFloor(bytes.data(), bytes.size(), iterations);
+    });
+}
+
+Napi::Value MeasureExitFloor(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    const double n = iterationsArg(info, 0);
+    if (std::isnan(n)) invalidArg(env, "measureExitFloor(iterations) needs an integer in [1, 10000000]");
+    const auto iterations = static_cast<uint32_t>(n);
+    return queueMeasurement(env, "exit-floor", [iterations] { return measureExitFloor(iterations); });
 }
 
 } // namespace
@@ -285,6 +313,8 @@ std::vector<double> measureExitFloor(uint32_t iterations) {
     }
     return micros;
 }
+
+Napi::Function exitFloorFunction(Napi::Env env) { return Napi::Function::New(env, MeasureExitFloor, "measureExitFloor"); }
 
 Napi::Function exchangeFloorFunction(Napi::Env env) {
     return Napi::Function::New(env, MeasureExchangeFloor, "measureExchangeFloor");
