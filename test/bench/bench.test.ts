@@ -17,7 +17,7 @@ import { allowedCpus, cpuList } from './threads.js';
 const root = join(__dirname, '..', '..');
 
 interface Partial {
-  results: { contender: string; metric: string; p50: number; p99: number }[];
+  results: { contender: string; metric: string; p50: number; p99: number; round?: number }[];
   notes: string[];
   unavailable: { contender: string; metrics: string[]; reason: string }[];
 }
@@ -114,6 +114,19 @@ describeKvm('bench: call-path groups', () => {
     expect(value('airlock-kvm', 'live_100_pss_gib')).toBeGreaterThan(0);
   }, 300_000);
 
+  it('AIRLOCK_BENCH_ROUNDS repeats the groups, each result naming its round, and a bad count is refused', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-bench-'));
+    const out = join(dir, 'partial.json');
+    const { code, stderr } = await runBench({ AIRLOCK_BENCH_QUICK: '1', AIRLOCK_BENCH_ONLY: 'exchange-floor', AIRLOCK_BENCH_ROUNDS: '2', AIRLOCK_BENCH_OUT: out });
+    expect(code, stderr).toBe(0);
+    const run = JSON.parse(readFileSync(out, 'utf8')) as Partial & { rounds: number };
+    expect(run.rounds).toBe(2);
+    expect(run.results.filter((r) => r.metric === 'exchange_floor_us').map((r) => r.round)).toEqual([0, 1]);
+    const bad = await runBench({ AIRLOCK_BENCH_ONLY: 'exchange-floor', AIRLOCK_BENCH_ROUNDS: '0', AIRLOCK_BENCH_OUT: out });
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain('AIRLOCK_BENCH_ROUNDS must be an integer from 1 to 20');
+  }, 120_000);
+
   it('measureExchangeFloor answers with one positive figure per call, and refuses bad arguments and images', async () => {
     const addon = loadAddon().addon as unknown as { measureExchangeFloor(image: unknown, n: unknown): Promise<number[]> };
     const samples = await addon.measureExchangeFloor(readFileSync(kvmImagePath), 5);
@@ -150,6 +163,33 @@ describe('bench: report', () => {
     expect(md).toContain("| airlock-kvm live_1000_threads (Airlock's) | 40 | ≤ 64 |");
     expect(md).toContain('| airlock-wasm timer_wakeup overshoot (µs) | 120.0 | ≤ 200 µs |');
     expect(md).toContain('| airlock-kvm compile_250k_cached / compile_250k_first | n/a | ≤ 0.1× |');
+  });
+
+  it('gives each figure of a multi-round run as the median over the rounds with their range', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-report-'));
+    mkdirSync(join(dir, 'docs'));
+    const floor = [30, 20, 40];
+    const split = [33, 30, 36];
+    writeReport(
+      dir,
+      [0, 1, 2].flatMap((round) => [
+        { contender: 'raw-kvm', metric: 'exit_floor_us', p50: floor[round], p99: floor[round] * 2, n: 10, round },
+        { contender: 'airlock-kvm', metric: 'call_roundtrip_split_cores_us', p50: split[round], p99: 50, n: 10, round },
+      ]),
+      [],
+      [],
+      true,
+    );
+    const md = readFileSync(join(dir, 'docs/BENCHMARKS.md'), 'utf8');
+    // Per round: 1.10, 1.50, 0.90; the median is 1.10.
+    expect(md).toContain('| airlock-kvm call_roundtrip_split_cores / raw-kvm exit_floor | 1.10× (0.90–1.50) | ≤ 1.2× |');
+    // The table: median p50 and p99, every round's samples, the range of the p50s.
+    expect(md).toContain('| exit_floor_us | raw-kvm | 30.000 | 60.000 | 30 | 20.000–40.000 |');
+    expect(md).toContain('The run made 3 rounds');
+    const json = JSON.parse(readFileSync(join(dir, 'docs/benchmarks.json'), 'utf8')) as { rounds: number; results: unknown[]; perRound: unknown[] };
+    expect(json.rounds).toBe(3);
+    expect(json.results).toHaveLength(2);
+    expect(json.perRound).toHaveLength(6);
   });
 
   it('writes unavailable contenders as rows and keeps the before/after sections of the previous file', () => {

@@ -1,5 +1,5 @@
-// report.ts — docs/BENCHMARKS.md and docs/benchmarks.json from one run's results: the
-// table, the ratios issue #10 sets as targets, the figures issues #12 and #13 set, what each metric measures, the run's
+// report.ts — docs/BENCHMARKS.md and docs/benchmarks.json from one run's results (one
+// or more rounds, each a pass over every contender): the table, the ratios issue #10 sets as targets, the figures issues #12 and #13 set, what each metric measures, the run's
 // notes, and the hand-written sections kept from the previous file (from the first
 // "## Before and after" heading on: ab.sh comparisons).
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
@@ -14,36 +14,56 @@ export interface Unavailable {
 }
 
 export function writeReport(root: string, results: readonly Result[], notes: readonly string[], unavailable: readonly Unavailable[], kvmUsable: boolean): void {
-  writeFileSync(join(root, 'docs/benchmarks.json'), JSON.stringify({ results: results.map(({ contender, metric, p50, p99 }) => ({ contender, metric, p50, p99 })), unavailable }, null, 2) + '\n');
+  const rounds = [...new Set(results.map((r) => r.round ?? 0))].sort((a, b) => a - b);
+  const perRound = (contender: string, metric: string) =>
+    rounds.map((k) => results.find((r) => r.contender === contender && r.metric === metric && (r.round ?? 0) === k));
+  const merged = mergeRounds(results);
+  writeFileSync(
+    join(root, 'docs/benchmarks.json'),
+    JSON.stringify(
+      {
+        rounds: rounds.length,
+        results: merged.map(({ contender, metric, p50, p99 }) => ({ contender, metric, p50, p99 })),
+        ...(rounds.length > 1 ? { perRound: results.map(({ contender, metric, p50, p99, n, round }) => ({ round: round ?? 0, contender, metric, p50, p99, n })) } : {}),
+        unavailable,
+      },
+      null,
+      2,
+    ) + '\n',
+  );
 
-  const pick = (contender: string, metric: string) => results.find((r) => r.contender === contender && r.metric === metric);
-  const p50 = (c: string, m: string) => pick(c, m)?.p50;
-  const p99 = (c: string, m: string) => pick(c, m)?.p99;
-  const ratio = (a: [string, string], b: [string, string]) => {
-    const x = p50(...a);
-    const y = p50(...b);
-    return x !== undefined && y !== undefined ? `${(x / y).toFixed(2)}×` : 'n/a';
-  };
-  const diff = (a: [string, string], b: [string, string]) => {
-    const x = p50(...a);
-    const y = p50(...b);
-    return x !== undefined && y !== undefined ? (x - y).toFixed(1) : 'n/a';
-  };
-  const fmt = (v: number | undefined, digits = 1) => (v === undefined ? 'n/a' : v.toFixed(digits));
+  // Every figure below is computed per round, then given as its median over the rounds
+  // with the range (min–max) when there was more than one.
+  const values = (c: string, m: string, pct: 'p50' | 'p99') => perRound(c, m).map((r) => r?.[pct]);
+  const both = (x: (number | undefined)[], y: (number | undefined)[], f: (a: number, b: number) => number) =>
+    x.flatMap((a, i) => (a !== undefined && y[i] !== undefined ? [f(a, y[i]!)] : []));
+  const ratio = (a: [string, string], b: [string, string]) => spread(both(values(...a, 'p50'), values(...b, 'p50'), (x, y) => x / y), 2, '×');
+  const diff = (a: [string, string], b: [string, string]) => spread(both(values(...a, 'p50'), values(...b, 'p50'), (x, y) => x - y), 1);
+  const present = (v: (number | undefined)[]) => v.filter((x): x is number => x !== undefined);
+  const p50 = (c: string, m: string, digits = 1) => spread(present(values(c, m, 'p50')), digits);
+  const p99 = (c: string, m: string, digits = 1) => spread(present(values(c, m, 'p99')), digits);
 
-  const metrics = [...new Set([...results.map((r) => r.metric), ...unavailable.flatMap((u) => u.metrics)])];
+  const metrics = [...new Set([...merged.map((r) => r.metric), ...unavailable.flatMap((u) => u.metrics)])];
   const lines: string[] = [
     '# Benchmarks',
     '',
     `Measured by \`npx just bench\` (test/bench/run.ts) on ${new Date().toISOString().slice(0, 10)}: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, KVM ${kvmUsable ? 'usable (nested, PVM)' : 'unusable'}.`,
     'All contenders ran in the same run, one after another (isolated-vm in a child process started with `--no-node-snapshot`). Lower is better except for `throughput_*`; p50 and p99 over n samples.',
+    ...(rounds.length > 1
+      ? [
+          '',
+          `The run made ${rounds.length} rounds: each round measured every group and contender in turn, so contenders are interleaved in time. The table gives the median over the rounds of each round's p50 and p99 (n counts every round's samples) and the range of the rounds' p50s; the ratios and figures below are computed within each round and given as their median over the rounds, with the range in brackets.`,
+        ]
+      : []),
     '',
-    '| metric | contender | p50 | p99 | n |',
-    '|---|---|---:|---:|---:|',
+    ...(rounds.length > 1 ? ['| metric | contender | p50 | p99 | n | p50 range over rounds |', '|---|---|---:|---:|---:|---|'] : ['| metric | contender | p50 | p99 | n |', '|---|---|---:|---:|---:|']),
   ];
   for (const m of metrics) {
-    for (const r of results.filter((x) => x.metric === m)) lines.push(`| ${m} | ${r.contender} | ${r.p50.toFixed(3)} | ${r.p99.toFixed(3)} | ${r.n} |`);
-    for (const u of unavailable.filter((x) => x.metrics.includes(m))) lines.push(`| ${m} | ${u.contender} | unavailable | | |`);
+    for (const r of merged.filter((x) => x.metric === m)) {
+      const range = rounds.length > 1 ? ` ${minMax(present(values(r.contender, m, 'p50')), 3)} |` : '';
+      lines.push(`| ${m} | ${r.contender} | ${r.p50.toFixed(3)} | ${r.p99.toFixed(3)} | ${r.n} |${range}`);
+    }
+    for (const u of unavailable.filter((x) => x.metrics.includes(m))) lines.push(`| ${m} | ${u.contender} | unavailable | | |${rounds.length > 1 ? ' |' : ''}`);
   }
   const K = 'airlock-kvm';
   const W = 'airlock-wasm';
@@ -64,16 +84,16 @@ export function writeReport(root: string, results: readonly Result[], notes: rea
     `| airlock-wasm call_roundtrip / isolated-vm-async call_roundtrip | ${ratio([W, 'call_roundtrip_us'], ['isolated-vm-async', 'call_roundtrip_us'])} | |`,
     `| airlock-kvm call_roundtrip / raw-kvm exit_floor | ${ratio([K, 'call_roundtrip_us'], ['raw-kvm', 'exit_floor_us'])} | ≤ 1.5× |`,
     `| airlock-kvm call_roundtrip_spaced (guest parked) / raw-kvm exit_floor | ${ratio([K, 'call_roundtrip_spaced_us'], ['raw-kvm', 'exit_floor_us'])} | |`,
-    `| airlock-kvm main_thread_cpu_us_per_call (µs) | ${fmt(p50(K, 'main_thread_cpu_us_per_call'))} | ≤ 15 µs |`,
-    `| airlock-wasm main_thread_cpu_us_per_call (µs) | ${fmt(p50(W, 'main_thread_cpu_us_per_call'))} | ≤ 15 µs |`,
+    `| airlock-kvm main_thread_cpu_us_per_call (µs) | ${p50(K, 'main_thread_cpu_us_per_call')} | ≤ 15 µs |`,
+    `| airlock-wasm main_thread_cpu_us_per_call (µs) | ${p50(W, 'main_thread_cpu_us_per_call')} | ≤ 15 µs |`,
     `| airlock-kvm throughput_2 / throughput_1 | ${ratio([K, 'throughput_2_per_s'], [K, 'throughput_1_per_s'])} | ≥ 1.7× |`,
     `| airlock-kvm throughput_8 / throughput_2 | ${ratio([K, 'throughput_8_per_s'], [K, 'throughput_2_per_s'])} | ≥ 1× |`,
     `| airlock-wasm throughput_2 / throughput_1 | ${ratio([W, 'throughput_2_per_s'], [W, 'throughput_1_per_s'])} | |`,
     `| airlock-wasm throughput_8 / throughput_2 | ${ratio([W, 'throughput_8_per_s'], [W, 'throughput_2_per_s'])} | ≥ 1× |`,
-    `| airlock-kvm event_loop_gap_calls p99 (ms) | ${fmt(p99(K, 'event_loop_gap_calls_ms'))} | ≤ 20 ms |`,
-    `| airlock-wasm event_loop_gap_calls p99 (ms) | ${fmt(p99(W, 'event_loop_gap_calls_ms'))} | ≤ 20 ms |`,
-    `| airlock-kvm event_loop_gap_hostcalls p99 (ms) | ${fmt(p99(K, 'event_loop_gap_hostcalls_ms'))} | ≤ 20 ms |`,
-    `| airlock-wasm event_loop_gap_hostcalls p99 (ms) | ${fmt(p99(W, 'event_loop_gap_hostcalls_ms'))} | ≤ 20 ms |`,
+    `| airlock-kvm event_loop_gap_calls p99 (ms) | ${p99(K, 'event_loop_gap_calls_ms')} | ≤ 20 ms |`,
+    `| airlock-wasm event_loop_gap_calls p99 (ms) | ${p99(W, 'event_loop_gap_calls_ms')} | ≤ 20 ms |`,
+    `| airlock-kvm event_loop_gap_hostcalls p99 (ms) | ${p99(K, 'event_loop_gap_hostcalls_ms')} | ≤ 20 ms |`,
+    `| airlock-wasm event_loop_gap_hostcalls p99 (ms) | ${p99(W, 'event_loop_gap_hostcalls_ms')} | ≤ 20 ms |`,
     `| airlock-kvm host_call_roundtrip − raw-kvm exchange_floor (µs) | ${diff([K, 'host_call_roundtrip_us'], ['raw-kvm', 'exchange_floor_us'])} | ≤ 15 µs |`,
     `| airlock-kvm host_call_roundtrip − raw-kvm exit_floor (µs) | ${diff([K, 'host_call_roundtrip_us'], ['raw-kvm', 'exit_floor_us'])} | ≤ 25 µs |`,
     `| airlock-kvm call_roundtrip_live_heap / call_roundtrip | ${ratio([K, 'call_roundtrip_live_heap_us'], [K, 'call_roundtrip_us'])} | ≤ 2× |`,
@@ -83,38 +103,38 @@ export function writeReport(root: string, results: readonly Result[], notes: rea
     `| airlock-wasm call_roundtrip (gc: false) / quickjs-emscripten | ${ratio([W, 'call_roundtrip_nogc_us'], ['quickjs-emscripten', 'call_roundtrip_us'])} | |`,
     `| airlock-wasm compute_fib27 / quickjs-emscripten | ${ratio([W, 'compute_fib27_ms'], ['quickjs-emscripten', 'compute_fib27_ms'])} | ≤ 1.1× |`,
     `| airlock-kvm restore with 1 GiB heap / with 64 MiB heap | ${ratio([K, 'restore_1gib_heap_us'], [K, 'restore_us'])} | ~1× (cost independent of configured size) |`,
-    `| airlock-kvm idle_cpu_ms (10 idle sandboxes, 1 s) | ${fmt(p50(K, 'idle_cpu_ms'))} | ≤ 5 ms |`,
-    `| airlock-wasm idle_cpu_ms (10 idle sandboxes, 1 s) | ${fmt(p50(W, 'idle_cpu_ms'))} | ≤ 5 ms |`,
+    `| airlock-kvm idle_cpu_ms (10 idle sandboxes, 1 s) | ${p50(K, 'idle_cpu_ms')} | ≤ 5 ms |`,
+    `| airlock-wasm idle_cpu_ms (10 idle sandboxes, 1 s) | ${p50(W, 'idle_cpu_ms')} | ≤ 5 ms |`,
     `| airlock-kvm call after a snapshot / without one | ${ratio([K, 'call_after_snapshot_us'], [K, 'call_without_snapshot_us'])} | ~1× (snapshots do not slow calls) |`,
     '',
     '## Targets of issues #12 and #13 (p50 unless noted)',
     '',
     '| figure | value | target |',
     '|---|---:|---|',
-    `| airlock-kvm create_from_template (ms) | ${fmt(p50(K, 'create_from_template_ms'), 3)} | ≤ 0.5 ms |`,
-    `| airlock-kvm create_from_template p99 (ms) | ${fmt(p99(K, 'create_from_template_ms'), 3)} | ≤ 3 ms |`,
+    `| airlock-kvm create_from_template (ms) | ${p50(K, 'create_from_template_ms', 3)} | ≤ 0.5 ms |`,
+    `| airlock-kvm create_from_template p99 (ms) | ${p99(K, 'create_from_template_ms', 3)} | ≤ 3 ms |`,
     `| airlock-kvm create_from_template / quickjs-emscripten new context | ${ratio([K, 'create_from_template_ms'], [E, 'create_from_template_ms'])} | ≤ 1× |`,
-    `| airlock-wasm create_from_template (ms) | ${fmt(p50(W, 'create_from_template_ms'), 3)} | |`,
-    `| airlock-kvm create_from_template_to_result (ms) | ${fmt(p50(K, 'create_from_template_to_result_ms'), 3)} | |`,
-    `| airlock-kvm pool_acquire_to_result (ms) | ${fmt(p50(K, 'pool_acquire_to_result_ms'), 3)} | |`,
-    `| airlock-kvm pss_per_idle_sandbox (MiB) | ${fmt(p50(K, 'pss_per_idle_sandbox_mib'), 2)} | ≤ 2.5 MiB |`,
-    `| airlock-wasm pss_per_idle_sandbox (MiB) | ${fmt(p50(W, 'pss_per_idle_sandbox_mib'), 2)} | |`,
-    `| quickjs-emscripten / isolated-vm-async pss_per_idle_sandbox (MiB) | ${fmt(p50(E, 'pss_per_idle_sandbox_mib'), 2)} / ${fmt(p50('isolated-vm-async', 'pss_per_idle_sandbox_mib'), 2)} | |`,
-    `| airlock-kvm live_1000_pss (GiB) | ${fmt(p50(K, 'live_1000_pss_gib'), 2)} | ≤ 3 GiB |`,
-    `| airlock-kvm live_1000_threads (Airlock's) | ${fmt(p50(K, 'live_1000_threads'), 0)} | ≤ 64 |`,
-    `| airlock-kvm live_1000_kvm_threads (KVM's per-VM kernel threads) | ${fmt(p50(K, 'live_1000_kvm_threads'), 0)} | (reported apart) |`,
-    `| airlock-kvm live_1000_kernel (MiB of unreclaimable kernel memory, machine-wide) | ${fmt(p50(K, 'live_1000_kernel_mib'), 0)} | (not in PSS) |`,
-    `| airlock-kvm live_1000_create (s) | ${fmt(p50(K, 'live_1000_create_s'), 2)} | ≤ 2 s |`,
+    `| airlock-wasm create_from_template (ms) | ${p50(W, 'create_from_template_ms', 3)} | |`,
+    `| airlock-kvm create_from_template_to_result (ms) | ${p50(K, 'create_from_template_to_result_ms', 3)} | |`,
+    `| airlock-kvm pool_acquire_to_result (ms) | ${p50(K, 'pool_acquire_to_result_ms', 3)} | |`,
+    `| airlock-kvm pss_per_idle_sandbox (MiB) | ${p50(K, 'pss_per_idle_sandbox_mib', 2)} | ≤ 2.5 MiB |`,
+    `| airlock-wasm pss_per_idle_sandbox (MiB) | ${p50(W, 'pss_per_idle_sandbox_mib', 2)} | |`,
+    `| quickjs-emscripten / isolated-vm-async pss_per_idle_sandbox (MiB) | ${p50(E, 'pss_per_idle_sandbox_mib', 2)} / ${p50('isolated-vm-async', 'pss_per_idle_sandbox_mib', 2)} | |`,
+    `| airlock-kvm live_1000_pss (GiB) | ${p50(K, 'live_1000_pss_gib', 2)} | ≤ 3 GiB |`,
+    `| airlock-kvm live_1000_threads (Airlock's) | ${p50(K, 'live_1000_threads', 0)} | ≤ 64 |`,
+    `| airlock-kvm live_1000_kvm_threads (KVM's per-VM kernel threads) | ${p50(K, 'live_1000_kvm_threads', 0)} | (reported apart) |`,
+    `| airlock-kvm live_1000_kernel (MiB of unreclaimable kernel memory, machine-wide) | ${p50(K, 'live_1000_kernel_mib', 0)} | (not in PSS) |`,
+    `| airlock-kvm live_1000_create (s) | ${p50(K, 'live_1000_create_s', 2)} | ≤ 2 s |`,
     `| airlock-kvm restore_and_call_128mib / restore_and_call_1mib | ${ratio([K, 'restore_and_call_128mib_us'], [K, 'restore_and_call_1mib_us'])} | ≤ 2× |`,
-    `| airlock-kvm restore_and_call_128mib (µs) | ${fmt(p50(K, 'restore_and_call_128mib_us'))} | ≤ 300 µs |`,
+    `| airlock-kvm restore_and_call_128mib (µs) | ${p50(K, 'restore_and_call_128mib_us')} | ≤ 300 µs |`,
     `| airlock-wasm restore_and_call_128mib / restore_and_call_1mib | ${ratio([W, 'restore_and_call_128mib_us'], [W, 'restore_and_call_1mib_us'])} | |`,
-    `| airlock-kvm snapshot_load (ms) | ${fmt(p50(K, 'snapshot_load_ms'), 2)} | |`,
-    `| airlock-kvm concurrent_host_calls (ms) | ${fmt(p50(K, 'concurrent_host_calls_ms'))} | ≤ 60 ms |`,
-    `| airlock-wasm concurrent_host_calls (ms) | ${fmt(p50(W, 'concurrent_host_calls_ms'))} | ≤ 60 ms |`,
-    `| airlock-kvm timer_wakeup overshoot (µs) | ${fmt(p50(K, 'timer_wakeup_us'))} | ≤ 200 µs |`,
-    `| airlock-wasm timer_wakeup overshoot (µs) | ${fmt(p50(W, 'timer_wakeup_us'))} | ≤ 200 µs |`,
-    `| airlock-kvm timer_sleep_cpu (µs of guest CPU in a 20 ms sleep) | ${fmt(p50(K, 'timer_sleep_cpu_us'))} | ≈ 0 |`,
-    `| airlock-wasm timer_sleep_cpu (µs of guest CPU in a 20 ms sleep) | ${fmt(p50(W, 'timer_sleep_cpu_us'))} | ≈ 0 |`,
+    `| airlock-kvm snapshot_load (ms) | ${p50(K, 'snapshot_load_ms', 2)} | |`,
+    `| airlock-kvm concurrent_host_calls (ms) | ${p50(K, 'concurrent_host_calls_ms')} | ≤ 60 ms |`,
+    `| airlock-wasm concurrent_host_calls (ms) | ${p50(W, 'concurrent_host_calls_ms')} | ≤ 60 ms |`,
+    `| airlock-kvm timer_wakeup overshoot (µs) | ${p50(K, 'timer_wakeup_us')} | ≤ 200 µs |`,
+    `| airlock-wasm timer_wakeup overshoot (µs) | ${p50(W, 'timer_wakeup_us')} | ≤ 200 µs |`,
+    `| airlock-kvm timer_sleep_cpu (µs of guest CPU in a 20 ms sleep) | ${p50(K, 'timer_sleep_cpu_us')} | ≈ 0 |`,
+    `| airlock-wasm timer_sleep_cpu (µs of guest CPU in a 20 ms sleep) | ${p50(W, 'timer_sleep_cpu_us')} | ≈ 0 |`,
     // The compile group (compiled-code cache, issue #13) fills these when it runs.
     `| airlock-kvm compile_250k_cached / compile_250k_first | ${ratio([K, 'compile_250k_cached_ms'], [K, 'compile_250k_first_ms'])} | ≤ 0.1× |`,
     `| airlock-wasm compile_250k_cached / compile_250k_first | ${ratio([W, 'compile_250k_cached_ms'], [W, 'compile_250k_first_ms'])} | ≤ 0.1× |`,
@@ -150,6 +170,39 @@ export function writeReport(root: string, results: readonly Result[], notes: rea
   const file = join(root, 'docs/BENCHMARKS.md');
   const kept = keptSections(existsSync(file) ? readFileSync(file, 'utf8') : '');
   writeFileSync(file, lines.join('\n') + '\n' + (kept ? '\n' + kept : ''));
+}
+
+/** One result per contender and metric: the median over the rounds of each round's p50 and p99. */
+function mergeRounds(results: readonly Result[]): Result[] {
+  const byKey = new Map<string, Result[]>();
+  for (const r of results) {
+    const key = `${r.contender}\u0000${r.metric}`;
+    byKey.set(key, [...(byKey.get(key) ?? []), r]);
+  }
+  return [...byKey.values()].map((rs) => ({
+    contender: rs[0].contender,
+    metric: rs[0].metric,
+    p50: median(rs.map((r) => r.p50)),
+    p99: median(rs.map((r) => r.p99)),
+    n: rs.reduce((sum, r) => sum + r.n, 0),
+  }));
+}
+
+function median(v: readonly number[]): number {
+  const sorted = [...v].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function minMax(v: readonly number[], digits: number): string {
+  return v.length ? `${Math.min(...v).toFixed(digits)}–${Math.max(...v).toFixed(digits)}` : 'n/a';
+}
+
+/** A figure from each round: 'n/a' when none, the value alone for one round, else the median with the range. */
+function spread(v: readonly number[], digits: number, unit = ''): string {
+  if (v.length === 0) return 'n/a';
+  const mid = `${median(v).toFixed(digits)}${unit}`;
+  return v.length === 1 ? mid : `${mid} (${minMax(v, digits)})`;
 }
 
 /** The previous file from its first "## Before and after" heading on ('' when none). */

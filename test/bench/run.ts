@@ -34,6 +34,18 @@ const scale = (n: number) => (quick ? Math.max(3, Math.ceil(n / 10)) : n);
 // run); a partial run writes its results to AIRLOCK_BENCH_OUT (default out/bench-partial.json).
 const only = new Set((process.env.AIRLOCK_BENCH_ONLY ?? '').split(',').filter(Boolean));
 const wants = (group: string) => only.size === 0 || only.has(group);
+// A full run repeats every group AIRLOCK_BENCH_ROUNDS times (default 3): figures from one
+// pass on this shared machine do not hold, so the report gives each ratio as its median
+// over the rounds with the range. Partial and quick runs default to one round.
+const rounds = parseRounds(process.env.AIRLOCK_BENCH_ROUNDS, only.size > 0 || quick ? 1 : 3);
+let round = 0;
+
+function parseRounds(text: string | undefined, fallback: number): number {
+  if (text === undefined || text === '') return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 20) throw new Error(`AIRLOCK_BENCH_ROUNDS must be an integer from 1 to 20, not ${JSON.stringify(text)}`);
+  return n;
+}
 
 const FIB = 'function fib(n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }\nfunction handler(e) { return fib(e.n); }';
 const ECHO = 'function handler(e) { return e; }';
@@ -43,7 +55,7 @@ const notes: string[] = [];
 const unavailable: Unavailable[] = [];
 
 function record(r: Result): void {
-  results.push(r);
+  results.push({ ...r, round });
   console.log(`  ${r.metric.padEnd(30)} ${r.contender.padEnd(20)} p50 ${r.p50.toFixed(3).padStart(10)}  p99 ${r.p99.toFixed(3).padStart(10)}  (n=${r.n})`);
 }
 
@@ -360,7 +372,7 @@ const ISOLATED_VM_METRICS = ['call_roundtrip_us', 'main_thread_cpu_us_per_call',
 
 async function benchIsolatedVm(): Promise<void> {
   const run = await runIsolatedVm();
-  results.push(...run.results); // the child printed them as it went
+  results.push(...run.results.map((r) => ({ ...r, round }))); // the child printed them as it went
   if (run.unavailable) {
     notes.push(`isolated-vm unavailable: ${run.unavailable}`);
     console.error(`  ! isolated-vm unavailable: ${run.unavailable}`);
@@ -412,14 +424,33 @@ async function benchLive(backends: Backend[]): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  console.log('Airlock benchmarks' + (quick ? ' (quick)' : ''));
+  console.log('Airlock benchmarks' + (quick ? ' (quick)' : '') + (rounds > 1 ? `, ${rounds} rounds` : ''));
   const kvm = kvmUnusableReasons().length === 0;
+  if (!kvm) notes.push(`KVM unusable: ${kvmUnusableReasons().join('; ')}`);
+  for (round = 0; round < rounds; round++) {
+    if (rounds > 1) console.log(`round ${round + 1} of ${rounds}`);
+    await runRound(kvm);
+  }
+  // A note repeated by every round (a contender that is missing) is said once.
+  const said = [...new Set(notes)];
+  const missing = unavailable.filter((u, i) => unavailable.findIndex((v) => v.contender === u.contender && v.reason === u.reason) === i);
+  if (only.size > 0) {
+    // A partial run must not overwrite the report of a full one.
+    const out = process.env.AIRLOCK_BENCH_OUT ?? join(root, 'out', 'bench-partial.json');
+    writeFileSync(out, JSON.stringify({ groups: [...only], rounds, results, notes: said, unavailable: missing }, null, 2) + '\n');
+    console.log(`partial run (${[...only].join(', ')}): wrote ${out}`);
+    return;
+  }
+  writeReport(root, results, said, missing, kvm);
+  console.log('wrote docs/BENCHMARKS.md and docs/benchmarks.json');
+}
+
+/** One pass over every wanted group and contender, in a fixed order. */
+async function runRound(kvm: boolean): Promise<void> {
   if (kvm) {
     if (wants('exit-floor')) await guarded('raw-kvm', benchExitFloor);
     if (wants('exchange-floor')) await guarded('raw-kvm exchange floor', benchExchangeFloor);
     await guarded('airlock-kvm', () => benchAirlock('kvm'));
-  } else {
-    notes.push(`KVM unusable: ${kvmUnusableReasons().join('; ')}`);
   }
   await guarded('airlock-wasm', () => benchAirlock('wasm'));
   const tiers: Backend[] = kvm ? ['kvm', 'wasm'] : ['wasm'];
@@ -428,15 +459,6 @@ async function main(): Promise<void> {
   if (wants('native')) await guarded('native-quickjs', benchNative);
   if (wants('emscripten') || wants('main-thread') || wants('throughput')) await guarded('quickjs-emscripten', benchEmscripten);
   if (wants('isolated-vm')) await guarded('isolated-vm', benchIsolatedVm);
-  if (only.size > 0) {
-    // A partial run must not overwrite the report of a full one.
-    const out = process.env.AIRLOCK_BENCH_OUT ?? join(root, 'out', 'bench-partial.json');
-    writeFileSync(out, JSON.stringify({ groups: [...only], results, notes, unavailable }, null, 2) + '\n');
-    console.log(`partial run (${[...only].join(', ')}): wrote ${out}`);
-    return;
-  }
-  writeReport(root, results, notes, unavailable, kvm);
-  console.log('wrote docs/BENCHMARKS.md and docs/benchmarks.json');
 }
 
 main().catch((e) => {

@@ -7,6 +7,8 @@ export interface Result {
   p50: number;
   p99: number;
   n: number;
+  /** Which pass of a multi-round run (AIRLOCK_BENCH_ROUNDS) measured it; absent: the only one. */
+  round?: number;
 }
 
 export function percentile(sorted: readonly number[], p: number): number {
