@@ -174,6 +174,10 @@ bool Sandbox::watchAnswer(bool giveUp) {
     // The response is in the output buffer. If the vCPU thread claimed the exchange
     // first (cancel, abort, or the guest parked before we looked), its event follows.
     if (claimExchange(true)) {
+        // A runner asleep in a host call's wait (the guest called the host after
+        // handing this answer over) must see the claim: the window timer it would
+        // otherwise rely on may have fired already, before it went to sleep.
+        handover_.wake();
         Outcome o;
         // The guest runs on (its post-call work), but it writes the output buffer
         // only for the next request.
@@ -225,7 +229,14 @@ bool Sandbox::stopAndJoin() {
     cancel(TerminatedBy::Kill);
     Op stop;
     stop.kind = OpKind::Stop;
-    post(std::move(stop));
+    try {
+        post(std::move(stop));
+    } catch (const std::exception &) {
+        // No runner exists and none can start (a finalizer must not throw): the VM
+        // stays until the process ends.
+        finished_ = true;
+        return false;
+    }
     bool stopped;
     {
         std::unique_lock<std::mutex> lock(exitMu_);
@@ -275,13 +286,17 @@ void Sandbox::release() {
     std::lock_guard<std::mutex> lock(timerMu_);
     if (holder_->timersReady()) {
         // Disarmed while the signal is unblocked: a timer that fired meanwhile has
-        // run its handler against this sandbox by the time each call returns.
+        // run its handler against this sandbox by the time each call returns. Only
+        // what may be armed: with no exchange in flight its claimer disarmed the
+        // monitors (finishExchange; the watcher is done, see above, and a fast post
+        // takes this lock), and the window and the bell say whether they are armed.
         holder_->quantumTimer_->disarm();
-        if (const uint64_t left = wallTimer_->disarm()) wallDeadlineNs_ = monotonicNs() + left;
-        if (const uint64_t left = cpuTimer_->disarm()) cpuLeftNs_ = left;
-        windowTimer_->disarm();
-        windowArmed_.store(false);
-        bellTimer_->disarm(); // bellArmed_ stays: the next holder rings on
+        if (handover_.settle() != Handover::kNoExchange) {
+            if (const uint64_t left = wallTimer_->disarm()) wallDeadlineNs_ = monotonicNs() + left;
+            if (const uint64_t left = cpuTimer_->disarm()) cpuLeftNs_ = left;
+        }
+        if (windowArmed_.exchange(false)) windowTimer_->disarm();
+        if (bellArmed_.load()) bellTimer_->disarm(); // bellArmed_ stays: the next holder rings on
     }
     cpuBeforeHoldNs_ = vcpuCpuNs();
     held_ = false;

@@ -32,6 +32,9 @@ void VcpuThread::ackInterrupt() {
 }
 
 Served VcpuThread::serve(const Runner &runner) {
+    // A runner whose timers could not be made cannot run a guest under a budget: the
+    // suspended exchange waits for another runner.
+    if (suspended_ && !runner.timersReady()) return Served::Preempted;
     if (suspended_) {
         resume();
         if (suspended_) return Served::Preempted;
