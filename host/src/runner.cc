@@ -44,7 +44,7 @@ int RunnerPool::runnerCount() {
 }
 
 void RunnerPool::schedule(const std::shared_ptr<Sandbox> &s, bool urgent) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     switch (s->runState_) {
     case RunState::Held:
     case RunState::Done:
@@ -65,8 +65,9 @@ void RunnerPool::schedule(const std::shared_ptr<Sandbox> &s, bool urgent) {
     s->runState_ = RunState::Queued;
     queue_.push_back(s);
     queued_.store(static_cast<uint32_t>(queue_.size()));
+    bool notify;
     try {
-        wakeOrStartLocked();
+        notify = wakeOrStartLocked();
     } catch (...) {
         // No runner exists and none can start: nobody would ever take it.
         queue_.pop_back();
@@ -74,23 +75,40 @@ void RunnerPool::schedule(const std::shared_ptr<Sandbox> &s, bool urgent) {
         s->runState_ = RunState::Idle;
         throw;
     }
+    lock.unlock();
+    // After unlocking: the woken runner's first step is to take the lock.
+    if (notify) cv_.notify_one();
 }
 
-// Under mu_, with the queue non-empty: an idle runner takes it, or a new one starts
-// while fewer than limit_ runners are awake. Throws only when no runner exists and
-// none can start (the runners that exist serve the queue in turn otherwise).
-void RunnerPool::wakeOrStartLocked() {
-    if (idle_ > 0) {
-        cv_.notify_one();
-        return;
-    }
+// Under mu_, with the queue non-empty: an idle runner takes it (true: the caller
+// notifies cv_), or a new one starts while fewer than limit_ runners are awake, or
+// the sandbox has to wait and the busy runners' quanta start. Throws only when no
+// runner exists and none can start (the runners that exist serve the queue in turn
+// otherwise).
+bool RunnerPool::wakeOrStartLocked() {
+    if (idle_ > 0) return true;
     // Runners started but not yet waiting take queued sandboxes first.
-    if (static_cast<size_t>(starting_) >= queue_.size()) return;
-    if (runners_ - sleeping_ >= limit_ || runners_ >= kRunnerHardCap) return;
-    try {
-        startRunnerLocked();
-    } catch (const std::exception &) {
-        if (runners_ == 0) throw;
+    if (static_cast<size_t>(starting_) >= queue_.size()) return false;
+    if (runners_ - sleeping_ < limit_ && runners_ < kRunnerHardCap) {
+        try {
+            startRunnerLocked();
+            return false;
+        } catch (const std::exception &) {
+            if (runners_ == 0) throw;
+        }
+    }
+    armQuantaLocked();
+    return false;
+}
+
+// Under mu_: a sandbox waits for a runner, so each runner holding one yields after a
+// quantum of its CPU from now. timer_settime on another thread's timer is allowed:
+// a POSIX timer belongs to the process; only its signal goes to the runner.
+void RunnerPool::armQuantaLocked() {
+    for (Runner *r : live_) {
+        if (!r->holding_ || r->quantumArmed_ || !r->quantumTimer_) continue;
+        r->quantumTimer_->arm(kRunnerQuantumNs, kRunnerQuantumNs);
+        r->quantumArmed_ = true;
     }
 }
 
@@ -103,9 +121,12 @@ void RunnerPool::startRunnerLocked() {
     if (int rc = pthread_sigmask(SIG_SETMASK, &all, &old); rc != 0)
         throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
     auto runner = std::make_unique<Runner>(nextIndex_++);
+    Runner *r = runner.get();
+    live_.push_back(r);
     try {
-        std::thread([r = std::move(runner)] { r->main(); }).detach();
+        std::thread([owned = std::move(runner)] { owned->main(); }).detach();
     } catch (...) {
+        live_.pop_back();
         pthread_sigmask(SIG_SETMASK, &old, nullptr);
         throw;
     }
@@ -118,26 +139,37 @@ void RunnerPool::sleeping(bool asleep) {
     std::lock_guard<std::mutex> lock(mu_);
     if (asleep) {
         ++sleeping_;
-        if (!queue_.empty()) wakeOrStartLocked();
+        if (!queue_.empty() && wakeOrStartLocked()) cv_.notify_one();
     } else {
         --sleeping_;
     }
 }
 
-std::shared_ptr<Sandbox> RunnerPool::next(const std::shared_ptr<Sandbox> &last, Served how) {
+std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<Sandbox> &last, Served how) {
     std::unique_lock<std::mutex> lock(mu_);
+    // The sandbox was released (its signal target cleared): a quantum signal still
+    // in flight finds no sandbox.
+    if (runner.quantumArmed_) {
+        runner.quantumTimer_->disarm();
+        runner.quantumArmed_ = false;
+    }
+    runner.holding_ = false;
     // In the same hold of the lock as the wait below: a sandbox posted to meanwhile
     // finds this runner idle rather than starting another.
-    if (!last)
+    if (!last) {
         --starting_;
-    else if (keepLocked(last, how))
+    } else if (keepLocked(last, how)) {
+        runner.holding_ = true;
+        if (!queue_.empty()) armQuantaLocked();
         return last;
+    }
     while (queue_.empty()) {
         ++idle_;
         const bool woken = cv_.wait_for(lock, std::chrono::nanoseconds(kRunnerRetireNs), [this] { return !queue_.empty(); });
         --idle_;
         if (!woken) {
             --runners_;
+            live_.erase(std::find(live_.begin(), live_.end(), &runner));
             return nullptr;
         }
     }
@@ -145,6 +177,8 @@ std::shared_ptr<Sandbox> RunnerPool::next(const std::shared_ptr<Sandbox> &last, 
     queue_.pop_front();
     queued_.store(static_cast<uint32_t>(queue_.size()));
     s->runState_ = RunState::Held;
+    runner.holding_ = true;
+    if (!queue_.empty()) armQuantaLocked();
     return s;
 }
 
@@ -172,7 +206,7 @@ bool RunnerPool::keepLocked(const std::shared_ptr<Sandbox> &s, Served how) {
     s->runState_ = RunState::Queued;
     queue_.push_back(s);
     queued_.store(static_cast<uint32_t>(queue_.size()));
-    wakeOrStartLocked();
+    if (wakeOrStartLocked()) cv_.notify_one();
     return false;
 }
 
@@ -184,6 +218,8 @@ void Runner::createTimers() {
     cpuTimer_ = std::make_unique<ThreadTimer>(cpuClock_, static_cast<int>(TerminatedBy::CpuTime), tid);
     windowTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TimerTag::Window), tid);
     quantumTimer_ = std::make_unique<ThreadTimer>(cpuClock_, static_cast<int>(TimerTag::Quantum), tid);
+    timespec ts;
+    if (clock_gettime(cpuClock_, &ts) == 0) lastCpuNs_ = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
     // Last: timersReady() means all of them exist.
     bellTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TimerTag::Bell), tid);
 }
@@ -205,7 +241,7 @@ void Runner::main() {
     RunnerPool &pool = RunnerPool::instance();
     std::shared_ptr<Sandbox> s;
     Served how = Served::Idle;
-    while ((s = pool.next(s, how))) {
+    while ((s = pool.next(*this, s, how))) {
         s->hold(*this);
         how = s->vcpuThread_->serve(*this);
         s->release();

@@ -259,8 +259,7 @@ void Sandbox::hold(Runner &runner) {
     bellTimer_ = runner.bellTimer_.get();
     vcpuClock_ = runner.cpuClock();
     held_ = true;
-    timespec ts;
-    holdStartCpuNs_ = clock_gettime(vcpuClock_, &ts) == 0 ? static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec : 0;
+    holdStartCpuNs_ = runner.lastCpuNs_; // see Runner::lastCpuNs_
     preemptRequested_.store(false);
     retargetSignal(&signalTarget_);
     if (!runner.timersReady()) return; // every op fails with the runner's reason (VcpuThread::serve)
@@ -277,7 +276,6 @@ void Sandbox::hold(Runner &runner) {
     }
     // A bell the last holder did not acknowledge rings on here.
     if (bellArmed_.load()) bellTimer_->arm(1, kBellIntervalNs);
-    runner.quantumTimer_->arm(kRunnerQuantumNs, kRunnerQuantumNs);
 }
 
 void Sandbox::release() {
@@ -290,7 +288,6 @@ void Sandbox::release() {
         // what may be armed: with no exchange in flight its claimer disarmed the
         // monitors (finishExchange; the watcher is done, see above, and a fast post
         // takes this lock), and the window and the bell say whether they are armed.
-        holder_->quantumTimer_->disarm();
         if (handover_.settle() != Handover::kNoExchange) {
             if (const uint64_t left = wallTimer_->disarm()) wallDeadlineNs_ = monotonicNs() + left;
             if (const uint64_t left = cpuTimer_->disarm()) cpuLeftNs_ = left;
@@ -298,7 +295,13 @@ void Sandbox::release() {
         if (windowArmed_.exchange(false)) windowTimer_->disarm();
         if (bellArmed_.load()) bellTimer_->disarm(); // bellArmed_ stays: the next holder rings on
     }
-    cpuBeforeHoldNs_ = vcpuCpuNs();
+    // One read of the runner's clock ends this hold and starts its next one.
+    timespec ts;
+    if (clock_gettime(vcpuClock_, &ts) == 0) {
+        const uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+        if (now > holdStartCpuNs_) cpuBeforeHoldNs_ += now - holdStartCpuNs_;
+        holder_->lastCpuNs_ = now;
+    }
     held_ = false;
     retargetSignal(nullptr);
     holder_ = nullptr;
