@@ -89,6 +89,12 @@ bool RunnerPool::wakeOrStartLocked() {
     if (idle_ > 0) return true;
     // Runners started but not yet waiting take queued sandboxes first.
     if (static_cast<size_t>(starting_) >= queue_.size()) return false;
+    // A lingering runner lets go of its idle sandbox and takes the queue's front.
+    if (!lingering_.empty()) {
+        lingering_.back()->handover_.wake();
+        lingering_.pop_back();
+        return false;
+    }
     if (runners_ - sleeping_ < limit_ && runners_ < kRunnerHardCap) {
         try {
             startRunnerLocked();
@@ -143,6 +149,15 @@ void RunnerPool::sleeping(bool asleep) {
     } else {
         --sleeping_;
     }
+}
+
+void RunnerPool::lingering(Sandbox *s, bool asleep) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find(lingering_.begin(), lingering_.end(), s);
+    if (asleep && it == lingering_.end())
+        lingering_.push_back(s);
+    else if (!asleep && it != lingering_.end())
+        lingering_.erase(it);
 }
 
 std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<Sandbox> &last, Served how) {

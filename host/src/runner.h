@@ -27,6 +27,10 @@ class Sandbox;
 // queue (counted on the runner's CPU clock, so host-call waits asleep do not count),
 // from when a sandbox has to wait: the quantum timer runs only then.
 constexpr uint64_t kRunnerQuantumNs = 10'000'000;
+// A runner that has served a sandbox's last op keeps it this long, asleep (no CPU),
+// unless another sandbox needs a runner: an op that follows soon (a restore after a
+// call, the next call) then goes to it with one futex wake, without a hand-over.
+constexpr uint64_t kRunnerLingerNs = 2'000'000;
 // A runner idle this long (no sandbox queued) ends its thread.
 constexpr uint64_t kRunnerRetireNs = 2'000'000'000;
 // Runners that may exist at once, whatever else: some of them may sleep in a host
@@ -92,6 +96,9 @@ public:
     // A runner holding a sandbox is about to sleep in a wait (a host call's reply) or
     // wakes from it: while it sleeps, the queue may get another runner.
     void sleeping(bool asleep);
+    // A runner holding `s` sleeps in its linger (VcpuThread::waitForOp), or stops:
+    // while it does, a sandbox that needs a runner wakes it to let go of `s` first.
+    void lingering(Sandbox *s, bool asleep);
     // Runners the pool keeps busy at once (its soft size), and how many exist now.
     int limit() const { return limit_; }
     int runnerCount();
@@ -111,6 +118,7 @@ private:
     std::condition_variable cv_;
     std::deque<std::shared_ptr<Sandbox>> queue_;
     std::vector<Runner *> live_; // every runner thread not retired (each owns its Runner)
+    std::vector<Sandbox *> lingering_; // sandboxes whose runner lingers on them
     std::atomic<uint32_t> queued_{0}; // queue_.size(), readable from a signal handler
     int limit_;
     int runners_ = 0;  // threads started and not retired

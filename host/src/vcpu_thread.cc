@@ -65,13 +65,38 @@ Served VcpuThread::serve(const Runner &runner) {
     }
 }
 
-// Spins for vcpuSpinNs while a core is free for it (CoreBudget) and no other sandbox
-// waits for a runner: the next op often follows the last answer closely. False when
-// none came: the runner lets go of the sandbox (an op posted later queues it again).
+// Spins for vcpuSpinNs while a core is free for it (CoreBudget), then lingers asleep
+// for kRunnerLingerNs, while no other sandbox waits for a runner: the next op often
+// follows the last answer closely. False when none came: the runner lets go of the
+// sandbox (an op posted later queues it again).
 bool VcpuThread::waitForOp() {
     if (s_.handover_.opWaiting()) return true;
-    if (s_.spin_.vcpuSpinNs == 0 || RunnerPool::contention().load() > 0 || !CoreBudget::instance().spinAllowed())
-        return false;
+    if (RunnerPool::contention().load() > 0) return false;
+    if (s_.spin_.vcpuSpinNs > 0 && CoreBudget::instance().spinAllowed() && spinForOp()) return true;
+    return lingerForOp();
+}
+
+// Asleep on the sandbox's futex word (a post wakes it), until an op comes, the linger
+// ends, or the pool wakes it because another sandbox needs a runner.
+bool VcpuThread::lingerForOp() {
+    RunnerPool &pool = RunnerPool::instance();
+    pool.lingering(&s_, true);
+    const uint64_t end = monotonicNs() + kRunnerLingerNs;
+    for (;;) {
+        const uint32_t seq = s_.handover_.wakeSeq();
+        if (s_.handover_.opWaiting() || RunnerPool::contention().load() > 0) break;
+        // Not in the guest: a bell (for an op, or a late kill) is heard here.
+        if (s_.cancel_.wantsInterrupt()) ackInterrupt();
+        const uint64_t now = monotonicNs();
+        if (now >= end) break;
+        s_.handover_.sleepFor(seq, end - now);
+    }
+    pool.lingering(&s_, false);
+    return s_.handover_.opWaiting();
+}
+
+bool VcpuThread::spinForOp() {
+    if (RunnerPool::contention().load() > 0) return false;
     const uint64_t deadline = monotonicNs() + s_.spin_.vcpuSpinNs;
     uint64_t nextYield = monotonicNs() + kSpinYieldNs;
     while (!s_.handover_.opWaiting()) {

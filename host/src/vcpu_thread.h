@@ -32,6 +32,8 @@ private:
 
     void ackInterrupt();
     bool waitForOp();
+    bool spinForOp();
+    bool lingerForOp();
     void runOp(const Op &op, const Runner &runner);
     void resume();
     void emitDone(OpKind kind, Outcome o);
