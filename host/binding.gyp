@@ -8,6 +8,8 @@
         "src/addon.cc",
         "src/sandbox.cc",
         "src/vcpu_thread.cc",
+        "src/runner.cc",
+        "src/runner_napi.cc",
         "src/cancellation.cc",
         "src/core_budget.cc",
         "src/answer_watcher.cc",

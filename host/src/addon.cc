@@ -15,6 +15,7 @@
 #include "../hv/hypervisor.h"
 #include "core_budget.h"
 #include "exit_floor.h"
+#include "runner_napi.h"
 #include "messages.h"
 #include "sandbox.h"
 #include "template_napi.h"
@@ -550,6 +551,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
     exports.Set("probe", Napi::Function::New(env, Probe, "probe"));
     exports.Set("measureExitFloor", exitFloorFunction(env));
     exports.Set("measureExchangeFloor", exchangeFloorFunction(env));
+    exports.Set("runnerPool", runnerPoolFunction(env));
     exports.Set("Vm", VmWrap::Init(env));
     registerTemplateApi(env, exports);
     return exports;

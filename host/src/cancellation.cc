@@ -37,15 +37,20 @@ void onCancelSignal(int, siginfo_t *info, void *) {
     SignalTarget *target = t_signalTarget;
     if (target) {
         const int tag = info->si_value.sival_int;
-        bool window = false;
+        bool window = false, yield = false;
         if (info->si_code == SI_TIMER) {
             // Monitors name their reason; the first reason recorded wins.
             if (tag == static_cast<int>(TerminatedBy::WallClock) || tag == static_cast<int>(TerminatedBy::CpuTime))
                 target->state->requestCancel(static_cast<TerminatedBy>(tag));
             window = tag == static_cast<int>(TimerTag::Window);
+            // A quantum is over: the guest steps out only if another sandbox waits.
+            if (tag == static_cast<int>(TimerTag::Quantum) && target->contention->load() > 0) {
+                target->preempt->store(true);
+                yield = true;
+            }
         }
         // A bell with nothing to say (its request was already handled) does nothing.
-        if (window || target->state->wantsInterrupt()) {
+        if (window || yield || target->state->wantsInterrupt()) {
             target->wakeSeq->fetch_add(1);
             if (hv::Vcpu *vcpu = target->vcpu->load()) vcpu->requestInterrupt();
         }
@@ -133,6 +138,13 @@ void bindSignalTarget(SignalTarget *target) {
     sigaddset(&mine, cancelSignal());
     if (int rc = pthread_sigmask(SIG_UNBLOCK, &mine, nullptr); rc != 0)
         throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
+}
+
+void retargetSignal(SignalTarget *target) noexcept {
+    // The handler runs on this same thread: a compiler barrier orders the store.
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    t_signalTarget = target;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
 }
 
 void unbindSignalTarget() {

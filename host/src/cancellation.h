@@ -1,8 +1,10 @@
-// cancellation.h — how the host stops a vCPU thread: ONE atomic state word (the
+// cancellation.h — how the host stops a sandbox's vCPU: ONE atomic state word (the
 // cancel reason and the kick), the real-time signal that carries it into KVM_RUN or
-// a futex wait, and the POSIX timers aimed at the vCPU thread (wall-clock and CPU
-// monitors, the post-answer window, and the interrupt bell that re-rings until the
-// vCPU thread acknowledges). docs/CANCELLATION.md is the prose version.
+// a futex wait on the runner thread holding the sandbox, and the POSIX timers aimed
+// at that runner (wall-clock and CPU monitors, the post-answer window, the interrupt
+// bell that re-rings until acknowledged, and the runner's quantum). The timers
+// belong to a runner (runner.h); the sandbox it holds borrows them, and a hand-over
+// moves what they still had to run. docs/CANCELLATION.md is the prose version.
 #pragma once
 
 #include <atomic>
@@ -19,7 +21,7 @@ enum class TerminatedBy : uint32_t { None = 0, Kill = 1, WallClock = 2, CpuTime 
 const char *terminatedByName(TerminatedBy why);
 
 // What a timer's signal says (sigev_value). Monitors carry their TerminatedBy.
-enum class TimerTag : int { Bell = 16, Window = 17 };
+enum class TimerTag : int { Bell = 16, Window = 17, Quantum = 18 };
 
 // The state word. Written by the main thread (kill, kick, reset), by the signal
 // handler (monitor reasons) and read by the vCPU thread; every operation is seq_cst
@@ -53,12 +55,15 @@ private:
     std::atomic<uint32_t> word_{0};
 };
 
-// What the signal handler may touch on the vCPU thread it interrupts. Lives as long
-// as the thread (the thread's Sandbox outlives it); lock-free atomics only.
+// What the signal handler may touch of the sandbox a runner holds. Lives as long as
+// the sandbox; the runner points its thread at it only while it holds the sandbox;
+// lock-free atomics only.
 struct SignalTarget {
     CancelState *state = nullptr;
-    std::atomic<uint32_t> *wakeSeq = nullptr;     // futex word the thread sleeps on
+    std::atomic<uint32_t> *wakeSeq = nullptr;     // futex word the runner sleeps on
     std::atomic<hv::Vcpu *> *vcpu = nullptr;      // null outside a guest's lifetime
+    std::atomic<bool> *preempt = nullptr;         // set by the quantum: yield to the queue
+    const std::atomic<uint32_t> *contention = nullptr; // sandboxes waiting for a runner
 };
 
 // Selects the cancellation signal before the first VM: 0 = automatic (the first free
@@ -69,9 +74,13 @@ void setCancelSignal(int sig);
 // Installs the handler on first use; throws std::runtime_error naming the reason.
 int cancelSignal();
 
-// Binds the calling thread (a vCPU thread) to its target; unblocks the signal on it.
+// Binds the calling thread (a runner) to `target` (null: none yet) and unblocks the
+// signal on it.
 void bindSignalTarget(SignalTarget *target);
 void unbindSignalTarget();
+// The calling runner takes (or, with null, gives back) a sandbox: its signals act on
+// `target` from now on. One word, so a handler sees the old target or the new one.
+void retargetSignal(SignalTarget *target) noexcept;
 
 // A POSIX timer that signals one thread (SIGEV_THREAD_ID) with the cancellation
 // signal; every call checks its result and throws std::system_error.

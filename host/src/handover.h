@@ -100,6 +100,12 @@ public:
         if (stillWanted) futexWait(&wakeSeq_, seq);
         vcpuSleeping_.store(false);
     }
+    // The same for at most `ns` (a runner lingering on an idle sandbox).
+    void sleepFor(uint32_t seq, uint64_t ns) {
+        vcpuSleeping_.store(true);
+        futexWaitFor(&wakeSeq_, seq, ns);
+        vcpuSleeping_.store(false);
+    }
 
     // An exchange (Boot or Exchange op) from the moment it is published until exactly
     // one side claims it: the main thread when the guest handed the response over in

@@ -1,7 +1,8 @@
 // sandbox.cc — the main thread's handle on one sandbox: posting operations (through
-// the mailbox, or straight to a polling guest), cancelling, draining events, and a
-// teardown whose wait is bounded; plus the exchange bookkeeping either thread does
-// while it owns the exchange (handover.h says who does).
+// the mailbox and the runner queue, or straight to a polling guest), cancelling,
+// draining events, and a teardown whose wait is bounded; a runner taking and giving
+// back the sandbox (its timers and CPU clock follow the vCPU); plus the exchange
+// bookkeeping either side does while it owns the exchange (handover.h says who does).
 #include "sandbox.h"
 
 #include <algorithm>
@@ -46,6 +47,7 @@ Sandbox::Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &co
     ImageHeader header = parseImageHeader(image_.data(), image_.size());
     layout_ = computeLayout(header, image_.size(), config);
     cancelSignal(); // fail here, synchronously, if no signal is available
+    init();
     // Started with the first sandbox (not with the first fast request), so the
     // process's thread count settles as soon as sandboxes exist.
     AnswerWatcher::instance().start();
@@ -60,28 +62,37 @@ Sandbox::Sandbox(std::shared_ptr<const Template> t, const SpinConfig &spin, std:
     : id_(g_nextSandboxId.fetch_add(1)), template_(std::move(t)), layout_(template_->layout), spin_(spin),
       notify_(std::move(notify)) {
     cancelSignal(); // fail here, synchronously, if no signal is available
+    init();
+}
+
+void Sandbox::init() {
+    vcpuThread_ = std::make_unique<VcpuThread>(*this);
+    signalTarget_.state = &cancel_;
+    signalTarget_.wakeSeq = handover_.wakeWord();
+    signalTarget_.vcpu = &signalVcpu_;
+    signalTarget_.preempt = &preemptRequested_;
+    signalTarget_.contention = &RunnerPool::contention();
 }
 
 Sandbox::~Sandbox() {
-    // The vCPU thread co-owns the sandbox: when it drops the last reference, it runs
-    // this on itself after a detach (never joinable then).
-    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) stopAndJoin();
-    if (thread_.joinable()) thread_.detach();
+    // The queue and the runner holding it own references: nothing runs it any more.
+    // The VM and vCPU go before the guest memory they map.
+    vcpuThread_.reset();
 }
 
 // ---- main thread --------------------------------------------------------------------
 
 void Sandbox::ring() {
     std::lock_guard<std::mutex> lock(timerMu_);
-    // No bell yet: the thread has not taken its first op, and checks the state word
-    // before it ever enters the guest. No bell any more: the thread is ending.
-    if (!bellTimer_) return;
+    // No runner holds the sandbox: none is in its KVM_RUN or waits for it, and the
+    // one that takes it next checks the state word before it enters the guest.
+    if (!holder_ || !bellTimer_) return;
     bellArmed_.store(true);
     bellTimer_->arm(kBellIntervalNs, kBellIntervalNs);
-    // The first ring goes out now; the timer repeats it until the thread acknowledges.
+    // The first ring goes out now; the timer repeats it until the runner acknowledges.
     sigval value{};
     value.sival_int = static_cast<int>(TimerTag::Bell);
-    const int rc = pthread_sigqueue(thread_.native_handle(), cancelSignal(), value);
+    const int rc = pthread_sigqueue(holder_->thread(), cancelSignal(), value);
     // EAGAIN: the real-time signal queue is full; the timer's signal is preallocated.
     if (rc != 0 && rc != EAGAIN) throw std::system_error(rc, std::generic_category(), "pthread_sigqueue");
 }
@@ -89,29 +100,20 @@ void Sandbox::ring() {
 void Sandbox::post(Op op) {
     if (op.kind == OpKind::Boot || op.kind == OpKind::Exchange) cancel_.resetForExchange();
     handover_.postOp(std::move(op));
-    if (!threadStarted_) {
-        // The vCPU thread takes only its cancellation signal: process signals meant
-        // for Node (SIGINT, SIGCHLD, ...) go to other threads and never interrupt KVM_RUN.
-        sigset_t all, old;
-        sigfillset(&all);
-        if (int rc = pthread_sigmask(SIG_SETMASK, &all, &old); rc != 0)
-            throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
-        try {
-            thread_ = std::thread([self = shared_from_this()] { VcpuThread(*self).run(); });
-        } catch (...) {
-            pthread_sigmask(SIG_SETMASK, &old, nullptr);
-            handover_.discardOps();
-            throw;
-        }
-        threadStarted_ = true;
-        pthread_sigmask(SIG_SETMASK, &old, nullptr); // restoring a mask read above cannot fail
-        return;
+    // After the op is in the mailbox: a runner letting go of the sandbox re-checks the
+    // mailbox under the pool's lock, so either it keeps the sandbox or this queues it.
+    try {
+        RunnerPool::instance().schedule(shared_from_this(), false);
+    } catch (...) {
+        if (!started_) handover_.discardOps(); // nobody will ever take them
+        throw;
     }
-    // A guest polling for requests keeps the vCPU thread inside KVM_RUN: interrupt it
-    // so the thread takes the op. (The thread re-checks opWaiting() after raising
+    started_ = true;
+    // A guest polling for requests keeps its runner inside KVM_RUN: interrupt it so
+    // the runner takes the op. (The runner re-checks opWaiting() after raising
     // session_, so one of the two always sees the other.) A guest already parking
-    // (IDLE: it leaves its poll and exits at once, or the thread's window check takes
-    // it out) needs no signal: one landing after the thread re-entered would only
+    // (IDLE: it leaves its poll and exits at once, or the runner's window check takes
+    // it out) needs no signal: one landing after the runner re-entered would only
     // cost an interrupted KVM_RUN.
     if (session_.load() && !(handover_.attached() && handover_.poll() == AIRLOCK_POLL_IDLE)) {
         cancel_.requestKick();
@@ -121,6 +123,11 @@ void Sandbox::post(Op op) {
 
 bool Sandbox::postFast(const Op &op) {
     if (op.kind != OpKind::Exchange || !session_.load() || !runnable_.load() || !handover_.attached()) return false;
+    // The holder's timers stay this sandbox's while the request is posted (release
+    // takes the same lock); a runner that let go ended the session, and the guest
+    // stopped polling first, so the swap below fails.
+    std::lock_guard<std::mutex> lock(timerMu_);
+    if (!holder_) return false;
     // A watcher still finishing with the previous exchange (claimed by the vCPU thread
     // first) must be done before a new one can be told from it.
     if (watched_.load()) return false;
@@ -167,6 +174,10 @@ bool Sandbox::watchAnswer(bool giveUp) {
     // The response is in the output buffer. If the vCPU thread claimed the exchange
     // first (cancel, abort, or the guest parked before we looked), its event follows.
     if (claimExchange(true)) {
+        // A runner asleep in a host call's wait (the guest called the host after
+        // handing this answer over) must see the claim: the window timer it would
+        // otherwise rely on may have fired already, before it went to sleep.
+        handover_.wake();
         Outcome o;
         // The guest runs on (its post-call work), but it writes the output buffer
         // only for the next request.
@@ -201,48 +212,112 @@ void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
 
 void Sandbox::cancel(TerminatedBy why) {
     if (!cancel_.requestCancel(why)) return; // first reason wins
-    if (threadStarted_ && !joined_) {
-        handover_.wake(); // a thread asleep in its mailbox sees the reason without a signal
+    if (started_ && !finished_) {
+        handover_.wake(); // a runner asleep in a host call's wait sees the reason without a signal
         ring();
+        // An exchange suspended in the queue ends as soon as a runner takes it: first.
+        RunnerPool::instance().schedule(shared_from_this(), true);
     }
 }
 
 std::vector<Event> Sandbox::drainEvents() { return handover_.drainEvents(); }
 
-void Sandbox::join() {
-    if (threadStarted_ && !joined_) {
-        thread_.join();
-        joined_ = true;
-    }
-}
+void Sandbox::join() { finished_ = true; }
 
 bool Sandbox::stopAndJoin() {
-    if (!threadStarted_ || joined_) return true;
+    if (!started_ || finished_) return true;
     cancel(TerminatedBy::Kill);
     Op stop;
     stop.kind = OpKind::Stop;
-    post(std::move(stop));
+    try {
+        post(std::move(stop));
+    } catch (const std::exception &) {
+        // No runner exists and none can start (a finalizer must not throw): the VM
+        // stays until the process ends.
+        finished_ = true;
+        return false;
+    }
     bool stopped;
     {
         std::unique_lock<std::mutex> lock(exitMu_);
         stopped = exitCv_.wait_for(lock, std::chrono::nanoseconds(kTeardownWaitNs), [this] { return exited_; });
     }
-    if (stopped)
-        thread_.join();
-    else
-        // The thread holds its own reference to the sandbox: it finishes tearing the
-        // guest down on its own, then frees it. Nothing waits for it any more.
-        thread_.detach();
-    joined_ = true;
+    // Not stopped: the queue or its runner holds a reference to the sandbox, tears
+    // the guest down when the Stop op runs, then frees it. Nothing waits for it any more.
+    finished_ = true;
     return stopped;
+}
+
+// ---- a runner taking and giving back the sandbox --------------------------------------
+
+void Sandbox::hold(Runner &runner) {
+    std::lock_guard<std::mutex> lock(timerMu_);
+    holder_ = &runner;
+    wallTimer_ = runner.wallTimer_.get();
+    cpuTimer_ = runner.cpuTimer_.get();
+    windowTimer_ = runner.windowTimer_.get();
+    bellTimer_ = runner.bellTimer_.get();
+    vcpuClock_ = runner.cpuClock();
+    held_ = true;
+    holdStartCpuNs_ = runner.lastCpuNs_; // see Runner::lastCpuNs_
+    preemptRequested_.store(false);
+    retargetSignal(&signalTarget_);
+    if (!runner.timersReady()) return; // every op fails with the runner's reason (VcpuThread::serve)
+    // The wall clock ran on in the queue; a deadline already past fires at once. The
+    // CPU budget did not: the sandbox's CPU is only what runners spent holding it.
+    if (wallDeadlineNs_) {
+        const uint64_t now = monotonicNs();
+        wallTimer_->arm(wallDeadlineNs_ > now ? wallDeadlineNs_ - now : 1);
+        wallDeadlineNs_ = 0;
+    }
+    if (cpuLeftNs_) {
+        cpuTimer_->arm(cpuLeftNs_);
+        cpuLeftNs_ = 0;
+    }
+    // A bell the last holder did not acknowledge rings on here.
+    if (bellArmed_.load()) bellTimer_->arm(1, kBellIntervalNs);
+}
+
+void Sandbox::release() {
+    // No watcher may still read guest memory or claim an exchange with our timers.
+    waitUnwatched();
+    std::lock_guard<std::mutex> lock(timerMu_);
+    if (holder_->timersReady()) {
+        // Disarmed while the signal is unblocked: a timer that fired meanwhile has
+        // run its handler against this sandbox by the time each call returns. Only
+        // what may be armed: with no exchange in flight its claimer disarmed the
+        // monitors (finishExchange; the watcher is done, see above, and a fast post
+        // takes this lock), and the window and the bell say whether they are armed.
+        if (handover_.settle() != Handover::kNoExchange) {
+            if (const uint64_t left = wallTimer_->disarm()) wallDeadlineNs_ = monotonicNs() + left;
+            if (const uint64_t left = cpuTimer_->disarm()) cpuLeftNs_ = left;
+        }
+        if (windowArmed_.exchange(false)) windowTimer_->disarm();
+        if (bellArmed_.load()) bellTimer_->disarm(); // bellArmed_ stays: the next holder rings on
+    }
+    // One read of the runner's clock ends this hold and starts its next one.
+    timespec ts;
+    if (clock_gettime(vcpuClock_, &ts) == 0) {
+        const uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+        if (now > holdStartCpuNs_) cpuBeforeHoldNs_ += now - holdStartCpuNs_;
+        holder_->lastCpuNs_ = now;
+    }
+    held_ = false;
+    retargetSignal(nullptr);
+    holder_ = nullptr;
+    wallTimer_ = cpuTimer_ = windowTimer_ = bellTimer_ = nullptr;
 }
 
 // ---- either thread, whoever owns the exchange -----------------------------------------
 
+// The sandbox's CPU time: what earlier holders spent on it plus the current holder's
+// CPU since it took it. Monotonic across hand-overs, so any two readings subtract.
 uint64_t Sandbox::vcpuCpuNs() const {
+    if (!held_) return cpuBeforeHoldNs_;
     timespec ts;
-    if (clock_gettime(vcpuClock_, &ts) != 0) return 0;
-    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+    if (clock_gettime(vcpuClock_, &ts) != 0) return cpuBeforeHoldNs_;
+    const uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+    return cpuBeforeHoldNs_ + (now > holdStartCpuNs_ ? now - holdStartCpuNs_ : 0);
 }
 
 void Sandbox::poison(std::string reason) {

@@ -1,9 +1,10 @@
-// sandbox.h — one micro-VM: the operations and events both threads exchange, and
-// class Sandbox, the main thread's handle (post, cancel, drain events, stop; what
-// addon.cc calls) plus the state both threads share. The vCPU thread's code is class
-// VcpuThread (vcpu_thread.*); the hand-over in handover.h; cancellation in
-// cancellation.*; snapshot/restore in snapshot.*; the message codec in messages.*.
-// Knows nothing of N-API.
+// sandbox.h — one micro-VM: class Sandbox, the main thread's handle (post, cancel,
+// drain events, stop; what addon.cc calls) plus the state the main thread shares with
+// whichever runner thread holds the sandbox (runner.h: a sandbox with work is queued
+// for a runner, which lends it its timers and signal while it holds it). The
+// runner's code for it is class VcpuThread (vcpu_thread.*); the hand-over in
+// handover.h; cancellation in cancellation.*; snapshot/restore in snapshot.*; the
+// message codec in messages.*. Knows nothing of N-API.
 #pragma once
 
 #include <atomic>
@@ -24,6 +25,7 @@
 #include "handover.h"
 #include "layout.h"
 #include "ops.h"
+#include "runner.h"
 #include "snapshot.h"
 #include "template.h"
 
@@ -43,9 +45,11 @@ struct SpinConfig {
 // request (its cpuTimeNs). The time the guest ran inside the window is reported with
 // the next request as afterCpuTimeNs.
 constexpr uint64_t kAfterAnswerAllowanceNs = 2'000'000;
-// How long the GC finalizer (or any synchronous teardown) waits for the vCPU thread
-// to stop before it detaches it instead of joining.
+// How long the GC finalizer (or any synchronous teardown) waits for the Stop op to
+// run before it leaves the sandbox to the runner that will run it.
 constexpr uint64_t kTeardownWaitNs = 2'000'000'000;
+
+class VcpuThread;
 
 class Sandbox : public std::enable_shared_from_this<Sandbox> {
 public:
@@ -83,10 +87,11 @@ public:
 
     // What the vCPU thread posted; `notify` fires again for anything posted later.
     std::vector<Event> drainEvents();
-    // Synchronous teardown with a bounded wait: false when the vCPU thread did not
-    // stop within kTeardownWaitNs and was detached (it owns the sandbox until it ends).
+    // Synchronous teardown with a bounded wait: false when the Stop op did not run
+    // within kTeardownWaitNs (the queue or the runner holding the sandbox owns it until
+    // it has).
     bool stopAndJoin();
-    void join(); // after the Stop op's Done event
+    void join(); // after the Stop op's Done event: nothing of the sandbox runs any more
 
 private:
     Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &config, const SpinConfig &spin,
@@ -105,6 +110,7 @@ private:
         std::atomic<bool> guestEntered{false};   // false until the guest may have run it
     };
     // ---- main thread ----
+    void init(); // both constructors
     void ring(); // the interrupt bell: re-rings every kBellIntervalNs until acknowledged
 
     // ---- either thread: whoever owns the exchange at that moment ----
@@ -122,10 +128,18 @@ private:
     // Either thread, with the guest stopped or before publishing a request.
     void writeClockBase();
 
-    // The vCPU thread's code: its type says so. It uses the shared state below (the
+    // ---- the runner taking or giving back the sandbox (runner.cc) ----
+    // Borrows the runner's timers and signal, and re-arms on them what the monitors
+    // and the bell still had to run; release() disarms them and keeps what was left.
+    void hold(Runner &runner);
+    void release();
+
+    // The runner's code: its type says so. It uses the shared state below (the
     // mailbox, events, cancel word, hand-over, exchange record, timers, guest memory)
-    // and never the main thread's own (thread lifetime).
+    // and never the main thread's own (started_, finished_).
     friend class VcpuThread;
+    friend class RunnerPool;
+    friend class Runner;
 
     const uint64_t id_;
     std::vector<uint8_t> image_; // empty for a clone
@@ -134,13 +148,17 @@ private:
     SpinConfig spin_;
     std::function<void()> notify_;
 
-    // Thread lifetime (main thread only, except exited_).
-    std::thread thread_;
-    bool threadStarted_ = false;
-    bool joined_ = false;
+    // Lifetime (main thread only, except exited_).
+    bool started_ = false;  // an op was posted
+    bool finished_ = false; // stopped (or left to its runner by stopAndJoin)
     std::mutex exitMu_;
     std::condition_variable exitCv_;
-    bool exited_ = false; // under exitMu_: threadMain has returned
+    bool exited_ = false; // under exitMu_: the Stop op has run
+
+    // The pool's (under RunnerPool's lock).
+    RunState runState_ = RunState::Idle;
+    // The runner's code for this sandbox (owns the VM and vCPU).
+    std::unique_ptr<VcpuThread> vcpuThread_;
 
     std::mutex reasonMu_; // guards notRunnableReason_
     CancelState cancel_;
@@ -161,14 +179,28 @@ private:
     std::atomic<uint64_t> windowDueNs_{0};   // when the armed windowTimer_ fires (monotonic)
     std::atomic<uint64_t> answerCpuNs_{0};   // vCPU CPU clock at the answer while the guest runs on (0: none)
     std::atomic<uint64_t> carriedCpuNs_{0};  // post-answer guest time not yet charged to an exchange
-    clockid_t vcpuClock_{};                  // the vCPU thread's CPU-time clock
 
-    // Timers aimed at the vCPU thread: created and deleted by it, under timerMu_ so
-    // the main thread's bell never touches a deleted timer.
+    // The sandbox's own CPU clock (vcpuCpuNs): the CPU time of the runners while they
+    // held it. Changed by hold/release under timerMu_; read by the holder, by the main
+    // thread under timerMu_ (postFast), by the answer watcher while it watches
+    // (release waits until it is done).
+    clockid_t vcpuClock_{};        // the holder's thread CPU clock
+    bool held_ = false;
+    uint64_t cpuBeforeHoldNs_ = 0; // this sandbox's CPU time up to the current hold
+    uint64_t holdStartCpuNs_ = 0;  // the holder's clock when it took the sandbox
+
+    // The holder's timers, borrowed while a runner holds the sandbox (null otherwise):
+    // set under timerMu_, so the main thread's bell and fast post use them only while
+    // they are this sandbox's.
     std::mutex timerMu_;
-    std::unique_ptr<ThreadTimer> wallTimer_, cpuTimer_, windowTimer_, bellTimer_;
+    Runner *holder_ = nullptr;
+    ThreadTimer *wallTimer_ = nullptr, *cpuTimer_ = nullptr, *windowTimer_ = nullptr, *bellTimer_ = nullptr;
     std::atomic<bool> bellArmed_{false}; // changed under timerMu_; read without it as a hint
-    std::string timerError_;
+    // What the monitors had left when the last holder let go (0: not armed).
+    uint64_t wallDeadlineNs_ = 0; // monotonic
+    uint64_t cpuLeftNs_ = 0;
+    std::atomic<bool> preemptRequested_{false}; // the holder's quantum is over and others wait
+    SignalTarget signalTarget_;
 
     // Guest (vCPU thread only, between setUpGuest and tearDownGuest).
     // memory_ is also read by the main thread for requests handed over in memory,

@@ -38,6 +38,13 @@ inline void futexWait(std::atomic<uint32_t> *word, uint32_t expected) {
     syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
 }
 
+// futexWait for at most `ns` (a relative timeout: the kernel's FUTEX_WAIT takes one).
+inline void futexWaitFor(std::atomic<uint32_t> *word, uint32_t expected, uint64_t ns) {
+    static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
+    timespec timeout{static_cast<time_t>(ns / 1'000'000'000ull), static_cast<long>(ns % 1'000'000'000ull)};
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_PRIVATE, expected, &timeout, nullptr, 0);
+}
+
 inline void futexWake(std::atomic<uint32_t> *word) {
     syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
 }

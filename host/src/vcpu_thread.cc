@@ -22,28 +22,7 @@ namespace airlock {
 
 // ---- mailbox loop -----------------------------------------------------------------
 
-void VcpuThread::createTimers() {
-    std::lock_guard<std::mutex> lock(s_.timerMu_);
-    clockid_t cpuClock;
-    if (int rc = pthread_getcpuclockid(pthread_self(), &cpuClock); rc != 0)
-        throw std::system_error(rc, std::generic_category(), "pthread_getcpuclockid");
-    const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
-    s_.wallTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TerminatedBy::WallClock), tid);
-    s_.cpuTimer_ = std::make_unique<ThreadTimer>(cpuClock, static_cast<int>(TerminatedBy::CpuTime), tid);
-    s_.windowTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TimerTag::Window), tid);
-    s_.bellTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TimerTag::Bell), tid);
-    s_.vcpuClock_ = cpuClock;
-}
-
-void VcpuThread::deleteTimers() {
-    std::lock_guard<std::mutex> lock(s_.timerMu_);
-    s_.wallTimer_.reset();
-    s_.cpuTimer_.reset();
-    s_.windowTimer_.reset();
-    s_.bellTimer_.reset();
-}
-
-// The thread has seen what the bell rang for and re-checks the state word before it
+// The runner has seen what the bell rang for and re-checks the state word before it
 // next enters the guest or sleeps (every caller does): the bell may stop.
 void VcpuThread::ackInterrupt() {
     if (!s_.bellArmed_.load()) return;
@@ -52,84 +31,153 @@ void VcpuThread::ackInterrupt() {
     if (s_.bellTimer_) s_.bellTimer_->disarm();
 }
 
-void VcpuThread::run() {
-    // Named, so tools (top -H, /proc/<pid>/task/*/comm) tell guest time from Node's.
-    pthread_setname_np(pthread_self(), "airlock-vcpu");
-    SignalTarget target{&s_.cancel_, s_.handover_.wakeWord(), &s_.signalVcpu_};
-    try {
-        bindSignalTarget(&target);
-        createTimers();
-    } catch (const std::exception &e) {
-        s_.timerError_ = e.what();
-        deleteTimers();
+Served VcpuThread::serve(const Runner &runner) {
+    // A runner whose timers could not be made cannot run a guest under a budget: the
+    // suspended exchange waits for another runner.
+    if (suspended_ && !runner.timersReady()) return Served::Preempted;
+    if (suspended_) {
+        resume();
+        if (suspended_) return Served::Preempted;
     }
-    const bool timersReady = s_.bellTimer_ != nullptr;
-    // Whether polling pays here depends on what an exit costs: once per process.
-    CoreBudget::instance().measureExitFloorOnce();
-
     for (;;) {
-        waitFor([this] { return s_.handover_.opWaiting(); }, false);
+        if (!waitForOp()) return Served::Idle;
         // Every op may rewrite guest memory or start an exchange: no watcher may
         // still be reading the last one.
         s_.waitUnwatched();
         Op op = s_.handover_.takeOp();
         s_.cancel_.clearKick();
         ackInterrupt();
-        if (op.kind == OpKind::Stop) break;
-        std::optional<Outcome> outcome;
-        if (!timersReady) {
-            outcome = Outcome{};
-            outcome->code = OutcomeCode::Internal;
-            outcome->message = "cannot set up the vCPU thread's signal and monitor timers: " + s_.timerError_;
-        } else {
-            try {
-                outcome = handle(op);
-            } catch (const std::exception &e) {
-                s_.session_.store(false);
-                releasePollSlot();
-                std::string reason = std::string("a hypervisor operation failed: ") + e.what();
-                s_.poison(reason);
-                if (s_.handover_.attached()) s_.handover_.setPoll(AIRLOCK_POLL_IDLE);
-                outcome.reset();
-                const bool session = op.kind == OpKind::Boot || op.kind == OpKind::Exchange;
-                // An exchange still unanswered fails; one already answered owes nothing.
-                if (!session || s_.claimExchange(false)) {
-                    Outcome o;
-                    o.code = OutcomeCode::Internal;
-                    o.message = reason;
-                    outcome = session ? s_.finishExchange(std::move(o)) : std::move(o);
-                    if (session) s_.handover_.reset();
-                } else {
-                    // A monitor left armed by the failed exchange must not cancel a later one.
-                    s_.wallTimer_->disarm();
-                    s_.cpuTimer_->disarm();
-                }
-                s_.windowTimer_->disarm();
-                s_.windowArmed_.store(false);
-                s_.windowEndNs_.store(0);
+        if (op.kind == OpKind::Stop) {
+            tearDownGuest();
+            Event done;
+            done.kind = EventKind::Done;
+            done.op = OpKind::Stop;
+            emit(std::move(done));
+            {
+                std::lock_guard<std::mutex> lock(s_.exitMu_);
+                s_.exited_ = true;
             }
+            s_.exitCv_.notify_all();
+            return Served::Stopped;
         }
-        if (outcome) {
-            Event ev;
-            ev.kind = EventKind::Done;
-            ev.op = op.kind;
-            ev.outcome = std::move(*outcome);
-            emit(std::move(ev));
-        }
+        runOp(op, runner);
+        if (suspended_) return Served::Preempted;
     }
+}
 
-    tearDownGuest();
-    deleteTimers();
-    unbindSignalTarget();
-    Event done;
-    done.kind = EventKind::Done;
-    done.op = OpKind::Stop;
-    emit(std::move(done));
-    {
-        std::lock_guard<std::mutex> lock(s_.exitMu_);
-        s_.exited_ = true;
+// Spins for vcpuSpinNs while a core is free for it (CoreBudget), then lingers asleep
+// for kRunnerLingerNs, while no other sandbox waits for a runner: the next op often
+// follows the last answer closely. False when none came: the runner lets go of the
+// sandbox (an op posted later queues it again).
+bool VcpuThread::waitForOp() {
+    if (s_.handover_.opWaiting()) return true;
+    if (RunnerPool::contention().load() > 0) return false;
+    if (s_.spin_.vcpuSpinNs > 0 && CoreBudget::instance().spinAllowed() && spinForOp()) return true;
+    return lingerForOp();
+}
+
+// Asleep on the sandbox's futex word (a post wakes it), until an op comes, the linger
+// ends, or the pool wakes it because another sandbox needs a runner.
+bool VcpuThread::lingerForOp() {
+    RunnerPool &pool = RunnerPool::instance();
+    pool.lingering(&s_, true);
+    const uint64_t end = monotonicNs() + kRunnerLingerNs;
+    for (;;) {
+        const uint32_t seq = s_.handover_.wakeSeq();
+        if (s_.handover_.opWaiting() || RunnerPool::contention().load() > 0) break;
+        // Not in the guest: a bell (for an op, or a late kill) is heard here.
+        if (s_.cancel_.wantsInterrupt()) ackInterrupt();
+        const uint64_t now = monotonicNs();
+        if (now >= end) break;
+        s_.handover_.sleepFor(seq, end - now);
     }
-    s_.exitCv_.notify_all();
+    pool.lingering(&s_, false);
+    return s_.handover_.opWaiting();
+}
+
+bool VcpuThread::spinForOp() {
+    if (RunnerPool::contention().load() > 0) return false;
+    const uint64_t deadline = monotonicNs() + s_.spin_.vcpuSpinNs;
+    uint64_t nextYield = monotonicNs() + kSpinYieldNs;
+    while (!s_.handover_.opWaiting()) {
+        // Not in the guest: a bell (for an op, or a late kill) is heard here.
+        if (s_.cancel_.wantsInterrupt()) ackInterrupt();
+        for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
+        const uint64_t now = monotonicNs();
+        if (now >= deadline || RunnerPool::contention().load() > 0) return s_.handover_.opWaiting();
+        // The scheduler may still have put the thread we wait for on this core.
+        if (now >= nextYield) {
+            sched_yield();
+            nextYield = now + kSpinYieldNs;
+        }
+    }
+    return true;
+}
+
+// One op (not Stop) and the Done event it owes, unless its session emits it or it
+// was suspended with its exchange in flight.
+void VcpuThread::runOp(const Op &op, const Runner &runner) {
+    std::optional<Outcome> outcome;
+    if (!runner.timersReady()) {
+        outcome = Outcome{};
+        outcome->code = OutcomeCode::Internal;
+        outcome->message = "cannot set up the runner thread's signal and monitor timers: " + runner.timerError();
+    } else {
+        try {
+            outcome = handle(op);
+        } catch (const std::exception &e) {
+            outcome = hypervisorFailed(op.kind, e.what());
+        }
+    }
+    if (outcome) emitDone(op.kind, std::move(*outcome));
+}
+
+void VcpuThread::emitDone(OpKind kind, Outcome o) {
+    Event ev;
+    ev.kind = EventKind::Done;
+    ev.op = kind;
+    ev.outcome = std::move(o);
+    emit(std::move(ev));
+}
+
+// An ioctl of op `kind` threw: the guest is poisoned; the outcome to emit, if any.
+std::optional<Outcome> VcpuThread::hypervisorFailed(OpKind kind, const char *what) {
+    suspended_ = false;
+    s_.session_.store(false);
+    releasePollSlot();
+    std::string reason = std::string("a hypervisor operation failed: ") + what;
+    s_.poison(reason);
+    if (s_.handover_.attached()) s_.handover_.setPoll(AIRLOCK_POLL_IDLE);
+    std::optional<Outcome> outcome;
+    const bool session = kind == OpKind::Boot || kind == OpKind::Exchange;
+    // An exchange still unanswered fails; one already answered owes nothing.
+    if (!session || s_.claimExchange(false)) {
+        Outcome o;
+        o.code = OutcomeCode::Internal;
+        o.message = reason;
+        outcome = session ? s_.finishExchange(std::move(o)) : std::move(o);
+        if (session) s_.handover_.reset();
+    } else {
+        // A monitor left armed by the failed exchange must not cancel a later one.
+        s_.wallTimer_->disarm();
+        s_.cpuTimer_->disarm();
+    }
+    s_.windowTimer_->disarm();
+    s_.windowArmed_.store(false);
+    s_.windowEndNs_.store(0);
+    return outcome;
+}
+
+// A runner takes up an exchange that yielded its last one: the session goes on where
+// it stopped (the run loop re-checks the cancel word and the clock before entering).
+void VcpuThread::resume() {
+    suspended_ = false;
+    const OpKind kind = s_.record_.op; // Boot or Exchange: the only ops with a session
+    try {
+        runSession();
+    } catch (const std::exception &e) {
+        if (std::optional<Outcome> o = hypervisorFailed(kind, e.what())) emitDone(kind, std::move(*o));
+    }
 }
 
 std::optional<Outcome> VcpuThread::handle(const Op &op) {
@@ -159,8 +207,8 @@ void VcpuThread::emit(Event ev) {
 }
 
 // Spins for vcpuSpinNs while a core is free for it (CoreBudget), then sleeps on the
-// futex; every wake-up re-checks. With `stopOnCancel`, a cancel reason ends the wait
-// (false).
+// futex (telling the pool, which may start another runner for the queue meanwhile);
+// every wake-up re-checks. With `stopOnCancel`, a cancel reason ends the wait (false).
 template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCancel) {
     const uint64_t deadline = monotonicNs() + s_.spin_.vcpuSpinNs;
     uint64_t nextYield = deadline - s_.spin_.vcpuSpinNs + kSpinYieldNs;
@@ -182,7 +230,10 @@ template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCance
             if (now < deadline) continue;
             spinning = false;
         }
+        if (ready() || (stopOnCancel && s_.cancel_.cancelled())) continue;
+        RunnerPool::instance().sleeping(true);
         s_.handover_.sleep(seq, !ready() && !(stopOnCancel && s_.cancel_.cancelled()));
+        RunnerPool::instance().sleeping(false);
     }
 }
 
@@ -465,8 +516,10 @@ void VcpuThread::runSession() {
             return void(abortGuest("poll_state " + std::to_string(poll) + " is not a protocol step " +
                                    (state == Handover::kInFlight ? "during a request" : "with no request in flight")));
         if (state == Handover::kInFlight && s_.cancel_.cancelled() && cancelInFlight()) return;
-        if (state != Handover::kInFlight &&
-            (s_.handover_.opWaiting() || !s_.runnable_.load() || (state == Handover::kNoExchange && windowOver()))) {
+        const bool yield = yieldNow();
+        if (state == Handover::kInFlight && yield) return suspend();
+        if (state != Handover::kInFlight && (yield || s_.handover_.opWaiting() || !s_.runnable_.load() ||
+                                             (state == Handover::kNoExchange && windowOver()))) {
             // Other work waits, the guest is done for, or its window is over: take it
             // out of its poll. The guest is stopped, so only a fast request (READY ->
             // REQUEST) can race the swap; the next pass serves that one.
@@ -497,6 +550,25 @@ void VcpuThread::runSession() {
         }
         if (next == Next::Leave) return;
     }
+}
+
+// The runner's quantum is over and other sandboxes wait for a runner (the quantum
+// timer's signal said so). An exchange the answer watcher watches runs on: its watch
+// is bounded, and release would wait for it anyway.
+bool VcpuThread::yieldNow() const {
+    return s_.preemptRequested_.load() && RunnerPool::contention().load() > 0 && !s_.watched_.load();
+}
+
+// The exchange in flight gives up its runner: the guest is stopped and stays so until
+// a runner takes the sandbox from the back of the queue (serve resumes it). Its wall
+// clock runs on; its CPU budget and clock pause with the sandbox's (release/hold).
+void VcpuThread::suspend() {
+    suspended_ = true;
+    s_.session_.store(false);
+    releasePollSlot();
+    s_.windowTimer_->disarm();
+    s_.windowArmed_.store(false);
+    vcpu_->clearInterrupt();
 }
 
 // A kill, a monitor, a kick for a waiting op, the window's end, or a late signal. The

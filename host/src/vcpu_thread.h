@@ -1,8 +1,10 @@
-// vcpu_thread.h — the code of a sandbox's vCPU thread, as one type: its mailbox loop,
-// guest setup and teardown, snapshot/restore calls, and the run loop of an exchange
-// with one handler per exit kind. It lives on the thread's own stack for the
-// thread's lifetime and owns the VM and vCPU; everything it shares with the main
-// thread is in its Sandbox (sandbox.h says who may touch what).
+// vcpu_thread.h — the code that runs a sandbox's vCPU on whichever runner thread
+// holds the sandbox (runner.h), as one type: its mailbox loop, guest setup and
+// teardown, snapshot/restore calls, and the run loop of an exchange with one handler
+// per exit kind. It lives as long as its Sandbox and owns the VM and vCPU; only the
+// runner holding the sandbox calls it, so every vCPU ioctl comes from that runner.
+// Everything it shares with the main thread is in its Sandbox (sandbox.h says who
+// may touch what).
 #pragma once
 
 #include <memory>
@@ -20,16 +22,24 @@ public:
     VcpuThread(const VcpuThread &) = delete;
     VcpuThread &operator=(const VcpuThread &) = delete;
 
-    // The thread's body: serves the mailbox until Stop, then tears the guest down.
-    void run();
+    // A runner's turn on the sandbox (it holds it): resumes a suspended exchange,
+    // then serves the mailbox while ops come; on Stop tears the guest down.
+    Served serve(const Runner &runner);
 
 private:
     // What the run loop does after handling an exit.
     enum class Next { Run, Leave };
 
-    void createTimers();
-    void deleteTimers();
     void ackInterrupt();
+    bool waitForOp();
+    bool spinForOp();
+    bool lingerForOp();
+    void runOp(const Op &op, const Runner &runner);
+    void resume();
+    void emitDone(OpKind kind, Outcome o);
+    std::optional<Outcome> hypervisorFailed(OpKind kind, const char *what);
+    bool yieldNow() const;
+    void suspend();
     std::optional<Outcome> handle(const Op &op);
     std::optional<Outcome> boot();
     Outcome bootFromTemplate(); // clone_boot.cc
@@ -62,6 +72,7 @@ private:
     std::unique_ptr<hv::Vm> vm_;
     std::unique_ptr<hv::Vcpu> vcpu_;
     uint64_t nextHostCallId_ = 1;
+    bool suspended_ = false; // an exchange in flight yielded its runner (suspend())
 };
 
 } // namespace airlock

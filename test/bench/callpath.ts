@@ -30,8 +30,8 @@ const timedCall = (s: LoadedJSSandbox, handler = 'echo', event: unknown = EVENT)
 };
 
 /**
- * The thread that carries a sandbox's calls: the KVM tier's vCPU thread (named
- * airlock-vcpu), the WebAssembly tier's worker thread (Node gives it no name of its own,
+ * The thread that carries a sandbox's calls: the KVM tier's runner thread (named
+ * airlock-run-N; an idle sandbox holds none, and a quiet pool keeps handing its calls to the same one), the WebAssembly tier's worker thread (Node gives it no name of its own,
  * and the tier's pool may have started it before the sandbox existed). Found as the
  * thread other than the main one whose CPU time grows most over a burst of calls.
  */
@@ -41,7 +41,7 @@ async function callingThread(backend: Backend, burst: () => Promise<unknown>): P
   for (let i = 0; i < 200; i++) await burst();
   const growth = [...cpuOf()]
     .filter(([tid]) => tid !== process.pid)
-    .map(([tid, ns]) => ({ tid, grew: ns - (before.get(tid) ?? 0), vcpu: threadName(tid) === 'airlock-vcpu' }))
+    .map(([tid, ns]) => ({ tid, grew: ns - (before.get(tid) ?? 0), vcpu: threadName(tid).startsWith('airlock-run-') }))
     .filter((t) => t.grew > 0)
     .sort((a, b) => b.grew - a.grew);
   // On KVM the vCPU thread by its name when it has one; any busiest thread otherwise.

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { describeKvm } from '../support/kvm.js';
+import { loadAddon } from './raw-guest.js';
 
 const child = join(__dirname, 'fixtures', 'hostile-generator-child.ts');
 const targetSteps = Number(process.env.AIRLOCK_HOSTILE_STEPS ?? 100_000);
@@ -23,8 +24,8 @@ interface Summary {
   seed: number;
   steps: number;
   rejections: Record<string, number>;
-  start: { fds: number; threads: number; rss: number; v8Heap: number };
-  end: { fds: number; threads: number; rss: number; v8Heap: number };
+  start: { fds: number; threads: number; runners: number; rss: number; v8Heap: number };
+  end: { fds: number; threads: number; runners: number; rss: number; v8Heap: number };
   failures: string[];
 }
 
@@ -60,9 +61,11 @@ describeKvm('host addon: seeded random hostile guests', () => {
       expect(summary.failures, report).toEqual([]);
       expect(summary.steps).toBeGreaterThanOrEqual(targetSteps);
       for (const code of Object.keys(summary.rejections)) expect(documented).toContain(code);
-      // Every VM is disposed: its vCPU thread joined, its VM and vCPU fds closed ...
+      // Every VM is disposed: its VM and vCPU fds closed, no thread left but the
+      // runner pool's (bounded, whatever the guests did) ...
       expect(summary.end.fds, report).toBeLessThanOrEqual(summary.start.fds);
       expect(summary.end.threads, report).toBeLessThanOrEqual(summary.start.threads);
+      expect(summary.end.runners, report).toBeLessThanOrEqual(loadAddon().runnerPool().hardCap);
       // ... and its memory (guest memory, snapshots) released: RSS apart from V8's own
       // heap ends within 32 MiB of where it started. A leak held per VM (guest memory or
       // a snapshot, MiBs each) over the ~180 VMs of a run is far above that; what moves

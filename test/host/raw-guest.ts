@@ -37,6 +37,8 @@ export interface Addon {
   /** The process-wide busy-wait budget: exit floor (0 until the first VM started), cap, guests polling now. */
   pollingBudget(): { exitFloorUs: number; cap: number; polling: number };
   setCancelSignal(signal: number): void;
+  /** The runner pool: runners kept busy at once (soft size), the most that may exist, and threads now. */
+  runnerPool(): { limit: number; hardCap: number; runners: number };
   Vm: new (image: Buffer, config: VmConfig, onHostCall: (output: Buffer, callId: number) => void) => NativeVm;
 }
 

@@ -1,0 +1,267 @@
+// runner.cc — the runner pool: its queue, the runner threads' lives (started lazily,
+// retired when idle) and a runner's turn on a sandbox (hold, serve, release).
+#include "runner.h"
+
+#include <algorithm>
+#include <csignal>
+#include <sched.h>
+#include <string>
+#include <sys/syscall.h>
+#include <system_error>
+#include <thread>
+#include <unistd.h>
+
+#include "core_budget.h"
+#include "sandbox.h"
+#include "vcpu_thread.h"
+
+namespace airlock {
+
+namespace {
+
+// Twice the CPUs the process may use (a runner may spin or sleep briefly between a
+// guest's exits), at least 2, and never near the thread budget the pool is judged by.
+int runnerLimit() {
+    cpu_set_t cpus;
+    int allowed = 1;
+    if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) allowed = std::max(1, CPU_COUNT(&cpus));
+    return std::clamp(2 * allowed, 2, 16);
+}
+
+} // namespace
+
+RunnerPool &RunnerPool::instance() {
+    // Never destroyed: runner threads may still wait on its lock while the process exits.
+    static RunnerPool *pool = new RunnerPool();
+    return *pool;
+}
+
+RunnerPool::RunnerPool() : limit_(runnerLimit()) {}
+
+int RunnerPool::runnerCount() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return runners_;
+}
+
+void RunnerPool::schedule(const std::shared_ptr<Sandbox> &s, bool urgent) {
+    std::unique_lock<std::mutex> lock(mu_);
+    switch (s->runState_) {
+    case RunState::Held:
+    case RunState::Done:
+        return;
+    case RunState::Queued:
+        if (urgent) {
+            auto it = std::find(queue_.begin(), queue_.end(), s);
+            if (it != queue_.begin() && it != queue_.end()) {
+                queue_.erase(it);
+                queue_.push_front(s);
+            }
+        }
+        return;
+    case RunState::Idle:
+        break;
+    }
+    if (urgent) return; // a cancel with no exchange suspended in the queue: nothing to end
+    s->runState_ = RunState::Queued;
+    queue_.push_back(s);
+    queued_.store(static_cast<uint32_t>(queue_.size()));
+    bool notify;
+    try {
+        notify = wakeOrStartLocked();
+    } catch (...) {
+        // No runner exists and none can start: nobody would ever take it.
+        queue_.pop_back();
+        queued_.store(static_cast<uint32_t>(queue_.size()));
+        s->runState_ = RunState::Idle;
+        throw;
+    }
+    lock.unlock();
+    // After unlocking: the woken runner's first step is to take the lock.
+    if (notify) cv_.notify_one();
+}
+
+// Under mu_, with the queue non-empty: an idle runner takes it (true: the caller
+// notifies cv_), or a new one starts while fewer than limit_ runners are awake, or
+// the sandbox has to wait and the busy runners' quanta start. Throws only when no
+// runner exists and none can start (the runners that exist serve the queue in turn
+// otherwise).
+bool RunnerPool::wakeOrStartLocked() {
+    if (idle_ > 0) return true;
+    // Runners started but not yet waiting take queued sandboxes first.
+    if (static_cast<size_t>(starting_) >= queue_.size()) return false;
+    // A lingering runner lets go of its idle sandbox and takes the queue's front.
+    if (!lingering_.empty()) {
+        lingering_.back()->handover_.wake();
+        lingering_.pop_back();
+        return false;
+    }
+    if (runners_ - sleeping_ < limit_ && runners_ < kRunnerHardCap) {
+        try {
+            startRunnerLocked();
+            return false;
+        } catch (const std::exception &) {
+            if (runners_ == 0) throw;
+        }
+    }
+    armQuantaLocked();
+    return false;
+}
+
+// Under mu_: a sandbox waits for a runner, so each runner holding one yields after a
+// quantum of its CPU from now. timer_settime on another thread's timer is allowed:
+// a POSIX timer belongs to the process; only its signal goes to the runner.
+void RunnerPool::armQuantaLocked() {
+    for (Runner *r : live_) {
+        if (!r->holding_ || r->quantumArmed_ || !r->quantumTimer_) continue;
+        r->quantumTimer_->arm(kRunnerQuantumNs, kRunnerQuantumNs);
+        r->quantumArmed_ = true;
+    }
+}
+
+void RunnerPool::startRunnerLocked() {
+    // A runner takes only the cancellation signal (unblocked by bindSignalTarget):
+    // process signals meant for Node (SIGINT, SIGCHLD, ...) go to other threads and
+    // never interrupt KVM_RUN. Threads inherit the creator's mask.
+    sigset_t all, old;
+    sigfillset(&all);
+    if (int rc = pthread_sigmask(SIG_SETMASK, &all, &old); rc != 0)
+        throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
+    auto runner = std::make_unique<Runner>(nextIndex_++);
+    Runner *r = runner.get();
+    live_.push_back(r);
+    try {
+        std::thread([owned = std::move(runner)] { owned->main(); }).detach();
+    } catch (...) {
+        live_.pop_back();
+        pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        throw;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr); // restoring a mask read above cannot fail
+    ++runners_;
+    ++starting_;
+}
+
+void RunnerPool::sleeping(bool asleep) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (asleep) {
+        ++sleeping_;
+        if (!queue_.empty() && wakeOrStartLocked()) cv_.notify_one();
+    } else {
+        --sleeping_;
+    }
+}
+
+void RunnerPool::lingering(Sandbox *s, bool asleep) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find(lingering_.begin(), lingering_.end(), s);
+    if (asleep && it == lingering_.end())
+        lingering_.push_back(s);
+    else if (!asleep && it != lingering_.end())
+        lingering_.erase(it);
+}
+
+std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<Sandbox> &last, Served how) {
+    std::unique_lock<std::mutex> lock(mu_);
+    // The sandbox was released (its signal target cleared): a quantum signal still
+    // in flight finds no sandbox.
+    if (runner.quantumArmed_) {
+        runner.quantumTimer_->disarm();
+        runner.quantumArmed_ = false;
+    }
+    runner.holding_ = false;
+    // In the same hold of the lock as the wait below: a sandbox posted to meanwhile
+    // finds this runner idle rather than starting another.
+    if (!last) {
+        --starting_;
+    } else if (keepLocked(last, how)) {
+        runner.holding_ = true;
+        if (!queue_.empty()) armQuantaLocked();
+        return last;
+    }
+    while (queue_.empty()) {
+        ++idle_;
+        const bool woken = cv_.wait_for(lock, std::chrono::nanoseconds(kRunnerRetireNs), [this] { return !queue_.empty(); });
+        --idle_;
+        if (!woken) {
+            --runners_;
+            live_.erase(std::find(live_.begin(), live_.end(), &runner));
+            return nullptr;
+        }
+    }
+    std::shared_ptr<Sandbox> s = std::move(queue_.front());
+    queue_.pop_front();
+    queued_.store(static_cast<uint32_t>(queue_.size()));
+    s->runState_ = RunState::Held;
+    runner.holding_ = true;
+    if (!queue_.empty()) armQuantaLocked();
+    return s;
+}
+
+// Under mu_, after a turn, with the sandbox released: true when the same runner
+// takes it again at once (work arrived before the pool's lock, and nobody else waits
+// for a runner).
+bool RunnerPool::keepLocked(const std::shared_ptr<Sandbox> &s, Served how) {
+    switch (how) {
+    case Served::Stopped:
+        s->runState_ = RunState::Done;
+        return false;
+    case Served::Preempted:
+        if (queue_.empty()) return true;
+        break;
+    case Served::Idle:
+        // Sandbox::post queues only a sandbox no runner holds: an op posted while
+        // this runner held it is seen here, under the same lock.
+        if (!s->handover_.opWaiting()) {
+            s->runState_ = RunState::Idle;
+            return false;
+        }
+        if (queue_.empty()) return true;
+        break;
+    }
+    s->runState_ = RunState::Queued;
+    queue_.push_back(s);
+    queued_.store(static_cast<uint32_t>(queue_.size()));
+    if (wakeOrStartLocked()) cv_.notify_one();
+    return false;
+}
+
+void Runner::createTimers() {
+    if (int rc = pthread_getcpuclockid(pthread_self(), &cpuClock_); rc != 0)
+        throw std::system_error(rc, std::generic_category(), "pthread_getcpuclockid");
+    const pid_t tid = static_cast<pid_t>(syscall(SYS_gettid));
+    wallTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TerminatedBy::WallClock), tid);
+    cpuTimer_ = std::make_unique<ThreadTimer>(cpuClock_, static_cast<int>(TerminatedBy::CpuTime), tid);
+    windowTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TimerTag::Window), tid);
+    quantumTimer_ = std::make_unique<ThreadTimer>(cpuClock_, static_cast<int>(TimerTag::Quantum), tid);
+    timespec ts;
+    if (clock_gettime(cpuClock_, &ts) == 0) lastCpuNs_ = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+    // Last: timersReady() means all of them exist.
+    bellTimer_ = std::make_unique<ThreadTimer>(CLOCK_MONOTONIC, static_cast<int>(TimerTag::Bell), tid);
+}
+
+void Runner::main() {
+    thread_ = pthread_self();
+    // Named, so tools (top -H, /proc/<pid>/task/*/comm) tell guest time from Node's.
+    const std::string name = "airlock-run-" + std::to_string(index_);
+    pthread_setname_np(thread_, name.c_str());
+    try {
+        bindSignalTarget(nullptr);
+        createTimers();
+    } catch (const std::exception &e) {
+        timerError_ = e.what();
+        bellTimer_.reset(); // not ready: every op this runner takes fails with the reason
+    }
+    // Whether polling pays here depends on what an exit costs: once per process.
+    CoreBudget::instance().measureExitFloorOnce();
+    RunnerPool &pool = RunnerPool::instance();
+    std::shared_ptr<Sandbox> s;
+    Served how = Served::Idle;
+    while ((s = pool.next(*this, s, how))) {
+        s->hold(*this);
+        how = s->vcpuThread_->serve(*this);
+        s->release();
+    }
+    unbindSignalTarget();
+}
+
+} // namespace airlock

@@ -1,0 +1,143 @@
+// vcpu_handover_probe.cc — measures what a runner pool pays when a vCPU changes
+// threads: the first KVM_RUN on a vCPU after another thread last ran it, against a
+// KVM_RUN from the thread that ran it last. Some kernels wait in synchronize_rcu when
+// a vCPU's pid changes; the figures decide how often a sandbox may move between runners.
+// Build and run: bash scripts/probe-vcpu-handover.sh [rounds]
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "../../guest/include/abi.h"
+#include "../src/guest_memory.h"
+#include "../src/layout.h"
+
+using namespace airlock;
+
+namespace {
+
+double nowUs() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) / 1e3;
+}
+
+void report(const char *what, std::vector<double> us) {
+    std::sort(us.begin(), us.end());
+    const auto at = [&](double q) { return us[static_cast<size_t>(q * static_cast<double>(us.size() - 1))]; };
+    std::printf("%-44s p50 %8.1f us  p90 %8.1f us  p99 %8.1f us  max %8.1f us  (n=%zu)\n", what, at(0.5), at(0.9),
+                at(0.99), us.back(), us.size());
+}
+
+// Two threads take turns on one vCPU; each hand-over is ordered by a mutex, as a
+// runner queue's lock would order it.
+class PingPong {
+public:
+    explicit PingPong(hv::Vcpu &vcpu) : vcpu_(vcpu) {}
+    std::vector<double> run(int rounds) {
+        std::vector<double> first;
+        std::thread other([&] { turns(1, rounds, first); });
+        std::vector<double> mine;
+        turns(0, rounds, mine);
+        other.join();
+        first.insert(first.end(), mine.begin(), mine.end());
+        return first;
+    }
+
+private:
+    void turns(int me, int rounds, std::vector<double> &out) {
+        for (int i = 0; i < rounds; ++i) {
+            std::unique_lock<std::mutex> lock(mu_);
+            cv_.wait(lock, [&] { return turn_ == me; });
+            const double t0 = nowUs();
+            const hv::Exit exit = vcpu_.run();
+            out.push_back(nowUs() - t0);
+            if (exit.kind != hv::ExitKind::Io) std::abort();
+            turn_ = 1 - me;
+            cv_.notify_all();
+        }
+    }
+    hv::Vcpu &vcpu_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    int turn_ = 0;
+};
+
+} // namespace
+
+int main(int argc, char **argv) {
+    const int rounds = argc > 1 ? std::atoi(argv[1]) : 2000;
+    constexpr uint64_t kCodeAddr = AIRLOCK_IMAGE_BASE;
+    // mov dx, AIRLOCK_PORT; mov eax, 1; loop: out dx, eax; jmp loop
+    const uint8_t code[] = {0x66, 0xBA, AIRLOCK_PORT & 0xff, AIRLOCK_PORT >> 8, 0xB8, 0x01, 0x00, 0x00, 0x00,
+                            0xEF, 0xEB, 0xFD};
+    GuestMemory mem(kCodeAddr + kHugePageSize);
+    buildSystemRegion(mem, {{kCodeAddr, kCodeAddr + kHugePageSize, false, true}});
+    std::memcpy(mem.at(kCodeAddr, sizeof code), code, sizeof code);
+    mem.populate(kCodeAddr, kHugePageSize);
+    auto vm = hv::createVm();
+    vm->mapMemory(0, 0, mem.base(), mem.size());
+    auto vcpu = vm->createVcpu();
+    vcpu->setSpecialRegisters(ring3SpecialRegisters(vcpu->getSpecialRegisters(), 0));
+    hv::Registers regs;
+    regs.rip = kCodeAddr;
+    regs.rflags = kRing3Rflags;
+    vcpu->setRegisters(regs);
+    for (int i = 0; i < 64; ++i) vcpu->run(); // first entries fault pages in
+
+    // Same thread, back to back: the exit floor.
+    std::vector<double> same;
+    for (int i = 0; i < rounds; ++i) {
+        const double t0 = nowUs();
+        vcpu->run();
+        same.push_back(nowUs() - t0);
+    }
+    // Same thread, but with a futex hand-over to a second thread that does not touch
+    // the vCPU in between: what the synchronisation alone costs.
+    std::vector<double> sameAfterWait;
+    {
+        std::mutex mu;
+        std::condition_variable cv;
+        int turn = 0;
+        std::thread idle([&] {
+            for (int i = 0; i < rounds; ++i) {
+                std::unique_lock<std::mutex> lock(mu);
+                cv.wait(lock, [&] { return turn == 1; });
+                turn = 0;
+                cv.notify_all();
+            }
+        });
+        for (int i = 0; i < rounds; ++i) {
+            std::unique_lock<std::mutex> lock(mu);
+            cv.wait(lock, [&] { return turn == 0; });
+            const double t0 = nowUs();
+            vcpu->run();
+            sameAfterWait.push_back(nowUs() - t0);
+            turn = 1;
+            cv.notify_all();
+        }
+        idle.join();
+    }
+    // Every KVM_RUN from the other thread than the last one.
+    std::vector<double> moved = PingPong(*vcpu).run(rounds / 2);
+    // A fresh thread per KVM_RUN (a runner that retired and a new one started).
+    std::vector<double> freshThread;
+    for (int i = 0; i < std::max(1, rounds / 10); ++i) {
+        std::thread([&] {
+            const double t0 = nowUs();
+            vcpu->run();
+            freshThread.push_back(nowUs() - t0);
+        }).join();
+    }
+    std::printf("kernel KVM_RUN round trip (bare ring-3 `out` loop), %d rounds\n", rounds);
+    report("same thread, back to back", same);
+    report("same thread, after a wait on another thread", sameAfterWait);
+    report("other thread than the last KVM_RUN", moved);
+    report("first KVM_RUN of a new thread", freshThread);
+    return 0;
+}
