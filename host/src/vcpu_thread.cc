@@ -134,6 +134,8 @@ void VcpuThread::run() {
 
 std::optional<Outcome> VcpuThread::handle(const Op &op) {
     Outcome o;
+    // Every other op may run the guest or remap its memory (VcpuThread::restore).
+    if (op.kind != OpKind::Restore) s_.untouchedSince_.store(0);
     switch (op.kind) {
     case OpKind::Boot:
         return boot();
@@ -320,10 +322,20 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
         o.message = "the snapshot belongs to another VM";
         return o;
     }
-    vcpu_->settle();
     try {
-        restoreSnapshot(*s_.memory_, *vcpu_, s_.layout_, snap);
+        if (s_.untouchedSince_.load() == snap.serial) {
+            // Restored to this snapshot and not run or written since: memory and
+            // registers are still the snapshot's. The system-call check stays, as after
+            // every restore.
+            checkNoSystemCalls(*vcpu_, snap.cpu.sregs);
+        } else {
+            s_.untouchedSince_.store(0); // a restore that fails halfway leaves a mix
+            vcpu_->settle();
+            restoreSnapshot(*s_.memory_, *vcpu_, s_.layout_, snap);
+            s_.untouchedSince_.store(snap.serial);
+        }
     } catch (const UnsafeCpuState &e) {
+        s_.untouchedSince_.store(0);
         s_.poison(e.what());
         o.code = OutcomeCode::InvalidArg;
         o.message = e.what();
