@@ -322,20 +322,21 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
         o.message = "the snapshot belongs to another VM";
         return o;
     }
+    // Cleared until this restore succeeds: one that throws may leave a mix of states,
+    // and the failure path after it writes guest memory (the poll word).
+    const bool untouched = s_.untouchedSince_.exchange(0) == snap.serial;
     try {
-        if (s_.untouchedSince_.load() == snap.serial) {
+        if (untouched) {
             // Restored to this snapshot and not run or written since: memory and
             // registers are still the snapshot's. The system-call check stays, as after
             // every restore.
             checkNoSystemCalls(*vcpu_, snap.cpu.sregs);
         } else {
-            s_.untouchedSince_.store(0); // a restore that fails halfway leaves a mix
             vcpu_->settle();
             restoreSnapshot(*s_.memory_, *vcpu_, s_.layout_, snap);
-            s_.untouchedSince_.store(snap.serial);
         }
+        s_.untouchedSince_.store(snap.serial);
     } catch (const UnsafeCpuState &e) {
-        s_.untouchedSince_.store(0);
         s_.poison(e.what());
         o.code = OutcomeCode::InvalidArg;
         o.message = e.what();
