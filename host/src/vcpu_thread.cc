@@ -324,7 +324,8 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
     }
     // Cleared until this restore succeeds: one that throws may leave a mix of states,
     // and the failure path after it writes guest memory (the poll word).
-    const bool untouched = s_.untouchedSince_.exchange(0) == snap.serial;
+    // A serial of 0 (no snapshot made by captureSnapshot) never matches: 0 is "none".
+    const bool untouched = s_.untouchedSince_.exchange(0) == snap.serial && snap.serial != 0;
     try {
         if (untouched) {
             // Restored to this snapshot and not run or written since: memory and
