@@ -340,6 +340,7 @@ void Sandbox::chargeAfterAnswer(uint64_t cpuNow) {
 void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, uint64_t wallTimeoutNs,
                             uint64_t cpuTimeoutNs) {
     const GuestLayout &l = layout_;
+    untouchedSince_.store(0); // the guest runs again (VcpuThread::restore)
     if (request) {
         // The caller checked request->size() <= inputSize. An empty request has no
         // data pointer: memcpy from null is undefined even for 0 bytes.

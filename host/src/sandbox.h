@@ -209,6 +209,9 @@ private:
     std::atomic<hv::Vcpu *> signalVcpu_{nullptr}; // what the signal handler may interrupt
     bool booted_ = false;
     std::atomic<bool> runnable_{false}; // false after an abort or cancel until a restore
+    // The serial of the snapshot last restored while neither the guest nor the host has
+    // changed the guest since (0 otherwise): restoring it again has nothing to revert.
+    std::atomic<uint64_t> untouchedSince_{0};
     std::string notRunnableReason_;     // under reasonMu_
     int64_t tscOffset_ = 0;             // guest TSC - host TSC
     uint64_t tscKhz_ = 0;               // set before the first entry; read by both threads after boot

@@ -4,6 +4,7 @@
 #include "snapshot.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -92,17 +93,18 @@ size_t Snapshot::bytes() const {
     return sizeof(Snapshot) + cpu.extended.xsave.size() + cpu.extended.xcrs.size() + (memory ? memory->dataBytes() : 0);
 }
 
-std::vector<PageRun> writtenRuns(const GuestMemory &mem, bool &known) {
+std::vector<PageRun> writtenRuns(const GuestMemory &mem, uint64_t from, uint64_t to, bool &known) {
     std::vector<PageRun> runs;
     known = false;
     const int fd = pagemapFd();
     if (fd < 0) return runs;
-    const uint64_t base = reinterpret_cast<uint64_t>(mem.base());
+    // Throws std::out_of_range unless [from, to) lies in guest memory.
+    const uint64_t base = reinterpret_cast<uint64_t>(mem.at(from, to - from)) - from;
     PageRegion regions[64];
     PmScanArg arg{};
     arg.size = sizeof arg;
-    arg.start = base;
-    arg.end = base + mem.size();
+    arg.start = base + from;
+    arg.end = base + to;
     // Private copies are anonymous pages, present or swapped out: not file pages.
     arg.categoryInverted = kPageIsFile;
     arg.categoryMask = kPageIsFile;
@@ -132,8 +134,10 @@ std::vector<PageRun> writtenRuns(const GuestMemory &mem, bool &known) {
 }
 
 std::shared_ptr<Snapshot> captureSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &l, uint64_t ownerId) {
+    static std::atomic<uint64_t> lastSerial{0};
     auto snap = std::make_shared<Snapshot>();
     snap->ownerId = ownerId;
+    snap->serial = lastSerial.fetch_add(1, std::memory_order_relaxed) + 1;
     snap->layout = l;
     snap->cpu.regs = vcpu.getRegisters();
     snap->cpu.sregs = vcpu.getSpecialRegisters();
@@ -160,13 +164,16 @@ void checkNoSystemCalls(hv::Vcpu &vcpu, const hv::SpecialRegisters &sregs) {
         throw UnsafeCpuState("the CPU state has a SYSCALL entry point (LSTAR/CSTAR is not 0): refused");
 }
 
-void restoreState(GuestMemory &mem, hv::Vcpu &vcpu, const std::shared_ptr<const MemoryImage> &memory,
-                  const CpuState &cpu) {
+void restoreState(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout,
+                  const std::shared_ptr<const MemoryImage> &memory, const CpuState &cpu) {
     // Before anything is written: EFER is what setSpecialRegisters installs below.
     if (cpu.sregs.efer & hv::kEferSce) throw UnsafeCpuState("the snapshot enables SYSCALL (EFER.SCE): refused");
     bool known = false;
     std::vector<PageRun> written;
-    if (mem.backing() == memory) written = writtenRuns(mem, known);
+    // The scan walks every page-table entry of the range (most of its cost with a
+    // large live heap): only the part the guest can write.
+    if (mem.backing() == memory)
+        written = writtenRuns(mem, std::min(writableFrom(layout), mem.size()), mem.size(), known);
     if (known) {
         // Only what was written since the image was adopted differs from it: copy the
         // image's bytes back over those pages. They stay mapped, so the next call

@@ -27,6 +27,9 @@ struct CpuState {
 // Guest state captured between requests. Belongs to the sandbox that made it.
 struct Snapshot {
     uint64_t ownerId = 0;
+    // Unique in the process (never 0): names this snapshot where a pointer could be
+    // reused by a later one (VcpuThread::restore's "nothing ran since" mark).
+    uint64_t serial = 0;
     GuestLayout layout; // of the sandbox it was taken from
     CpuState cpu;
     std::shared_ptr<const MemoryImage> memory;
@@ -48,19 +51,27 @@ public:
     using ArgumentError::ArgumentError;
 };
 
-// Brings memory and registers back to `memory` and `cpu`. The vCPU has settled.
-void restoreState(GuestMemory &mem, hv::Vcpu &vcpu, const std::shared_ptr<const MemoryImage> &memory,
-                  const CpuState &cpu);
-inline void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &, const Snapshot &snap) {
-    restoreState(mem, vcpu, snap.memory, snap.cpu);
+// Brings memory and registers back to `memory` and `cpu`. The vCPU has settled;
+// `layout` is the guest's (it bounds the pages the guest can have written).
+void restoreState(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout,
+                  const std::shared_ptr<const MemoryImage> &memory, const CpuState &cpu);
+inline void restoreSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout, const Snapshot &snap) {
+    restoreState(mem, vcpu, layout, snap.memory, snap.cpu);
 }
 
 // Throws UnsafeCpuState unless EFER.SCE == 0 in `sregs` (what `vcpu` runs with) and
 // SYSENTER_CS == 0 on `vcpu`.
 void checkNoSystemCalls(hv::Vcpu &vcpu, const hv::SpecialRegisters &sregs);
 
-// Pages of `mem` the guest or the host wrote since it adopted its image (private
-// copies), ascending; `known` is false when the kernel cannot say (no PAGEMAP_SCAN).
-std::vector<PageRun> writtenRuns(const GuestMemory &mem, bool &known);
+// Pages of `mem` in [from, to) (page aligned) the guest or the host wrote since it
+// adopted its image (private copies), ascending; `known` is false when the kernel
+// cannot say (no PAGEMAP_SCAN).
+std::vector<PageRun> writtenRuns(const GuestMemory &mem, uint64_t from, uint64_t to, bool &known);
+
+// Where a restore looks for written pages: from data_start up. Below it lie the system
+// region and the read-only code slots: the guest's page tables (host-built, in the
+// system region no guest mapping reaches) map none of them writable, and the host
+// writes them only while it builds a guest or a template, before any snapshot.
+inline uint64_t writableFrom(const GuestLayout &layout) { return layout.header.dataStart; }
 
 } // namespace airlock

@@ -182,6 +182,8 @@ void VcpuThread::resume() {
 
 std::optional<Outcome> VcpuThread::handle(const Op &op) {
     Outcome o;
+    // Every other op may run the guest or remap its memory (VcpuThread::restore).
+    if (op.kind != OpKind::Restore) s_.untouchedSince_.store(0);
     switch (op.kind) {
     case OpKind::Boot:
         return boot();
@@ -371,9 +373,21 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
         o.message = "the snapshot belongs to another VM";
         return o;
     }
-    vcpu_->settle();
+    // Cleared until this restore succeeds: one that throws may leave a mix of states,
+    // and the failure path after it writes guest memory (the poll word).
+    // A serial of 0 (no snapshot made by captureSnapshot) never matches: 0 is "none".
+    const bool untouched = s_.untouchedSince_.exchange(0) == snap.serial && snap.serial != 0;
     try {
-        restoreSnapshot(*s_.memory_, *vcpu_, s_.layout_, snap);
+        if (untouched) {
+            // Restored to this snapshot and not run or written since: memory and
+            // registers are still the snapshot's. The system-call check stays, as after
+            // every restore.
+            checkNoSystemCalls(*vcpu_, snap.cpu.sregs);
+        } else {
+            vcpu_->settle();
+            restoreSnapshot(*s_.memory_, *vcpu_, s_.layout_, snap);
+        }
+        s_.untouchedSince_.store(snap.serial);
     } catch (const UnsafeCpuState &e) {
         s_.poison(e.what());
         o.code = OutcomeCode::InvalidArg;

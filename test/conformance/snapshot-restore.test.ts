@@ -124,6 +124,41 @@ describeEachBackend('sandboxes from snapshots', (h) => {
     expect(await restored.callHandler('counter', {})).toEqual({ count: 1 });
   });
 
+  it('restore() gives back every byte whatever the sandbox wrote, also restored twice in a row', async () => {
+    const js = await (await h.builder().build()).loadRuntime();
+    js.addHandler(
+      'mem',
+      `const buf = new Uint8Array(1 << 19).map((_, i) => (i * 7) & 255);
+      let extra = null;
+      function handler(e) {
+        if (e.op === 'fill') for (let r = 0; r < (e.rep ?? 1); r++) for (let i = e.from; i < e.to; i += e.step) buf[i] = (e.v + r) & 255;
+        if (e.op === 'grow') extra = new Uint8Array(e.n).fill(9);
+        let s = 2166136261;
+        for (let i = 0; i < buf.length; i++) s = Math.imul(s ^ buf[i], 16777619);
+        return { s: s >>> 0, extra: extra ? extra.length : 0 };
+      }`,
+    );
+    const loaded = await js.getLoadedSandbox();
+    open.push(loaded);
+    const snapshot = await loaded.snapshot();
+    const clean = await loaded.callHandler('mem', {});
+    const writes = [
+      { op: 'fill', from: 3, to: 1 << 19, step: 37 * 4096 + 5, v: 1 }, // sparse
+      { op: 'fill', from: 0, to: 1 << 19, step: 512, v: 2 }, // every page
+      { op: 'fill', from: 4096, to: 4104, step: 1, v: 3, rep: 3000 }, // one page over and over
+      { op: 'grow', n: 8 << 20 }, // memory the snapshot never had
+    ];
+    for (const w of writes) {
+      expect(await loaded.callHandler('mem', w)).not.toEqual(clean);
+      await loaded.restore(snapshot);
+      expect(await loaded.callHandler('mem', {})).toEqual(clean);
+      await loaded.restore(snapshot);
+      await loaded.restore(snapshot);
+      expect(await loaded.callHandler('mem', {})).toEqual(clean);
+      await loaded.restore(snapshot);
+    }
+  });
+
   it('records required host functions and refuses a restore without them before guest code runs', async () => {
     const proto = await h.builder().setHostFunctionModules(stateModules).build();
     const js = await proto.loadRuntime();

@@ -1,7 +1,8 @@
 // kvm-template.test.ts — KVM templates (issue #12): clones of a booted guest with a
 // handler loaded answer calls without booting, are isolated from each other and from
 // the source, keep their own snapshots, and survive the template's release; restores
-// give back the exact snapshot state whatever was written; export -> import -> clone
+// give back the exact snapshot state whatever was written (a clone too, restored again
+// with nothing run between); export -> import -> clone
 // behaves like an in-memory clone.
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
@@ -34,6 +35,11 @@ const handler = `function handler(e) {
       const b = globalThis.buf;
       for (let i = 0; i < b.length; i += 4096) s = (s * 31 + b[i]) | 0;
       return { s, v: globalThis.v ?? null };
+    }
+    case 'fill': {
+      const b = globalThis.buf;
+      for (let r = 0; r < (e.rep ?? 1); r++) for (let i = e.from; i < e.to; i += e.step) b[i] = (e.v + r) & 255;
+      return {};
     }
     case 'keep': globalThis.kept = new Uint8Array(e.n).fill(7); return { n: globalThis.kept.length };
   }
@@ -153,6 +159,33 @@ describeKvm('KVM templates', () => {
     await call(engine, { op: 'keep', n: 16 * MiB });
     await engine.restore(snap);
     expect(await call(engine, { op: 'sum' })).toEqual(expected);
+  });
+
+  it("a clone's restores are exact whatever pattern it wrote, and again with nothing run between", async () => {
+    const { template } = await source();
+    const c = clone(template);
+    await call(c, { op: 'alloc', n: 8 * MiB });
+    const snap = await c.snapshot();
+    const expected = await call(c, { op: 'sum' });
+    const patterns = [
+      { op: 'fill', from: 0, to: 8 * MiB, step: 37 * 4096, v: 1 }, // sparse pages
+      { op: 'fill', from: 0, to: 8 * MiB, step: 4096, v: 2 }, // every page
+      { op: 'fill', from: 8192, to: 8200, step: 1, v: 3, rep: 5000 }, // one page over and over
+      { op: 'keep', n: 24 * MiB }, // memory above the snapshot's extent
+      { op: 'set', v: 'changed' }, // a few pages of the JS heap
+    ];
+    for (const p of patterns) {
+      await call(c, p);
+      const after = await call(c, { op: 'sum' });
+      if (p.op === 'fill') expect(after).not.toEqual(expected);
+      await c.restore(snap);
+      expect(await call(c, { op: 'sum' })).toEqual(expected);
+      await c.restore(snap);
+      await c.restore(snap);
+      expect(await call(c, { op: 'sum' })).toEqual(expected);
+      expect(await call(c, { op: 'get' })).toEqual({ v: 'template' });
+      await c.restore(snap);
+    }
   });
 
   it('keeps clones working after release(), and refuses new clones of a released template', async () => {

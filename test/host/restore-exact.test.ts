@@ -1,0 +1,138 @@
+// restore-exact.test.ts — restore() gives back guest memory exactly, whatever pattern
+// of pages the guest wrote since the snapshot: a hand-assembled guest writes a pattern
+// into its heap and returns a checksum of the whole heap, so every byte the host failed
+// to revert (or reverted wrongly) shows in the checksum.
+import { afterEach, expect, it } from 'vitest';
+import { describeKvm } from '../support/kvm.js';
+import { buildImage, defaultConfig, loadAddon, type NativeVm, type VmConfig } from './raw-guest.js';
+
+// Per request: write the qword `value` at heap + offset + i * stride for i < count, then
+// answer with an 8-byte checksum (h = h * 31 + qword) of `sumQwords` qwords from heap +
+// sumOffset. Assembled from (C = 0x401000, the control block; heap_addr at C+40):
+//   mov dx, 0x3a1; mov dword [C+112], 0; mov eax, 1; out dx, eax       (boot answers)
+// again: mov rsi, [C+8]; mov rbx, [C+40]; mov rdi, [rsi]; add rdi, rbx
+//   mov rcx, [rsi+8]; mov r8, [rsi+16]; mov r9, [rsi+24]; test rcx, rcx; jz sum
+// wloop: mov [rdi], r9; add rdi, r8; dec rcx; jnz wloop
+// sum: mov rdi, [rsi+32]; add rdi, rbx; mov rcx, [rsi+40]; xor eax, eax; test rcx, rcx; jz done
+// sloop: imul rax, rax, 31; add rax, [rdi]; add rdi, 8; dec rcx; jnz sloop
+// done: mov r10, [C+24]; mov [r10], rax; mov dword [C+112], 8; mov eax, 1; out dx, eax; jmp again
+const WRITER = Buffer.from(
+  '66baa103c704257010400000000000b801000000ef488b342508104000488b1c2528104000488b3e4801df' +
+    '488b4e084c8b46104c8b4e184885c9740b4c890f4c01c748ffc975f5488b7e204801df488b4e2831c04885' +
+    'c97410486bc01f4803074883c70848ffc975f04c8b142518104000498902c704257010400008000000b801' +
+    '000000efeb8e',
+  'hex',
+);
+
+const PAGE = 4096;
+const HEAP = 8 << 20;
+const config: VmConfig = { ...defaultConfig, heapSize: HEAP };
+
+const live: NativeVm[] = [];
+afterEach(async () => {
+  await Promise.all(live.splice(0).map((vm) => vm.dispose()));
+});
+
+async function writer(): Promise<NativeVm> {
+  const vm = new (loadAddon().Vm)(buildImage(WRITER), config, () => {});
+  live.push(vm);
+  await vm.boot();
+  return vm;
+}
+
+interface Writes {
+  offset: number;
+  count: number;
+  stride: number;
+  value: bigint;
+}
+
+/** Writes `w` (if any), then returns the checksum of the whole heap. */
+async function run(vm: NativeVm, w?: Writes): Promise<bigint> {
+  const req = Buffer.alloc(48);
+  req.writeBigUInt64LE(BigInt(w?.offset ?? 0), 0);
+  req.writeBigUInt64LE(BigInt(w?.count ?? 0), 8);
+  req.writeBigUInt64LE(BigInt(w?.stride ?? 0), 16);
+  req.writeBigUInt64LE(w?.value ?? 0n, 24);
+  req.writeBigUInt64LE(0n, 32);
+  req.writeBigUInt64LE(BigInt(HEAP / 8), 40);
+  const { output } = await vm.send(req);
+  expect(output.length).toBe(8);
+  return output.readBigUInt64LE(0);
+}
+
+const checksum = (vm: NativeVm) => run(vm);
+
+// Patterns a guest may write after the snapshot (the snapshot holds the first MiB of
+// the heap filled, the rest never touched).
+const patterns: Record<string, Writes[]> = {
+  'one qword': [{ offset: 123 * 8, count: 1, stride: 0, value: 0x5an }],
+  'sparse pages': [{ offset: 8, count: 40, stride: 37 * PAGE + 8, value: 0x1111_2222_3333_4444n }],
+  'every page of the heap': [{ offset: 0, count: HEAP / PAGE, stride: PAGE, value: 0x77n }],
+  'the same page over and over': [
+    { offset: 5 * PAGE, count: 10_000, stride: 0, value: 1n },
+    { offset: 5 * PAGE + 64, count: 10_000, stride: 0, value: 2n },
+  ],
+  'pages above the snapshot extent': [{ offset: 6 << 20, count: 300, stride: PAGE, value: 0xffff_ffff_ffff_ffffn }],
+  'a long run (given back to the host, not zeroed)': [{ offset: 2 << 20, count: (512 << 10) / 8, stride: 8, value: 9n }],
+  'runs shorter than a release': [
+    { offset: (1 << 20) - 2 * PAGE, count: 4, stride: PAGE, value: 3n },
+    { offset: 3 << 20, count: 3, stride: PAGE, value: 4n },
+  ],
+};
+
+describeKvm('restore: memory comes back exactly', () => {
+  for (const [name, writes] of Object.entries(patterns)) {
+    it(`after ${name}`, async () => {
+      const vm = await writer();
+      await run(vm, { offset: 0, count: (1 << 20) / 8, stride: 8, value: 0x0102_0304_0506_0708n });
+      const snap = await vm.snapshot();
+      const before = await checksum(vm);
+      let after = before;
+      for (const w of writes) after = await run(vm, w);
+      expect(after).not.toBe(before);
+      await vm.restore(snap);
+      expect(await checksum(vm)).toBe(before);
+      // Restored twice, with and without a call in between: the same state each time.
+      await vm.restore(snap);
+      await vm.restore(snap);
+      expect(await checksum(vm)).toBe(before);
+      for (const w of writes) await run(vm, w);
+      await vm.restore(snap);
+      expect(await checksum(vm)).toBe(before);
+    });
+  }
+
+  it('a restore after a restore with nothing run between still reverts what ran before it', async () => {
+    const vm = await writer();
+    const snap = await vm.snapshot();
+    const clean = await checksum(vm);
+    await vm.restore(snap);
+    await run(vm, { offset: 64 * PAGE, count: 10, stride: PAGE, value: 42n });
+    // The restore after the call must not take the "nothing ran since" path.
+    await vm.restore(snap);
+    await vm.restore(snap);
+    expect(await checksum(vm)).toBe(clean);
+  });
+
+  it('switches between two snapshots of one guest, each exact', async () => {
+    const vm = await writer();
+    await run(vm, { offset: 0, count: 100, stride: PAGE, value: 1n });
+    const first = await vm.snapshot();
+    const one = await checksum(vm);
+    await run(vm, { offset: 50 * PAGE, count: 200, stride: PAGE, value: 2n });
+    const second = await vm.snapshot();
+    const two = await checksum(vm);
+    expect(two).not.toBe(one);
+    await run(vm, { offset: 0, count: HEAP / PAGE, stride: PAGE, value: 3n });
+    await vm.restore(first);
+    expect(await checksum(vm)).toBe(one);
+    await vm.restore(second);
+    await vm.restore(second);
+    expect(await checksum(vm)).toBe(two);
+    await run(vm, { offset: 7 * PAGE, count: 1, stride: 0, value: 4n });
+    await vm.restore(first);
+    await vm.restore(first);
+    expect(await checksum(vm)).toBe(one);
+  });
+});
