@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
 #include <ctime>
+#include <dirent.h>
 #include <sched.h>
 #include <unistd.h>
 #include <vector>
@@ -24,6 +26,15 @@ constexpr uint64_t kSampleIntervalNs = 200'000'000;
 constexpr uint64_t kCheapExitNs = 5'000;
 // Round trips timed for the exit floor: enough for a stable median, a few ms in all.
 constexpr uint32_t kFloorIterations = 200;
+// Where the call path's threads may run is checked this often: a few syscalls, and a
+// thread re-pinned (say, a vCPU thread moved to a core of its own) changes the right
+// call path within a few hundred calls.
+constexpr uint64_t kAffinityIntervalNs = 10'000'000;
+// The threads whose placement decides whether a poll has a core to itself, by name
+// (pthread_setname_np): those that run guests and the one that watches for answers.
+// Others (V8's, libuv's, the VM preparer, KVM's own kernel workers, some of which
+// refuse to be pinned) do not wait on a guest.
+constexpr const char *kCallPathThreadNames[] = {"airlock-vcpu", "airlock-watch"};
 
 uint64_t processCpuNs() {
     timespec ts;
@@ -50,6 +61,44 @@ uint64_t busyTicks(const cpu_set_t &cpus) {
     std::fclose(f);
     return busy;
 }
+// The threads of this process named in kCallPathThreadNames (/proc/self/task).
+std::vector<pid_t> callPathThreads() {
+    std::vector<pid_t> tids;
+    DIR *dir = opendir("/proc/self/task");
+    if (!dir) return tids;
+    while (dirent *e = readdir(dir)) {
+        char *end = nullptr;
+        const long tid = std::strtol(e->d_name, &end, 10);
+        if (*end != '\0' || tid <= 0) continue; // ".", ".."
+        char path[64], name[32] = {};
+        std::snprintf(path, sizeof path, "/proc/self/task/%ld/comm", tid);
+        FILE *f = std::fopen(path, "re");
+        if (!f) continue; // ended meanwhile
+        const bool named = std::fgets(name, sizeof name, f) != nullptr;
+        std::fclose(f);
+        if (!named) continue;
+        name[std::strcspn(name, "\n")] = '\0';
+        for (const char *wanted : kCallPathThreadNames)
+            if (std::strcmp(name, wanted) == 0) tids.push_back(static_cast<pid_t>(tid));
+    }
+    closedir(dir);
+    return tids;
+}
+
+// The CPUs the main thread (tid = pid) or any of `threads` may run on: a vCPU thread
+// pinned apart from the main thread gives a poll a core of its own; all of them on one
+// core leave none (sched_getaffinity(0) alone would ask only the calling thread).
+bool callPathCpus(const std::vector<pid_t> &threads, cpu_set_t &cpus) {
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(getpid(), sizeof cpus, &cpus) != 0) return false;
+    for (pid_t tid : threads) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        // A thread that ended since the last listing has no placement any more.
+        if (sched_getaffinity(tid, sizeof one, &one) == 0) CPU_OR(&cpus, &cpus, &one);
+    }
+    return true;
+}
 } // namespace
 
 CoreBudget &CoreBudget::instance() {
@@ -70,29 +119,35 @@ void CoreBudget::measureExitFloorOnce() {
     });
 }
 
-int CoreBudget::sample() {
+// What the cap depends on: where the call path's threads may run (checked often, so
+// re-pinning a thread takes effect within a few calls' worth of time), and the load
+// others put on those cores (/proc/stat, resampled seldom: it costs a file read).
+void CoreBudget::sampleLoad(uint64_t now) {
+    pathThreads_ = callPathThreads();
     cpu_set_t cpus;
-    CPU_ZERO(&cpus);
-    if (sched_getaffinity(0, sizeof cpus, &cpus) != 0) return 0;
-    const int usable = CPU_COUNT(&cpus);
-    const uint64_t floor = exitFloorNs_.load();
-    const uint64_t now = monotonicNs();
+    if (!callPathCpus(pathThreads_, cpus)) return;
     const uint64_t busy = busyTicks(cpus);
     const uint64_t ours = processCpuNs();
-    double others = 0; // cores' worth of CPU time others took since the last sample
     if (lastSampleNs_ && now > lastSampleNs_ && busy >= lastBusyTicks_) {
         const double tickNs = 1e9 / static_cast<double>(sysconf(_SC_CLK_TCK));
         const double busyNs = static_cast<double>(busy - lastBusyTicks_) * tickNs;
         const double oursNs = ours > lastProcessNs_ ? static_cast<double>(ours - lastProcessNs_) : 0;
-        others = std::max(0.0, (busyNs - oursNs) / static_cast<double>(now - lastSampleNs_));
+        others_ = std::max(0.0, (busyNs - oursNs) / static_cast<double>(now - lastSampleNs_));
     }
     lastSampleNs_ = now;
     lastBusyTicks_ = busy;
     lastProcessNs_ = ours;
+}
+
+int CoreBudget::capFromSamples() {
+    cpu_set_t cpus;
+    const int usable = callPathCpus(pathThreads_, cpus) ? CPU_COUNT(&cpus) : 0;
+    cores_.store(usable, std::memory_order_relaxed);
     if (const int forced = override_.load(); forced >= 0) return forced;
-    if (floor == 0 || floor < kCheapExitNs) return 0;
+    const uint64_t floor = exitFloorNs_.load();
+    if (floor == 0 || floor < kCheapExitNs || usable == 0) return 0;
     // One core stays with the main thread; a core three-quarters free counts as free.
-    const int free = static_cast<int>(std::floor(usable - others + 0.25));
+    const int free = static_cast<int>(std::floor(usable - others_ + 0.25));
     return std::clamp(free - 1, 0, usable - 1);
 }
 
@@ -101,8 +156,12 @@ void CoreBudget::refresh() {
     if (now < nextSampleNs_.load(std::memory_order_relaxed)) return;
     std::unique_lock<std::mutex> lock(sampleMu_, std::try_to_lock);
     if (!lock.owns_lock()) return; // another thread samples: use the current cap
-    nextSampleNs_.store(now + kSampleIntervalNs, std::memory_order_relaxed);
-    cap_.store(sample(), std::memory_order_relaxed);
+    nextSampleNs_.store(now + kAffinityIntervalNs, std::memory_order_relaxed);
+    if (now >= nextLoadSampleNs_.load(std::memory_order_relaxed)) {
+        nextLoadSampleNs_.store(now + kSampleIntervalNs, std::memory_order_relaxed);
+        sampleLoad(now);
+    }
+    cap_.store(capFromSamples(), std::memory_order_relaxed);
 }
 
 bool CoreBudget::acquire() {

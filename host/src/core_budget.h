@@ -1,14 +1,18 @@
 // core_budget.h — the process-wide budget for busy-waiting: how many guests may poll
 // for their next request (and vCPU threads spin for an op or a host reply) at once.
-// Busy-waiting pays only with a core nobody else wants: the cap is the cores this
-// process may run on and that others leave idle (sched_getaffinity, /proc/stat), less
-// one for the Node main thread; and zero where an exit is cheap (the exit floor,
-// measured once per process), since then one exit per call costs less than a core.
+// Busy-waiting pays only with a core nobody else wants: the cap is the cores the call
+// path's threads may run on (the union of the affinities of the main thread, the vCPU
+// threads and the answer watcher) that others leave idle (/proc/stat), less one for
+// the Node main thread; and zero where an exit is cheap (the exit floor, measured
+// once per process), since then one exit per call costs less than a core.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <sched.h>
+#include <sys/types.h>
+#include <vector>
 
 namespace airlock {
 
@@ -36,17 +40,22 @@ public:
 
     int cap() { refresh(); return cap_.load(std::memory_order_relaxed); }
     int holders() const { return holders_.load(std::memory_order_relaxed); }
+    // The CPUs the call path's threads may run on, as last checked.
+    int cores() { refresh(); return cores_.load(std::memory_order_relaxed); }
     uint64_t exitFloorNs() const { return exitFloorNs_.load(std::memory_order_relaxed); }
 
 private:
     CoreBudget() = default;
-    void refresh();             // at most every kSampleIntervalNs, by whichever caller comes first
-    int sample();               // the cap from affinity, others' load and the exit floor
+    void refresh();             // by whichever caller comes first once a sample is due
+    void sampleLoad(uint64_t now);  // others' load and the call path's threads (/proc)
+    int capFromSamples();       // the cap from the cores, others' load and the exit floor
 
     std::atomic<int> holders_{0};
     std::atomic<int> cap_{0};
+    std::atomic<int> cores_{0};
     std::atomic<int> override_{-1};
-    std::atomic<uint64_t> nextSampleNs_{0};
+    std::atomic<uint64_t> nextSampleNs_{0};   // the next affinity check
+    std::atomic<uint64_t> nextLoadSampleNs_{0}; // the next /proc sample
     std::atomic<uint64_t> exitFloorNs_{0}; // 0 until measured
     std::once_flag floorOnce_;
 
@@ -54,6 +63,8 @@ private:
     uint64_t lastBusyTicks_ = 0;
     uint64_t lastProcessNs_ = 0;
     uint64_t lastSampleNs_ = 0;
+    double others_ = 0;               // cores' worth of CPU others took in the last interval
+    std::vector<pid_t> pathThreads_;  // the vCPU threads and the answer watcher, by name
 };
 
 } // namespace airlock

@@ -35,7 +35,7 @@ export interface Addon {
   probe(): { usable: boolean; reasons: string[] };
   measureExitFloor(iterations: number): Promise<number[]>;
   /** The process-wide busy-wait budget: exit floor (0 until the first VM started), cap, guests polling now. */
-  pollingBudget(): { exitFloorUs: number; cap: number; polling: number };
+  pollingBudget(): { exitFloorUs: number; cores: number; cap: number; polling: number };
   setCancelSignal(signal: number): void;
   Vm: new (image: Buffer, config: VmConfig, onHostCall: (output: Buffer, callId: number) => void) => NativeVm;
 }
