@@ -90,7 +90,8 @@ std::vector<pid_t> callPathThreads() {
 // core leave none (sched_getaffinity(0) alone would ask only the calling thread).
 bool callPathCpus(const std::vector<pid_t> &threads, cpu_set_t &cpus) {
     CPU_ZERO(&cpus);
-    if (sched_getaffinity(getpid(), sizeof cpus, &cpus) != 0) return false;
+    static const pid_t mainThread = getpid(); // the main thread's tid is the pid
+    if (sched_getaffinity(mainThread, sizeof cpus, &cpus) != 0) return false;
     for (pid_t tid : threads) {
         cpu_set_t one;
         CPU_ZERO(&one);

@@ -361,7 +361,9 @@ void VcpuThread::leave() {
     s_.session_.store(false);
     s_.cancel_.clearKick();
     s_.windowEndNs_.store(0);
-    s_.windowTimer_->disarm();
+    // A timer never armed needs no timer_settime: on the exit path (nothing polls)
+    // that is one system call per call on the vCPU thread.
+    if (s_.windowArmed_.load()) s_.windowTimer_->disarm();
     s_.windowArmed_.store(false);
     s_.chargeAfterAnswer();
     releasePollSlot();
