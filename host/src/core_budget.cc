@@ -168,6 +168,7 @@ void CoreBudget::refresh() {
 bool CoreBudget::acquire() {
     refresh();
     const int cap = cap_.load(std::memory_order_relaxed);
+    if (sessions_.load(std::memory_order_relaxed) > cap) return false;
     int held = holders_.load();
     while (held < cap)
         if (holders_.compare_exchange_weak(held, held + 1)) return true;
@@ -178,12 +179,16 @@ void CoreBudget::release() { holders_.fetch_sub(1); }
 
 bool CoreBudget::spinAllowed() {
     refresh();
-    return holders_.load(std::memory_order_relaxed) < cap_.load(std::memory_order_relaxed);
+    const int busy = std::max(holders_.load(std::memory_order_relaxed), sessions_.load(std::memory_order_relaxed));
+    return busy < cap_.load(std::memory_order_relaxed);
 }
 
+// Asked as each request is published: by the vCPU thread before its guest's session
+// counts (the exit path), or by the main thread while it runs (a request in memory).
 bool CoreBudget::pollAllowed() {
     refresh();
-    return cap_.load(std::memory_order_relaxed) > 0;
+    const int cap = cap_.load(std::memory_order_relaxed);
+    return cap > 0 && sessions_.load(std::memory_order_relaxed) <= cap;
 }
 
 } // namespace airlock

@@ -34,6 +34,14 @@ public:
     // Whether a guest may be given a poll window at all now (written into poll_ticks).
     bool pollAllowed();
 
+    // vCPU threads: a guest of theirs runs (an exchange, then maybe a window) / stopped.
+    // A guest that polls holds a core while the others' exchanges need one: with more
+    // guests running than the cap, none polls (each answers with an exit) and no
+    // thread spins, so sandboxes called at once run side by side instead of each
+    // waiting for a poller's core.
+    void sessionStarted() { sessions_.fetch_add(1, std::memory_order_relaxed); }
+    void sessionEnded() { sessions_.fetch_sub(1, std::memory_order_relaxed); }
+
     // The operator's cap (AIRLOCK_KVM_POLLERS, read by the addon at load), replacing
     // the measured one; negative: measure.
     void setOverride(int cap) { override_.store(cap); nextSampleNs_.store(0); }
@@ -51,6 +59,7 @@ private:
     int capFromSamples();       // the cap from the cores, others' load and the exit floor
 
     std::atomic<int> holders_{0};
+    std::atomic<int> sessions_{0}; // guests running now (relaxed: a hint, re-read per decision)
     std::atomic<int> cap_{0};
     std::atomic<int> cores_{0};
     std::atomic<int> override_{-1};

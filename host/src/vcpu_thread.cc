@@ -85,7 +85,7 @@ void VcpuThread::run() {
             try {
                 outcome = handle(op);
             } catch (const std::exception &e) {
-                s_.session_.store(false);
+                if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
                 releasePollSlot();
                 std::string reason = std::string("a hypervisor operation failed: ") + e.what();
                 s_.poison(reason);
@@ -358,7 +358,7 @@ bool VcpuThread::windowOver() const {
 
 // The session ends: the guest is stopped and will not run before the next exchange.
 void VcpuThread::leave() {
-    s_.session_.store(false);
+    if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
     s_.cancel_.clearKick();
     s_.windowEndNs_.store(0);
     // A timer never armed needs no timer_settime: on the exit path (nothing polls)
@@ -456,7 +456,7 @@ bool VcpuThread::cancelInFlight() {
 // window ends. Emits the Done event of every exchange the vCPU thread claims. Every
 // pass either enters the guest under a budget or ends the session.
 void VcpuThread::runSession() {
-    s_.session_.store(true);
+    if (!s_.session_.exchange(true)) CoreBudget::instance().sessionStarted();
     for (;;) {
         // Before every entry, not on the timer's interrupt alone: clearInterrupt()
         // after another interrupt can swallow the timer's, and the clock cannot lie.
