@@ -9,7 +9,7 @@
 #include <cstring>
 #include <cstdlib>
 #include <ctime>
-#include <dirent.h>
+#include <sys/syscall.h>
 #include <sched.h>
 #include <unistd.h>
 #include <vector>
@@ -30,11 +30,9 @@ constexpr uint32_t kFloorIterations = 200;
 // thread re-pinned (say, a vCPU thread moved to a core of its own) changes the right
 // call path within a few hundred calls.
 constexpr uint64_t kAffinityIntervalNs = 10'000'000;
-// The threads whose placement decides whether a poll has a core to itself, by name
-// (pthread_setname_np): those that run guests and the one that watches for answers.
-// Others (V8's, libuv's, the VM preparer, KVM's own kernel workers, some of which
-// refuse to be pinned) do not wait on a guest.
-constexpr const char *kCallPathThreadNames[] = {"airlock-vcpu", "airlock-watch"};
+// Placement is judged from this many vCPU threads at most: with thousands of sandboxes,
+// asking each thread's affinity every check would cost more than the polls it decides.
+constexpr size_t kMaxPathThreads = 64;
 
 uint64_t processCpuNs() {
     timespec ts;
@@ -61,41 +59,66 @@ uint64_t busyTicks(const cpu_set_t &cpus) {
     std::fclose(f);
     return busy;
 }
-// The threads of this process named in kCallPathThreadNames (/proc/self/task).
-std::vector<pid_t> callPathThreads() {
-    std::vector<pid_t> tids;
-    DIR *dir = opendir("/proc/self/task");
-    if (!dir) return tids;
-    while (dirent *e = readdir(dir)) {
-        char *end = nullptr;
-        const long tid = std::strtol(e->d_name, &end, 10);
-        if (*end != '\0' || tid <= 0) continue; // ".", ".."
-        char path[64], name[32] = {};
-        std::snprintf(path, sizeof path, "/proc/self/task/%ld/comm", tid);
-        FILE *f = std::fopen(path, "re");
-        if (!f) continue; // ended meanwhile
-        const bool named = std::fgets(name, sizeof name, f) != nullptr;
-        std::fclose(f);
-        if (!named) continue;
-        name[std::strcspn(name, "\n")] = '\0';
-        for (const char *wanted : kCallPathThreadNames)
-            if (std::strcmp(name, wanted) == 0) tids.push_back(static_cast<pid_t>(tid));
-    }
-    closedir(dir);
-    return tids;
+// The main thread's CPUs (its tid is the pid); false if they cannot be read.
+bool mainThreadCpus(cpu_set_t &cpus) {
+    static const pid_t mainThread = getpid();
+    CPU_ZERO(&cpus);
+    return sched_getaffinity(mainThread, sizeof cpus, &cpus) == 0;
 }
 
-// The CPUs the main thread (tid = pid) or any of `threads` may run on: a vCPU thread
-// pinned apart from the main thread gives a poll a core of its own; all of them on one
-// core leave none (sched_getaffinity(0) alone would ask only the calling thread).
-bool callPathCpus(const std::vector<pid_t> &threads, cpu_set_t &cpus) {
-    CPU_ZERO(&cpus);
-    static const pid_t mainThread = getpid(); // the main thread's tid is the pid
-    if (sched_getaffinity(mainThread, sizeof cpus, &cpus) != 0) return false;
+// Whether `cpus` holds every online CPU: then no other thread can add one.
+bool allCpus(const cpu_set_t &cpus) {
+    // Read once: glibc reads a file under /sys for it, and CPUs rarely come and go.
+    static const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 && CPU_COUNT(&cpus) >= online;
+}
+
+// The vCPU threads that ever ran a guest and still live: each registers itself with its
+// first session and leaves when it ends (a thread_local's destructor). Never destroyed:
+// a detached vCPU thread may end after static destructors ran.
+struct PathThreads {
+    std::mutex mu;
+    std::vector<pid_t> tids;
+};
+PathThreads &pathThreads() {
+    static PathThreads *threads = new PathThreads();
+    return *threads;
+}
+
+struct PathThreadRegistration {
+    pid_t tid = 0;
+    void enter() {
+        if (tid) return;
+        tid = static_cast<pid_t>(syscall(SYS_gettid));
+        std::lock_guard<std::mutex> lock(pathThreads().mu);
+        pathThreads().tids.push_back(tid);
+    }
+    ~PathThreadRegistration() {
+        if (!tid) return;
+        std::lock_guard<std::mutex> lock(pathThreads().mu);
+        std::vector<pid_t> &tids = pathThreads().tids;
+        tids.erase(std::remove(tids.begin(), tids.end(), tid), tids.end());
+    }
+};
+thread_local PathThreadRegistration g_registration;
+
+// The CPUs the main thread or any vCPU thread may run on: a vCPU thread pinned apart
+// from the main thread gives a poll a core of its own; all of them on one core leave
+// none (sched_getaffinity(0) alone would ask only the calling thread).
+bool callPathCpus(cpu_set_t &cpus) {
+    if (!mainThreadCpus(cpus)) return false;
+    if (allCpus(cpus)) return true; // no thread can add a CPU: none is asked
+    std::vector<pid_t> threads;
+    {
+        std::lock_guard<std::mutex> lock(pathThreads().mu);
+        const std::vector<pid_t> &all = pathThreads().tids;
+        threads.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(std::min(all.size(), kMaxPathThreads)));
+    }
     for (pid_t tid : threads) {
+        if (allCpus(cpus)) break;
         cpu_set_t one;
         CPU_ZERO(&one);
-        // A thread that ended since the last listing has no placement any more.
+        // A thread that ends meanwhile has no placement any more: it adds nothing.
         if (sched_getaffinity(tid, sizeof one, &one) == 0) CPU_OR(&cpus, &cpus, &one);
     }
     return true;
@@ -124,9 +147,8 @@ void CoreBudget::measureExitFloorOnce() {
 // re-pinning a thread takes effect within a few calls' worth of time), and the load
 // others put on those cores (/proc/stat, resampled seldom: it costs a file read).
 void CoreBudget::sampleLoad(uint64_t now) {
-    pathThreads_ = callPathThreads();
     cpu_set_t cpus;
-    if (!callPathCpus(pathThreads_, cpus)) return;
+    if (!callPathCpus(cpus)) return;
     const uint64_t busy = busyTicks(cpus);
     const uint64_t ours = processCpuNs();
     if (lastSampleNs_ && now > lastSampleNs_ && busy >= lastBusyTicks_) {
@@ -142,7 +164,7 @@ void CoreBudget::sampleLoad(uint64_t now) {
 
 int CoreBudget::capFromSamples() {
     cpu_set_t cpus;
-    const int usable = callPathCpus(pathThreads_, cpus) ? CPU_COUNT(&cpus) : 0;
+    const int usable = callPathCpus(cpus) ? CPU_COUNT(&cpus) : 0;
     cores_.store(usable, std::memory_order_relaxed);
     if (const int forced = override_.load(); forced >= 0) return forced;
     const uint64_t floor = exitFloorNs_.load();
@@ -176,6 +198,11 @@ bool CoreBudget::acquire() {
 }
 
 void CoreBudget::release() { holders_.fetch_sub(1); }
+
+void CoreBudget::sessionStarted() {
+    g_registration.enter();
+    sessions_.fetch_add(1, std::memory_order_relaxed);
+}
 
 bool CoreBudget::spinAllowed() {
     refresh();

@@ -1,8 +1,8 @@
 // core_budget.h — the process-wide budget for busy-waiting: how many guests may poll
 // for their next request (and vCPU threads spin for an op or a host reply) at once.
 // Busy-waiting pays only with a core nobody else wants: the cap is the cores the call
-// path's threads may run on (the union of the affinities of the main thread, the vCPU
-// threads and the answer watcher) that others leave idle (/proc/stat), less one for
+// path's threads may run on (the union of the affinities of the main thread and the
+// vCPU threads) that others leave idle (/proc/stat), less one for
 // the Node main thread; and zero where an exit is cheap (the exit floor, measured
 // once per process), since then one exit per call costs less than a core.
 #pragma once
@@ -39,7 +39,9 @@ public:
     // guests running than the cap, none polls (each answers with an exit) and no
     // thread spins, so sandboxes called at once run side by side instead of each
     // waiting for a poller's core.
-    void sessionStarted() { sessions_.fetch_add(1, std::memory_order_relaxed); }
+    // The first session of a thread also registers it as a vCPU thread whose placement
+    // counts (until it ends).
+    void sessionStarted();
     void sessionEnded() { sessions_.fetch_sub(1, std::memory_order_relaxed); }
 
     // The operator's cap (AIRLOCK_KVM_POLLERS, read by the addon at load), replacing
@@ -73,7 +75,6 @@ private:
     uint64_t lastProcessNs_ = 0;
     uint64_t lastSampleNs_ = 0;
     double others_ = 0;               // cores' worth of CPU others took in the last interval
-    std::vector<pid_t> pathThreads_;  // the vCPU threads and the answer watcher, by name
 };
 
 } // namespace airlock
