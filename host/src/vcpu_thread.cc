@@ -377,11 +377,14 @@ void VcpuThread::releasePollSlot() {
 }
 
 // A guest that answered runs on to poll only with a window and a free core; it keeps
-// the slot for the whole session (until leave()).
+// the slot for the session (until leave()) while the budget still has a core for it.
 bool VcpuThread::mayPoll() {
     const bool flagged =
         s_.memory_->read<uint32_t>(s_.layout_.header.control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS;
     if (!flagged || s_.pollNs_.load() == 0) return false;
+    // A slot held since an earlier answer goes back once the budget has no core for it
+    // (more guests run than the cap, or the threads were pinned to one core).
+    if (s_.holdsPollSlot_ && !CoreBudget::instance().pollAllowed()) releasePollSlot();
     if (!s_.holdsPollSlot_) s_.holdsPollSlot_ = CoreBudget::instance().acquire();
     return s_.holdsPollSlot_;
 }

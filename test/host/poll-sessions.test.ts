@@ -13,7 +13,14 @@ process.env.AIRLOCK_KVM_POLLERS = '1';
 
 // A long window, so a guest that may poll is still polling when the test looks.
 const boot = realGuestBooter({ ...realGuestConfig, guestPollUs: 10_000 });
-const HANDLER = 'function handler(e) { if (e.busyMs) { const t = Date.now(); while (Date.now() - t < e.busyMs) {} } return e.n; }';
+// The busy call reports through a host call that it runs, then runs for busyMs of wall time.
+const HANDLER =
+  "import { started } from 'host:m';\n" +
+  'function handler(e) { if (e.busyMs) { started(); const t = Date.now(); while (Date.now() - t < e.busyMs) {} } return e.n; }';
+const BUSY_MS = 600;
+// The busy call's session is surely still running this long after it reported: the
+// rest of BUSY_MS is the margin for a loaded machine.
+const OBSERVE_MS = 200;
 
 async function call(vm: NativeVm, event: { n: number; busyMs?: number }) {
   const m = finalMessage((await vm.send(encodeMessage(abi.AIRLOCK_MSG_CALL, 0, ['h', JSON.stringify(event)]))).output);
@@ -23,18 +30,23 @@ async function call(vm: NativeVm, event: { n: number; busyMs?: number }) {
 
 describeKvm('polling slots and running guests', () => {
   it.skipIf(!realImagePresent)('gives no slot while another guest runs a call, and one when the guest runs alone', async () => {
-    const busy = await boot(HANDLER);
-    const caller = await boot(HANDLER);
-    let running = true;
-    const long = call(busy, { n: -1, busyMs: 400 }).finally(() => {
-      running = false;
+    let startedAt = 0;
+    let onStarted = () => {};
+    const startedNow = new Promise<void>((r) => (onStarted = r));
+    let busy!: NativeVm;
+    busy = await boot(HANDLER, ['m', 'started'], (_out, id) => {
+      startedAt = performance.now();
+      onStarted();
+      busy.hostReturn(encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, ['null']), id);
     });
-    // Let the busy guest's call start before looking.
-    await new Promise((r) => setTimeout(r, 20));
+    const caller = await boot(HANDLER, ['m', 'started']);
+    const long = call(busy, { n: -1, busyMs: BUSY_MS });
+    await startedNow;
     let observed = 0;
-    for (let i = 0; running && i < 2000; i++) {
+    for (let i = 0; performance.now() - startedAt < OBSERVE_MS; i++) {
       await call(caller, { n: i });
-      if (running) {
+      // The caller's guest answered while the busy guest ran: it holds no slot.
+      if (performance.now() - startedAt < OBSERVE_MS) {
         expect(loadAddon().pollingBudget().polling).toBe(0);
         observed++;
       }
