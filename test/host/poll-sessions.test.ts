@@ -11,8 +11,11 @@ import { encodeMessage, loadAddon, type NativeVm } from './raw-guest.js';
 // One slot whatever this machine's load (read when the addon loads).
 process.env.AIRLOCK_KVM_POLLERS = '1';
 
-// A long window, so a guest that may poll is still polling when the test looks.
+// The caller: a long window, so a guest that may poll is still polling when the test
+// looks. The busy sandbox never polls, so the one slot can only be the caller's (a
+// guest given a request in memory keeps its slot while it runs it).
 const boot = realGuestBooter({ ...realGuestConfig, guestPollUs: 10_000 });
+const bootNeverPolling = realGuestBooter({ ...realGuestConfig, guestPollUs: 0 });
 // The busy call reports through a host call that it runs, then runs for busyMs of wall time.
 const HANDLER =
   "import { started } from 'host:m';\n" +
@@ -34,7 +37,7 @@ describeKvm('polling slots and running guests', () => {
     let onStarted = () => {};
     const startedNow = new Promise<void>((r) => (onStarted = r));
     let busy!: NativeVm;
-    busy = await boot(HANDLER, ['m', 'started'], (_out, id) => {
+    busy = await bootNeverPolling(HANDLER, ['m', 'started'], (_out, id) => {
       startedAt = performance.now();
       onStarted();
       busy.hostReturn(encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, ['null']), id);
