@@ -90,6 +90,35 @@ interface HostCallFrame {
 /** The host calls whose callbacks the current async context runs inside. */
 const hostCallChain = new AsyncLocalStorage<readonly HostCallFrame[]>();
 
+/**
+ * Host-call callbacks not yet settled (all sandboxes), and whether one began since an
+ * operation last looked. While any AsyncLocalStorage is enabled, Node 20 runs a hook
+ * on every promise, 1-2 us of main-thread CPU per call; so with no callback running
+ * and none begun lately, the chain's storage is switched off (no frame is active, so
+ * every chain would filter to nothing anyway) and the next host call's run() switches
+ * it back on. A sandbox that calls the host on every call keeps it on: switching costs
+ * more than the hook.
+ */
+let runningHostCalls = 0;
+let hostCallBegan = false;
+
+function enterHostCall(frame: HostCallFrame): void {
+  runningHostCalls++;
+  hostCallBegan = true;
+  frame.active = true;
+}
+
+function leaveHostCall(frame: HostCallFrame): void {
+  frame.active = false;
+  runningHostCalls--;
+}
+
+function idleHostCallChain(): void {
+  if (runningHostCalls > 0) return;
+  if (!hostCallBegan) hostCallChain.disable();
+  hostCallBegan = false;
+}
+
 let nextSandboxId = 1;
 
 /** The host functions a guest runtime was loaded with, as snapshot requirements list them. */
@@ -474,6 +503,7 @@ export class SandboxCore {
     // Only frames still waiting count: once a host call has been answered, work it
     // started may call into its sandbox like any other caller.
     const chain = (hostCallChain.getStore() ?? []).filter((f) => f.active);
+    idleHostCallChain();
     if (chain.some((f) => f.core === this)) {
       return Promise.reject(
         new BusyError('a host function cannot call into the sandbox that is waiting for it (it would deadlock)'),
@@ -495,7 +525,12 @@ export class SandboxCore {
     };
     this.pendingOps++;
     const result = this.queue.then(run, run);
-    this.queue = result.catch(() => undefined).finally(() => this.pendingOps--);
+    // One promise per operation for the queue, not two (catch, then finally): each is
+    // main-thread work every call pays.
+    const settled = () => {
+      this.pendingOps--;
+    };
+    this.queue = result.then(settled, settled);
     return result;
   }
 
@@ -664,13 +699,14 @@ export class SandboxCore {
     if (!callback) return hostError(`host function '${module}.${fn}' is not registered`, this.config.inputSize);
 
     let result: unknown;
-    const frame: HostCallFrame = { core: this, active: true };
+    const frame: HostCallFrame = { core: this, active: false };
+    enterHostCall(frame);
     try {
       result = await hostCallChain.run([...this.callerChain, frame], () => callback(...args));
     } catch (e) {
       return hostError(describeThrown(e), this.config.inputSize);
     } finally {
-      frame.active = false;
+      leaveHostCall(frame);
     }
     let json: string | undefined;
     let buffers: Uint8Array[] = [];
@@ -737,13 +773,14 @@ export class SandboxCore {
     const chain = this.callerChain;
     return async () => {
       let result: unknown;
-      const frame: HostCallFrame = { core: this, active: true };
+      const frame: HostCallFrame = { core: this, active: false };
+      enterHostCall(frame);
       try {
         result = await hostCallChain.run([...chain, frame], () => callback(...args));
       } catch (e) {
         return { kind: CompletionKind.HostError, message: describeThrown(e) };
       } finally {
-        frame.active = false;
+        leaveHostCall(frame);
       }
       try {
         // As a blocking call's result: with binary data on, bytes cross as fields.

@@ -519,14 +519,15 @@ Napi::Value SetCancelSignal(const Napi::CallbackInfo &info) {
 }
 
 // pollingBudget(): what the process-wide busy-wait budget decided (core_budget.h):
-// the exit floor measured at the first VM's start (0 until then), how many guests may
-// poll at once, and how many do.
+// the exit floor measured at the first VM's start (0 until then), the CPUs the call
+// path's threads may run on, how many guests may poll at once, and how many do.
 Napi::Value PollingBudget(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     CoreBudget &budget = CoreBudget::instance();
     Napi::Object o = Napi::Object::New(env);
     o.Set("exitFloorUs", Napi::Number::New(env, static_cast<double>(budget.exitFloorNs()) / 1000));
     o.Set("cap", Napi::Number::New(env, budget.cap()));
+    o.Set("cores", Napi::Number::New(env, budget.cores()));
     o.Set("polling", Napi::Number::New(env, budget.holders()));
     return o;
 }

@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
 #include <ctime>
+#include <sys/syscall.h>
 #include <sched.h>
 #include <unistd.h>
 #include <vector>
@@ -24,6 +26,13 @@ constexpr uint64_t kSampleIntervalNs = 200'000'000;
 constexpr uint64_t kCheapExitNs = 5'000;
 // Round trips timed for the exit floor: enough for a stable median, a few ms in all.
 constexpr uint32_t kFloorIterations = 200;
+// Where the call path's threads may run is checked this often: a few syscalls, and a
+// thread re-pinned (say, a vCPU thread moved to a core of its own) changes the right
+// call path within a few hundred calls.
+constexpr uint64_t kAffinityIntervalNs = 10'000'000;
+// Placement is judged from this many vCPU threads at most: with thousands of sandboxes,
+// asking each thread's affinity every check would cost more than the polls it decides.
+constexpr size_t kMaxPathThreads = 64;
 
 uint64_t processCpuNs() {
     timespec ts;
@@ -50,6 +59,70 @@ uint64_t busyTicks(const cpu_set_t &cpus) {
     std::fclose(f);
     return busy;
 }
+// The main thread's CPUs (its tid is the pid); false if they cannot be read.
+bool mainThreadCpus(cpu_set_t &cpus) {
+    static const pid_t mainThread = getpid();
+    CPU_ZERO(&cpus);
+    return sched_getaffinity(mainThread, sizeof cpus, &cpus) == 0;
+}
+
+// Whether `cpus` holds every online CPU: then no other thread can add one.
+bool allCpus(const cpu_set_t &cpus) {
+    // Read once: glibc reads a file under /sys for it, and CPUs rarely come and go.
+    static const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 && CPU_COUNT(&cpus) >= online;
+}
+
+// The vCPU threads that ever ran a guest and still live: each registers itself with its
+// first session and leaves when it ends (a thread_local's destructor). Never destroyed:
+// a detached vCPU thread may end after static destructors ran.
+struct PathThreads {
+    std::mutex mu;
+    std::vector<pid_t> tids;
+};
+PathThreads &pathThreads() {
+    static PathThreads *threads = new PathThreads();
+    return *threads;
+}
+
+struct PathThreadRegistration {
+    pid_t tid = 0;
+    void enter() {
+        if (tid) return;
+        tid = static_cast<pid_t>(syscall(SYS_gettid));
+        std::lock_guard<std::mutex> lock(pathThreads().mu);
+        pathThreads().tids.push_back(tid);
+    }
+    ~PathThreadRegistration() {
+        if (!tid) return;
+        std::lock_guard<std::mutex> lock(pathThreads().mu);
+        std::vector<pid_t> &tids = pathThreads().tids;
+        tids.erase(std::remove(tids.begin(), tids.end(), tid), tids.end());
+    }
+};
+thread_local PathThreadRegistration g_registration;
+
+// The CPUs the main thread or any vCPU thread may run on: a vCPU thread pinned apart
+// from the main thread gives a poll a core of its own; all of them on one core leave
+// none (sched_getaffinity(0) alone would ask only the calling thread).
+bool callPathCpus(cpu_set_t &cpus) {
+    if (!mainThreadCpus(cpus)) return false;
+    if (allCpus(cpus)) return true; // no thread can add a CPU: none is asked
+    std::vector<pid_t> threads;
+    {
+        std::lock_guard<std::mutex> lock(pathThreads().mu);
+        const std::vector<pid_t> &all = pathThreads().tids;
+        threads.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(std::min(all.size(), kMaxPathThreads)));
+    }
+    for (pid_t tid : threads) {
+        if (allCpus(cpus)) break;
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        // A thread that ends meanwhile has no placement any more: it adds nothing.
+        if (sched_getaffinity(tid, sizeof one, &one) == 0) CPU_OR(&cpus, &cpus, &one);
+    }
+    return true;
+}
 } // namespace
 
 CoreBudget &CoreBudget::instance() {
@@ -70,29 +143,34 @@ void CoreBudget::measureExitFloorOnce() {
     });
 }
 
-int CoreBudget::sample() {
+// What the cap depends on: where the call path's threads may run (checked often, so
+// re-pinning a thread takes effect within a few calls' worth of time), and the load
+// others put on those cores (/proc/stat, resampled seldom: it costs a file read).
+void CoreBudget::sampleLoad(uint64_t now) {
     cpu_set_t cpus;
-    CPU_ZERO(&cpus);
-    if (sched_getaffinity(0, sizeof cpus, &cpus) != 0) return 0;
-    const int usable = CPU_COUNT(&cpus);
-    const uint64_t floor = exitFloorNs_.load();
-    const uint64_t now = monotonicNs();
+    if (!callPathCpus(cpus)) return;
     const uint64_t busy = busyTicks(cpus);
     const uint64_t ours = processCpuNs();
-    double others = 0; // cores' worth of CPU time others took since the last sample
     if (lastSampleNs_ && now > lastSampleNs_ && busy >= lastBusyTicks_) {
         const double tickNs = 1e9 / static_cast<double>(sysconf(_SC_CLK_TCK));
         const double busyNs = static_cast<double>(busy - lastBusyTicks_) * tickNs;
         const double oursNs = ours > lastProcessNs_ ? static_cast<double>(ours - lastProcessNs_) : 0;
-        others = std::max(0.0, (busyNs - oursNs) / static_cast<double>(now - lastSampleNs_));
+        others_ = std::max(0.0, (busyNs - oursNs) / static_cast<double>(now - lastSampleNs_));
     }
     lastSampleNs_ = now;
     lastBusyTicks_ = busy;
     lastProcessNs_ = ours;
+}
+
+int CoreBudget::capFromSamples() {
+    cpu_set_t cpus;
+    const int usable = callPathCpus(cpus) ? CPU_COUNT(&cpus) : 0;
+    cores_.store(usable, std::memory_order_relaxed);
     if (const int forced = override_.load(); forced >= 0) return forced;
-    if (floor == 0 || floor < kCheapExitNs) return 0;
+    const uint64_t floor = exitFloorNs_.load();
+    if (floor == 0 || floor < kCheapExitNs || usable == 0) return 0;
     // One core stays with the main thread; a core three-quarters free counts as free.
-    const int free = static_cast<int>(std::floor(usable - others + 0.25));
+    const int free = static_cast<int>(std::floor(usable - others_ + 0.25));
     return std::clamp(free - 1, 0, usable - 1);
 }
 
@@ -101,13 +179,18 @@ void CoreBudget::refresh() {
     if (now < nextSampleNs_.load(std::memory_order_relaxed)) return;
     std::unique_lock<std::mutex> lock(sampleMu_, std::try_to_lock);
     if (!lock.owns_lock()) return; // another thread samples: use the current cap
-    nextSampleNs_.store(now + kSampleIntervalNs, std::memory_order_relaxed);
-    cap_.store(sample(), std::memory_order_relaxed);
+    nextSampleNs_.store(now + kAffinityIntervalNs, std::memory_order_relaxed);
+    if (now >= nextLoadSampleNs_.load(std::memory_order_relaxed)) {
+        nextLoadSampleNs_.store(now + kSampleIntervalNs, std::memory_order_relaxed);
+        sampleLoad(now);
+    }
+    cap_.store(capFromSamples(), std::memory_order_relaxed);
 }
 
 bool CoreBudget::acquire() {
     refresh();
     const int cap = cap_.load(std::memory_order_relaxed);
+    if (sessions_.load(std::memory_order_relaxed) > cap) return false;
     int held = holders_.load();
     while (held < cap)
         if (holders_.compare_exchange_weak(held, held + 1)) return true;
@@ -116,14 +199,23 @@ bool CoreBudget::acquire() {
 
 void CoreBudget::release() { holders_.fetch_sub(1); }
 
-bool CoreBudget::spinAllowed() {
-    refresh();
-    return holders_.load(std::memory_order_relaxed) < cap_.load(std::memory_order_relaxed);
+void CoreBudget::sessionStarted() {
+    g_registration.enter();
+    sessions_.fetch_add(1, std::memory_order_relaxed);
 }
 
+bool CoreBudget::spinAllowed() {
+    refresh();
+    const int busy = std::max(holders_.load(std::memory_order_relaxed), sessions_.load(std::memory_order_relaxed));
+    return busy < cap_.load(std::memory_order_relaxed);
+}
+
+// Asked as each request is published: by the vCPU thread before its guest's session
+// counts (the exit path), or by the main thread while it runs (a request in memory).
 bool CoreBudget::pollAllowed() {
     refresh();
-    return cap_.load(std::memory_order_relaxed) > 0;
+    const int cap = cap_.load(std::memory_order_relaxed);
+    return cap > 0 && sessions_.load(std::memory_order_relaxed) <= cap;
 }
 
 } // namespace airlock

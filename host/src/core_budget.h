@@ -1,14 +1,18 @@
 // core_budget.h — the process-wide budget for busy-waiting: how many guests may poll
 // for their next request (and vCPU threads spin for an op or a host reply) at once.
-// Busy-waiting pays only with a core nobody else wants: the cap is the cores this
-// process may run on and that others leave idle (sched_getaffinity, /proc/stat), less
-// one for the Node main thread; and zero where an exit is cheap (the exit floor,
-// measured once per process), since then one exit per call costs less than a core.
+// Busy-waiting pays only with a core nobody else wants: the cap is the cores the call
+// path's threads may run on (the union of the affinities of the main thread and the
+// vCPU threads) that others leave idle (/proc/stat), less one for
+// the Node main thread; and zero where an exit is cheap (the exit floor, measured
+// once per process), since then one exit per call costs less than a core.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <sched.h>
+#include <sys/types.h>
+#include <vector>
 
 namespace airlock {
 
@@ -30,23 +34,39 @@ public:
     // Whether a guest may be given a poll window at all now (written into poll_ticks).
     bool pollAllowed();
 
+    // vCPU threads: a guest of theirs runs (an exchange, then maybe a window) / stopped.
+    // A guest that polls holds a core while the others' exchanges need one: with more
+    // guests running than the cap, none polls (each answers with an exit) and no
+    // thread spins, so sandboxes called at once run side by side instead of each
+    // waiting for a poller's core.
+    // The first session of a thread also registers it as a vCPU thread whose placement
+    // counts (until it ends).
+    void sessionStarted();
+    void sessionEnded() { sessions_.fetch_sub(1, std::memory_order_relaxed); }
+
     // The operator's cap (AIRLOCK_KVM_POLLERS, read by the addon at load), replacing
     // the measured one; negative: measure.
     void setOverride(int cap) { override_.store(cap); nextSampleNs_.store(0); }
 
     int cap() { refresh(); return cap_.load(std::memory_order_relaxed); }
     int holders() const { return holders_.load(std::memory_order_relaxed); }
+    // The CPUs the call path's threads may run on, as last checked.
+    int cores() { refresh(); return cores_.load(std::memory_order_relaxed); }
     uint64_t exitFloorNs() const { return exitFloorNs_.load(std::memory_order_relaxed); }
 
 private:
     CoreBudget() = default;
-    void refresh();             // at most every kSampleIntervalNs, by whichever caller comes first
-    int sample();               // the cap from affinity, others' load and the exit floor
+    void refresh();             // by whichever caller comes first once a sample is due
+    void sampleLoad(uint64_t now);  // others' load and the call path's threads (/proc)
+    int capFromSamples();       // the cap from the cores, others' load and the exit floor
 
     std::atomic<int> holders_{0};
+    std::atomic<int> sessions_{0}; // guests running now (relaxed: a hint, re-read per decision)
     std::atomic<int> cap_{0};
+    std::atomic<int> cores_{0};
     std::atomic<int> override_{-1};
-    std::atomic<uint64_t> nextSampleNs_{0};
+    std::atomic<uint64_t> nextSampleNs_{0};   // the next affinity check
+    std::atomic<uint64_t> nextLoadSampleNs_{0}; // the next /proc sample
     std::atomic<uint64_t> exitFloorNs_{0}; // 0 until measured
     std::once_flag floorOnce_;
 
@@ -54,6 +74,7 @@ private:
     uint64_t lastBusyTicks_ = 0;
     uint64_t lastProcessNs_ = 0;
     uint64_t lastSampleNs_ = 0;
+    double others_ = 0;               // cores' worth of CPU others took in the last interval
 };
 
 } // namespace airlock

@@ -143,7 +143,7 @@ void VcpuThread::emitDone(OpKind kind, Outcome o) {
 // An ioctl of op `kind` threw: the guest is poisoned; the outcome to emit, if any.
 std::optional<Outcome> VcpuThread::hypervisorFailed(OpKind kind, const char *what) {
     suspended_ = false;
-    s_.session_.store(false);
+    if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
     releasePollSlot();
     std::string reason = std::string("a hypervisor operation failed: ") + what;
     s_.poison(reason);
@@ -423,10 +423,12 @@ bool VcpuThread::windowOver() const {
 
 // The session ends: the guest is stopped and will not run before the next exchange.
 void VcpuThread::leave() {
-    s_.session_.store(false);
+    if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
     s_.cancel_.clearKick();
     s_.windowEndNs_.store(0);
-    s_.windowTimer_->disarm();
+    // A timer never armed needs no timer_settime: on the exit path (nothing polls)
+    // that is one system call per call on the vCPU thread.
+    if (s_.windowArmed_.load()) s_.windowTimer_->disarm();
     s_.windowArmed_.store(false);
     s_.chargeAfterAnswer();
     releasePollSlot();
@@ -440,11 +442,14 @@ void VcpuThread::releasePollSlot() {
 }
 
 // A guest that answered runs on to poll only with a window and a free core; it keeps
-// the slot for the whole session (until leave()).
+// the slot for the session (until leave()) while the budget still has a core for it.
 bool VcpuThread::mayPoll() {
     const bool flagged =
         s_.memory_->read<uint32_t>(s_.layout_.header.control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS;
     if (!flagged || s_.pollNs_.load() == 0) return false;
+    // A slot held since an earlier answer goes back once the budget has no core for it
+    // (more guests run than the cap, or the threads were pinned to one core).
+    if (s_.holdsPollSlot_ && !CoreBudget::instance().pollAllowed()) releasePollSlot();
     if (!s_.holdsPollSlot_) s_.holdsPollSlot_ = CoreBudget::instance().acquire();
     return s_.holdsPollSlot_;
 }
@@ -519,7 +524,7 @@ bool VcpuThread::cancelInFlight() {
 // window ends. Emits the Done event of every exchange the vCPU thread claims. Every
 // pass either enters the guest under a budget or ends the session.
 void VcpuThread::runSession() {
-    s_.session_.store(true);
+    if (!s_.session_.exchange(true)) CoreBudget::instance().sessionStarted();
     for (;;) {
         // Before every entry, not on the timer's interrupt alone: clearInterrupt()
         // after another interrupt can swallow the timer's, and the clock cannot lie.
@@ -578,7 +583,7 @@ bool VcpuThread::yieldNow() const {
 // clock runs on; its CPU budget and clock pause with the sandbox's (release/hold).
 void VcpuThread::suspend() {
     suspended_ = true;
-    s_.session_.store(false);
+    if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
     releasePollSlot();
     s_.windowTimer_->disarm();
     s_.windowArmed_.store(false);

@@ -32,9 +32,10 @@ export interface NativeAddon {
   probe(): { usable: boolean; reasons: string[] };
   measureExitFloor(iterations: number): Promise<number[]>;
   /** The process-wide busy-wait budget: the exit floor measured when the first VM
-   *  started (0 before), how many guests may poll for requests at once (0: every call
-   *  takes one exit and nothing spins), and how many poll now. */
-  pollingBudget(): { exitFloorUs: number; cap: number; polling: number };
+   *  started (0 before), the CPUs the call path's threads (main, vCPU)
+   *  may run on, re-checked every 10 ms, how many guests may poll for requests at once
+   *  (0: every call takes one exit and nothing spins), and how many poll now. */
+  pollingBudget(): { exitFloorUs: number; cores: number; cap: number; polling: number };
   /** Chooses the real-time signal that interrupts vCPU threads (0 = automatic, or
    *  AIRLOCK_KVM_SIGNAL); only before the first VM. Throws ERR_INVALID_ARG otherwise. */
   setCancelSignal(signal: number): void;

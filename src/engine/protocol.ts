@@ -192,8 +192,21 @@ export function fieldText(message: Message, i: number): string | undefined {
  * guest mixes new entropy in before it runs anything, so it never repeats its random numbers.
  */
 export function hostEntropy(): Buffer {
-  return randomFillSync(Buffer.allocUnsafe(AIRLOCK_ENTROPY_SIZE));
+  if (entropyPool.length - entropyOffset < AIRLOCK_ENTROPY_SIZE) {
+    // A fresh pool, never a refill in place: earlier slices may still be referenced.
+    entropyPool = randomFillSync(Buffer.allocUnsafeSlow(ENTROPY_POOL_SIZE));
+    entropyOffset = 0;
+  }
+  const bytes = entropyPool.subarray(entropyOffset, entropyOffset + AIRLOCK_ENTROPY_SIZE);
+  entropyOffset += AIRLOCK_ENTROPY_SIZE; // every byte goes to one request only
+  return bytes;
 }
+
+// One CSPRNG draw serves 128 requests: a draw costs as much as a small call's whole
+// main-thread share (OpenSSL's fork check is a getpid() system call per draw).
+const ENTROPY_POOL_SIZE = 128 * AIRLOCK_ENTROPY_SIZE;
+let entropyPool = Buffer.alloc(0);
+let entropyOffset = 0;
 
 /** What LOAD_RUNTIME's options field carries (docs/PROTOCOL.md). */
 export interface GuestRuntimeOptions {
