@@ -704,9 +704,9 @@ export class SandboxCore {
       this.hostOptions.asyncHostCallLimit,
       this.config.inputSize - encodedSize(['']),
     ));
-    if (step === 'wait') {
-      if (args.length !== 1) throw new LoopProtocolError('event loop wait takes one argument');
-      return loop.wait(args[0]);
+    if (step === 'wait' || step === 'sleep') {
+      if (args.length !== 1) throw new LoopProtocolError(`event loop ${step} takes one argument`);
+      return loop.wait(args[0], step === 'sleep');
     }
     if (step !== 'start') throw new LoopProtocolError(`unknown event loop step '${step.slice(0, 40)}'`);
     const [module, fn, callArgs] = args;

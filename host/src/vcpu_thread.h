@@ -43,6 +43,7 @@ private:
     Next onIdle();
     Next onAbort();
     Next onHostCall();
+    Next sleepInLoop(uint64_t delayNs); // loop_wait.cc
     Next abortGuest(std::string message, bool claimed = false);
     bool cancelInFlight();
     void done(Outcome o);

@@ -1,6 +1,7 @@
 // event-loop.ts — the host half of the guest event loop for one operation: the async
 // host calls it has in flight, their completions, and the guest's sleep (the reserved
-// host call `airlock:loop` `wait`, answered when a timer is due or a call completes).
+// host call `airlock:loop` `wait` or `sleep`, answered when a timer is due or a call
+// completes; on KVM a `sleep` alone is answered by the vCPU thread, host/src/loop_wait.cc).
 // Every step the guest asks for is bounded here: the number of calls in flight, the
 // size of each answer, the length of a sleep. A closed loop drops late answers.
 import { GuestAbortError } from '../errors.js';
@@ -81,11 +82,14 @@ export class OperationLoop {
 
   /**
    * The guest sleeps until `delayMs` has passed (or, for -1, with no timer pending)
-   * or a call completes, and gets every completion that fits one answer.
+   * or a call completes, and gets every completion that fits one answer. A `timerOnly`
+   * step (`sleep`) names a timer: the guest has no call in flight, and the KVM host
+   * serves it on the vCPU thread unless console lines came with it
+   * (host/src/loop_wait.cc); here it is a wait like any other.
    */
-  async wait(delayMs: unknown): Promise<Buffer> {
-    if (typeof delayMs !== 'number' || !(delayMs === -1 || (delayMs >= 0 && delayMs <= Number.MAX_VALUE))) {
-      throw new LoopProtocolError(`event loop wait with an invalid delay: ${String(delayMs).slice(0, 40)}`);
+  async wait(delayMs: unknown, timerOnly = false): Promise<Buffer> {
+    if (typeof delayMs !== 'number' || !((delayMs === -1 && !timerOnly) || (delayMs >= 0 && delayMs <= Number.MAX_VALUE))) {
+      throw new LoopProtocolError(`event loop ${timerOnly ? 'sleep' : 'wait'} with an invalid delay: ${String(delayMs).slice(0, 40)}`);
     }
     if (delayMs === -1 && this.inFlight === 0) {
       throw new LoopProtocolError('event loop wait with no timer and no async host call in flight (it would never end)');
