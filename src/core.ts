@@ -704,10 +704,7 @@ export class SandboxCore {
       this.hostOptions.asyncHostCallLimit,
       this.config.inputSize - encodedSize(['']),
     ));
-    if (step === 'wait' || step === 'sleep') {
-      if (args.length !== 1) throw new LoopProtocolError(`event loop ${step} takes one argument`);
-      return loop.wait(args[0], step === 'sleep');
-    }
+    if (step === 'wait' || step === 'sleep') return loop.waitStep(step, args);
     if (step !== 'start') throw new LoopProtocolError(`unknown event loop step '${step.slice(0, 40)}'`);
     const [module, fn, callArgs] = args;
     if (args.length !== 3 || typeof module !== 'string' || typeof fn !== 'string' || !Array.isArray(callArgs)) {

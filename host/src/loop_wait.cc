@@ -11,6 +11,7 @@
 #include <string>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <x86intrin.h>
 
 #include "../../guest/include/abi.h"
 #include "core_budget.h"
@@ -44,27 +45,52 @@ bool equals(const uint8_t *data, uint32_t len, const char *text) {
     return len == std::strlen(text) && std::memcmp(data, text, len) == 0;
 }
 
-// `[ms]` with ms a JSON number >= 0 (digits, '.', exponent only: no inf/nan/hex that
-// strtod would take), in milliseconds.
-std::optional<double> parseDelayMs(const uint8_t *data, uint32_t len) {
-    if (len < 3 || len > kMaxNumberChars + 2 || data[0] != '[' || data[len - 1] != ']') return std::nullopt;
+// A JSON number >= 0 in milliseconds (digits, '.', exponent only: no inf/nan/hex that
+// strtod would take).
+std::optional<double> parseMs(const uint8_t *data, size_t len) {
+    if (len == 0 || len > kMaxNumberChars) return std::nullopt;
     char text[kMaxNumberChars + 1];
-    const size_t n = len - 2;
-    for (size_t i = 0; i < n; ++i) {
-        const char c = static_cast<char>(data[i + 1]);
+    for (size_t i = 0; i < len; ++i) {
+        const char c = static_cast<char>(data[i]);
         if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')) return std::nullopt;
         text[i] = c;
     }
-    text[n] = '\0';
+    text[len] = '\0';
     char *end = nullptr;
     const double ms = std::strtod(text, &end);
-    if (end != text + n || !std::isfinite(ms) || !(ms >= 0)) return std::nullopt;
+    if (end != text + len || !std::isfinite(ms) || !(ms >= 0)) return std::nullopt;
     return ms;
+}
+
+uint64_t msToNs(double ms) {
+    const double ns = ms * 1e6;
+    return ns >= static_cast<double>(kMaxLoopSleepNs) ? kMaxLoopSleepNs : static_cast<uint64_t>(std::ceil(ns));
+}
+
+// `[ms]` or `[ms,atMs]`.
+std::optional<LoopSleep> parseArgs(const uint8_t *data, uint32_t len) {
+    if (len < 3 || data[0] != '[' || data[len - 1] != ']') return std::nullopt;
+    const uint8_t *inner = data + 1;
+    const size_t innerLen = len - 2;
+    const void *comma = std::memchr(inner, ',', innerLen);
+    const size_t delayLen = comma ? static_cast<size_t>(static_cast<const uint8_t *>(comma) - inner) : innerLen;
+    const std::optional<double> delay = parseMs(inner, delayLen);
+    if (!delay) return std::nullopt;
+    LoopSleep sleep;
+    sleep.delayNs = msToNs(*delay);
+    if (comma) {
+        const std::optional<double> at = parseMs(inner + delayLen + 1, innerLen - delayLen - 1);
+        if (!at) return std::nullopt;
+        // Past the guest clock's range, the instant cannot shorten anything: not given.
+        const double atNs = *at * 1e6;
+        sleep.atGuestNs = atNs < 1.8e19 ? static_cast<uint64_t>(atNs) : 0;
+    }
+    return sleep;
 }
 
 } // namespace
 
-std::optional<uint64_t> loopSleepDelayNs(const std::vector<uint8_t> &output) {
+std::optional<LoopSleep> loopSleepStep(const std::vector<uint8_t> &output) {
     if (output.size() < AIRLOCK_MSG_HEADER_SIZE) return std::nullopt;
     airlock_msg m;
     std::memcpy(&m, output.data(), sizeof m);
@@ -79,19 +105,30 @@ std::optional<uint64_t> loopSleepDelayNs(const std::vector<uint8_t> &output) {
         !nextField(p, off, end, args, argsLen) || off != end)
         return std::nullopt;
     if (!equals(module, moduleLen, kModule) || !equals(step, stepLen, kStep)) return std::nullopt;
-    const std::optional<double> ms = parseDelayMs(args, argsLen);
-    if (!ms) return std::nullopt;
-    const double ns = *ms * 1e6;
-    return ns >= static_cast<double>(kMaxLoopSleepNs) ? kMaxLoopSleepNs : static_cast<uint64_t>(std::ceil(ns));
+    return parseArgs(args, argsLen);
+}
+
+uint64_t loopSleepRemainingNs(const LoopSleep &sleep, uint64_t guestNowNs) {
+    if (sleep.atGuestNs == 0) return sleep.delayNs;
+    const uint64_t toAt = sleep.atGuestNs > guestNowNs ? sleep.atGuestNs - guestNowNs : 0;
+    return std::min(sleep.delayNs, toAt);
 }
 
 // The guest waits in a host call, so like any host call its wait is not its CPU time:
 // the CPU monitor and the accounting pause from before the sleep until the reply is
 // written. The host sets the deadline from its own clock; the guest only names a
-// delay, and the wall-clock monitor still runs (its signal ends the sleep).
-VcpuThread::Next VcpuThread::sleepInLoop(uint64_t delayNs) {
+// delay (and the instant it meant, which can only shorten it), and the wall-clock
+// monitor still runs (its signal ends the sleep).
+VcpuThread::Next VcpuThread::sleepInLoop(const LoopSleep &sleep) {
     const uint64_t cpuLeft = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
     const uint64_t pauseStart = s_.vcpuCpuNs();
+    // The guest's clock now, as the guest reads it (guest/platform/kvm: its TSC in ns at
+    // tsc_khz): its exit took tens of µs since it computed the delay.
+    const uint64_t guestNowNs =
+        s_.tscKhz_ ? static_cast<uint64_t>(static_cast<unsigned __int128>(__rdtsc() + static_cast<uint64_t>(s_.tscOffset_)) *
+                                           1'000'000u / s_.tscKhz_)
+                   : 0;
+    const uint64_t delayNs = s_.tscKhz_ ? loopSleepRemainingNs(sleep, guestNowNs) : sleep.delayNs;
     const uint64_t deadline = monotonicNs() + delayNs;
     static thread_local bool slackSet = false;
     if (!slackSet) slackSet = prctl(PR_SET_TIMERSLACK, kTimerSlackNs, 0, 0, 0) == 0;

@@ -13,7 +13,6 @@
 
 #include "../../guest/include/abi.h"
 #include "core_budget.h"
-#include "loop_wait.h"
 #include "messages.h"
 #include "vcpu_thread.h"
 #include "timing.h"
@@ -571,7 +570,7 @@ VcpuThread::Next VcpuThread::onHostCall() {
     ev.hostCallId = nextHostCallId_++;
     std::string error;
     if (!readGuestOutput(*s_.memory_, s_.layout_, ev.hostCallOutput, error)) return abortGuest(error);
-    if (const std::optional<uint64_t> sleepNs = loopSleepDelayNs(ev.hostCallOutput)) return sleepInLoop(*sleepNs);
+    if (const std::optional<LoopSleep> sleep = loopSleepStep(ev.hostCallOutput)) return sleepInLoop(*sleep);
     const uint64_t id = ev.hostCallId;
     // Time spent waiting for the host function is not guest CPU time: pause the CPU
     // monitor and the accounting while we wait.

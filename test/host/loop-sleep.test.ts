@@ -42,7 +42,9 @@ function expectServed(output: Buffer): void {
 describeKvm('host addon: the event loop sleep on the vCPU thread', () => {
   it('answers a lone sleep step itself, without the main thread', async () => {
     const { vm, seen } = await sleeper();
-    for (const args of ['[0]', '[2]', '[0.25]', '[1.5e-3]', '[3E0]']) expectServed((await vm.send(step('sleep', args))).output);
+    for (const args of ['[0]', '[2]', '[0.25]', '[1.5e-3]', '[3E0]', '[2,0]', '[2,1e300]', '[2,123456.789]']) {
+      expectServed((await vm.send(step('sleep', args))).output);
+    }
     expect(seen).toEqual([]);
   });
 
@@ -56,7 +58,10 @@ describeKvm('host addon: the event loop sleep on the vCPU thread', () => {
     ['a delay past a double', step('sleep', '[1e999]')],
     ['a hexadecimal delay', step('sleep', '[0x10]')],
     ['an infinite delay', step('sleep', '[Infinity]')],
-    ['two arguments', step('sleep', '[1,2]')],
+    ['three arguments', step('sleep', '[1,2,3]')],
+    ['an instant that is a string', step('sleep', '[1,"2"]')],
+    ['a negative instant', step('sleep', '[1,-2]')],
+    ['an empty instant', step('sleep', '[1,]')],
     ['no argument', step('sleep', '[]')],
     ['an unbracketed delay', step('sleep', '1')],
     ['a delay longer than any number', step('sleep', `[${'1'.repeat(40)}]`)],
