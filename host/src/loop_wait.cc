@@ -30,7 +30,8 @@ constexpr size_t kMaxNumberChars = 32;
 // The kernel's default timer slack (50 us) would make every sleep that late.
 constexpr unsigned long kTimerSlackNs = 1'000;
 
-// Reads field `i`'s bounds from a message body at `off`; false when it overruns `end`.
+// Reads the bounds of the field at `off` in a message body, moving `off` past it; false
+// when it overruns `end`.
 bool nextField(const uint8_t *p, size_t &off, size_t end, const uint8_t *&data, uint32_t &len) {
     if (end - off < AIRLOCK_FIELD_HEADER_SIZE) return false;
     std::memcpy(&len, p + off, sizeof len); // unaligned: fields have no padding
@@ -123,7 +124,9 @@ VcpuThread::Next VcpuThread::sleepInLoop(const LoopSleep &sleep) {
     const uint64_t cpuLeft = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
     const uint64_t pauseStart = s_.vcpuCpuNs();
     // The guest's clock now, as the guest reads it (guest/platform/kvm: its TSC in ns at
-    // tsc_khz): its exit took tens of µs since it computed the delay.
+    // tsc_khz): its exit took tens of µs since it computed the delay. Invariant: guest
+    // TSC = host TSC + tscOffset_ at the same rate (attachClockAndHandover); were it off,
+    // a sleep would only end early, and the guest's loop sleeps again for the rest.
     const uint64_t guestNowNs =
         s_.tscKhz_ ? static_cast<uint64_t>(static_cast<unsigned __int128>(__rdtsc() + static_cast<uint64_t>(s_.tscOffset_)) *
                                            1'000'000u / s_.tscKhz_)
