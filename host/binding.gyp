@@ -23,6 +23,7 @@
         "src/clone_boot.cc",
         "src/vm_factory.cc",
         "src/exit_floor.cc",
+        "src/loop_wait.cc",
         "kvm/kvm.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -740,10 +740,7 @@ export class SandboxCore {
       this.hostOptions.asyncHostCallLimit,
       this.config.inputSize - encodedSize(['']),
     ));
-    if (step === 'wait') {
-      if (args.length !== 1) throw new LoopProtocolError('event loop wait takes one argument');
-      return loop.wait(args[0]);
-    }
+    if (step === 'wait' || step === 'sleep') return loop.waitStep(step, args);
     if (step !== 'start') throw new LoopProtocolError(`unknown event loop step '${step.slice(0, 40)}'`);
     const [module, fn, callArgs] = args;
     if (args.length !== 3 || typeof module !== 'string' || typeof fn !== 'string' || !Array.isArray(callArgs)) {

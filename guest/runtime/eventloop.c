@@ -1,8 +1,9 @@
 /* eventloop.c — the guest event loop: setTimeout/setInterval/clearTimeout/clearInterval,
  * queueMicrotask, non-blocking host calls and fetch. Timers and async calls live in a
- * small JavaScript prelude; sleeping is one blocking host call (`airlock:loop` `wait`)
- * that the host answers when the earliest timer is due or an async call completes, so
- * the guest never spins and its CPU time does not run while it waits. */
+ * small JavaScript prelude; sleeping is one blocking host call (`airlock:loop` `wait`,
+ * or `sleep` when only a timer can end it) that the host answers when the earliest
+ * timer is due or an async call completes, so the guest never spins and its CPU time
+ * does not run while it waits. */
 #include <string.h>
 
 #include "eventloop.h"
@@ -111,7 +112,11 @@ static const char prelude_source[] =
     "      return failed ? 0 : 1;\n"
     "    }\n"
     "    if (next === undefined && calls.size === 0) return 0;\n"
-    "    const done = hostCall('airlock:loop', 'wait', [next === undefined ? -1 : next.at - time]);\n"
+    "    // With no async call in flight only a timer can end the wait: `sleep`, which the\n"
+    "    // KVM host serves on the vCPU thread without a round trip to its main thread; the\n"
+    "    // deadline on this clock lets it leave out the time the exit took.\n"
+    "    const done = calls.size === 0 ? hostCall('airlock:loop', 'sleep', [next.at - time, next.at])\n"
+    "                                  : hostCall('airlock:loop', 'wait', [next === undefined ? -1 : next.at - time]);\n"
     "    for (let i = 0; i < done.length; i++) {\n"
     "      const id = done[i][0], kind = done[i][1], payload = done[i][2];\n"
     "      const call = calls.get(id);\n"

@@ -107,6 +107,14 @@ public:
         vcpuSleeping_.store(false);
     }
 
+    // As sleep(), until CLOCK_MONOTONIC `deadlineNs` at the latest (a guest's timer,
+    // loop_wait.cc).
+    void sleepUntil(uint32_t seq, bool stillWanted, uint64_t deadlineNs) {
+        vcpuSleeping_.store(true);
+        if (stillWanted) futexWaitUntil(&wakeSeq_, seq, deadlineNs);
+        vcpuSleeping_.store(false);
+    }
+
     // An exchange (Boot or Exchange op) from the moment it is published until exactly
     // one side claims it: the main thread when the guest handed the response over in
     // memory, the vCPU thread on an exit, a cancellation or an abort.

@@ -36,6 +36,20 @@ std::vector<uint8_t> encodeHostError(const std::string &text, size_t capacity) {
     return out;
 }
 
+std::vector<uint8_t> encodeHostReturn(const std::string &json) {
+    airlock_msg m{};
+    m.kind = AIRLOCK_MSG_HOST_RETURN;
+    m.status = AIRLOCK_STATUS_OK;
+    m.count = 1;
+    m.length = static_cast<uint32_t>(AIRLOCK_FIELD_HEADER_SIZE + json.size());
+    std::vector<uint8_t> out(AIRLOCK_MSG_HEADER_SIZE + m.length);
+    std::memcpy(out.data(), &m, sizeof m);
+    const uint32_t fieldLen = static_cast<uint32_t>(json.size());
+    std::memcpy(out.data() + AIRLOCK_MSG_HEADER_SIZE, &fieldLen, sizeof fieldLen);
+    if (!json.empty()) std::memcpy(out.data() + AIRLOCK_MSG_HEADER_SIZE + AIRLOCK_FIELD_HEADER_SIZE, json.data(), json.size());
+    return out;
+}
+
 bool readGuestOutput(const GuestMemory &mem, const GuestLayout &l, std::vector<uint8_t> &out, std::string &error) {
     const uint32_t len = mem.read<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN);
     if (len > l.outputSize) {

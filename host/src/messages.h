@@ -18,6 +18,9 @@ namespace airlock {
 // header the message carries no field. capacity >= AIRLOCK_MSG_HEADER_SIZE.
 std::vector<uint8_t> encodeHostError(const std::string &text, size_t capacity);
 
+// A HOST_RETURN message with status OK carrying one field, `json`.
+std::vector<uint8_t> encodeHostReturn(const std::string &json);
+
 // Copies the guest's output buffer: response_len is read once and bounded by the
 // buffer. False with `error` set when the guest claims more than the buffer holds.
 bool readGuestOutput(const GuestMemory &mem, const GuestLayout &layout, std::vector<uint8_t> &out, std::string &error);

@@ -45,6 +45,16 @@ inline void futexWaitFor(std::atomic<uint32_t> *word, uint32_t expected, uint64_
     syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_PRIVATE, expected, &timeout, nullptr, 0);
 }
 
+// As futexWait, until CLOCK_MONOTONIC reaches `deadlineNs` at the latest (an absolute
+// deadline: a wake-up or signal before it needs no recomputed timeout).
+inline void futexWaitUntil(std::atomic<uint32_t> *word, uint32_t expected, uint64_t deadlineNs) {
+    static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t), "futex word");
+    const timespec at{static_cast<time_t>(deadlineNs / 1'000'000'000ull), static_cast<long>(deadlineNs % 1'000'000'000ull)};
+    // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC time, unlike FUTEX_WAIT.
+    syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_BITSET_PRIVATE, expected, &at, nullptr,
+            FUTEX_BITSET_MATCH_ANY);
+}
+
 inline void futexWake(std::atomic<uint32_t> *word) {
     syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
 }

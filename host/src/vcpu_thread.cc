@@ -661,6 +661,7 @@ VcpuThread::Next VcpuThread::onHostCall() {
     ev.hostCallId = nextHostCallId_++;
     std::string error;
     if (!readGuestOutput(*s_.memory_, s_.layout_, ev.hostCallOutput, error)) return abortGuest(error);
+    if (const std::optional<LoopSleep> sleep = loopSleepStep(ev.hostCallOutput)) return sleepInLoop(*sleep);
     const uint64_t id = ev.hostCallId;
     // Time spent waiting for the host function is not guest CPU time: pause the CPU
     // monitor and the accounting while we wait.

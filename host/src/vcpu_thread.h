@@ -12,6 +12,7 @@
 #include <string>
 
 #include "../hv/hypervisor.h"
+#include "loop_wait.h"
 #include "sandbox.h"
 
 namespace airlock {
@@ -53,6 +54,7 @@ private:
     Next onIdle();
     Next onAbort();
     Next onHostCall();
+    Next sleepInLoop(const LoopSleep &sleep); // loop_wait.cc
     Next abortGuest(std::string message, bool claimed = false);
     bool cancelInFlight();
     void done(Outcome o);

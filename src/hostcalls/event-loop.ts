@@ -1,6 +1,7 @@
 // event-loop.ts — the host half of the guest event loop for one operation: the async
 // host calls it has in flight, their completions, and the guest's sleep (the reserved
-// host call `airlock:loop` `wait`, answered when a timer is due or a call completes).
+// host call `airlock:loop` `wait` or `sleep`, answered when a timer is due or a call
+// completes; on KVM a `sleep` alone is answered by the vCPU thread, host/src/loop_wait.cc).
 // Every step the guest asks for is bounded here: the number of calls in flight, the
 // size of each answer, the length of a sleep. A closed loop drops late answers.
 import { GuestAbortError } from '../errors.js';
@@ -80,12 +81,30 @@ export class OperationLoop {
   }
 
   /**
-   * The guest sleeps until `delayMs` has passed (or, for -1, with no timer pending)
-   * or a call completes, and gets every completion that fits one answer.
+   * A `wait` step, `[delay]`, or a `sleep` step, `[delay]` or `[delay, at]`: a sleep
+   * names a timer (the guest has no call in flight) and the instant on the guest's clock
+   * it is due, which the KVM host uses to serve it on the vCPU thread unless console
+   * lines came with it (host/src/loop_wait.cc); here it is a wait like any other.
    */
-  async wait(delayMs: unknown): Promise<Buffer> {
-    if (typeof delayMs !== 'number' || !(delayMs === -1 || (delayMs >= 0 && delayMs <= Number.MAX_VALUE))) {
-      throw new LoopProtocolError(`event loop wait with an invalid delay: ${String(delayMs).slice(0, 40)}`);
+  waitStep(step: 'wait' | 'sleep', args: unknown[]): Promise<Buffer> {
+    const sleep = step === 'sleep';
+    if (!(args.length === 1 || (sleep && args.length === 2))) {
+      throw new LoopProtocolError(`event loop ${step} takes ${sleep ? 'one or two arguments' : 'one argument'}`);
+    }
+    if (args.length === 2 && !isNonNegative(args[1])) {
+      throw new LoopProtocolError(`event loop sleep with an invalid instant: ${String(args[1]).slice(0, 40)}`);
+    }
+    return this.wait(args[0], sleep);
+  }
+
+  /**
+   * The guest sleeps until `delayMs` has passed (or, for -1 outside a `timerOnly`
+   * sleep, with no timer pending) or a call completes, and gets every completion that
+   * fits one answer.
+   */
+  async wait(delayMs: unknown, timerOnly = false): Promise<Buffer> {
+    if (typeof delayMs !== 'number' || !((delayMs === -1 && !timerOnly) || isNonNegative(delayMs))) {
+      throw new LoopProtocolError(`event loop ${timerOnly ? 'sleep' : 'wait'} with an invalid delay: ${String(delayMs).slice(0, 40)}`);
     }
     if (delayMs === -1 && this.inFlight === 0) {
       throw new LoopProtocolError('event loop wait with no timer and no async host call in flight (it would never end)');
@@ -191,6 +210,10 @@ export class OperationLoop {
     this.inFlight -= entries.length;
     return encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [`[${entries.join(',')}]`, ...fields]);
   }
+}
+
+function isNonNegative(ms: unknown): ms is number {
+  return typeof ms === 'number' && ms >= 0 && ms <= Number.MAX_VALUE;
 }
 
 /** Bytes of a HOST_RETURN around its one field. */

@@ -1,5 +1,6 @@
-// eventloop.ts — the event-loop group of `just bench` (AIRLOCK_BENCH_ONLY=eventloop):
-// concurrent async host calls, timer wake-up overshoot, and guest CPU while sleeping.
+// eventloop.ts — the guest event-loop group of `just bench` (AIRLOCK_BENCH_ONLY=guest-eventloop):
+// concurrent async host calls, timer wake-up overshoot, and guest CPU while sleeping
+// (less a trivial call, and less a blocking host call that takes as long).
 // Also runs alone: npx tsx test/bench/eventloop.ts [kvm|wasm]
 import { SandboxBuilder } from '../../src/index.js';
 import type { Backend } from '../../src/engine/engine.js';
@@ -15,6 +16,10 @@ const HANDLERS = {
       return (performance.now() - t0 - 1) * 1000;
     }`,
   sleep20: 'export default async function () { await new Promise((r) => setTimeout(r, 20)); }',
+  // The same 20 ms spent in one blocking host call: what any host call of that length
+  // costs the guest (its exit and re-entry, and the slower run of a guest whose host
+  // went idle), to tell the timer's own cost from it.
+  hostWait20: `import { wait20 } from 'host:bench'; export default function () { wait20(); }`,
   trivial: 'export default function () {}',
 };
 
@@ -23,6 +28,7 @@ export async function benchEventLoop(backend: Backend, record: (r: Result) => vo
   const contender = `airlock-${backend}`;
   const proto = await new SandboxBuilder().setBackend(backend).build();
   proto.hostModule('bench').register('io', () => new Promise((r) => setTimeout(r, 50)));
+  proto.hostModule('bench').register('wait20', () => new Promise((r) => setTimeout(r, 20)));
   const js = await proto.loadRuntime();
   for (const [k, v] of Object.entries(HANDLERS)) js.addHandler(k, v);
   const loaded = await js.getLoadedSandbox();
@@ -40,7 +46,10 @@ export async function benchEventLoop(backend: Backend, record: (r: Result) => vo
       return (loaded.lastCallStats?.cpuTimeMs ?? NaN) * 1000;
     };
     const trivial = summarize(contender, 'x', await collect(scale(100), 10, () => cpu('trivial'))).p50;
-    record(summarize(contender, 'timer_sleep_cpu_us', (await collect(scale(50), 3, () => cpu('sleep20'))).map((us) => us - trivial)));
+    const sleeps = await collect(scale(50), 3, () => cpu('sleep20'));
+    record(summarize(contender, 'timer_sleep_cpu_us', sleeps.map((us) => us - trivial)));
+    const hostWait = summarize(contender, 'x', await collect(scale(50), 3, () => cpu('hostWait20'))).p50;
+    record(summarize(contender, 'timer_sleep_cpu_over_host_call_us', sleeps.map((us) => us - hostWait)));
   } finally {
     await loaded.dispose();
   }

@@ -53,6 +53,11 @@ describeEachBackend('hostile event loop steps', (h) => {
     ['a wait with a delay that is not a number', 'wait', '["soon"]'],
     ['a wait with a negative delay', 'wait', '[-5]'],
     ['a wait with two arguments', 'wait', '[1,2]'],
+    ['a sleep with no timer', 'sleep', '[-1]'],
+    ['a sleep with a delay that is not a number', 'sleep', '["soon"]'],
+    ['a sleep with three arguments', 'sleep', '[1,2,3]'],
+    ['a sleep whose instant is not a number', 'sleep', '[1,"now"]'],
+    ['a sleep with a negative instant', 'sleep', '[1,-2]'],
     ['a start whose arguments are not (module, function, array)', 'start', '[1,2,3]'],
     ['a start with a missing argument array', 'start', '["m","f"]'],
     ['an unknown step', 'spin', '[]'],
@@ -70,6 +75,14 @@ describeEachBackend('hostile event loop steps', (h) => {
     const loaded = await forgingSandbox(h);
     open.push(loaded);
     expect(await loaded.callHandler('h', { name: 'wait', args: '[0]' })).toEqual({ value: [] });
+    expect(loaded.poisoned).toBe(false);
+  });
+
+  it('answers a zero-delay sleep at once with no completions', async () => {
+    const loaded = await forgingSandbox(h);
+    open.push(loaded);
+    expect(await loaded.callHandler('h', { name: 'sleep', args: '[0]' })).toEqual({ value: [] });
+    expect(await loaded.callHandler('h', { name: 'sleep', args: '[0,12.5]' })).toEqual({ value: [] });
     expect(loaded.poisoned).toBe(false);
   });
 

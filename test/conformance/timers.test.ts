@@ -149,6 +149,39 @@ describeEachBackend('guest timers', (h) => {
     expect(loaded.lastCallStats?.terminatedBy).toBeNull();
   });
 
+  it('does not charge many short sleeps to the CPU budget, and still stops work after them', async () => {
+    const loaded = await load({
+      naps: `${sleep} export default async function () { for (let i = 0; i < 100; i++) await sleep(2); return 'rested'; }`,
+      spin: `${sleep} export default async function () { await sleep(20); for (;;) {} }`,
+    });
+    expect(await loaded.callHandler('naps', {}, { cpuTimeoutMs: 50 })).toBe('rested');
+    expect(loaded.lastCallStats?.terminatedBy).toBeNull();
+    await expect(loaded.callHandler('spin', {}, { cpuTimeoutMs: 50, wallClockTimeoutMs: 10_000 })).rejects.toMatchObject({ code: 'ERR_CANCELLED' });
+    expect(loaded.lastCallStats?.terminatedBy).toBe('cpu-time');
+  });
+
+  it('delivers console lines written just before a sleep, in order', async () => {
+    const lines: string[] = [];
+    const loaded = await load(
+      { h: `${sleep} export default async function () { console.log('before'); await sleep(5); console.log('after'); return 'done'; }` },
+      h.builder().setConsoleHandler((_level, message) => lines.push(message)),
+    );
+    expect(await loaded.callHandler('h', {})).toBe('done');
+    expect(lines).toEqual(['before', 'after']);
+  });
+
+  it('lets dispose() end a sleeping call', async () => {
+    const loaded = await load({ h: `${sleep} export default async function () { await sleep(60_000); return 'woke'; }` });
+    const call = loaded.callHandler('h', {}).then(
+      () => 'resolved',
+      (e: { code?: string }) => e.code,
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    await loaded.dispose();
+    // The call ends with the sandbox, as any call in flight at dispose() does.
+    expect(await call).toBe('ERR_CONSUMED');
+  });
+
   it('charges the wall clock while the guest sleeps', async () => {
     const loaded = await load({ h: `${sleep} export default async function () { await sleep(60_000); return 'woke'; }` });
     await expect(loaded.callHandler('h', {}, { wallClockTimeoutMs: 100 })).rejects.toMatchObject({ code: 'ERR_CANCELLED' });

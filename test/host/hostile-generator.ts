@@ -1,9 +1,10 @@
 // hostile-generator.ts — the seeded random hostile guest: a PRNG, and guest programs
 // assembled from a few documented x86-64 templates (writes to the control block, the
 // buffers and the poll word, port I/O with valid and invalid exit codes, bounded and
-// unbounded spins, faults), each built into a raw image with buildImage().
+// unbounded spins, faults, the event loop's sleep step), each built into a raw image with
+// buildImage().
 import * as abi from '../../src/engine/abi.generated.js';
-import { buildImage, CONTROL } from './raw-guest.js';
+import { buildImage, CONTROL, encodeMessage } from './raw-guest.js';
 
 /** Seeded PRNG (mulberry32): the same seed gives the same programs and host operations. */
 export class Rng {
@@ -222,6 +223,21 @@ function bufferWrite(rng: Rng, sizes: GuestSizes): Buffer {
   return movBuf32(output ? abi.AIRLOCK_CTRL_OFF_OUTPUT_ADDR : abi.AIRLOCK_CTRL_OFF_INPUT_ADDR, off, value);
 }
 
+/** The event loop's timer sleep as the runtime sends it (host/src/loop_wait.cc serves it
+ *  on the vCPU thread), sometimes with one dword forged: the message written into the
+ *  output buffer dword by dword, response_len set, then a HOST_CALL exit. Every delay
+ *  is short or due in the past, so a served sleep never outlasts a step. */
+function loopSleep(rng: Rng): Buffer {
+  const args = rng.pick(['[0]', '[1]', '[2,0]', '[0.5,1]', '[1e300,1]', '[1,1e300]']);
+  const message = encodeMessage(abi.AIRLOCK_MSG_HOST_CALL, 0, ['airlock:loop', 'sleep', args]);
+  const words = Buffer.alloc(Math.ceil(message.length / 4) * 4);
+  message.copy(words);
+  if (rng.chance(0.3)) words.writeUInt32LE(rng.pick(EDGE_U32), rng.int(words.length / 4) * 4);
+  const writes: Buffer[] = [];
+  for (let off = 0; off < words.length; off += 4) writes.push(movBuf32(abi.AIRLOCK_CTRL_OFF_OUTPUT_ADDR, off, words.readUInt32LE(off)));
+  return cat(...writes, movCtl32(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN, message.length), outDword(abi.AIRLOCK_PORT, abi.AIRLOCK_EXIT_HOST_CALL));
+}
+
 function portExit(rng: Rng): Buffer {
   const port = rng.weighted<number>([
     [12, abi.AIRLOCK_PORT],
@@ -284,6 +300,7 @@ export function generateProgram(rng: Rng, sizes: GuestSizes): Program {
       [1, 'cas'],
       [1, 'await'],
       [mostlyValid ? 2 : 1, 'echo'],
+      [0.5, 'sleep'],
       [mostlyValid ? 0.05 : 0.3, 'forever'],
       [mostlyValid ? 0.05 : 0.5, 'fault'],
     ]);
@@ -310,6 +327,9 @@ export function generateProgram(rng: Rng, sizes: GuestSizes): Program {
         break;
       case 'echo':
         add('echo request', echoRequest());
+        break;
+      case 'sleep':
+        add('loop sleep', loopSleep(rng));
         break;
       case 'forever':
         add('spin forever', spinForever());

@@ -1,0 +1,34 @@
+// loop_wait.h — the guest event loop's timer sleep served on the vCPU thread: which
+// host calls qualify (the `airlock:loop` `sleep` step, guest/runtime/eventloop.c) and
+// how long they may sleep. The sleep itself is VcpuThread::sleepInLoop (loop_wait.cc).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace airlock {
+
+// Node's ceiling on a timer delay (src/hostcalls/event-loop.ts MAX_SLEEP_MS): a
+// longer sleep is cut to it, as on the main thread.
+constexpr uint64_t kMaxLoopSleepNs = 2'147'483'647ull * 1'000'000ull;
+
+// A sleep the guest asked for: `delayNs`, and the guest-clock instant it meant
+// (`atGuestNs`, 0 when not given), so the time its exit took is not slept again.
+struct LoopSleep {
+    uint64_t delayNs = 0;
+    uint64_t atGuestNs = 0;
+};
+
+// The sleep of a guest output that is exactly one HOST_CALL `airlock:loop` `sleep` with
+// arguments `[ms]` or `[ms, atMs]`, each a plain non-negative JSON number, the delay cut
+// to kMaxLoopSleepNs. nullopt for anything else, including console lines before the
+// call (they go to the main thread with it) and malformed steps (the main thread
+// judges and poisons them).
+std::optional<LoopSleep> loopSleepStep(const std::vector<uint8_t> &output);
+
+// How long to sleep from a guest-clock `guestNowNs`: the delay, shortened to end at the
+// instant the guest meant when it gave one (never lengthened: `at` is the guest's word).
+uint64_t loopSleepRemainingNs(const LoopSleep &sleep, uint64_t guestNowNs);
+
+} // namespace airlock

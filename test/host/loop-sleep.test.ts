@@ -1,0 +1,137 @@
+// loop-sleep.test.ts — the guest event loop's timer sleep served by the vCPU thread
+// (host/src/loop_wait.cc), against a hand-assembled guest that sends each request as
+// its host call and answers with the reply: which steps the vCPU thread takes (a lone,
+// well-formed `airlock:loop` `sleep`) and which it hands to the main thread to judge,
+// and that kill, the monitors and dispose end a sleep while its time is not guest CPU.
+import { afterEach, expect, it } from 'vitest';
+import * as abi from '../../src/engine/abi.generated.js';
+import { describeKvm } from '../support/kvm.js';
+import { buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, programs, rejection, type NativeVm } from './raw-guest.js';
+
+const live: NativeVm[] = [];
+afterEach(async () => {
+  await Promise.all(live.splice(0).map((vm) => vm.dispose()));
+});
+
+/** A guest whose every request goes out as its host call; the main thread's answers
+ *  are `main:<call id>`, and the calls it saw are collected in `seen`. */
+async function sleeper(): Promise<{ vm: NativeVm; seen: Buffer[] }> {
+  const seen: Buffer[] = [];
+  let vm!: NativeVm;
+  vm = new (loadAddon().Vm)(buildImage(programs.hostCall), defaultConfig, (out, id) => {
+    seen.push(Buffer.from(out));
+    vm.hostReturn(Buffer.from(`main:${id}`), id);
+  });
+  live.push(vm);
+  await vm.boot();
+  return { vm, seen };
+}
+
+const step = (name: string, args: string, module = 'airlock:loop') => encodeMessage(abi.AIRLOCK_MSG_HOST_CALL, 0, [module, name, args]);
+const line = (text: string) => encodeMessage(abi.AIRLOCK_MSG_CONSOLE, 0, ['log', text]);
+
+/** The HOST_RETURN the vCPU thread answers a served sleep with: no completions. */
+function expectServed(output: Buffer): void {
+  const [msg, ...rest] = decodeMessages(output);
+  expect(rest).toEqual([]);
+  expect(msg.kind).toBe(abi.AIRLOCK_MSG_HOST_RETURN);
+  expect(msg.status).toBe(abi.AIRLOCK_STATUS_OK);
+  expect(msg.fields.map(String)).toEqual(['[]']);
+}
+
+describeKvm('host addon: the event loop sleep on the vCPU thread', () => {
+  // [60000,1] is due at 1 ms on the guest's clock, long past: it ends at once.
+  it('answers a lone sleep step itself, without the main thread', async () => {
+    const { vm, seen } = await sleeper();
+    for (const args of ['[0]', '[2]', '[0.25]', '[1.5e-3]', '[3E0]', '[2,0]', '[2,1e300]', '[2,123456.789]', '[60000,1]']) {
+      expectServed((await vm.send(step('sleep', args))).output);
+    }
+    expect(seen).toEqual([]);
+  });
+
+  // Each is either another step, or a malformed one the main thread turns into a
+  // protocol violation (src/hostcalls/event-loop.ts): never a sleep of the guest's choosing.
+  const handedOver: [string, Buffer][] = [
+    ['a wait step', step('wait', '[1]')],
+    ['another module', step('sleep', '[1]', 'airlock:loopx')],
+    ['a negative delay', step('sleep', '[-1]')],
+    ['a delay that is a string', step('sleep', '["5"]')],
+    ['a delay past a double', step('sleep', '[1e999]')],
+    ['a hexadecimal delay', step('sleep', '[0x10]')],
+    ['an infinite delay', step('sleep', '[Infinity]')],
+    ['three arguments', step('sleep', '[1,2,3]')],
+    ['an instant that is a string', step('sleep', '[1,"2"]')],
+    ['a negative instant', step('sleep', '[1,-2]')],
+    ['an empty instant', step('sleep', '[1,]')],
+    ['no argument', step('sleep', '[]')],
+    ['an unbracketed delay', step('sleep', '1')],
+    ['a delay longer than any number', step('sleep', `[${'1'.repeat(40)}]`)],
+    ['a fourth field', encodeMessage(abi.AIRLOCK_MSG_HOST_CALL, 0, ['airlock:loop', 'sleep', '[1]', 'x'])],
+    ['console lines before it', Buffer.concat([line('printed first'), step('sleep', '[1]')])],
+    ['bytes after it', Buffer.concat([step('sleep', '[1]'), Buffer.from('tail')])],
+    ['a field overrunning its message', (() => {
+      const m = step('sleep', '[1]');
+      m.writeUInt32LE(0x7fff_ffff, abi.AIRLOCK_MSG_HEADER_SIZE);
+      return m;
+    })()],
+  ];
+  for (const [what, request] of handedOver) {
+    it(`hands ${what} to the main thread as it came`, async () => {
+      const { vm, seen } = await sleeper();
+      const { output } = await vm.send(request);
+      expect(output.toString()).toMatch(/^main:\d+$/);
+      expect(seen).toEqual([request]);
+    });
+  }
+
+  it('ends a sleep at kill(), and the call is cancelled', async () => {
+    const { vm } = await sleeper();
+    const call = vm.send(step('sleep', '[60000]'));
+    // kill() reaches only a call in flight: repeat it until this one has started.
+    const killer = setInterval(() => vm.kill(), 20);
+    const err = await rejection(call).finally(() => clearInterval(killer));
+    expect(err.code).toBe('ERR_CANCELLED');
+    expect(err.terminatedBy).toBe('kill');
+  });
+
+  it('ends a sleep past the wall-clock budget with the timeout, however long it asked for', async () => {
+    for (const ms of ['60000', '1e300']) {
+      const { vm } = await sleeper(); // a cancelled call poisons its VM
+      const err = await rejection(vm.send(step('sleep', `[${ms}]`), { wallClockTimeoutMs: 50 }));
+      expect(err.code).toBe('ERR_CANCELLED');
+      expect(err.terminatedBy).toBe('wall-clock');
+    }
+  });
+
+  it('ends a sleep when the sandbox is disposed', async () => {
+    const { vm } = await sleeper();
+    const ended = rejection(vm.send(step('sleep', '[60000]')));
+    await new Promise((r) => setTimeout(r, 20));
+    await vm.dispose();
+    expect((await ended).code).toBe('ERR_CANCELLED');
+  });
+
+  it('does not charge the sleep to the CPU budget or the CPU time', async () => {
+    const { vm } = await sleeper();
+    const r = await vm.send(step('sleep', '[200]'), { cpuTimeoutMs: 50 });
+    expectServed(r.output);
+    expect(r.wallTimeNs).toBeGreaterThanOrEqual(200e6);
+    expect(r.cpuTimeNs).toBeLessThan(50e6);
+  });
+
+  it('keeps the CPU monitor armed after a sleep: the guest cannot spend the paused time', async () => {
+    // Boot answers; the request goes out as a host call; after the reply, spin (jmp $).
+    const spinsAfterCall = Buffer.from(
+      `66baa103 c7042570104000 00000000 b801000000 ef
+       488b342508104000 488b3c2518104000 8b0c2568104000 890c2570104000 f3a4
+       b802000000 ef ebfe`.replace(/\s+/g, ''),
+      'hex',
+    );
+    const vm = new (loadAddon().Vm)(buildImage(spinsAfterCall), defaultConfig, () => {});
+    live.push(vm);
+    await vm.boot();
+    const err = await rejection(vm.send(step('sleep', '[100]'), { cpuTimeoutMs: 50, wallClockTimeoutMs: 10_000 }));
+    expect(err.code).toBe('ERR_CANCELLED');
+    expect(err.terminatedBy).toBe('cpu-time');
+  });
+});
