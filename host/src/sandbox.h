@@ -72,11 +72,17 @@ public:
     // post() it instead.
     bool postFast(const Op &op);
     void postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply);
+    // The reply to a host call taken in memory, written there while the guest waits
+    // (hostcall_memory.cc); false: the vCPU thread must deliver it (postHostReply).
+    bool replyHostCallInMemory(uint64_t hostCallId, const std::vector<uint8_t> &reply);
     void cancel(TerminatedBy why); // the running exchange ends ERR_CANCELLED
     // ---- the answer watcher's thread (answer_watcher.h) ---------------------------
     // Takes an answer the guest handed over in memory, if it did; with `giveUp`, tells
     // the guest to answer with an exit instead. True when done watching this exchange.
     bool watchAnswer(bool giveUp);
+    // The poll word moved to a host-call state while watched (hostcall_memory.cc): takes
+    // the call, or drops the watch. True when done watching this exchange.
+    bool watchHostCall(uint32_t poll);
     // vCPU thread: waits (briefly: a watch is bounded) until no watcher reads guest
     // memory or may claim an exchange, before the guest's memory or exchange changes hands.
     void waitUnwatched() const;
@@ -110,6 +116,10 @@ private:
     // ---- either thread: whoever owns the exchange at that moment ----
     void beginExchange(OpKind kind, const std::vector<uint8_t> *request, uint64_t wallTimeoutNs, uint64_t cpuTimeoutNs);
     bool claimExchange(bool guestRunsOn);
+    // hostcall_memory.cc, under hostCallMu_: a host call taken in memory stops owing
+    // its reply there (the exchange was claimed, or the guest gave up waiting).
+    void forgetHostCallLocked();
+    void resumeHostCallCpuLocked();
     Outcome finishExchange(Outcome o);
     void chargeAfterAnswer(uint64_t cpuNow = 0);
     uint64_t vcpuCpuNs() const;
@@ -162,6 +172,16 @@ private:
     std::atomic<uint64_t> answerCpuNs_{0};   // vCPU CPU clock at the answer while the guest runs on (0: none)
     std::atomic<uint64_t> carriedCpuNs_{0};  // post-answer guest time not yet charged to an exchange
     clockid_t vcpuClock_{};                  // the vCPU thread's CPU-time clock
+    // Host calls handed over in memory (hostcall_memory.cc). The mutex orders the
+    // watcher's take, the main thread's reply and any claim of the exchange: guest
+    // memory and the CPU monitor are touched for a call only while it is registered.
+    std::mutex hostCallMu_;
+    uint64_t memoryHostCallId_ = 0;          // under hostCallMu_: taken, reply may go into memory
+    uint64_t takenHostCallId_ = 0;           // under hostCallMu_: the call taken last
+    bool hostCallTaken_ = false;             // under hostCallMu_: taken and not yet answered
+    bool hostCallCpuPaused_ = false;         // under hostCallMu_: its wait is not charged
+    uint64_t hostCallCpuStart_ = 0;          // under hostCallMu_: vCPU CPU clock at the take
+    std::atomic<uint64_t> nextHostCallId_{1}; // ids for host-call events, from either thread
 
     // Timers aimed at the vCPU thread: created and deleted by it, under timerMu_ so
     // the main thread's bell never touches a deleted timer.
