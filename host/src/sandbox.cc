@@ -166,6 +166,8 @@ bool Sandbox::watchAnswer(bool giveUp) {
             watched_.store(false);
             return true;
         }
+        // Or it made a host call in memory meanwhile (or wrote another state).
+        if (const uint32_t moved = handover_.poll(); moved >= AIRLOCK_POLL_REQUEST_EXIT) return watchHostCall(moved);
     }
     // The response is in the output buffer. If the vCPU thread claimed the exchange
     // first (cancel, abort, or the guest parked before we looked), its event follows.
