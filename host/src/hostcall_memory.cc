@@ -97,6 +97,7 @@ bool Sandbox::watchHostCall(uint32_t poll) {
     // Let go of guest memory before the main thread can answer: its reply starts the
     // next watch of this same exchange.
     watched_.store(false);
+    AnswerWatcher::instance().lingerForReply();
     if (handover_.emit(std::move(ev))) notify_();
     return true;
 }
