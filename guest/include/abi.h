@@ -83,8 +83,7 @@
  * A host call made during a REQUEST (a host thread watches) is handed over in memory
  * too, with three more states:
  *   REQUEST -> HOST_CALL    guest: HOST_CALL message in the output buffer; it waits
- *                           in memory for host_call_ticks TSC ticks at most (an
- *                           eighth of them for the host to take the call)
+ *                           in memory for host_call_ticks TSC ticks at most
  *   HOST_CALL -> HOST_CALL_TAKEN host: the call is dispatched; its HOST_RETURN will be
  *                           written into the input buffer
  *   HOST_CALL -> REQUEST_EXIT guest: nobody took the call in time: exit with

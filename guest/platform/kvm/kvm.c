@@ -83,16 +83,14 @@ static int host_call_in_memory(void)
     uint64_t ticks = control.host_call_ticks;
     if (ticks == 0 || !poll_swap(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_HOST_CALL))
         return 0;
-    /* A watching host takes the call within a microsecond; one that has not after an
-     * eighth of the wait is not running, and the call is cheaper made with an exit. */
-    uint64_t start = rdtsc();
-    uint64_t take_deadline = start + ticks / 8, deadline = start + ticks;
+    /* The whole wait, the take included: the watcher may just be waking up for the
+     * request (a futex wake-up costs tens of microseconds on a nested host). */
+    uint64_t deadline = rdtsc() + ticks;
     for (;;) {
         uint32_t s = poll_state();
         if (s == AIRLOCK_POLL_REQUEST || s == AIRLOCK_POLL_REQUEST_EXIT)
             return 1; /* the acquire load above makes the reply's bytes visible */
-        uint64_t now = rdtsc();
-        if (now < (s == AIRLOCK_POLL_HOST_CALL ? take_deadline : deadline)) {
+        if (rdtsc() < deadline) {
             __builtin_ia32_pause();
             continue;
         }
