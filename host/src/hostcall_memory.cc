@@ -77,7 +77,7 @@ bool Sandbox::watchHostCall(uint32_t poll) {
         }
     }
     if (!violation.empty()) {
-        poison("the guest aborted");
+        poison("the guest aborted: " + violation);
         if (claimExchange(true)) {
             Outcome o;
             o.code = OutcomeCode::GuestAbort;
