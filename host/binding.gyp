@@ -13,6 +13,7 @@
         "src/cancellation.cc",
         "src/core_budget.cc",
         "src/answer_watcher.cc",
+        "src/hostcall_memory.cc",
         "src/snapshot.cc",
         "src/messages.cc",
         "src/layout.cc",

@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define AIRLOCK_ABI_VERSION 5
+#define AIRLOCK_ABI_VERSION 6
 
 /* ------------------------------------------------------------------------------
  * KVM memory map. Guest physical == guest virtual (identity map). Every mapping is a
@@ -80,6 +80,24 @@
  *                          READY before running it on to poll, or IDLE if it will not
  *   READY -> IDLE          guest: poll window over, then AIRLOCK_EXIT_IDLE;
  *                          host (vCPU thread): taking the guest out of its poll
+ * A host call made during a REQUEST (a host thread watches) is handed over in memory
+ * too, with three more states:
+ *   REQUEST -> HOST_CALL    guest: HOST_CALL message in the output buffer; it waits
+ *                           in memory for host_call_ticks TSC ticks at most
+ *   HOST_CALL -> HOST_CALL_TAKEN host: the call is dispatched; its HOST_RETURN will be
+ *                           written into the input buffer
+ *   HOST_CALL -> REQUEST_EXIT guest: nobody took the call in time: exit with
+ *                           AIRLOCK_EXIT_HOST_CALL (the ordinary host call)
+ *   HOST_CALL_TAKEN -> REQUEST / REQUEST_EXIT host: HOST_RETURN written; the guest
+ *                           runs on (REQUEST: watched, so its next host call or its
+ *                           answer is handed over in memory again)
+ *   HOST_CALL_TAKEN -> HOST_CALL_EXIT guest: the reply did not come in time: exit
+ *                           with AIRLOCK_EXIT_HOST_CALL; the host writes the reply of
+ *                           the call it took, sets REQUEST_EXIT and re-enters
+ * The CAS decides which side owns a call, so it is dispatched exactly once. An exit
+ * with HOST_CALL or HOST_CALL_TAKEN, or any of the three with no request in flight,
+ * aborts the guest. The guest's wait for a taken call is not charged to its CPU
+ * budget (up to host_call_ticks); the wall clock runs.
  * With poll_ticks 0 the guest runs its post-call work before answering: the host
  * will not run it again until the next request.
  * The host trusts none of it: after an answer it lets the guest run on for at most
@@ -91,6 +109,9 @@
 #define AIRLOCK_POLL_READY 1
 #define AIRLOCK_POLL_REQUEST 2
 #define AIRLOCK_POLL_REQUEST_EXIT 3
+#define AIRLOCK_POLL_HOST_CALL 4
+#define AIRLOCK_POLL_HOST_CALL_TAKEN 5
+#define AIRLOCK_POLL_HOST_CALL_EXIT 6
 #define AIRLOCK_GUEST_FLAG_POLLS 1
 
 /* ------------------------------------------------------------------------------
@@ -159,6 +180,8 @@ struct airlock_control {
     uint32_t poll_state;
     uint32_t reserved;
     uint64_t poll_ticks; /* host-written: TSC ticks a guest polls before parking; 0 = never */
+    uint64_t host_call_ticks; /* host-written: TSC ticks a guest waits in memory for a host
+                               * call's reply (AIRLOCK_POLL_HOST_CALL); 0 = always exit */
 };
 #define AIRLOCK_CTRL_OFF_MAGIC 0
 #define AIRLOCK_CTRL_OFF_ABI_VERSION 4
@@ -182,7 +205,8 @@ struct airlock_control {
 #define AIRLOCK_CTRL_OFF_HEAP_IN_USE 128
 #define AIRLOCK_CTRL_OFF_POLL_STATE 136
 #define AIRLOCK_CTRL_OFF_POLL_TICKS 144
-#define AIRLOCK_CONTROL_SIZE 152
+#define AIRLOCK_CTRL_OFF_HOST_CALL_TICKS 152
+#define AIRLOCK_CONTROL_SIZE 160
 
 /* ------------------------------------------------------------------------------
  * Messages. A message is a 16-byte header followed by `length` bytes of body; the
@@ -301,6 +325,7 @@ _Static_assert(offsetof(struct airlock_control, heap_high_water) == AIRLOCK_CTRL
 _Static_assert(offsetof(struct airlock_control, heap_in_use) == AIRLOCK_CTRL_OFF_HEAP_IN_USE, "in use");
 _Static_assert(offsetof(struct airlock_control, poll_state) == AIRLOCK_CTRL_OFF_POLL_STATE, "poll state");
 _Static_assert(offsetof(struct airlock_control, poll_ticks) == AIRLOCK_CTRL_OFF_POLL_TICKS, "poll ticks");
+_Static_assert(offsetof(struct airlock_control, host_call_ticks) == AIRLOCK_CTRL_OFF_HOST_CALL_TICKS, "host call ticks");
 _Static_assert(sizeof(struct airlock_msg) == AIRLOCK_MSG_HEADER_SIZE, "msg header");
 #else
 static_assert(sizeof(airlock_image_header) == AIRLOCK_IMG_HEADER_SIZE, "image header size");
@@ -312,6 +337,7 @@ static_assert(offsetof(airlock_control, response_len) == AIRLOCK_CTRL_OFF_RESPON
 static_assert(offsetof(airlock_control, heap_high_water) == AIRLOCK_CTRL_OFF_HEAP_HIGH_WATER, "hw");
 static_assert(offsetof(airlock_control, poll_state) == AIRLOCK_CTRL_OFF_POLL_STATE, "poll state");
 static_assert(offsetof(airlock_control, poll_ticks) == AIRLOCK_CTRL_OFF_POLL_TICKS, "poll ticks");
+static_assert(offsetof(airlock_control, host_call_ticks) == AIRLOCK_CTRL_OFF_HOST_CALL_TICKS, "host call ticks");
 static_assert(sizeof(airlock_msg) == AIRLOCK_MSG_HEADER_SIZE, "msg header");
 #endif
 

@@ -4,8 +4,10 @@
 
 #include <csignal>
 #include <pthread.h>
+#include <sched.h>
 #include <system_error>
 
+#include "hostcall_memory.h"
 #include "sandbox.h"
 #include "timing.h"
 
@@ -42,11 +44,13 @@ void AnswerWatcher::start() {
     started_ = true;
 }
 
+void AnswerWatcher::lingerForReply() { lingerUntilNs_ = monotonicNs() + kHostCallWaitNs; }
+
 bool AnswerWatcher::watch(std::shared_ptr<Sandbox> sandbox) {
     {
         std::lock_guard<std::mutex> lock(mu_);
         if (!started_) return false;
-        incoming_.push_back({std::move(sandbox), monotonicNs() + kWatchNs});
+        incoming_.push_back({std::move(sandbox), 0});
     }
     seq_.fetch_add(1);
     if (sleeping_.load()) futexWake(&seq_);
@@ -60,11 +64,27 @@ void AnswerWatcher::run() {
         const uint32_t seq = seq_.load();
         {
             std::lock_guard<std::mutex> lock(mu_);
-            for (Entry &e : incoming_) watching.push_back(std::move(e));
+            // The bound runs from this thread's first look, not from watch(): waking
+            // it from its futex can take longer than the bound on a busy or nested
+            // host, and a watch that expires unseen only costs the guest an exit.
+            const uint64_t start = incoming_.empty() ? 0 : monotonicNs();
+            for (Entry &e : incoming_) {
+                e.giveUpNs = start + kWatchNs;
+                watching.push_back(std::move(e));
+            }
             incoming_.clear();
         }
         if (watching.empty()) {
-            // No lingering spin: the main thread needs the core now to use the answer.
+            // A host call just taken from memory comes back as a watch within tens of
+            // microseconds (the main thread's reply), and waking this thread from its
+            // futex can cost more than the guest waits for it on a nested host: linger
+            // until the guest would give up, yielding the core to the main thread
+            // (which needs it to answer) as often as it wants it.
+            if (monotonicNs() < lingerUntilNs_) {
+                for (int i = 0; i < 64 && seq_.load() == seq; ++i) __builtin_ia32_pause();
+                if (seq_.load() == seq) sched_yield();
+                continue;
+            }
             // seq_cst: a watch() after the store sees sleeping_ and wakes us; one
             // before it moved seq_, so the wait returns at once.
             sleeping_.store(true);

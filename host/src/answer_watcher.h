@@ -2,9 +2,10 @@
 // handed over without an exit: while a polling guest works on a request it got
 // through memory, this thread (never the Node main thread, which sleeps in its event
 // loop meanwhile) spins on the guest's poll word, takes the answer when the guest
-// writes it, and wakes the main thread. Each watch is bounded (kWatchNs): then the
-// guest is told to answer with an exit after all. It spins only while watching;
-// otherwise it sleeps on a futex.
+// writes it, and wakes the main thread; it also takes host calls the guest hands over
+// in memory (hostcall_memory.h). Each watch is bounded (kWatchNs): then the guest is
+// told to answer with an exit after all. It spins only while watching or, after
+// taking a host call, until its reply is due; otherwise it sleeps on a futex.
 #pragma once
 
 #include <atomic>
@@ -28,6 +29,10 @@ public:
     // until Sandbox::watchAnswer says done. False if the thread never started.
     bool watch(std::shared_ptr<Sandbox> sandbox);
 
+    // The watcher's own thread, having taken a host call from memory: the reply will
+    // start a new watch soon, so stay awake for it (bounded by the guest's wait).
+    void lingerForReply();
+
 private:
     AnswerWatcher() = default;
     void run();
@@ -41,6 +46,7 @@ private:
     bool started_ = false;
     std::atomic<uint32_t> seq_{0};     // futex word: bumped on every watch()
     std::atomic<bool> sleeping_{false};
+    uint64_t lingerUntilNs_ = 0; // the watcher thread only
 };
 
 } // namespace airlock

@@ -162,9 +162,10 @@ public:
     // with no exchange in flight. (The host stores kPosting before it swaps READY ->
     // REQUEST, so a host-written REQUEST seen first implies a state >= kPosting, which
     // settle() turns into kInFlight; only the guest writes REQUEST otherwise.)
+    // The host-call states (HOST_CALL..HOST_CALL_EXIT) exist only inside a request too.
     static bool forged(uint32_t poll, int settledState) {
-        if (poll > AIRLOCK_POLL_REQUEST_EXIT) return true;
-        return settledState != kInFlight && (poll == AIRLOCK_POLL_REQUEST || poll == AIRLOCK_POLL_REQUEST_EXIT);
+        if (poll > AIRLOCK_POLL_HOST_CALL_EXIT) return true;
+        return settledState != kInFlight && poll >= AIRLOCK_POLL_REQUEST;
     }
     // Only the guest moves poll_state off REQUEST (to READY, response written; then
     // maybe on to IDLE), except the vCPU thread after it claimed the exchange.

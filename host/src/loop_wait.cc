@@ -15,6 +15,7 @@
 
 #include "../../guest/include/abi.h"
 #include "core_budget.h"
+#include "hostcall_memory.h"
 #include "messages.h"
 #include "runner.h"
 #include "timing.h"
@@ -175,7 +176,7 @@ VcpuThread::Next VcpuThread::sleepInLoop(const LoopSleep &sleep) {
     }
     // No completion is delivered: the guest sleeps only with no async call in flight
     // (a guest that lies gets its completions at its next wait).
-    writeHostReturn(encodeHostReturn("[]"));
+    writeHostReturn(*s_.memory_, s_.layout_, encodeHostReturn("[]"));
     s_.writeClockBase();
     s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - pauseStart);
     if (s_.record_.cpuTimeoutNs) s_.cpuTimer_->arm(cpuLeft == 0 ? 1 : cpuLeft); // expired as we paused it: fire now

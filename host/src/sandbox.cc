@@ -21,6 +21,7 @@
 #include "../../guest/include/abi.h"
 #include "answer_watcher.h"
 #include "core_budget.h"
+#include "hostcall_memory.h"
 #include "messages.h"
 #include "timing.h"
 #include "vcpu_thread.h"
@@ -161,7 +162,9 @@ bool Sandbox::postFast(const Op &op) {
 }
 
 bool Sandbox::watchAnswer(bool giveUp) {
-    if (!Handover::answered(handover_.poll())) {
+    const uint32_t poll = handover_.poll();
+    if (poll >= AIRLOCK_POLL_REQUEST_EXIT) return watchHostCall(poll);
+    if (!Handover::answered(poll)) {
         if (!giveUp) return false;
         // Nobody waits in memory any more: the guest answers with an exit. Only the
         // guest moves poll_state off REQUEST otherwise, so a failed swap means it
@@ -170,6 +173,8 @@ bool Sandbox::watchAnswer(bool giveUp) {
             watched_.store(false);
             return true;
         }
+        // Or it made a host call in memory meanwhile (or wrote another state).
+        if (const uint32_t moved = handover_.poll(); moved >= AIRLOCK_POLL_REQUEST_EXIT) return watchHostCall(moved);
     }
     // The response is in the output buffer. If the vCPU thread claimed the exchange
     // first (cancel, abort, or the guest parked before we looked), its event follows.
@@ -207,6 +212,7 @@ void Sandbox::waitUnwatched() const {
 }
 
 void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
+    if (replyHostCallInMemory(hostCallId, reply)) return;
     handover_.postReply(HostReply{hostCallId, std::move(reply)});
 }
 
@@ -370,6 +376,10 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
 // the window the host enforces from now.
 bool Sandbox::claimExchange(bool guestRunsOn) {
     if (!handover_.claim()) return false;
+    {
+        std::lock_guard<std::mutex> lock(hostCallMu_);
+        forgetHostCallLocked();
+    }
     const uint64_t now = monotonicNs();
     lastAnswerNs_.store(now, std::memory_order_relaxed);
     if (guestRunsOn) {
@@ -441,6 +451,8 @@ void Sandbox::writePollTicks() {
     const uint64_t ns = CoreBudget::instance().pollAllowed() ? pollNs_.load() : 0;
     memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS,
                              static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tscKhz_ / 1'000'000));
+    memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_HOST_CALL_TICKS,
+                             static_cast<uint64_t>(static_cast<unsigned __int128>(kHostCallWaitNs) * tscKhz_ / 1'000'000));
 }
 
 // The refusal of an operation that needs a booted, runnable guest; nullopt if it may run.

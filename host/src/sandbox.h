@@ -76,11 +76,17 @@ public:
     // post() it instead.
     bool postFast(const Op &op);
     void postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply);
+    // The reply to a host call taken in memory, written there while the guest waits
+    // (hostcall_memory.cc); false: the vCPU thread must deliver it (postHostReply).
+    bool replyHostCallInMemory(uint64_t hostCallId, const std::vector<uint8_t> &reply);
     void cancel(TerminatedBy why); // the running exchange ends ERR_CANCELLED
     // ---- the answer watcher's thread (answer_watcher.h) ---------------------------
     // Takes an answer the guest handed over in memory, if it did; with `giveUp`, tells
     // the guest to answer with an exit instead. True when done watching this exchange.
     bool watchAnswer(bool giveUp);
+    // The poll word moved to a host-call state while watched (hostcall_memory.cc): takes
+    // the call, or drops the watch. True when done watching this exchange.
+    bool watchHostCall(uint32_t poll);
     // vCPU thread: waits (briefly: a watch is bounded) until no watcher reads guest
     // memory or may claim an exchange, before the guest's memory or exchange changes hands.
     void waitUnwatched() const;
@@ -116,6 +122,10 @@ private:
     // ---- either thread: whoever owns the exchange at that moment ----
     void beginExchange(OpKind kind, const std::vector<uint8_t> *request, uint64_t wallTimeoutNs, uint64_t cpuTimeoutNs);
     bool claimExchange(bool guestRunsOn);
+    // hostcall_memory.cc, under hostCallMu_: a host call taken in memory stops owing
+    // its reply there (the exchange was claimed, or the guest gave up waiting).
+    void forgetHostCallLocked();
+    void resumeHostCallCpuLocked();
     Outcome finishExchange(Outcome o);
     void chargeAfterAnswer(uint64_t cpuNow = 0);
     uint64_t vcpuCpuNs() const;
@@ -171,14 +181,24 @@ private:
     // halved when even the longest window would have waited in vain. It never
     // settles where the guest parks just before every request: that grows it.
     std::atomic<uint64_t> pollNs_{0};
-    bool holdsPollSlot_ = false;
-    std::atomic<bool> watched_{false};       // the answer watcher watches the exchange in flight             // vCPU thread: this session holds a CoreBudget slot
+    bool holdsPollSlot_ = false;             // vCPU side: this session holds a CoreBudget slot
+    std::atomic<bool> watched_{false};       // the answer watcher watches the exchange in flight
     std::atomic<uint64_t> lastAnswerNs_{0};  // monotonic time the last exchange was claimed
     std::atomic<uint64_t> windowEndNs_{0};   // the guest runs on after an answer until then (0: no window)
     std::atomic<bool> windowArmed_{false};   // windowTimer_ is armed (or fired and not yet seen)
     std::atomic<uint64_t> windowDueNs_{0};   // when the armed windowTimer_ fires (monotonic)
     std::atomic<uint64_t> answerCpuNs_{0};   // vCPU CPU clock at the answer while the guest runs on (0: none)
     std::atomic<uint64_t> carriedCpuNs_{0};  // post-answer guest time not yet charged to an exchange
+    // Host calls handed over in memory (hostcall_memory.cc). The mutex orders the
+    // watcher's take, the main thread's reply and any claim of the exchange: guest
+    // memory and the CPU monitor are touched for a call only while it is registered.
+    std::mutex hostCallMu_;
+    uint64_t memoryHostCallId_ = 0;          // under hostCallMu_: taken, reply may go into memory
+    uint64_t takenHostCallId_ = 0;           // under hostCallMu_: the call taken last
+    bool hostCallTaken_ = false;             // under hostCallMu_: taken and not yet answered
+    bool hostCallCpuPaused_ = false;         // under hostCallMu_: its wait is not charged
+    uint64_t hostCallCpuStart_ = 0;          // under hostCallMu_: vCPU CPU clock at the take
+    std::atomic<uint64_t> nextHostCallId_{1}; // ids for host-call events, from either thread
 
     // The sandbox's own CPU clock (vcpuCpuNs): the CPU time of the runners while they
     // held it. Changed by hold/release under timerMu_; read by the holder, by the main

@@ -13,6 +13,7 @@
 
 #include "../../guest/include/abi.h"
 #include "core_budget.h"
+#include "hostcall_memory.h"
 #include "messages.h"
 #include "vcpu_thread.h"
 #include "timing.h"
@@ -656,18 +657,30 @@ VcpuThread::Next VcpuThread::onAbort() {
 
 VcpuThread::Next VcpuThread::onHostCall() {
     if (s_.handover_.settle() != Handover::kInFlight) return abortGuest("guest called the host with no request in flight");
+    const uint32_t poll = s_.handover_.poll();
+    if (poll == AIRLOCK_POLL_HOST_CALL_EXIT) return onHostCallGivenUp(); // hostcall_memory.cc
+    if (poll == AIRLOCK_POLL_HOST_CALL || poll == AIRLOCK_POLL_HOST_CALL_TAKEN)
+        return abortGuest("guest exited with poll_state " + std::to_string(poll) +
+                          ": a host call handed over in memory is not made with an exit");
     Event ev;
     ev.kind = EventKind::HostCall;
-    ev.hostCallId = nextHostCallId_++;
+    ev.hostCallId = s_.nextHostCallId_.fetch_add(1);
     std::string error;
     if (!readGuestOutput(*s_.memory_, s_.layout_, ev.hostCallOutput, error)) return abortGuest(error);
     if (const std::optional<LoopSleep> sleep = loopSleepStep(ev.hostCallOutput)) return sleepInLoop(*sleep);
     const uint64_t id = ev.hostCallId;
+    emit(std::move(ev));
+    return awaitHostReply(id) ? Next::Run : Next::Leave;
+}
+
+// The guest is stopped in host call `id`, already dispatched: waits for its reply and
+// writes it. False when the session ended instead (cancelled, or the guest broke the
+// protocol meanwhile).
+bool VcpuThread::awaitHostReply(uint64_t id) {
     // Time spent waiting for the host function is not guest CPU time: pause the CPU
     // monitor and the accounting while we wait.
     uint64_t cpuLeft = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
     const uint64_t pauseStart = s_.vcpuCpuNs();
-    emit(std::move(ev));
     std::optional<HostReply> reply;
     // The main thread may claim the exchange meanwhile (the guest handed an answer
     // over in memory before calling): the post-answer window's timer then wakes this
@@ -678,32 +691,16 @@ VcpuThread::Next VcpuThread::onHostCall() {
     while (!reply && waitFor(answeredOrClaimed, true) && s_.handover_.replyWaiting()) reply = s_.handover_.takeReply(id);
     s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - pauseStart);
     if (!reply) {
-        if (cancelInFlight()) return Next::Leave;
+        if (cancelInFlight()) return false;
         // The exchange was claimed while its host call waited (the guest handed an
         // answer over in memory and then called the host): not a protocol step.
-        return abortGuest("guest called the host after answering its request");
+        abortGuest("guest called the host after answering its request");
+        return false;
     }
     if (s_.record_.cpuTimeoutNs) s_.cpuTimer_->arm(cpuLeft == 0 ? 1 : cpuLeft); // expired as we paused it: fire now
-    writeHostReturn(reply->bytes);
+    writeHostReturn(*s_.memory_, s_.layout_, reply->bytes);
     s_.writeClockBase();
-    return Next::Run;
-}
-
-void VcpuThread::writeHostReturn(const std::vector<uint8_t> &reply) {
-    const GuestLayout &l = s_.layout_;
-    uint8_t *input = s_.memory_->at(l.inputAddr, l.inputSize);
-    std::vector<uint8_t> tooLarge;
-    const std::vector<uint8_t> *bytes = &reply;
-    if (reply.size() > l.inputSize) {
-        // The answer cannot cross: tell the guest so, in a message that does fit.
-        tooLarge = encodeHostError("host function result of " + std::to_string(reply.size()) +
-                                       " bytes exceeds the guest input buffer of " + std::to_string(l.inputSize) +
-                                       " bytes",
-                                   l.inputSize);
-        bytes = &tooLarge;
-    }
-    if (!bytes->empty()) std::memcpy(input, bytes->data(), bytes->size()); // null data when empty
-    s_.memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, static_cast<uint32_t>(bytes->size()));
+    return true;
 }
 
 std::string VcpuThread::describeExit(const hv::Exit &exit) {

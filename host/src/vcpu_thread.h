@@ -55,6 +55,8 @@ private:
     Next onAbort();
     Next onHostCall();
     Next sleepInLoop(const LoopSleep &sleep); // loop_wait.cc
+    Next onHostCallGivenUp(); // hostcall_memory.cc
+    bool awaitHostReply(uint64_t id);
     Next abortGuest(std::string message, bool claimed = false);
     bool cancelInFlight();
     void done(Outcome o);
@@ -67,13 +69,11 @@ private:
     void tearDownGuest();
     void emit(Event ev);
     template <typename Ready> bool waitFor(Ready ready, bool stopOnCancel);
-    void writeHostReturn(const std::vector<uint8_t> &reply);
     std::string describeExit(const hv::Exit &exit);
 
     Sandbox &s_;
     std::unique_ptr<hv::Vm> vm_;
     std::unique_ptr<hv::Vcpu> vcpu_;
-    uint64_t nextHostCallId_ = 1;
     bool suspended_ = false; // an exchange in flight yielded its runner (suspend())
 };
 

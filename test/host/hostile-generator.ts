@@ -173,6 +173,7 @@ const CONTROL_OFFSETS = {
   heapInUse: abi.AIRLOCK_CTRL_OFF_HEAP_IN_USE,
   requestLen: abi.AIRLOCK_CTRL_OFF_REQUEST_LEN,
   pollTicks: abi.AIRLOCK_CTRL_OFF_POLL_TICKS,
+  hostCallTicks: abi.AIRLOCK_CTRL_OFF_HOST_CALL_TICKS,
 };
 
 const EXIT_CODES = [
@@ -181,7 +182,15 @@ const EXIT_CODES = [
   abi.AIRLOCK_EXIT_ABORT,
   abi.AIRLOCK_EXIT_IDLE,
 ] as const;
-const POLL_STATES = [abi.AIRLOCK_POLL_IDLE, abi.AIRLOCK_POLL_READY, abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_REQUEST_EXIT];
+const POLL_STATES = [
+  abi.AIRLOCK_POLL_IDLE,
+  abi.AIRLOCK_POLL_READY,
+  abi.AIRLOCK_POLL_REQUEST,
+  abi.AIRLOCK_POLL_REQUEST_EXIT,
+  abi.AIRLOCK_POLL_HOST_CALL,
+  abi.AIRLOCK_POLL_HOST_CALL_TAKEN,
+  abi.AIRLOCK_POLL_HOST_CALL_EXIT,
+];
 const EDGE_U32 = [0, 1, 2, 3, 4, 0x7f, 0x80, 0xff, 0x1000, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
 
 function controlWrite(rng: Rng, sizes: GuestSizes): Buffer {
@@ -205,6 +214,7 @@ function controlWrite(rng: Rng, sizes: GuestSizes): Buffer {
     [1, () => movCtl64(o.heapInUse, rng.pick([0n, -1n, BigInt(rng.u32())]))],
     [1, () => movCtl32(o.requestLen, rng.pick(EDGE_U32))],
     [1, () => movCtl64(o.pollTicks, rng.pick([0n, 1n, -1n, BigInt(rng.u32())]))],
+    [1, () => movCtl64(o.hostCallTicks, rng.pick([0n, 1n, -1n, BigInt(rng.u32())]))],
     // Anywhere in the control page, host-written fields (buffer addresses) included.
     [1, () => movCtl32(rng.int(abi.AIRLOCK_PAGE_SIZE / 4) * 4, rng.chance(0.5) ? rng.pick(EDGE_U32) : rng.u32())],
   ])();
@@ -299,6 +309,7 @@ export function generateProgram(rng: Rng, sizes: GuestSizes): Program {
       [2, 'spin'],
       [1, 'cas'],
       [1, 'await'],
+      [1, 'host call in memory'],
       [mostlyValid ? 2 : 1, 'echo'],
       [0.5, 'sleep'],
       [mostlyValid ? 0.05 : 0.3, 'forever'],
@@ -331,6 +342,19 @@ export function generateProgram(rng: Rng, sizes: GuestSizes): Program {
       case 'sleep':
         add('loop sleep', loopSleep(rng));
         break;
+      case 'host call in memory': {
+        // abi.h "Polling": REQUEST -> HOST_CALL with an empty output, a bounded wait for
+        // the reply; then maybe give up on a taken call (HOST_CALL_TAKEN -> HOST_CALL_EXIT)
+        // and make it with an exit, or skip the wait altogether.
+        add('host call: response_len = 0', movCtl32(abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0));
+        add('host call: cas poll REQUEST -> HOST_CALL', casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_HOST_CALL));
+        if (rng.chance(0.7)) add('host call: await REQUEST', awaitPollRequest(rng.pick([10, 1000, 100_000])));
+        if (rng.chance(0.3)) {
+          add('host call: cas TAKEN -> EXIT', casPoll(abi.AIRLOCK_POLL_HOST_CALL_TAKEN, abi.AIRLOCK_POLL_HOST_CALL_EXIT));
+          add('host call: HOST_CALL exit', outDword(abi.AIRLOCK_PORT, abi.AIRLOCK_EXIT_HOST_CALL));
+        }
+        break;
+      }
       case 'forever':
         add('spin forever', spinForever());
         break;

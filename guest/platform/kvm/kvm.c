@@ -58,11 +58,13 @@ uint64_t plat_monotonic_ns(void) { return tsc_to_ns(rdtsc()); }
 /* The host cancels a KVM guest by stopping its vCPU, not through this flag. */
 int plat_interrupt_requested(void) { return 0; }
 
+void kvm_out(uint32_t exit_kind); /* start.S: the one exit instruction */
+
 _Noreturn void plat_abort(const char *msg)
 {
     airlock_write_abort(msg);
     for (;;)
-        plat_exit(AIRLOCK_EXIT_ABORT);
+        kvm_out(AIRLOCK_EXIT_ABORT);
 }
 
 static inline uint32_t poll_state(void) { return __atomic_load_n(&control.poll_state, __ATOMIC_ACQUIRE); }
@@ -72,13 +74,53 @@ static inline int poll_swap(uint32_t from, uint32_t to)
     return __atomic_compare_exchange_n(&control.poll_state, &from, to, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
 
+/* A host call while a host thread watches (REQUEST) is handed over in memory: an exit
+ * costs more than the whole round trip through the host's event loop. Returns 0 when
+ * the call must still be made with an exit (nobody watches, or nobody took it in
+ * time); 1 when the HOST_RETURN is in the input buffer. */
+static int host_call_in_memory(void)
+{
+    uint64_t ticks = control.host_call_ticks;
+    if (ticks == 0 || !poll_swap(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_HOST_CALL))
+        return 0;
+    /* The whole wait, the take included: the watcher may just be waking up for the
+     * request (a futex wake-up costs tens of microseconds on a nested host). */
+    uint64_t deadline = rdtsc() + ticks;
+    for (;;) {
+        uint32_t s = poll_state();
+        if (s == AIRLOCK_POLL_REQUEST || s == AIRLOCK_POLL_REQUEST_EXIT)
+            return 1; /* the acquire load above makes the reply's bytes visible */
+        if (rdtsc() < deadline) {
+            __builtin_ia32_pause();
+            continue;
+        }
+        /* Too late: exactly one side owns the call, whoever wins the swap. */
+        if (s == AIRLOCK_POLL_HOST_CALL && poll_swap(AIRLOCK_POLL_HOST_CALL, AIRLOCK_POLL_REQUEST_EXIT))
+            return 0;
+        if (s == AIRLOCK_POLL_HOST_CALL_TAKEN &&
+            poll_swap(AIRLOCK_POLL_HOST_CALL_TAKEN, AIRLOCK_POLL_HOST_CALL_EXIT)) {
+            /* Taken: the host answers this exit with the reply of the call it took. */
+            kvm_out(AIRLOCK_EXIT_HOST_CALL);
+            return 1;
+        }
+        /* The state moved under us: look again. */
+    }
+}
+
+void plat_exit(uint32_t exit_kind)
+{
+    if (exit_kind == AIRLOCK_EXIT_HOST_CALL && host_call_in_memory())
+        return;
+    kvm_out(exit_kind);
+}
+
 /* The response is in the output buffer: hand it to a spinning host through memory,
  * else exit. After the exit the host re-enters us to poll (READY) or with the next
  * request (REQUEST_EXIT). */
 static void deliver(void)
 {
     if (!poll_swap(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_READY))
-        plat_exit(AIRLOCK_EXIT_RESPONSE);
+        kvm_out(AIRLOCK_EXIT_RESPONSE);
 }
 
 /* Returns when poll_state holds a request. Spins for the host's poll window first:
@@ -99,7 +141,7 @@ static void await_request(void)
             if (!poll_swap(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE))
                 continue; /* a request won the race */
         }
-        plat_exit(AIRLOCK_EXIT_IDLE);
+        kvm_out(AIRLOCK_EXIT_IDLE);
         deadline = rdtsc() + control.poll_ticks;
     }
 }

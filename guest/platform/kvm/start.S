@@ -12,16 +12,16 @@ _start:
 1:  jmp 1b
     .size _start, . - _start
 
-/* void plat_exit(uint32_t exit_kind): one `out` to AIRLOCK_PORT; the host answers by
+/* void kvm_out(uint32_t exit_kind): one `out` to AIRLOCK_PORT; the host answers by
  * resuming after it. A real call, so no XMM value is live here (all XMM registers are
  * caller-saved) and the host may restore registers from a snapshot taken at this point. */
-    .globl plat_exit
-    .type plat_exit, @function
-plat_exit:
+    .globl kvm_out
+    .type kvm_out, @function
+kvm_out:
     mov %edi, %eax
     mov $AIRLOCK_PORT, %dx
     out %eax, %dx
     ret
-    .size plat_exit, . - plat_exit
+    .size kvm_out, . - kvm_out
 
     .section .note.GNU-stack, "", @progbits

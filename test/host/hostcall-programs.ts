@@ -1,0 +1,130 @@
+// hostcall-programs.ts — hand-assembled guests for host calls handed over through
+// memory (abi.h, "Polling": HOST_CALL, HOST_CALL_TAKEN, HOST_CALL_EXIT): one that
+// follows the steps without a single exit, one that gives up waiting, and ones that
+// forge each new state. Encoders from hostile-programs.ts and hostile-generator.ts,
+// jumps resolved by a two-pass label assembler (rel32, so any distance fits).
+import * as abi from '../../src/engine/abi.generated.js';
+import { casPoll, echoRequest } from './hostile-generator.js';
+import { bootAsPoller, bootPlain, exitWith, movDword, spinForever } from './hostile-programs.js';
+import { CONTROL } from './raw-guest.js';
+
+const cat = (...parts: Buffer[]) => Buffer.concat(parts);
+const POLL = CONTROL + abi.AIRLOCK_CTRL_OFF_POLL_STATE;
+const u32 = (v: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v >>> 0);
+  return b;
+};
+
+type Item = Buffer | { label: string } | { jump: 'jmp' | 'je' | 'jne' | 'jb'; to: string };
+const JCC = { je: 0x84, jne: 0x85, jb: 0x82 } as const;
+
+/** Lays out `items`; a jump is E9 rel32 or 0F 8x rel32, relative to its own end. */
+export function assemble(items: Item[]): Buffer {
+  const size = (it: Item) => (Buffer.isBuffer(it) ? it.length : 'label' in it ? 0 : it.jump === 'jmp' ? 5 : 6);
+  const labels = new Map<string, number>();
+  let at = 0;
+  for (const it of items) {
+    if (!Buffer.isBuffer(it) && 'label' in it) labels.set(it.label, at);
+    at += size(it);
+  }
+  const out: Buffer[] = [];
+  at = 0;
+  for (const it of items) {
+    at += size(it);
+    if (Buffer.isBuffer(it)) out.push(it);
+    else if ('jump' in it) {
+      const target = labels.get(it.to);
+      if (target === undefined) throw new Error(`no label ${it.to}`);
+      const rel = Buffer.alloc(4);
+      rel.writeInt32LE(target - at);
+      out.push(it.jump === 'jmp' ? cat(Buffer.from([0xe9]), rel) : cat(Buffer.from([0x0f, JCC[it.jump]]), rel));
+    }
+  }
+  return cat(...out);
+}
+
+/** pause; cmp dword [C+poll_state], state — F3 90; 83 3C 25 disp32 imm8 */
+const pauseCmpPoll = (state: number) => cat(Buffer.from('f390833c25', 'hex'), u32(POLL), Buffer.from([state]));
+const setPoll = (state: number) => movDword(POLL, state);
+const noOutput = () => movDword(CONTROL + abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0);
+const exitResponse = () => exitWith(abi.AIRLOCK_EXIT_RESPONSE);
+
+/** Polls; each request the host enters with (REQUEST_EXIT, the watcher not watching) is
+ *  answered at once with no output; a request handed over in memory (REQUEST) moves to
+ *  HOST_CALL with no output (with `call`) and runs `scenario` (which may jump back to
+ *  "top"). */
+function watchedHostCall(scenario: Item[], call = true): Buffer {
+  return assemble([
+    bootAsPoller(),
+    { label: 'top' },
+    pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
+    { jump: 'jb', to: 'top' },
+    { jump: 'jne', to: 'by-exit' },
+    ...(call
+      ? [
+          noOutput(),
+          casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_HOST_CALL),
+          { jump: 'jne', to: 'by-exit' } as Item, // the watcher stopped watching first
+        ]
+      : []),
+    ...scenario,
+    { label: 'by-exit' },
+    noOutput(),
+    exitResponse(),
+    { jump: 'jmp', to: 'top' },
+  ]);
+}
+
+/** Waits until poll_state == state. */
+const waitFor = (label: string, state: number): Item[] => [{ label }, pauseCmpPoll(state), { jump: 'jne', to: label }];
+
+export const hostcall = {
+  /** Makes its host call in memory, waits there (never exits) until the host writes the
+   *  reply and releases it (REQUEST, or REQUEST_EXIT without a watcher), then answers
+   *  with the HOST_RETURN bytes: in memory (REQUEST -> READY) if still watched, else by
+   *  an exit. A request answered with no output went by exit all along. */
+  inMemory: () =>
+    watchedHostCall([
+      { label: 'wait' },
+      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
+      { jump: 'je', to: 'got' },
+      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST_EXIT),
+      { jump: 'jne', to: 'wait' },
+      { label: 'got' },
+      echoRequest(),
+      casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_READY),
+      { jump: 'je', to: 'top' },
+      exitResponse(),
+      { jump: 'jmp', to: 'top' },
+    ]),
+  /** Once the host took the call, stops waiting (HOST_CALL_TAKEN -> HOST_CALL_EXIT),
+   *  exits, and answers with the reply it is entered with, by an exit. */
+  givesUpAfterTake: () =>
+    watchedHostCall([
+      ...waitFor('wait', abi.AIRLOCK_POLL_HOST_CALL_TAKEN),
+      casPoll(abi.AIRLOCK_POLL_HOST_CALL_TAKEN, abi.AIRLOCK_POLL_HOST_CALL_EXIT),
+      exitWith(abi.AIRLOCK_EXIT_HOST_CALL),
+      echoRequest(),
+      exitResponse(),
+      { jump: 'jmp', to: 'top' },
+    ]),
+  /** Makes a host call in memory and then spins, whatever the host does. */
+  callsAndSpins: () => watchedHostCall([spinForever()]),
+  /** After the host took the call, writes `state` into poll_state and exits IDLE. */
+  forgesWhileTaken: (state: number) =>
+    watchedHostCall([
+      ...waitFor('wait', abi.AIRLOCK_POLL_HOST_CALL_TAKEN),
+      setPoll(state),
+      exitWith(abi.AIRLOCK_EXIT_IDLE),
+      spinForever(),
+    ]),
+  /** A request handed over in memory, then `state` written over REQUEST while the host
+   *  watches, as if a call had been taken; then spins. */
+  forgesWhileWatched: (state: number) => watchedHostCall([setPoll(state), spinForever()], false),
+  /** A request entered by an exit, then `state` written and the HOST_CALL exit taken. */
+  exitsWithState: (state: number) => cat(bootPlain(), noOutput(), setPoll(state), exitWith(abi.AIRLOCK_EXIT_HOST_CALL), spinForever()),
+  /** Polls, writes `state` with no request in flight and exits IDLE in a loop. */
+  stateWithoutRequest: (state: number) =>
+    cat(bootAsPoller(), setPoll(state), exitWith(abi.AIRLOCK_EXIT_IDLE), Buffer.from([0xeb, 0xf8])),
+};
