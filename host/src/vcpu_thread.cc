@@ -141,10 +141,16 @@ void VcpuThread::emitDone(OpKind kind, Outcome o) {
     emit(std::move(ev));
 }
 
+// The guest's session is over (left, suspended or failed): the core budget stops
+// counting it, once whichever path gets here first.
+void VcpuThread::endSession() {
+    if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
+}
+
 // An ioctl of op `kind` threw: the guest is poisoned; the outcome to emit, if any.
 std::optional<Outcome> VcpuThread::hypervisorFailed(OpKind kind, const char *what) {
     suspended_ = false;
-    if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
+    endSession();
     releasePollSlot();
     std::string reason = std::string("a hypervisor operation failed: ") + what;
     s_.poison(reason);
@@ -424,7 +430,7 @@ bool VcpuThread::windowOver() const {
 
 // The session ends: the guest is stopped and will not run before the next exchange.
 void VcpuThread::leave() {
-    if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
+    endSession();
     s_.cancel_.clearKick();
     s_.windowEndNs_.store(0);
     // A timer never armed needs no timer_settime: on the exit path (nothing polls)
@@ -584,7 +590,7 @@ bool VcpuThread::yieldNow() const {
 // clock runs on; its CPU budget and clock pause with the sandbox's (release/hold).
 void VcpuThread::suspend() {
     suspended_ = true;
-    if (s_.session_.exchange(false)) CoreBudget::instance().sessionEnded();
+    endSession();
     releasePollSlot();
     s_.windowTimer_->disarm();
     s_.windowArmed_.store(false);

@@ -61,6 +61,7 @@ private:
     bool cancelInFlight();
     void done(Outcome o);
     void leave();
+    void endSession();
     void releasePollSlot();
     bool mayPoll();
     bool windowOver() const;
