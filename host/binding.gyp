@@ -24,6 +24,7 @@
         "src/clone_boot.cc",
         "src/vm_factory.cc",
         "src/exit_floor.cc",
+        "src/out_loop_vm.cc",
         "src/loop_wait.cc",
         "kvm/kvm.cc"
       ],

@@ -7,15 +7,12 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <ctime>
 #include <mutex>
 #include <thread>
 #include <vector>
 
-#include "../../guest/include/abi.h"
-#include "../src/guest_memory.h"
-#include "../src/layout.h"
+#include "../src/out_loop_vm.h"
 
 using namespace airlock;
 
@@ -72,23 +69,8 @@ private:
 
 int main(int argc, char **argv) {
     const int rounds = argc > 1 ? std::atoi(argv[1]) : 2000;
-    constexpr uint64_t kCodeAddr = AIRLOCK_IMAGE_BASE;
-    // mov dx, AIRLOCK_PORT; mov eax, 1; loop: out dx, eax; jmp loop
-    const uint8_t code[] = {0x66, 0xBA, AIRLOCK_PORT & 0xff, AIRLOCK_PORT >> 8, 0xB8, 0x01, 0x00, 0x00, 0x00,
-                            0xEF, 0xEB, 0xFD};
-    GuestMemory mem(kCodeAddr + kHugePageSize);
-    buildSystemRegion(mem, {{kCodeAddr, kCodeAddr + kHugePageSize, false, true}});
-    std::memcpy(mem.at(kCodeAddr, sizeof code), code, sizeof code);
-    mem.populate(kCodeAddr, kHugePageSize);
-    auto vm = hv::createVm();
-    vm->mapMemory(0, 0, mem.base(), mem.size());
-    auto vcpu = vm->createVcpu();
-    vcpu->setSpecialRegisters(ring3SpecialRegisters(vcpu->getSpecialRegisters(), 0));
-    hv::Registers regs;
-    regs.rip = kCodeAddr;
-    regs.rflags = kRing3Rflags;
-    vcpu->setRegisters(regs);
-    for (int i = 0; i < 64; ++i) vcpu->run(); // first entries fault pages in
+    OutLoopVm guest = makeOutLoopVm(64); // the first entries fault pages in
+    hv::Vcpu *vcpu = guest.vcpu.get();
 
     // Same thread, back to back: the exit floor.
     std::vector<double> same;
