@@ -14,7 +14,7 @@ static const char prelude_source[] =
     "(function (native) {\n"
     "  'use strict';\n"
     "  const hostCall = native.hostCall, now = native.now, reportUncaught = native.reportUncaught;\n"
-    "  const decodeBase64 = native.decodeBase64, decodeUtf8 = native.decodeUtf8;\n"
+    "  const decodeBase64 = native.decodeBase64, encodeBase64 = native.encodeBase64, decodeUtf8 = native.decodeUtf8;\n"
     "  const MAX_DELAY = 2147483647;\n"
     "  const ObjectDefine = Object.defineProperty;\n"
     "  const timers = new Map();\n"
@@ -159,12 +159,19 @@ static const char prelude_source[] =
     "      }\n"
     "      else for (const name of Object.keys(h)) headers.push([name, String(h[name])]);\n"
     "    }\n"
-    "    const body = init.body;\n"
-    "    if (body !== undefined && body !== null && typeof body !== 'string') {\n"
-    "      throw new TypeError('fetch: only string request bodies are supported (got ' + describe(body) + ')');\n"
-    "    }\n"
     "    const r = { url: url, method: method, headers: headers };\n"
+    "    const body = init.body;\n"
+    "    if (body === undefined || body === null) return r;\n"
     "    if (typeof body === 'string') r.body = body;\n"
+    "    else if (body instanceof ArrayBuffer) r.bodyBase64 = encodeBase64(body);\n"
+    "    else if (ArrayBuffer.isView(body)) r.bodyBase64 = encodeBase64(new Uint8Array(body.buffer, body.byteOffset, body.byteLength).slice().buffer);\n"
+    "    else if (typeof URLSearchParams === 'function' && body instanceof URLSearchParams) {\n"
+    "      // As the Fetch standard extracts it: the form's text, with its content type unless one is set.\n"
+    "      r.body = body.toString();\n"
+    "      if (!headers.some(function (pair) { return pair[0].toLowerCase() === 'content-type'; })) headers.push(['content-type', 'application/x-www-form-urlencoded;charset=UTF-8']);\n"
+    "    } else {\n"
+    "      throw new TypeError('fetch: a request body must be a string, an ArrayBuffer, a typed array or DataView, or URLSearchParams (got ' + describe(body) + ')');\n"
+    "    }\n"
     "    return r;\n"
     "  }\n"
     "\n"
@@ -312,6 +319,34 @@ static JSValue js_loop_decode_base64(JSContext *ctx, JSValueConst this_val, int 
     return buf;
 }
 
+/* Binary request bodies go to the host as base64, the way response bodies come back. */
+static JSValue js_loop_encode_base64(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len;
+    const uint8_t *bytes = argc > 0 ? JS_GetArrayBuffer(ctx, &len, argv[0]) : NULL;
+    if (!bytes)
+        return JS_EXCEPTION; /* not an ArrayBuffer, or detached: JS_GetArrayBuffer threw */
+    if (len > ((size_t)1 << 30))
+        return JS_ThrowRangeError(ctx, "fetch: a request body over 1 GiB");
+    char *text = js_malloc(ctx, (len + 2) / 3 * 4 + 1);
+    if (!text)
+        return JS_EXCEPTION;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        const uint32_t a = bytes[i], b = i + 1 < len ? bytes[i + 1] : 0, c = i + 2 < len ? bytes[i + 2] : 0;
+        const uint32_t triple = (a << 16) | (b << 8) | c;
+        text[n++] = alphabet[(triple >> 18) & 63];
+        text[n++] = alphabet[(triple >> 12) & 63];
+        text[n++] = i + 1 < len ? alphabet[(triple >> 6) & 63] : '=';
+        text[n++] = i + 2 < len ? alphabet[triple & 63] : '=';
+    }
+    JSValue out = JS_NewStringLen(ctx, text, n);
+    js_free(ctx, text);
+    return out;
+}
+
 static JSValue js_loop_decode_utf8(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
@@ -336,6 +371,7 @@ static int loop_load(JSContext *ctx)
     JS_SetPropertyStr(ctx, natives, "now", JS_NewCFunction(ctx, js_loop_now, "now", 0));
     JS_SetPropertyStr(ctx, natives, "reportUncaught", JS_NewCFunction(ctx, js_loop_report_uncaught, "reportUncaught", 1));
     JS_SetPropertyStr(ctx, natives, "decodeBase64", JS_NewCFunction(ctx, js_loop_decode_base64, "decodeBase64", 1));
+    JS_SetPropertyStr(ctx, natives, "encodeBase64", JS_NewCFunction(ctx, js_loop_encode_base64, "encodeBase64", 1));
     JS_SetPropertyStr(ctx, natives, "decodeUtf8", JS_NewCFunction(ctx, js_loop_decode_utf8, "decodeUtf8", 1));
     JSValue api = JS_Call(ctx, factory, JS_UNDEFINED, 1, (JSValueConst *)&natives);
     JS_FreeValue(ctx, factory);

@@ -14,6 +14,7 @@ export type { FetchPolicy } from './policy.js';
 export const FETCH_MODULE = 'airlock:fetch';
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 /** A refusal by the policy: the guest gets a TypeError with this message. */
 class FetchDenied extends Error {}
@@ -128,8 +129,8 @@ export class GuestFetch {
   }
 }
 
-function parseRequest(request: unknown): { url: string; method: string; headers: [string, string][]; body: string | undefined } {
-  const r = request as { url?: unknown; method?: unknown; headers?: unknown; body?: unknown } | null;
+function parseRequest(request: unknown): { url: string; method: string; headers: [string, string][]; body: string | Uint8Array | undefined } {
+  const r = request as { url?: unknown; method?: unknown; headers?: unknown; body?: unknown; bodyBase64?: unknown } | null;
   if (r === null || typeof r !== 'object' || typeof r.url !== 'string' || typeof r.method !== 'string' || !Array.isArray(r.headers)) {
     throw new FetchDenied('malformed request');
   }
@@ -139,6 +140,11 @@ function parseRequest(request: unknown): { url: string; method: string; headers:
     headers.push([h[0], h[1]]);
   }
   if (r.body !== undefined && typeof r.body !== 'string') throw new FetchDenied('malformed request body');
+  if (r.bodyBase64 !== undefined) {
+    // A binary body (ArrayBuffer, typed array, DataView) crosses as base64, as response bodies do.
+    if (r.body !== undefined || typeof r.bodyBase64 !== 'string' || !BASE64.test(r.bodyBase64)) throw new FetchDenied('malformed request body');
+    return { url: r.url, method: r.method, headers, body: Buffer.from(r.bodyBase64, 'base64') };
+  }
   return { url: r.url, method: r.method, headers, body: r.body };
 }
 

@@ -24,6 +24,10 @@ beforeAll(async () => {
       let body = '';
       req.on('data', (c) => (body += c));
       req.on('end', () => res.end(JSON.stringify({ method: req.method, body, header: req.headers['x-airlock'] ?? null })));
+    } else if (url.pathname === '/echo-bytes') {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => res.end(JSON.stringify({ hex: Buffer.concat(chunks).toString('hex'), type: req.headers['content-type'] ?? null })));
     } else if (url.pathname === '/bytes') {
       res.end(Buffer.from([0, 1, 2, 250, 255]));
     } else if (url.pathname === '/big') {
@@ -55,9 +59,21 @@ afterAll(async () => {
   await new Promise((resolve) => server.close(resolve));
 });
 
-const FETCHER = `export default async function (req) {
+const FETCHER = `// A body the guest builds itself (events are JSON): bytes in the given shape.
+function bodyOf(req) {
+  switch (req.bodyKind) {
+    case 'uint8array': return new Uint8Array(req.bytes);
+    case 'arraybuffer': return new Uint8Array(req.bytes).buffer;
+    case 'dataview': return new DataView(new Uint8Array([9, 9, ...req.bytes, 9]).buffer, 2, req.bytes.length);
+    case 'int16array': return new Int16Array(new Uint8Array(req.bytes).buffer);
+    case 'search': return new URLSearchParams(req.form);
+    case 'object': return { not: 'a body' };
+  }
+}
+export default async function (req) {
   try {
-    const r = await fetch(req.url, req.init);
+    const init = req.bodyKind ? { ...req.init, body: bodyOf(req) } : req.init;
+    const r = await fetch(req.url, init);
     const out = { status: r.status, ok: r.ok, redirected: r.redirected, url: r.url, type: r.headers.get('content-type'), xTest: r.headers.get('X-Test') };
     if (req.read === 'json') out.body = await r.json();
     else if (req.read === 'bytes') out.body = Array.from(new Uint8Array(await r.arrayBuffer()));
@@ -114,6 +130,41 @@ describeEachBackend('fetch', (h) => {
     expect(await loaded.callHandler('f', { url: `${origin}/echo`, init, read: 'json' })).toMatchObject({
       body: { method: 'POST', body: 'payload', header: 'hi' },
     });
+  });
+
+  it('sends binary bodies byte for byte: typed arrays, ArrayBuffer, the viewed bytes of a DataView', async () => {
+    const loaded = await sandbox(loopbackAllowed({ methods: ['POST', 'PUT'] }));
+    const bytes = [0, 1, 2, 250, 255, 128];
+    for (const bodyKind of ['uint8array', 'arraybuffer', 'dataview', 'int16array']) {
+      const result = await loaded.callHandler('f', { url: `${origin}/echo-bytes`, init: { method: 'PUT' }, bodyKind, bytes, read: 'json' });
+      // A binary body has no content type of its own (the Fetch standard's extraction).
+      expect(result, bodyKind).toMatchObject({ status: 200, body: { hex: '000102faff80', type: null } });
+    }
+    const empty = await loaded.callHandler('f', { url: `${origin}/echo-bytes`, init: { method: 'POST' }, bodyKind: 'uint8array', bytes: [], read: 'json' });
+    expect(empty).toMatchObject({ body: { hex: '' } });
+  });
+
+  it('sends URLSearchParams as a form with its content type, unless the caller set one', async () => {
+    const loaded = await sandbox(loopbackAllowed({ methods: ['POST'] }));
+    const form = { a: '1', b: 'x y&z' };
+    const sent = await loaded.callHandler('f', { url: `${origin}/echo-bytes`, init: { method: 'POST' }, bodyKind: 'search', form, read: 'json' });
+    expect(sent).toMatchObject({ body: { hex: Buffer.from('a=1&b=x+y%26z').toString('hex'), type: 'application/x-www-form-urlencoded;charset=UTF-8' } });
+    const typed = await loaded.callHandler('f', { url: `${origin}/echo-bytes`, init: { method: 'POST', headers: { 'Content-Type': 'text/x-mine' } }, bodyKind: 'search', form, read: 'json' });
+    expect(typed).toMatchObject({ body: { type: 'text/x-mine' } });
+  });
+
+  it('refuses a body of another type with a TypeError naming the accepted ones', async () => {
+    const loaded = await sandbox(loopbackAllowed({ methods: ['POST'] }));
+    const result = (await loaded.callHandler('f', { url: `${origin}/echo-bytes`, init: { method: 'POST' }, bodyKind: 'object' })) as { error?: string };
+    expect(result.error).toMatch(/^TypeError: fetch: a request body must be a string, an ArrayBuffer, a typed array or DataView, or URLSearchParams \(got an instance of Object\)/);
+  });
+
+  it('counts a binary body in bytes against maxRequestBodyBytes', async () => {
+    const loaded = await sandbox(loopbackAllowed({ methods: ['POST'], maxRequestBodyBytes: 4 }));
+    const ok = await loaded.callHandler('f', { url: `${origin}/echo-bytes`, init: { method: 'POST' }, bodyKind: 'uint8array', bytes: [1, 2, 3, 4], read: 'json' });
+    expect(ok).toMatchObject({ body: { hex: '01020304' } });
+    const over = (await loaded.callHandler('f', { url: `${origin}/echo-bytes`, init: { method: 'POST' }, bodyKind: 'uint8array', bytes: [1, 2, 3, 4, 5] })) as { error?: string };
+    expect(over.error).toMatch(/maxRequestBodyBytes \(4\)/);
   });
 
   const refusals: [string, () => FetchPolicy, Record<string, unknown>, RegExp][] = [
