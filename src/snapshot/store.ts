@@ -14,6 +14,7 @@ import { AirlockError, InternalError, InvalidArgumentError } from '../errors.js'
 import type { EngineTemplate, SerializedTemplate } from '../engine/engine.js';
 import { sizeLimits } from '../validate.js';
 import { SnapshotContent } from './content.js';
+import { withIndexLock } from './index-lock.js';
 import { templateSupport } from './tiers.js';
 
 /** The metadata schema this Airlock writes and reads; another is refused. */
@@ -261,10 +262,12 @@ export async function saveSnapshot(content: SnapshotContent, dir: string, tag: s
     const manifestBlob = await writeBlob(dir, [jsonBytes(manifest)]);
 
     await writeAtomically(join(dir, 'oci-layout'), [jsonBytes({ imageLayoutVersion: '1.0.0' })]);
-    const index = (await readIndex(dir).catch(() => undefined)) ?? { schemaVersion: 2 as const, mediaType: MEDIA_TYPES.index, manifests: [] };
-    const manifests = index.manifests.filter((m) => m.annotations?.[REF_ANNOTATION] !== tag);
-    manifests.push({ mediaType: MEDIA_TYPES.manifest, ...manifestBlob, annotations: { [REF_ANNOTATION]: tag } });
-    await writeAtomically(join(dir, 'index.json'), [jsonBytes({ schemaVersion: 2, mediaType: MEDIA_TYPES.index, manifests })]);
+    await withIndexLock(dir, async () => {
+      const index = (await readIndex(dir).catch(() => undefined)) ?? { schemaVersion: 2 as const, mediaType: MEDIA_TYPES.index, manifests: [] };
+      const manifests = index.manifests.filter((m) => m.annotations?.[REF_ANNOTATION] !== tag);
+      manifests.push({ mediaType: MEDIA_TYPES.manifest, ...manifestBlob, annotations: { [REF_ANNOTATION]: tag } });
+      await writeAtomically(join(dir, 'index.json'), [jsonBytes({ schemaVersion: 2, mediaType: MEDIA_TYPES.index, manifests })]);
+    });
     return manifestBlob.digest;
   } catch (e) {
     if (e instanceof AirlockError) throw e;

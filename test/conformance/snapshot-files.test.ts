@@ -108,6 +108,27 @@ describeEachBackend('persistent snapshots', (h) => {
     }
   });
 
+  it('keeps every tag when saves to one directory run at once', async () => {
+    const dir = await snapshotDir();
+    const loaded = await loadedCounter();
+    const snaps = [];
+    for (let i = 1; i <= 6; i++) {
+      expect(await loaded.callHandler('counter', {})).toEqual({ count: i });
+      snaps.push(await loaded.snapshot());
+    }
+    const digests = await Promise.all(snaps.map((snap, i) => snap.save(dir, `tag-${i + 1}`)));
+    const index = await readJson(join(dir, 'index.json'));
+    expect(index.manifests.map((m: Json) => m.annotations['org.opencontainers.image.ref.name']).sort()).toEqual(['tag-1', 'tag-2', 'tag-3', 'tag-4', 'tag-5', 'tag-6']);
+    for (let i = 0; i < 6; i++) {
+      const persisted = await Snapshot.load(dir, `tag-${i + 1}`);
+      expect(index.manifests.find((m: Json) => m.digest === digests[i])).toBeDefined();
+      const restored = await (await new SandboxBuilder().buildFromSnapshot(persisted)).restoreLoadedSandbox();
+      open.push(restored);
+      expect(await restored.callHandler('counter', {})).toEqual({ count: i + 2 });
+    }
+    expect(await readdir(dir)).not.toContain('index.json.lock');
+  });
+
   it('rewrites a blob that is present with the same size but other bytes, or as a link', async () => {
     const dir = await snapshotDir();
     const snapshot = await (await loadedCounter()).snapshot();
