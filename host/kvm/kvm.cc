@@ -10,6 +10,8 @@
 #include <cstring>
 #include <fcntl.h>
 #include <linux/kvm.h>
+#include <pthread.h>
+#include <csignal>
 #include <string>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -589,6 +591,25 @@ const char *exitKindName(ExitKind kind) {
     return "unknown exit";
 }
 
+// KVM_CREATE_VM registers the VM with the process's memory map and gives up with EINTR
+// when a signal is pending; in a large process that takes long enough for a sampling
+// profiler's SIGPROF (node --cpu-prof) to land on every retry. Blocking the thread's
+// signals for the ioctl defers them (a pending kill is handled after it, as before).
+static int createVmFd(int kvm) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int fd = -1, err = 0;
+    for (int attempt = 0; attempt < 8 && fd < 0; ++attempt) {
+        fd = ::ioctl(kvm, KVM_CREATE_VM, 0);
+        err = errno;
+        if (fd < 0 && err != EINTR) break;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    errno = err;
+    return fd;
+}
+
 std::unique_ptr<Vm> createVm() {
     Fd kvm = openKvm();
     int version = ::ioctl(kvm.get(), KVM_GET_API_VERSION, 0);
@@ -597,12 +618,7 @@ std::unique_ptr<Vm> createVm() {
     int runSize = ::ioctl(kvm.get(), KVM_GET_VCPU_MMAP_SIZE, 0);
     if (runSize < static_cast<int>(sizeof(kvm_run))) throwErrno("KVM_GET_VCPU_MMAP_SIZE");
     std::vector<uint8_t> cpuid = supportedCpuid(kvm.get());
-    Fd vm;
-    // KVM_CREATE_VM can fail with EINTR while the kernel is busy; retrying is the norm.
-    for (int attempt = 0; attempt < 8 && !vm; ++attempt) {
-        vm = Fd(::ioctl(kvm.get(), KVM_CREATE_VM, 0));
-        if (!vm && errno != EINTR) break;
-    }
+    Fd vm(createVmFd(kvm.get()));
     if (!vm) throwErrno("KVM_CREATE_VM");
     denyGuestMsrs(vm.get());
     return std::make_unique<KvmVm>(std::move(vm), minimalCpuid(cpuid), static_cast<size_t>(runSize));
@@ -635,7 +651,7 @@ ProbeResult probe() {
         result.reasons.push_back("KVM lacks KVM_CAP_IMMEDIATE_EXIT (needed to cancel guests): use Linux 4.11 or newer");
     if (::ioctl(kvm.get(), KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY) <= 0)
         result.reasons.push_back("KVM lacks KVM_CAP_USER_MEMORY: use a newer kernel");
-    Fd vm(::ioctl(kvm.get(), KVM_CREATE_VM, 0));
+    Fd vm(createVmFd(kvm.get()));
     if (!vm)
         result.reasons.push_back(std::string("KVM_CREATE_VM failed: ") + std::strerror(errno) +
                                  " (is another hypervisor holding the virtualisation extensions?)");
