@@ -58,7 +58,7 @@ public:
     // Until the next adopt(): a read fault maps only the page read, not the kernel's
     // fault-around window (16 pages) of image pages around it. Every page mapped from
     // the image costs each later restore's PAGEMAP_SCAN a page look-up (file or
-    // private copy?), and fault-around maps ten times the pages a guest reads. False
+    // private copy?), and fault-around maps up to 16 for each page a guest reads. False
     // where the kernel cannot (no write-protect-async userfaultfd: before Linux 6.7, or
     // userfaultfd denied); the memory works the same either way.
     bool mapTouchedPagesOnly();
