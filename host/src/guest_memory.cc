@@ -4,8 +4,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <mutex>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <system_error>
+#include <unistd.h>
 
 #include "layout.h"
 
@@ -13,7 +19,44 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+// Linux 6.7; the build's kernel headers may predate it (the value is the kernel ABI).
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+
 namespace airlock {
+
+namespace {
+
+// One userfaultfd for the process, registered over guest mappings in write-protect
+// mode with asynchronous write protection and never asked to write-protect a page:
+// no fault is ever reported to it (an asynchronously protected page would be
+// unprotected by the kernel itself, and none is protected), and the kernel maps no
+// fault-around pages in a range registered for write protection. User-mode-only
+// faults: allowed without privileges, and the guest's faults come through KVM in the
+// kernel, which this descriptor then never handles. -1 where the kernel has no such mode.
+int touchedPagesOnlyFd() {
+    static int fd = -1;
+    static std::once_flag once;
+    std::call_once(once, [] {
+        const int f = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY));
+        if (f < 0) return;
+        uffdio_api api{};
+        api.api = UFFD_API;
+        api.features = UFFD_FEATURE_WP_ASYNC;
+        if (::ioctl(f, UFFDIO_API, &api) != 0) {
+            ::close(f);
+            return;
+        }
+        fd = f;
+    });
+    return fd;
+}
+
+} // namespace
 
 GuestMemory::GuestMemory(uint64_t size) : size_(size) {
     // Over-allocate by one huge page so the guest base can be 2 MiB aligned: the
@@ -58,6 +101,21 @@ void GuestMemory::adopt(std::shared_ptr<const MemoryImage> image) {
                    adopted_.end());
     adopted_.push_back(image);
     backing_ = std::move(image);
+    touchedPagesOnly_ = false;
+}
+
+bool GuestMemory::mapTouchedPagesOnly() {
+    if (touchedPagesOnly_) return true;
+    const int fd = touchedPagesOnlyFd();
+    if (fd < 0 || !backing_) return false;
+    uffdio_register reg{};
+    reg.range.start = reinterpret_cast<uint64_t>(base_);
+    reg.range.len = size_;
+    reg.mode = UFFDIO_REGISTER_MODE_WP;
+    // The registration lives with this mapping: munmap (or adopt()'s MAP_FIXED)
+    // drops it with the mapping.
+    touchedPagesOnly_ = ::ioctl(fd, UFFDIO_REGISTER, &reg) == 0;
+    return touchedPagesOnly_;
 }
 
 GuestMemory::~GuestMemory() {

@@ -55,12 +55,21 @@ public:
     // The image the pages are a private mapping of (null while anonymous).
     const std::shared_ptr<const MemoryImage> &backing() const { return backing_; }
 
+    // Until the next adopt(): a read fault maps only the page read, not the kernel's
+    // fault-around window (16 pages) of image pages around it. Every page mapped from
+    // the image costs each later restore's PAGEMAP_SCAN a page look-up (file or
+    // private copy?), and fault-around maps up to 16 for each page a guest reads. False
+    // where the kernel cannot (no write-protect-async userfaultfd: before Linux 6.7, or
+    // userfaultfd denied); the memory works the same either way.
+    bool mapTouchedPagesOnly();
+
 private:
     uint8_t *base_ = nullptr;
     uint64_t size_ = 0;
     void *mapping_ = nullptr;
     size_t mappingSize_ = 0;
     std::shared_ptr<const MemoryImage> backing_;
+    bool touchedPagesOnly_ = false; // of the current mapping (adopt() makes a new one)
     // Every image this memory adopted (its snapshots'): retired when it goes.
     std::vector<std::weak_ptr<const MemoryImage>> adopted_;
 };

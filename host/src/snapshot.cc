@@ -148,6 +148,8 @@ std::shared_ptr<Snapshot> captureSnapshot(GuestMemory &mem, hv::Vcpu &vcpu, cons
     // this state, with no page left over from later.
     snap->memory = MemoryImage::capture(mem.base(), mem.size(), residentRuns(mem, 0, l.memoryEnd));
     mem.adopt(snap->memory);
+    // A guest that snapshots restores: keep the pages its restores scan to those it touches.
+    mem.mapTouchedPagesOnly();
     return snap;
 }
 
@@ -183,6 +185,10 @@ void restoreState(GuestMemory &mem, hv::Vcpu &vcpu, const GuestLayout &layout,
         // Another snapshot (or no page-table scan here): map its image afresh.
         mem.adopt(memory);
     }
+    // From the first restore on (a clone's first restore included): pages mapped later
+    // are only those the guest touches. A clone's first calls keep fault-around, which
+    // saves them a host fault per page read (about 9% of a first call here).
+    mem.mapTouchedPagesOnly();
     vcpu.setSpecialRegisters(cpu.sregs);
     vcpu.setRegisters(cpu.regs);
     vcpu.setExtendedState(cpu.extended);

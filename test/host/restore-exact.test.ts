@@ -2,6 +2,7 @@
 // of pages the guest wrote since the snapshot: a hand-assembled guest writes a pattern
 // into its heap and returns a checksum of the whole heap, so every byte the host failed
 // to revert (or reverted wrongly) shows in the checksum.
+import { readFileSync } from 'node:fs';
 import { afterEach, expect, it } from 'vitest';
 import { describeKvm } from '../support/kvm.js';
 import { buildImage, defaultConfig, loadAddon, type NativeVm, type VmConfig } from './raw-guest.js';
@@ -47,21 +48,34 @@ interface Writes {
   value: bigint;
 }
 
-/** Writes `w` (if any), then returns the checksum of the whole heap. */
-async function run(vm: NativeVm, w?: Writes): Promise<bigint> {
+/** Writes `w` (if any), then returns the checksum of `sum` (default: the whole heap). */
+async function run(vm: NativeVm, w?: Writes, sum = { offset: 0, qwords: HEAP / 8 }): Promise<bigint> {
   const req = Buffer.alloc(48);
   req.writeBigUInt64LE(BigInt(w?.offset ?? 0), 0);
   req.writeBigUInt64LE(BigInt(w?.count ?? 0), 8);
   req.writeBigUInt64LE(BigInt(w?.stride ?? 0), 16);
   req.writeBigUInt64LE(w?.value ?? 0n, 24);
-  req.writeBigUInt64LE(0n, 32);
-  req.writeBigUInt64LE(BigInt(HEAP / 8), 40);
+  req.writeBigUInt64LE(BigInt(sum.offset), 32);
+  req.writeBigUInt64LE(BigInt(sum.qwords), 40);
   const { output } = await vm.send(req);
   expect(output.length).toBe(8);
   return output.readBigUInt64LE(0);
 }
 
 const checksum = (vm: NativeVm) => run(vm);
+/** Reads one qword at heap + offset (the guest maps the page it lies in). */
+const readAt = (vm: NativeVm, offset: number) => run(vm, undefined, { offset, qwords: 1 });
+
+/** KiB of guest memory this process has mapped: its private writable mappings of guest images. */
+function guestRssKiB(): number {
+  let total = 0;
+  let inGuest = false;
+  for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) inGuest = / rw-p .*airlock-guest/.test(line);
+    else if (inGuest && line.startsWith('Rss:')) total += Number.parseInt(line.slice(4), 10);
+  }
+  return total;
+}
 
 // Patterns a guest may write after the snapshot (the snapshot holds the first MiB of
 // the heap filled, the rest never touched).
@@ -113,6 +127,43 @@ describeKvm('restore: memory comes back exactly', () => {
     await vm.restore(snap);
     await vm.restore(snap);
     expect(await checksum(vm)).toBe(clean);
+  });
+
+  it('pages read since a restore, then written beside and over, come back exactly', async () => {
+    const vm = await writer();
+    await run(vm, { offset: 0, count: (1 << 20) / 8, stride: 8, value: 0x0a0b_0c0d_0e0f_1011n });
+    const snap = await vm.snapshot();
+    const before = await checksum(vm);
+    await vm.restore(snap);
+    for (let round = 0; round < 3; round++) {
+      // Only the page read is mapped (no fault-around): its neighbours are written
+      // from unmapped, the page itself from a mapped image page.
+      for (let page = 8; page < 200; page += 16) {
+        await readAt(vm, page * PAGE);
+        await run(vm, { offset: (page + 1) * PAGE, count: 1, stride: 0, value: BigInt(round + 1) });
+        await run(vm, { offset: page * PAGE + 8, count: 1, stride: 0, value: BigInt(round + 7) });
+      }
+      expect(await checksum(vm)).not.toBe(before);
+      await vm.restore(snap);
+      expect(await checksum(vm)).toBe(before);
+    }
+  });
+
+  it('a restored guest maps only the pages it reads, not the pages around them', async () => {
+    const vm = await writer();
+    await run(vm, { offset: 0, count: (1 << 20) / 8, stride: 8, value: 0x0102_0304_0506_0708n });
+    const snap = await vm.snapshot();
+    await vm.restore(snap);
+    // The program's own pages and the buffers, mapped once (no heap read beyond page 0).
+    await readAt(vm, 0);
+    const base = guestRssKiB();
+    const reads = 16;
+    // 64 KiB apart, inside the part of the heap the image holds: with the kernel's
+    // fault-around each read would map up to 16 pages.
+    for (let i = 1; i <= reads; i++) await readAt(vm, i * 64 * 1024);
+    const grown = guestRssKiB() - base;
+    expect(grown).toBeGreaterThanOrEqual((reads * PAGE) / 1024);
+    expect(grown).toBeLessThan((2 * reads * PAGE) / 1024);
   });
 
   it('switches between two snapshots of one guest, each exact', async () => {
