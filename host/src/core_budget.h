@@ -50,6 +50,7 @@ public:
 
     int cap() { refresh(); return cap_.load(std::memory_order_relaxed); }
     int holders() const { return holders_.load(std::memory_order_relaxed); }
+    int sessions() const { return sessions_.load(std::memory_order_relaxed); }
     // The CPUs the call path's threads may run on, as last checked.
     int cores() { refresh(); return cores_.load(std::memory_order_relaxed); }
     uint64_t exitFloorNs() const { return exitFloorNs_.load(std::memory_order_relaxed); }
