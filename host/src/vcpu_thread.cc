@@ -12,7 +12,6 @@
 #include <x86intrin.h>
 
 #include "../../guest/include/abi.h"
-#include "answer_watcher.h"
 #include "call_path_counters.h"
 #include "core_budget.h"
 #include "hostcall_memory.h"
@@ -433,21 +432,8 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
 void VcpuThread::startExchange(const Op &op) {
         if (op.kind == OpKind::Exchange) s_.adaptPollWindow(false);
     s_.beginExchange(op.kind, op.kind == OpKind::Exchange ? &op.request : nullptr, op.wallTimeoutNs, op.cpuTimeoutNs);
-    // A guest that may poll after this answer hands the answer (and its host calls) over
-    // in memory while the answer watcher watches, as for a request posted in memory: a
-    // request that found the guest parked then costs one entry and no exit, and a
-    // host-calling handler's calls cross in memory from the first one on. The session
-    // counts from here (runSession keeps it), so the budget weighs this guest too.
-    if (!s_.session_.exchange(true)) CoreBudget::instance().sessionStarted();
-    const bool watch = op.kind == OpKind::Exchange && CoreBudget::instance().pollAllowed() && mayPoll();
-    if (watch) s_.watched_.store(true);
-    s_.handover_.setPoll(watch ? AIRLOCK_POLL_REQUEST : AIRLOCK_POLL_REQUEST_EXIT);
+    s_.handover_.setPoll(AIRLOCK_POLL_REQUEST_EXIT);
     s_.handover_.publish();
-    if (watch && !AnswerWatcher::instance().watch(s_.shared_from_this())) {
-        // No watcher thread: the guest has not run yet, so it answers with an exit.
-        s_.handover_.setPoll(AIRLOCK_POLL_REQUEST_EXIT);
-        s_.watched_.store(false);
-    }
 }
 
 // The guest's post-answer window is over (or it has none while nothing is in flight:
