@@ -36,6 +36,7 @@ namespace airlock {
     X(pollSlotGrants)            /* a guest was allowed to poll after answering */                                  \
     X(pollSlotRefusals)          /* a polling guest was refused a slot: it parks after answering */                 \
     X(requestsWithoutWindow)     /* the budget had no core free: the guest got no poll window for this request */  \
+    X(capChanges)                /* the measured cap moved: each one switches the call path of what follows */    \
     X(hostCallsInMemory)         /* taken from memory by the answer watcher */                                      \
     X(hostCallsByExit)           /* a HOST_CALL exit (the vCPU thread dispatches it) */                             \
     X(hostReplySleeps)           /* a runner went to sleep on the futex for a host reply */

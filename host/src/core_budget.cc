@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "call_path_counters.h"
 #include "sandbox.h"
 #include "timing.h"
 
@@ -195,7 +196,8 @@ void CoreBudget::refresh() {
         nextLoadSampleNs_.store(now + kSampleIntervalNs, std::memory_order_relaxed);
         sampleLoad(now);
     }
-    cap_.store(capFromSamples(), std::memory_order_relaxed);
+    const int cap = capFromSamples();
+    if (cap_.exchange(cap, std::memory_order_relaxed) != cap) AIRLOCK_COUNT(capChanges);
 }
 
 bool CoreBudget::acquire() {
