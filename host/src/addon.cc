@@ -13,6 +13,7 @@
 
 #include "../../guest/include/abi.h"
 #include "../hv/hypervisor.h"
+#include "call_path_counters.h"
 #include "core_budget.h"
 #include "exit_floor.h"
 #include "runner_napi.h"
@@ -529,6 +530,13 @@ Napi::Value PollingBudget(const Napi::CallbackInfo &info) {
     o.Set("cap", Napi::Number::New(env, budget.cap()));
     o.Set("cores", Napi::Number::New(env, budget.cores()));
     o.Set("polling", Napi::Number::New(env, budget.holders()));
+    o.Set("sessions", Napi::Number::New(env, budget.sessions()));
+    Napi::Object counters = Napi::Object::New(env);
+#define AIRLOCK_COUNTER_EXPORT(name)                                                                                   \
+    counters.Set(#name, Napi::Number::New(env, static_cast<double>(callPathCounters().name.load(std::memory_order_relaxed))));
+    AIRLOCK_CALL_PATH_COUNTERS(AIRLOCK_COUNTER_EXPORT)
+#undef AIRLOCK_COUNTER_EXPORT
+    o.Set("counters", counters);
     return o;
 }
 

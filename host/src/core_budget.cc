@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "call_path_counters.h"
 #include "sandbox.h"
 #include "timing.h"
 
@@ -155,7 +156,11 @@ void CoreBudget::sampleLoad(uint64_t now) {
         const double tickNs = 1e9 / static_cast<double>(sysconf(_SC_CLK_TCK));
         const double busyNs = static_cast<double>(busy - lastBusyTicks_) * tickNs;
         const double oursNs = ours > lastProcessNs_ ? static_cast<double>(ours - lastProcessNs_) : 0;
-        others_ = std::max(0.0, (busyNs - oursNs) / static_cast<double>(now - lastSampleNs_));
+        const double sample = std::max(0.0, (busyNs - oursNs) / static_cast<double>(now - lastSampleNs_));
+        // Smoothed over about two samples: one burst of someone else's work (a child
+        // process starting, a compile) must not switch every call's path for 200 ms.
+        others_ = haveOthers_ ? (others_ + sample) / 2 : sample;
+        haveOthers_ = true;
     }
     lastSampleNs_ = now;
     lastBusyTicks_ = busy;
@@ -169,9 +174,16 @@ int CoreBudget::capFromSamples() {
     if (const int forced = override_.load(); forced >= 0) return forced;
     const uint64_t floor = exitFloorNs_.load();
     if (floor == 0 || floor < kCheapExitNs || usable == 0) return 0;
-    // One core stays with the main thread; a core three-quarters free counts as free.
-    const int free = static_cast<int>(std::floor(usable - others_ + 0.25));
-    return std::clamp(free - 1, 0, usable - 1);
+    // One core stays with the main thread. A core counts as free again once others
+    // leave three quarters of it, and stops counting only once they take more than
+    // 0.6 of it: between the two the cap stays where it is. With one threshold the cap
+    // flipped between samples whenever others' load hovered near it, and the call
+    // path with it (polling ~20 us, exits 50-150 us): the bench's bimodal rounds.
+    const int prev = cap_.load(std::memory_order_relaxed);
+    const int raised = static_cast<int>(std::floor(usable - others_ + 0.25)) - 1;
+    const int kept = static_cast<int>(std::floor(usable - others_ + 0.6)) - 1;
+    const int cap = raised > prev ? raised : std::min(prev, kept);
+    return std::clamp(cap, 0, usable - 1);
 }
 
 void CoreBudget::refresh() {
@@ -184,7 +196,8 @@ void CoreBudget::refresh() {
         nextLoadSampleNs_.store(now + kSampleIntervalNs, std::memory_order_relaxed);
         sampleLoad(now);
     }
-    cap_.store(capFromSamples(), std::memory_order_relaxed);
+    const int cap = capFromSamples();
+    if (cap_.exchange(cap, std::memory_order_relaxed) != cap) AIRLOCK_COUNT(capChanges);
 }
 
 bool CoreBudget::acquire() {
@@ -204,9 +217,10 @@ void CoreBudget::sessionStarted() {
     sessions_.fetch_add(1, std::memory_order_relaxed);
 }
 
-bool CoreBudget::spinAllowed() {
+bool CoreBudget::spinAllowed(int ownSlots, int ownSessions) {
     refresh();
-    const int busy = std::max(holders_.load(std::memory_order_relaxed), sessions_.load(std::memory_order_relaxed));
+    const int busy = std::max(holders_.load(std::memory_order_relaxed) - ownSlots,
+                              sessions_.load(std::memory_order_relaxed) - ownSessions);
     return busy < cap_.load(std::memory_order_relaxed);
 }
 

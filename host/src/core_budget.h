@@ -29,8 +29,11 @@ public:
     bool acquire();
     void release();
     // Whether a short spin (a vCPU thread waiting for its next op or host reply) has a
-    // free core now. Takes no slot: such spins are bounded by vcpuSpinUs.
-    bool spinAllowed();
+    // free core now. Takes no slot: such spins are bounded by vcpuSpinUs. A thread that
+    // asks from inside its own session (a host reply) passes its own slot and session:
+    // they are the spin itself, not a guest it would take a core from (counting them
+    // kept every host reply asleep with one guest and one free core).
+    bool spinAllowed(int ownSlots = 0, int ownSessions = 0);
     // Whether a guest may be given a poll window at all now (written into poll_ticks).
     bool pollAllowed();
 
@@ -50,6 +53,7 @@ public:
 
     int cap() { refresh(); return cap_.load(std::memory_order_relaxed); }
     int holders() const { return holders_.load(std::memory_order_relaxed); }
+    int sessions() const { return sessions_.load(std::memory_order_relaxed); }
     // The CPUs the call path's threads may run on, as last checked.
     int cores() { refresh(); return cores_.load(std::memory_order_relaxed); }
     uint64_t exitFloorNs() const { return exitFloorNs_.load(std::memory_order_relaxed); }
@@ -74,7 +78,8 @@ private:
     uint64_t lastBusyTicks_ = 0;
     uint64_t lastProcessNs_ = 0;
     uint64_t lastSampleNs_ = 0;
-    double others_ = 0;               // cores' worth of CPU others took in the last interval
+    double others_ = 0;               // cores' worth of CPU others took, smoothed over the last intervals
+    bool haveOthers_ = false;
 };
 
 } // namespace airlock

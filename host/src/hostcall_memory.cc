@@ -10,6 +10,7 @@
 
 #include "../../guest/include/abi.h"
 #include "answer_watcher.h"
+#include "call_path_counters.h"
 #include "core_budget.h"
 #include "messages.h"
 #include "sandbox.h"
@@ -98,6 +99,7 @@ bool Sandbox::watchHostCall(uint32_t poll) {
     // next watch of this same exchange.
     watched_.store(false);
     AnswerWatcher::instance().lingerForReply();
+    AIRLOCK_COUNT(hostCallsInMemory);
     if (handover_.emit(std::move(ev))) notify_();
     return true;
 }

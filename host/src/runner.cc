@@ -11,6 +11,7 @@
 #include <thread>
 #include <unistd.h>
 
+#include "call_path_counters.h"
 #include "core_budget.h"
 #include "sandbox.h"
 #include "vcpu_thread.h"
@@ -139,6 +140,7 @@ void RunnerPool::startRunnerLocked() {
     pthread_sigmask(SIG_SETMASK, &old, nullptr); // restoring a mask read above cannot fail
     ++runners_;
     ++starting_;
+    AIRLOCK_COUNT(runnersStarted);
 }
 
 void RunnerPool::sleeping(bool asleep) {
@@ -174,6 +176,7 @@ std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<
     if (!last) {
         --starting_;
     } else if (keepLocked(last, how)) {
+        AIRLOCK_COUNT(runnerKeeps);
         runner.holding_ = true;
         if (!queue_.empty()) armQuantaLocked();
         return last;
@@ -183,6 +186,7 @@ std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<
         const bool woken = cv_.wait_for(lock, std::chrono::nanoseconds(kRunnerRetireNs), [this] { return !queue_.empty(); });
         --idle_;
         if (!woken) {
+            AIRLOCK_COUNT(runnersRetired);
             --runners_;
             live_.erase(std::find(live_.begin(), live_.end(), &runner));
             return nullptr;
@@ -193,6 +197,7 @@ std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<
     queued_.store(static_cast<uint32_t>(queue_.size()));
     s->runState_ = RunState::Held;
     runner.holding_ = true;
+    AIRLOCK_COUNT(runnerTakes);
     if (!queue_.empty()) armQuantaLocked();
     return s;
 }

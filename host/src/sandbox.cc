@@ -20,6 +20,7 @@
 
 #include "../../guest/include/abi.h"
 #include "answer_watcher.h"
+#include "call_path_counters.h"
 #include "core_budget.h"
 #include "hostcall_memory.h"
 #include "messages.h"
@@ -110,6 +111,7 @@ void Sandbox::post(Op op) {
         throw;
     }
     started_ = true;
+    if (op.kind == OpKind::Exchange) AIRLOCK_COUNT(requestsMailbox);
     // A guest polling for requests keeps its runner inside KVM_RUN: interrupt it so
     // the runner takes the op. (The runner re-checks opWaiting() after raising
     // session_, so one of the two always sees the other.) A guest already parking
@@ -118,6 +120,7 @@ void Sandbox::post(Op op) {
     // cost an interrupted KVM_RUN.
     if (session_.load() && !(handover_.attached() && handover_.poll() == AIRLOCK_POLL_IDLE)) {
         cancel_.requestKick();
+        AIRLOCK_COUNT(kicks);
         ring();
     }
 }
@@ -132,7 +135,10 @@ bool Sandbox::postFast(const Op &op) {
     // A watcher still finishing with the previous exchange (claimed by the vCPU thread
     // first) must be done before a new one can be told from it.
     if (watched_.load()) return false;
-    if (handover_.poll() != AIRLOCK_POLL_READY) return false;
+    if (handover_.poll() != AIRLOCK_POLL_READY) {
+        AIRLOCK_COUNT(requestsMissedPoll);
+        return false;
+    }
     // The guest polls and reads nothing of the request until poll_state says a request.
     cancel_.resetForExchange();
     handover_.beginPosting();
@@ -151,8 +157,13 @@ bool Sandbox::postFast(const Op &op) {
             handover_.swapPoll(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT);
             watched_.store(false);
         }
+        if (watch)
+            AIRLOCK_COUNT(requestsInMemoryWatched);
+        else
+            AIRLOCK_COUNT(requestsInMemoryExit);
         return true;
     }
+    AIRLOCK_COUNT(requestsMissedPoll);
     watched_.store(false);
     // The guest parked first: the vCPU thread must run it.
     if (record_.wallTimeoutNs) wallTimer_->disarm();
@@ -170,6 +181,7 @@ bool Sandbox::watchAnswer(bool giveUp) {
         // guest moves poll_state off REQUEST otherwise, so a failed swap means it
         // answered meanwhile.
         if (handover_.swapPoll(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT)) {
+            AIRLOCK_COUNT(watchesGivenUp);
             watched_.store(false);
             return true;
         }
@@ -183,6 +195,7 @@ bool Sandbox::watchAnswer(bool giveUp) {
         // handing this answer over) must see the claim: the window timer it would
         // otherwise rely on may have fired already, before it went to sleep.
         handover_.wake();
+        AIRLOCK_COUNT(answersInMemory);
         Outcome o;
         // The guest runs on (its post-call work), but it writes the output buffer
         // only for the next request.
@@ -448,7 +461,9 @@ void Sandbox::adaptPollWindow(bool metPollingGuest) {
 // Zero too while no core is free for a poll (CoreBudget): the guest then answers with
 // an exit and parks.
 void Sandbox::writePollTicks() {
-    const uint64_t ns = CoreBudget::instance().pollAllowed() ? pollNs_.load() : 0;
+    const bool allowed = CoreBudget::instance().pollAllowed();
+    if (!allowed) AIRLOCK_COUNT(requestsWithoutWindow);
+    const uint64_t ns = allowed ? pollNs_.load() : 0;
     memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS,
                              static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tscKhz_ / 1'000'000));
     memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_HOST_CALL_TICKS,

@@ -12,6 +12,7 @@
 #include <x86intrin.h>
 
 #include "../../guest/include/abi.h"
+#include "call_path_counters.h"
 #include "core_budget.h"
 #include "hostcall_memory.h"
 #include "messages.h"
@@ -73,7 +74,13 @@ Served VcpuThread::serve(const Runner &runner) {
 bool VcpuThread::waitForOp() {
     if (s_.handover_.opWaiting()) return true;
     if (RunnerPool::contention().load() > 0) return false;
-    if (s_.spin_.vcpuSpinNs > 0 && CoreBudget::instance().spinAllowed() && spinForOp()) return true;
+    if (s_.spin_.vcpuSpinNs > 0 && CoreBudget::instance().spinAllowed()) {
+        if (spinForOp()) {
+            AIRLOCK_COUNT(opSpinHits);
+            return true;
+        }
+        AIRLOCK_COUNT(opSpinMisses);
+    }
     return lingerForOp();
 }
 
@@ -93,6 +100,12 @@ bool VcpuThread::lingerForOp() {
         s_.handover_.sleepFor(seq, end - now);
     }
     pool.lingering(&s_, false);
+    if (s_.handover_.opWaiting())
+        AIRLOCK_COUNT(lingerHits);
+    else if (RunnerPool::contention().load() > 0)
+        AIRLOCK_COUNT(lingerYields);
+    else
+        AIRLOCK_COUNT(lingerTimeouts);
     return s_.handover_.opWaiting();
 }
 
@@ -221,7 +234,8 @@ void VcpuThread::emit(Event ev) {
 template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCancel) {
     const uint64_t deadline = monotonicNs() + s_.spin_.vcpuSpinNs;
     uint64_t nextYield = deadline - s_.spin_.vcpuSpinNs + kSpinYieldNs;
-    bool spinning = s_.spin_.vcpuSpinNs > 0 && !ready() && CoreBudget::instance().spinAllowed();
+    bool spinning = s_.spin_.vcpuSpinNs > 0 && !ready() &&
+                    CoreBudget::instance().spinAllowed(s_.holdsPollSlot_ ? 1 : 0, s_.session_.load() ? 1 : 0);
     for (;;) {
         const uint32_t seq = s_.handover_.wakeSeq();
         if (ready()) return true;
@@ -241,6 +255,7 @@ template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCance
         }
         if (ready() || (stopOnCancel && s_.cancel_.cancelled())) continue;
         RunnerPool::instance().sleeping(true);
+        AIRLOCK_COUNT(hostReplySleeps);
         s_.handover_.sleep(seq, !ready() && !(stopOnCancel && s_.cancel_.cancelled()));
         RunnerPool::instance().sleeping(false);
     }
@@ -457,7 +472,13 @@ bool VcpuThread::mayPoll() {
     // A slot held since an earlier answer goes back once the budget has no core for it
     // (more guests run than the cap, or the threads were pinned to one core).
     if (s_.holdsPollSlot_ && !CoreBudget::instance().pollAllowed()) releasePollSlot();
-    if (!s_.holdsPollSlot_) s_.holdsPollSlot_ = CoreBudget::instance().acquire();
+    if (!s_.holdsPollSlot_) {
+        s_.holdsPollSlot_ = CoreBudget::instance().acquire();
+        if (s_.holdsPollSlot_)
+            AIRLOCK_COUNT(pollSlotGrants);
+        else
+            AIRLOCK_COUNT(pollSlotRefusals);
+    }
     return s_.holdsPollSlot_;
 }
 
@@ -550,6 +571,7 @@ void VcpuThread::runSession() {
             // out of its poll. The guest is stopped, so only a fast request (READY ->
             // REQUEST) can race the swap; the next pass serves that one.
             if (s_.handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE) || s_.handover_.poll() == AIRLOCK_POLL_IDLE) {
+                AIRLOCK_COUNT(windowsEndedByHost);
                 leave();
                 return;
             }
@@ -589,6 +611,7 @@ bool VcpuThread::yieldNow() const {
 // a runner takes the sandbox from the back of the queue (serve resumes it). Its wall
 // clock runs on; its CPU budget and clock pause with the sandbox's (release/hold).
 void VcpuThread::suspend() {
+    AIRLOCK_COUNT(quantumYields);
     suspended_ = true;
     endSession();
     releasePollSlot();
@@ -610,6 +633,7 @@ VcpuThread::Next VcpuThread::onResponse() {
     if (s_.handover_.settle() != Handover::kInFlight) return abortGuest("guest answered with no request in flight");
     const bool polls = mayPoll();
     if (!s_.claimExchange(polls)) return abortGuest("guest answered with no request in flight");
+    AIRLOCK_COUNT(answersByExit);
     Outcome o;
     std::string error;
     if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
@@ -636,6 +660,7 @@ VcpuThread::Next VcpuThread::onIdle() {
     const bool parked =
         poll == AIRLOCK_POLL_IDLE || (poll == AIRLOCK_POLL_READY && s_.handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE));
     if (parked && state == Handover::kInFlight && s_.claimExchange(false)) {
+        AIRLOCK_COUNT(answersAtPark);
         Outcome o;
         std::string error;
         if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
@@ -645,6 +670,7 @@ VcpuThread::Next VcpuThread::onIdle() {
     }
     // Parked with nothing in flight, or the main thread claimed the answer first.
     if (parked) {
+        AIRLOCK_COUNT(guestParks);
         leave();
         return Next::Leave;
     }
@@ -675,6 +701,7 @@ VcpuThread::Next VcpuThread::onHostCall() {
     if (!readGuestOutput(*s_.memory_, s_.layout_, ev.hostCallOutput, error)) return abortGuest(error);
     if (const std::optional<LoopSleep> sleep = loopSleepStep(ev.hostCallOutput)) return sleepInLoop(*sleep);
     const uint64_t id = ev.hostCallId;
+    AIRLOCK_COUNT(hostCallsByExit);
     emit(std::move(ev));
     return awaitHostReply(id) ? Next::Run : Next::Leave;
 }

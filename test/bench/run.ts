@@ -54,9 +54,26 @@ const results: Result[] = [];
 const notes: string[] = [];
 const unavailable: Unavailable[] = [];
 
+// AIRLOCK_BENCH_COUNTERS=1: after each KVM figure, the call-path counters it moved per
+// sample (pollingBudget().counters, docs/PROTOCOL.md "Polling"): which path its calls
+// took. An addon without counters prints nothing.
+let lastCounters: Record<string, number> | undefined;
+function callPathCounters(): Record<string, number> | undefined {
+  return (loadAddon().addon?.pollingBudget() as { counters?: Record<string, number> } | undefined)?.counters;
+}
 function record(r: Result): void {
   results.push({ ...r, round });
   console.log(`  ${r.metric.padEnd(30)} ${r.contender.padEnd(20)} p50 ${r.p50.toFixed(3).padStart(10)}  p99 ${r.p99.toFixed(3).padStart(10)}  (n=${r.n})`);
+  if (!process.env.AIRLOCK_BENCH_COUNTERS) return;
+  const now = callPathCounters();
+  if (now && lastCounters && r.contender === 'airlock-kvm') {
+    const moved = Object.entries(now)
+      .filter(([k, v]) => v !== lastCounters![k])
+      .map(([k, v]) => `${k} ${((v - lastCounters![k]) / r.n).toFixed(2)}`);
+    const budget = loadAddon().addon!.pollingBudget();
+    console.log(`    cap ${budget.cap} cores ${budget.cores} sessions ${budget.sessions} per sample: ${moved.join(', ')}`);
+  }
+  lastCounters = now;
 }
 
 async function guarded(what: string, fn: () => Promise<void>): Promise<void> {
