@@ -13,7 +13,7 @@
 static const char prelude_source[] =
     "(function (native) {\n"
     "  'use strict';\n"
-    "  const hostCall = native.hostCall, sleepCall = native.sleepCall, now = native.now, reportUncaught = native.reportUncaught;\n"
+    "  const hostCall = native.hostCall, now = native.now, reportUncaught = native.reportUncaught;\n"
     "  const decodeBase64 = native.decodeBase64, decodeUtf8 = native.decodeUtf8;\n"
     "  const MAX_DELAY = 2147483647;\n"
     "  const ObjectDefine = Object.defineProperty;\n"
@@ -90,6 +90,8 @@ static const char prelude_source[] =
     "  function startHostCall(module, fn, args) {\n"
     "    return new Promise(function (resolve, reject) { start(module, fn, args, undefined, resolve, reject); });\n"
     "  }\n"
+    "\n"
+    "  const sleepCall = native.sleepCall;\n"
     "\n"
     "  // One step of the loop while the handler's promise is pending and no job is left:\n"
     "  // run the earliest due timer, or sleep in the host until a timer is due or an async\n"
