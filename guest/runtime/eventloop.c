@@ -91,6 +91,8 @@ static const char prelude_source[] =
     "    return new Promise(function (resolve, reject) { start(module, fn, args, undefined, resolve, reject); });\n"
     "  }\n"
     "\n"
+    "  const sleepCall = native.sleepCall;\n"
+    "\n"
     "  // One step of the loop while the handler's promise is pending and no job is left:\n"
     "  // run the earliest due timer, or sleep in the host until a timer is due or an async\n"
     "  // call completes. 1: progress (run jobs, then turn again); 0: nothing to wait for.\n"
@@ -113,9 +115,10 @@ static const char prelude_source[] =
     "    }\n"
     "    if (next === undefined && calls.size === 0) return 0;\n"
     "    // With no async call in flight only a timer can end the wait: `sleep`, which the\n"
-    "    // KVM host serves on the vCPU thread without a round trip to its main thread; the\n"
-    "    // deadline on this clock lets it leave out the time the exit took.\n"
-    "    const done = calls.size === 0 ? hostCall('airlock:loop', 'sleep', [next.at - time, next.at])\n"
+    "    // KVM host serves on the vCPU thread without a round trip to its main thread (so\n"
+    "    // it always exits: plat_exit_sleep); the deadline on this clock lets it leave out\n"
+    "    // the time the exit took.\n"
+    "    const done = calls.size === 0 ? sleepCall([next.at - time, next.at])\n"
     "                                  : hostCall('airlock:loop', 'wait', [next === undefined ? -1 : next.at - time]);\n"
     "    for (let i = 0; i < done.length; i++) {\n"
     "      const id = done[i][0], kind = done[i][1], payload = done[i][2];\n"
@@ -253,6 +256,14 @@ static JSValue js_loop_host_call(JSContext *ctx, JSValueConst this_val, int argc
     return r;
 }
 
+static JSValue js_loop_sleep_call(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    if (argc < 1)
+        return JS_ThrowTypeError(ctx, "sleepCall needs (args)");
+    return runtime_sleep_call(ctx, argv[0]);
+}
+
 static JSValue js_loop_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
@@ -368,6 +379,7 @@ static int loop_load(JSContext *ctx)
         return -1;
     JSValue natives = JS_NewObject(ctx);
     JS_SetPropertyStr(ctx, natives, "hostCall", JS_NewCFunction(ctx, js_loop_host_call, "hostCall", 3));
+    JS_SetPropertyStr(ctx, natives, "sleepCall", JS_NewCFunction(ctx, js_loop_sleep_call, "sleepCall", 1));
     JS_SetPropertyStr(ctx, natives, "now", JS_NewCFunction(ctx, js_loop_now, "now", 0));
     JS_SetPropertyStr(ctx, natives, "reportUncaught", JS_NewCFunction(ctx, js_loop_report_uncaught, "reportUncaught", 1));
     JS_SetPropertyStr(ctx, natives, "decodeBase64", JS_NewCFunction(ctx, js_loop_decode_base64, "decodeBase64", 1));

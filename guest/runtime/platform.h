@@ -21,6 +21,14 @@ struct airlock_control *plat_control(void);
  * (KVM: `out` then wait for the next request; wasm: return from the export). */
 void plat_exit(uint32_t exit_kind);
 
+/* plat_exit(AIRLOCK_EXIT_HOST_CALL) for the event loop's timer sleep (an `airlock:loop`
+ * `sleep` step in the output buffer): the host sleeps the guest where it stopped, with
+ * no other thread in the way. KVM always exits, since its vCPU thread serves the sleep
+ * (host/src/loop_wait.cc), while a call handed over in memory would be dispatched to
+ * the main thread with the guest spinning up to host_call_ticks for the answer; other
+ * targets: plat_exit (the wasm worker serves the sleep itself). */
+void plat_exit_sleep(void);
+
 /* Unix time in nanoseconds (Date.now) and a monotonic clock (performance.now). */
 int64_t plat_wall_ns(void);
 uint64_t plat_monotonic_ns(void);

@@ -422,7 +422,7 @@ static JSValue args_array(JSContext *ctx, int argc, JSValueConst *argv)
     return args;
 }
 
-JSValue runtime_host_call(JSContext *ctx, const char *module, const char *function, JSValueConst args)
+static JSValue host_call(JSContext *ctx, const char *module, const char *function, JSValueConst args, int sleep)
 {
     struct webapi_encoded enc;
     if (webapi_encode(ctx, args, &enc) < 0) {
@@ -457,7 +457,10 @@ JSValue runtime_host_call(JSContext *ctx, const char *module, const char *functi
                                   "output do not fit the %u-byte output buffer",
                                   module, function, json_len, console_pending_bytes(), out.cap);
     runtime_publish(&out);
-    plat_exit(AIRLOCK_EXIT_HOST_CALL);
+    if (sleep)
+        plat_exit_sleep();
+    else
+        plat_exit(AIRLOCK_EXIT_HOST_CALL);
     console_clear_pending();
 
     struct airlock_control *c = plat_control();
@@ -482,6 +485,13 @@ JSValue runtime_host_call(JSContext *ctx, const char *module, const char *functi
         return JS_UNDEFINED;
     return webapi_decode(ctx, &reply, 0, "<host result>");
 }
+
+JSValue runtime_host_call(JSContext *ctx, const char *module, const char *function, JSValueConst args)
+{
+    return host_call(ctx, module, function, args, 0);
+}
+
+JSValue runtime_sleep_call(JSContext *ctx, JSValueConst args) { return host_call(ctx, "airlock:loop", "sleep", args, 1); }
 
 /* The host function a bridge was made for, with its arguments as a fresh array:
  * NULL with an exception pending (in *args) when either fails. */

@@ -26,6 +26,8 @@ void airlock_write_abort(const char *msg);
 /* The blocking host call: sends HOST_CALL(module, function, JSON of the `args` array),
  * exits, and returns the parsed HOST_RETURN (or throws HostFunctionError). */
 JSValue runtime_host_call(JSContext *ctx, const char *module, const char *function, JSValueConst args);
+/* runtime_host_call(ctx, "airlock:loop", "sleep", args), handed over with plat_exit_sleep. */
+JSValue runtime_sleep_call(JSContext *ctx, JSValueConst args);
 
 /* console.c: per-request console capture. */
 void console_install(JSContext *ctx);

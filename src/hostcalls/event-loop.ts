@@ -1,7 +1,8 @@
 // event-loop.ts — the host half of the guest event loop for one operation: the async
 // host calls it has in flight, their completions, and the guest's sleep (the reserved
 // host call `airlock:loop` `wait` or `sleep`, answered when a timer is due or a call
-// completes; on KVM a `sleep` alone is answered by the vCPU thread, host/src/loop_wait.cc).
+// completes; a `sleep` alone is answered where the guest runs: by the vCPU thread on KVM,
+// host/src/loop_wait.cc, by the worker on WebAssembly, src/engine/wasm/loop-sleep.ts).
 // Every step the guest asks for is bounded here: the number of calls in flight, the
 // size of each answer, the length of a sleep. A closed loop drops late answers.
 import { GuestAbortError } from '../errors.js';
@@ -83,8 +84,9 @@ export class OperationLoop {
   /**
    * A `wait` step, `[delay]`, or a `sleep` step, `[delay]` or `[delay, at]`: a sleep
    * names a timer (the guest has no call in flight) and the instant on the guest's clock
-   * it is due, which the KVM host uses to serve it on the vCPU thread unless console
-   * lines came with it (host/src/loop_wait.cc); here it is a wait like any other.
+   * it is due, which both tiers use to serve it where the guest runs unless console
+   * lines came with it (host/src/loop_wait.cc, src/engine/wasm/loop-sleep.ts); here it
+   * is a wait like any other.
    */
   waitStep(step: 'wait' | 'sleep', args: unknown[]): Promise<Buffer> {
     const sleep = step === 'sleep';

@@ -2,8 +2,9 @@
 // queueMicrotask inside a call, on both tiers: Node-like arguments, ordering, what
 // happens to timers still pending when the handler settles, and the budgets while the
 // guest sleeps (wall clock applies, CPU time does not run).
-import { afterEach, expect, it } from 'vitest';
+import { afterEach, expect, it, vi } from 'vitest';
 import type { LoadedJSSandbox } from '../../src/index.js';
+import { OperationLoop } from '../../src/hostcalls/event-loop.js';
 import { describeEachBackend } from './backends.js';
 
 const sleep = 'const sleep = (ms) => new Promise((r) => setTimeout(r, ms));';
@@ -168,6 +169,22 @@ describeEachBackend('guest timers', (h) => {
     );
     expect(await loaded.callHandler('h', {})).toBe('done');
     expect(lines).toEqual(['before', 'after']);
+  });
+
+  it('sleeps a lone timer where the guest runs, without the main thread; a sleep with console lines goes there', async () => {
+    const steps = vi.spyOn(OperationLoop.prototype, 'waitStep');
+    try {
+      const loaded = await load({
+        naps: `${sleep} export default async function () { for (let i = 0; i < 20; i++) await sleep(1); return 'rested'; }`,
+        talks: `${sleep} export default async function () { console.log('before'); await sleep(1); return 'said'; }`,
+      });
+      for (let i = 0; i < 5; i++) expect(await loaded.callHandler('naps', {})).toBe('rested');
+      expect(steps).not.toHaveBeenCalled();
+      expect(await loaded.callHandler('talks', {})).toBe('said');
+      expect(steps.mock.calls.map(([step]) => step)).toEqual(['sleep']);
+    } finally {
+      steps.mockRestore();
+    }
   });
 
   it('lets dispose() end a sleeping call', async () => {

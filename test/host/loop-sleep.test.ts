@@ -3,6 +3,8 @@
 // its host call and answers with the reply: which steps the vCPU thread takes (a lone,
 // well-formed `airlock:loop` `sleep`) and which it hands to the main thread to judge,
 // and that kill, the monitors and dispose end a sleep while its time is not guest CPU.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
@@ -133,5 +135,54 @@ describeKvm('host addon: the event loop sleep on the vCPU thread', () => {
     const err = await rejection(vm.send(step('sleep', '[100]'), { cpuTimeoutMs: 50, wallClockTimeoutMs: 10_000 }));
     expect(err.code).toBe('ERR_CANCELLED');
     expect(err.terminatedBy).toBe('cpu-time');
+  });
+});
+
+// The real guest's sleeps while a host thread watches its request (a host call just
+// answered in memory leaves it watched): each must still exit to the vCPU thread, never
+// cross in memory to the main thread as a plain host call.
+const imagePath = join(__dirname, '..', '..', 'out', 'guest', 'kvm', 'airlock-guest.img');
+const realConfig = { heapSize: 64 << 20, stackSize: 1 << 20, inputSize: 1 << 20, outputSize: 1 << 20, consoleLimit: 4096 };
+
+describeKvm('host addon: the real guest sleeps on the vCPU thread while watched', () => {
+  it('a timer sleep after a host call answered in memory never reaches the main thread', async () => {
+    // A watcher and a polling guest whatever this machine's load (host/src/core_budget.h).
+    const pollers = process.env.AIRLOCK_KVM_POLLERS;
+    process.env.AIRLOCK_KVM_POLLERS = '8';
+    const steps: string[] = [];
+    try {
+      const final = (output: Buffer) => decodeMessages(output).at(-1)!;
+      let vm!: NativeVm;
+      vm = new (loadAddon().Vm)(readFileSync(imagePath), { ...realConfig, guestPollUs: 10_000 }, (out, id) => {
+        const call = final(out);
+        const [module, fn] = call.fields.map(String);
+        steps.push(`${module}.${fn}`);
+        // A sleep that did reach this thread is still answered, as the main thread would.
+        const answer = module === 'airlock:loop' ? '[]' : '1';
+        vm.hostReturn(encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [answer]), id);
+      });
+      live.push(vm);
+      await vm.boot();
+      await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, 0, ['m', 'one']));
+      const source = `import { one } from 'host:m';
+        function handler(e) {
+          return (async () => {
+            let n = 0;
+            for (let i = 0; i < e.k; i++) { n += one(); await new Promise((r) => setTimeout(r, 1)); }
+            return n;
+          })();
+        }`;
+      expect(final((await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD, 0, ['handler', '', 'h', source]))).output).status).toBe(abi.AIRLOCK_STATUS_OK);
+      for (let r = 0; r < 10; r++) {
+        const m = final((await vm.send(encodeMessage(abi.AIRLOCK_MSG_CALL, 0, ['h', JSON.stringify({ k: 20 })]))).output);
+        expect(m.status, m.fields.map(String).join(' ')).toBe(abi.AIRLOCK_STATUS_OK);
+        expect(JSON.parse(m.fields[0].toString())).toBe(20);
+      }
+    } finally {
+      if (pollers === undefined) delete process.env.AIRLOCK_KVM_POLLERS;
+      else process.env.AIRLOCK_KVM_POLLERS = pollers;
+    }
+    expect(steps.filter((s) => s !== 'm.one')).toEqual([]);
+    expect(steps.length).toBe(200);
   });
 });

@@ -114,6 +114,14 @@ void plat_exit(uint32_t exit_kind)
     kvm_out(exit_kind);
 }
 
+/* Never in memory (platform.h). A host thread watching the request lets go when it
+ * sees REQUEST_EXIT, as when a call in memory falls back to its exit. */
+void plat_exit_sleep(void)
+{
+    poll_swap(AIRLOCK_POLL_REQUEST, AIRLOCK_POLL_REQUEST_EXIT);
+    kvm_out(AIRLOCK_EXIT_HOST_CALL);
+}
+
 /* The response is in the output buffer: hand it to a spinning host through memory,
  * else exit. After the exit the host re-enters us to poll (READY) or with the next
  * request (REQUEST_EXIT). */

@@ -60,6 +60,8 @@ struct airlock_control *plat_control(void) { return &control; }
 
 void plat_exit(uint32_t exit_kind) { import_host_exit(exit_kind); }
 
+void plat_exit_sleep(void) { import_host_exit(AIRLOCK_EXIT_HOST_CALL); }
+
 int64_t plat_wall_ns(void) { return (int64_t)(import_wall_ms() * 1e6); }
 
 uint64_t plat_monotonic_ns(void)

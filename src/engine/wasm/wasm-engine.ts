@@ -91,6 +91,8 @@ class Flight {
   cancel(reason: CancelReason): void {
     const w = this.worker;
     if (this.done || Atomics.compareExchange(w.control, Slot.Cancel, CancelReason.None, reason) !== CancelReason.None) return;
+    // A guest asleep in a timer waits on this word in its worker (loop-sleep.ts).
+    Atomics.notify(w.control, Slot.Cancel);
     this.resolveCancelled?.();
     // A guest that does not reach its next interrupt poll in time loses its worker.
     this.addTimer(

@@ -21,7 +21,12 @@ import {
   AIRLOCK_CTRL_OFF_STACK_TOP,
   AIRLOCK_CONTROL_SIZE,
   AIRLOCK_EXIT_HOST_CALL,
+  AIRLOCK_MSG_HOST_RETURN,
+  AIRLOCK_STATUS_HOST_ERROR,
+  AIRLOCK_STATUS_OK,
 } from '../abi.generated.js';
+import { encodeMessage } from '../protocol.js';
+import { loopSleepStep, sleepInWorker } from './loop-sleep.js';
 import {
   CancelReason,
   INIT_OK,
@@ -323,6 +328,11 @@ function deliverInput(l: Layout): void {
   view.setUint32(l.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0, true);
 }
 
+/** The answers of a timer sleep served here: no completions (the guest sleeps only with
+ *  no async call in flight), or the main thread's answer to a cancelled call. */
+const SLEPT = encodeMessage(AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_OK, ['[]']);
+const SLEEP_CANCELLED = encodeMessage(AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_HOST_ERROR, ['the call was cancelled']);
+
 function hostExit(kind: number): void {
   const l = layout;
   if (!l) throw new GuestAbort('host exit before the runtime was initialised');
@@ -330,10 +340,28 @@ function hostExit(kind: number): void {
   publishOutput(l);
   const measuring = cpuLimitNs > 0;
   const pausedAt = measuring ? threadCpuNs() : 0;
+  // A timer sleep is served on this thread (loop-sleep.ts) unless its answer would not
+  // fit the input buffer; like any host call's wait, it is not guest CPU time.
+  const sleep = l.inputSize >= SLEEP_CANCELLED.byteLength ? loopSleepStep(data, ctl[Slot.Length]) : undefined;
+  if (sleep) {
+    const slept = sleepInWorker(ctl, sleep, coreFree(), (on) => setActive(!on));
+    if (measuring) cpuExcludedNs += threadCpuNs() - pausedAt;
+    writeInput(l, slept ? SLEPT : SLEEP_CANCELLED);
+    return;
+  }
   signal(State.HostCall);
   waitFor(State.HostReply);
   if (measuring) cpuExcludedNs += threadCpuNs() - pausedAt;
   deliverInput(l);
+}
+
+/** Writes a reply of this thread's own into the guest's input buffer. Invariant: it
+ *  fits (the caller checked it against inputSize). */
+function writeInput(l: Layout, reply: Uint8Array): void {
+  memoryBytes().set(reply, l.inputAddr);
+  const view = memoryView();
+  view.setUint32(l.control + AIRLOCK_CTRL_OFF_REQUEST_LEN, reply.byteLength, true);
+  view.setUint32(l.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0, true);
 }
 
 // --- layout ---------------------------------------------------------------------
