@@ -214,6 +214,8 @@ void Sandbox::waitUnwatched() const {
 void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
     if (replyHostCallInMemory(hostCallId, reply)) return;
     handover_.postReply(HostReply{hostCallId, std::move(reply)});
+    // A runner let the sandbox go while the call waited: the reply queues it again.
+    RunnerPool::instance().resumeWaiting(shared_from_this());
 }
 
 void Sandbox::cancel(TerminatedBy why) {
