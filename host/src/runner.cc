@@ -83,6 +83,7 @@ void RunnerPool::resumeWaiting(const std::shared_ptr<Sandbox> &s) {
 bool RunnerPool::enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front) {
     const RunState was = s->runState_;
     s->runState_ = RunState::Queued;
+    s->parkedInHostWait_.store(false);
     if (front)
         queue_.push_front(s);
     else
@@ -98,6 +99,7 @@ bool RunnerPool::enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front) {
             queue_.pop_back();
         queued_.store(static_cast<uint32_t>(queue_.size()));
         s->runState_ = was;
+        s->parkedInHostWait_.store(was == RunState::Waiting);
         throw;
     }
 }
@@ -231,12 +233,16 @@ bool RunnerPool::keepLocked(const std::shared_ptr<Sandbox> &s, Served how) {
         if (queue_.empty()) return true;
         break;
     case Served::Waiting:
-        // The reply (Sandbox::postHostReply) or a cancel that came before the pool's
-        // lock is seen here, under the same lock as RunnerPool::resumeWaiting.
+        // A cancel that came before the pool's lock is seen here, under the lock
+        // Sandbox::cancel takes. The reply is posted without it: the flag is raised
+        // before the reply is looked for, and Sandbox::postHostReply looks at the
+        // flag after posting (seq_cst both: one of the two sees the other).
+        s->parkedInHostWait_.store(true);
         if (!s->hostWaitOver()) {
             s->runState_ = RunState::Waiting;
             return false;
         }
+        s->parkedInHostWait_.store(false);
         if (queue_.empty()) return true;
         break;
     case Served::Idle:

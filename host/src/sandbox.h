@@ -171,6 +171,10 @@ private:
 
     // The pool's (under RunnerPool's lock).
     RunState runState_ = RunState::Idle;
+    // runState_ is, or is about to be, Waiting: set under the pool's lock, read
+    // without it by Sandbox::postHostReply, so a reply to a runner still holding the
+    // sandbox costs no pool lock.
+    std::atomic<bool> parkedInHostWait_{false};
     // The runner's code for this sandbox (owns the VM and vCPU).
     std::unique_ptr<VcpuThread> vcpuThread_;
 
