@@ -33,9 +33,9 @@ constexpr uint64_t kRunnerQuantumNs = 10'000'000;
 constexpr uint64_t kRunnerLingerNs = 2'000'000;
 // A runner idle this long (no sandbox queued) ends its thread.
 constexpr uint64_t kRunnerRetireNs = 2'000'000'000;
-// Runners that may exist at once, whatever else: some of them may sleep in a host
-// call's wait (they hold a sandbox but no CPU), and the pool starts another runner
-// for the queue then, up to this many.
+// Runners that may exist at once, whatever else: some of them may sleep in a guest's
+// timer sleep (they hold a sandbox but no CPU), and the pool starts another runner
+// for the queue then, up to this many. A host call's wait holds no runner (host_wait.cc).
 constexpr int kRunnerHardCap = 32;
 
 // One runner thread: its identity and the timers aimed at it. The sandbox it holds
