@@ -14,6 +14,7 @@
         "src/core_budget.cc",
         "src/answer_watcher.cc",
         "src/hostcall_memory.cc",
+        "src/host_wait.cc",
         "src/snapshot.cc",
         "src/messages.cc",
         "src/layout.cc",

@@ -18,6 +18,7 @@
 #include "exit_floor.h"
 #include "runner_napi.h"
 #include "messages.h"
+#include "reply_deadline.h"
 #include "sandbox.h"
 #include "template_napi.h"
 
@@ -160,6 +161,12 @@ public:
             throw makeError(env, "ERR_INTERNAL", "cannot create the vCPU notification channel");
         }
         notifier_ = notifier;
+        try {
+            replyDeadline_ = std::make_unique<ReplyDeadline>(loop, [this] { onReplyDeadline(); });
+        } catch (const std::exception &) {
+            closeNotifier();
+            throw makeError(env, "ERR_INTERNAL", "cannot create the host-call deadline timer");
+        }
         asyncContext_.emplace(env, "airlock.vcpu");
         // Environment teardown (a worker ending) closes the handle before the loop goes.
         napi_add_env_cleanup_hook(env, CloseOnTeardown, this);
@@ -195,6 +202,7 @@ private:
     static void CloseOnTeardown(void *data) { static_cast<VmWrap *>(data)->closeNotifier(); }
 
     void closeNotifier() {
+        if (replyDeadline_) replyDeadline_->close();
         if (!notifier_) return;
         notifier_->close();
         notifier_.reset();
@@ -275,6 +283,9 @@ private:
         Napi::Env env = Env();
         hostCallPending_ = true;
         hostCallId_ = ev.hostCallId;
+        // The runner may let the sandbox go while the host function runs: its wall
+        // clock is kept here meanwhile (reply_deadline.h).
+        if (replyDeadline_) replyDeadline_->arm(ev.wallDeadlineNs);
         Napi::Value fn = Value().Get(kOnHostCallKey);
         auto output = Napi::Buffer<uint8_t>::Copy(env, ev.hostCallOutput.data(), ev.hostCallOutput.size());
         try {
@@ -284,7 +295,12 @@ private:
             // A callback that throws synchronously answers the guest with that error.
             if (hostCallPending_ && hostCallId_ == ev.hostCallId) {
                 hostCallPending_ = false;
-                sandbox_->postHostReply(ev.hostCallId, hostErrorMessage(e.Message()));
+                if (replyDeadline_) replyDeadline_->disarm();
+                try {
+                    sandbox_->postHostReply(ev.hostCallId, hostErrorMessage(e.Message()));
+                } catch (const std::exception &) {
+                    // No runner can take the sandbox up: the exchange ends by its monitors or a kill.
+                }
             }
         }
     }
@@ -296,6 +312,7 @@ private:
         pending_.reset();
         inFlight_ = false;
         hostCallPending_ = false;
+        if (replyDeadline_) replyDeadline_->disarm();
         const Outcome &o = ev.outcome;
         if (o.code == OutcomeCode::Ok) {
             switch (ev.op) {
@@ -418,8 +435,24 @@ private:
             return env.Undefined();
         auto reply = info[0].As<Napi::Buffer<uint8_t>>();
         hostCallPending_ = false;
-        sandbox_->postHostReply(hostCallId_, std::vector<uint8_t>(reply.Data(), reply.Data() + reply.Length()));
+        if (replyDeadline_) replyDeadline_->disarm();
+        try {
+            sandbox_->postHostReply(hostCallId_, std::vector<uint8_t>(reply.Data(), reply.Data() + reply.Length()));
+        } catch (const std::exception &e) {
+            throw makeError(env, "ERR_INTERNAL", std::string("cannot queue the sandbox for a runner: ") + e.what());
+        }
         return env.Undefined();
+    }
+
+    // The exchange's wall clock ran out while its guest waited for a host function.
+    void onReplyDeadline() {
+        if (!sandbox_ || !inFlight_ || !(pendingKind_ == OpKind::Boot || pendingKind_ == OpKind::Exchange)) return;
+        try {
+            sandbox_->cancel(TerminatedBy::WallClock);
+        } catch (const std::exception &) {
+            // The bell could not be armed: a runner holds the sandbox, and its own
+            // wall-clock timer ends the exchange.
+        }
     }
 
     Napi::Value Kill(const Napi::CallbackInfo &info) {
@@ -482,6 +515,7 @@ private:
 
     std::shared_ptr<Sandbox> sandbox_; // co-owned by its vCPU thread while that runs
     std::shared_ptr<Notifier> notifier_;     // also held by the sandbox's notify callback
+    std::unique_ptr<ReplyDeadline> replyDeadline_; // the wall clock while a host call waits
     std::optional<Napi::AsyncContext> asyncContext_;
     std::optional<Napi::Promise::Deferred> pending_;
     OpKind pendingKind_ = OpKind::Stop;

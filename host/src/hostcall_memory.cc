@@ -64,6 +64,7 @@ bool Sandbox::watchHostCall(uint32_t poll) {
         } else {
             ev.kind = EventKind::HostCall;
             ev.hostCallId = nextHostCallId_.fetch_add(1);
+            if (record_.wallTimeoutNs) ev.wallDeadlineNs = record_.wallStart + record_.wallTimeoutNs;
             memoryHostCallId_ = ev.hostCallId;
             takenHostCallId_ = ev.hostCallId;
             hostCallTaken_ = true;
@@ -179,9 +180,8 @@ VcpuThread::Next VcpuThread::onHostCallGivenUp() {
         }
     }
     if (id == 0) return abortGuest("guest gave up waiting for a host call the host never took (poll_state HOST_CALL_EXIT)");
-    if (!awaitHostReply(id)) return Next::Leave;
-    s_.handover_.setPoll(AIRLOCK_POLL_REQUEST_EXIT);
-    return Next::Run;
+    // Its reply comes through the mailbox, with the runner let go if it is slow.
+    return awaitHostReply(id, true); // host_wait.cc
 }
 
 } // namespace airlock

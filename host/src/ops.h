@@ -41,6 +41,7 @@ struct Event {
     EventKind kind = EventKind::Done;
     OpKind op = OpKind::Stop;     // Done: which operation finished
     uint64_t hostCallId = 0;      // HostCall: answer with this id
+    uint64_t wallDeadlineNs = 0;  // HostCall: the exchange's wall-clock deadline (monotonic; 0: none)
     std::vector<uint8_t> hostCallOutput;
     Outcome outcome;              // Done
 };

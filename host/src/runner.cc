@@ -60,25 +60,49 @@ void RunnerPool::schedule(const std::shared_ptr<Sandbox> &s, bool urgent) {
         }
         return;
     case RunState::Idle:
+        if (urgent) return; // a cancel with no exchange suspended in the queue: nothing to end
         break;
+    case RunState::Waiting:
+        break; // a cancel (first in line) or an op for a guest stopped in a host call's wait
     }
-    if (urgent) return; // a cancel with no exchange suspended in the queue: nothing to end
-    s->runState_ = RunState::Queued;
-    queue_.push_back(s);
-    queued_.store(static_cast<uint32_t>(queue_.size()));
-    bool notify;
-    try {
-        notify = wakeOrStartLocked();
-    } catch (...) {
-        // No runner exists and none can start: nobody would ever take it.
-        queue_.pop_back();
-        queued_.store(static_cast<uint32_t>(queue_.size()));
-        s->runState_ = RunState::Idle;
-        throw;
-    }
+    const bool notify = enqueueLocked(s, urgent);
     lock.unlock();
     // After unlocking: the woken runner's first step is to take the lock.
     if (notify) cv_.notify_one();
+}
+
+void RunnerPool::resumeWaiting(const std::shared_ptr<Sandbox> &s) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (s->runState_ != RunState::Waiting) return;
+    const bool notify = enqueueLocked(s, false);
+    lock.unlock();
+    if (notify) cv_.notify_one();
+}
+
+// Under mu_: queues `s` (at the front for a cancel); true when the caller must notify
+// cv_. Throws when no runner exists and none can start, leaving `s` as it was.
+bool RunnerPool::enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front) {
+    const RunState was = s->runState_;
+    s->runState_ = RunState::Queued;
+    s->parkedInHostWait_.store(false);
+    if (front)
+        queue_.push_front(s);
+    else
+        queue_.push_back(s);
+    queued_.store(static_cast<uint32_t>(queue_.size()));
+    try {
+        return wakeOrStartLocked();
+    } catch (...) {
+        // No runner exists and none can start: nobody would ever take it.
+        if (front)
+            queue_.pop_front();
+        else
+            queue_.pop_back();
+        queued_.store(static_cast<uint32_t>(queue_.size()));
+        s->runState_ = was;
+        s->parkedInHostWait_.store(was == RunState::Waiting);
+        throw;
+    }
 }
 
 // Under mu_, with the queue non-empty: an idle runner takes it (true: the caller
@@ -211,6 +235,19 @@ bool RunnerPool::keepLocked(const std::shared_ptr<Sandbox> &s, Served how) {
         s->runState_ = RunState::Done;
         return false;
     case Served::Preempted:
+        if (queue_.empty()) return true;
+        break;
+    case Served::Waiting:
+        // A cancel that came before the pool's lock is seen here, under the lock
+        // Sandbox::cancel takes. The reply is posted without it: the flag is raised
+        // before the reply is looked for, and Sandbox::postHostReply looks at the
+        // flag after posting (seq_cst both: one of the two sees the other).
+        s->parkedInHostWait_.store(true);
+        if (!s->hostWaitOver()) {
+            s->runState_ = RunState::Waiting;
+            return false;
+        }
+        s->parkedInHostWait_.store(false);
         if (queue_.empty()) return true;
         break;
     case Served::Idle:

@@ -33,9 +33,9 @@ constexpr uint64_t kRunnerQuantumNs = 10'000'000;
 constexpr uint64_t kRunnerLingerNs = 2'000'000;
 // A runner idle this long (no sandbox queued) ends its thread.
 constexpr uint64_t kRunnerRetireNs = 2'000'000'000;
-// Runners that may exist at once, whatever else: some of them may sleep in a host
-// call's wait (they hold a sandbox but no CPU), and the pool starts another runner
-// for the queue then, up to this many.
+// Runners that may exist at once, whatever else: some of them may sleep in a guest's
+// timer sleep (they hold a sandbox but no CPU), and the pool starts another runner
+// for the queue then, up to this many. A host call's wait holds no runner (host_wait.cc).
 constexpr int kRunnerHardCap = 32;
 
 // One runner thread: its identity and the timers aimed at it. The sandbox it holds
@@ -72,13 +72,16 @@ private:
 };
 
 // Where a sandbox stands with the pool (Sandbox::runState_, under the pool's lock).
-enum class RunState : uint8_t { Idle, Queued, Held, Done };
+// Waiting: its guest is stopped in a host call whose reply has not come, and no
+// runner holds it; the reply, a cancel or an op queues it.
+enum class RunState : uint8_t { Idle, Queued, Held, Waiting, Done };
 
 // What a runner's turn on a sandbox ended with (VcpuThread::serve).
 enum class Served {
     Idle,      // no op waits: the sandbox holds no thread until it gets one
     Preempted, // an exchange is in flight but its quantum is over: back of the queue
     Stopped,   // the Stop op ran: the sandbox never runs again
+    Waiting,   // its guest waits for a host call's reply: no runner until it comes
 };
 
 class RunnerPool {
@@ -93,8 +96,12 @@ public:
     // Sandboxes waiting for a runner now: the quantum timer's signal handler reads it
     // (lock-free) to decide whether the runner should yield.
     static const std::atomic<uint32_t> &contention() { return instance().queued_; }
-    // A runner holding a sandbox is about to sleep in a wait (a host call's reply) or
-    // wakes from it: while it sleeps, the queue may get another runner.
+    // Any thread: `s`, let go while its guest waits for a host call's reply
+    // (RunState::Waiting), now has its reply: queues it. Does nothing otherwise (a
+    // runner holding it re-checks under the pool's lock before it lets go).
+    void resumeWaiting(const std::shared_ptr<Sandbox> &s);
+    // A runner holding a sandbox is about to sleep in a wait (the guest's timer sleep)
+    // or wakes from it: while it sleeps, the queue may get another runner.
     void sleeping(bool asleep);
     // A runner holding `s` sleeps in its linger (VcpuThread::waitForOp), or stops:
     // while it does, a sandbox that needs a runner wakes it to let go of `s` first.
@@ -110,6 +117,7 @@ private:
     // `how`: `last` again, or the queue's front; blocks; null: retire.
     std::shared_ptr<Sandbox> next(Runner &runner, const std::shared_ptr<Sandbox> &last, Served how);
     bool keepLocked(const std::shared_ptr<Sandbox> &s, Served how);
+    bool enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front);
     void startRunnerLocked();
     bool wakeOrStartLocked();
     void armQuantaLocked();

@@ -226,7 +226,10 @@ void Sandbox::waitUnwatched() const {
 
 void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
     if (replyHostCallInMemory(hostCallId, reply)) return;
-    handover_.postReply(HostReply{hostCallId, std::move(reply)});
+    handover_.postReply(HostReply{hostCallId, std::move(reply)}); // seq_cst: before the flag is read
+    // A runner let the sandbox go while the call waited: the reply queues it again.
+    // (RunnerPool::keepLocked raises the flag before it looks for the reply.)
+    if (parkedInHostWait_.load()) RunnerPool::instance().resumeWaiting(shared_from_this());
 }
 
 void Sandbox::cancel(TerminatedBy why) {

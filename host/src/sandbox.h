@@ -87,6 +87,10 @@ public:
     // The poll word moved to a host-call state while watched (hostcall_memory.cc): takes
     // the call, or drops the watch. True when done watching this exchange.
     bool watchHostCall(uint32_t poll);
+    // Under the pool's lock or on the runner: the guest, stopped in a host call's wait
+    // (hostWait_), has to run again: its reply came, a cancel reason is recorded, or
+    // the exchange was claimed meanwhile (hostcall_memory.cc).
+    bool hostWaitOver() const;
     // vCPU thread: waits (briefly: a watch is bounded) until no watcher reads guest
     // memory or may claim an exchange, before the guest's memory or exchange changes hands.
     void waitUnwatched() const;
@@ -167,6 +171,10 @@ private:
 
     // The pool's (under RunnerPool's lock).
     RunState runState_ = RunState::Idle;
+    // runState_ is, or is about to be, Waiting: set under the pool's lock, read
+    // without it by Sandbox::postHostReply, so a reply to a runner still holding the
+    // sandbox costs no pool lock.
+    std::atomic<bool> parkedInHostWait_{false};
     // The runner's code for this sandbox (owns the VM and vCPU).
     std::unique_ptr<VcpuThread> vcpuThread_;
 
@@ -199,6 +207,18 @@ private:
     bool hostCallCpuPaused_ = false;         // under hostCallMu_: its wait is not charged
     uint64_t hostCallCpuStart_ = 0;          // under hostCallMu_: vCPU CPU clock at the take
     std::atomic<uint64_t> nextHostCallId_{1}; // ids for host-call events, from either thread
+    // The host call the guest is stopped in, dispatched to JavaScript and not yet
+    // answered: "waiting for host reply <id>". Only the runner holding the sandbox
+    // touches it; it outlives the hold when the runner lets the sandbox go for the
+    // wait (parked), and the next holder takes it up (VcpuThread::resumeHostCall).
+    struct HostWait {
+        uint64_t id = 0;           // 0: the guest waits for no reply
+        bool givenUp = false;      // taken in memory, then made with an exit (HOST_CALL_EXIT)
+        bool parked = false;       // no runner holds the sandbox for the wait
+        uint64_t cpuLeftNs = 0;    // what the CPU monitor had left when the wait began
+        uint64_t pauseStartNs = 0; // the sandbox's CPU clock then: the wait is not guest CPU
+    };
+    HostWait hostWait_;
 
     // The sandbox's own CPU clock (vcpuCpuNs): the CPU time of the runners while they
     // held it. Changed by hold/release under timerMu_; read by the holder, by the main

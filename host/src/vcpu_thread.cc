@@ -36,10 +36,17 @@ void VcpuThread::ackInterrupt() {
 Served VcpuThread::serve(const Runner &runner) {
     // A runner whose timers could not be made cannot run a guest under a budget: the
     // suspended exchange waits for another runner.
-    if (suspended_ && !runner.timersReady()) return Served::Preempted;
+    if ((suspended_ || s_.hostWait_.parked) && !runner.timersReady()) return Served::Preempted;
     if (suspended_) {
         resume();
         if (suspended_) return Served::Preempted;
+        if (s_.hostWait_.parked) return Served::Waiting;
+    }
+    // Let go in a host call's wait, queued again by its reply, a cancel or an op.
+    if (s_.hostWait_.parked) {
+        resumeHostCall(); // host_wait.cc
+        if (suspended_) return Served::Preempted;
+        if (s_.hostWait_.parked) return Served::Waiting;
     }
     for (;;) {
         if (!waitForOp()) return Served::Idle;
@@ -64,6 +71,7 @@ Served VcpuThread::serve(const Runner &runner) {
         }
         runOp(op, runner);
         if (suspended_) return Served::Preempted;
+        if (s_.hostWait_.parked) return Served::Waiting;
     }
 }
 
@@ -226,39 +234,6 @@ std::optional<Outcome> VcpuThread::handle(const Op &op) {
 
 void VcpuThread::emit(Event ev) {
     if (s_.handover_.emit(std::move(ev))) s_.notify_();
-}
-
-// Spins for vcpuSpinNs while a core is free for it (CoreBudget), then sleeps on the
-// futex (telling the pool, which may start another runner for the queue meanwhile);
-// every wake-up re-checks. With `stopOnCancel`, a cancel reason ends the wait (false).
-template <typename Ready> bool VcpuThread::waitFor(Ready ready, bool stopOnCancel) {
-    const uint64_t deadline = monotonicNs() + s_.spin_.vcpuSpinNs;
-    uint64_t nextYield = deadline - s_.spin_.vcpuSpinNs + kSpinYieldNs;
-    bool spinning = s_.spin_.vcpuSpinNs > 0 && !ready() &&
-                    CoreBudget::instance().spinAllowed(s_.holdsPollSlot_ ? 1 : 0, s_.session_.load() ? 1 : 0);
-    for (;;) {
-        const uint32_t seq = s_.handover_.wakeSeq();
-        if (ready()) return true;
-        if (stopOnCancel && s_.cancel_.cancelled()) return false;
-        // Not in the guest and about to re-check before sleeping: the bell is heard.
-        if (s_.cancel_.wantsInterrupt()) ackInterrupt();
-        if (spinning) {
-            for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
-            const uint64_t now = monotonicNs();
-            // The scheduler may still have put the thread we wait for on this core.
-            if (now >= nextYield) {
-                sched_yield();
-                nextYield = now + kSpinYieldNs;
-            }
-            if (now < deadline) continue;
-            spinning = false;
-        }
-        if (ready() || (stopOnCancel && s_.cancel_.cancelled())) continue;
-        RunnerPool::instance().sleeping(true);
-        AIRLOCK_COUNT(hostReplySleeps);
-        s_.handover_.sleep(seq, !ready() && !(stopOnCancel && s_.cancel_.cancelled()));
-        RunnerPool::instance().sleeping(false);
-    }
 }
 
 // ---- guest lifetime -------------------------------------------------------------------
@@ -702,38 +677,9 @@ VcpuThread::Next VcpuThread::onHostCall() {
     if (const std::optional<LoopSleep> sleep = loopSleepStep(ev.hostCallOutput)) return sleepInLoop(*sleep);
     const uint64_t id = ev.hostCallId;
     AIRLOCK_COUNT(hostCallsByExit);
+    if (s_.record_.wallTimeoutNs) ev.wallDeadlineNs = s_.record_.wallStart + s_.record_.wallTimeoutNs;
     emit(std::move(ev));
-    return awaitHostReply(id) ? Next::Run : Next::Leave;
-}
-
-// The guest is stopped in host call `id`, already dispatched: waits for its reply and
-// writes it. False when the session ended instead (cancelled, or the guest broke the
-// protocol meanwhile).
-bool VcpuThread::awaitHostReply(uint64_t id) {
-    // Time spent waiting for the host function is not guest CPU time: pause the CPU
-    // monitor and the accounting while we wait.
-    uint64_t cpuLeft = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
-    const uint64_t pauseStart = s_.vcpuCpuNs();
-    std::optional<HostReply> reply;
-    // The main thread may claim the exchange meanwhile (the guest handed an answer
-    // over in memory before calling): the post-answer window's timer then wakes this
-    // wait, which must not outlive it.
-    const auto answeredOrClaimed = [this] {
-        return s_.handover_.replyWaiting() || s_.handover_.settle() != Handover::kInFlight;
-    };
-    while (!reply && waitFor(answeredOrClaimed, true) && s_.handover_.replyWaiting()) reply = s_.handover_.takeReply(id);
-    s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - pauseStart);
-    if (!reply) {
-        if (cancelInFlight()) return false;
-        // The exchange was claimed while its host call waited (the guest handed an
-        // answer over in memory and then called the host): not a protocol step.
-        abortGuest("guest called the host after answering its request");
-        return false;
-    }
-    if (s_.record_.cpuTimeoutNs) s_.cpuTimer_->arm(cpuLeft == 0 ? 1 : cpuLeft); // expired as we paused it: fire now
-    writeHostReturn(*s_.memory_, s_.layout_, reply->bytes);
-    s_.writeClockBase();
-    return true;
+    return awaitHostReply(id, false); // host_wait.cc
 }
 
 std::string VcpuThread::describeExit(const hv::Exit &exit) {

@@ -56,7 +56,14 @@ private:
     Next onHostCall();
     Next sleepInLoop(const LoopSleep &sleep); // loop_wait.cc
     Next onHostCallGivenUp(); // hostcall_memory.cc
-    bool awaitHostReply(uint64_t id);
+    // host_wait.cc: the wait for a host call's reply, and letting the sandbox go meanwhile.
+    Next awaitHostReply(uint64_t id, bool givenUp);
+    Next takeHostReply(uint64_t lingerUntil);
+    bool waitForReply(uint64_t until);
+    Next writeHostReply(const HostReply &reply);
+    Next endHostWait();
+    Next parkHostCall();
+    void resumeHostCall();
     Next abortGuest(std::string message, bool claimed = false);
     bool cancelInFlight();
     void done(Outcome o);
@@ -69,7 +76,6 @@ private:
     void setUpGuest();
     void tearDownGuest();
     void emit(Event ev);
-    template <typename Ready> bool waitFor(Ready ready, bool stopOnCancel);
     std::string describeExit(const hv::Exit &exit);
 
     Sandbox &s_;
