@@ -100,6 +100,7 @@ describeKvm('bench: call-path groups', () => {
         'concurrent_host_calls_ms',
         'timer_wakeup_us',
         'timer_sleep_cpu_us',
+        'timer_sleep_cpu_per_ms_us',
       ]) {
         want(contender, metric);
       }

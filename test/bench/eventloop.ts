@@ -1,6 +1,7 @@
 // eventloop.ts — the guest event-loop group of `just bench` (AIRLOCK_BENCH_ONLY=guest-eventloop):
 // concurrent async host calls, timer wake-up overshoot, and guest CPU while sleeping
-// (less a trivial call, and less a blocking host call that takes as long).
+// (less a trivial call, and less a blocking host call that takes as long), and the guest
+// CPU a sleep adds per millisecond it lasts.
 // Also runs alone: npx tsx test/bench/eventloop.ts [kvm|wasm]
 import { SandboxBuilder } from '../../src/index.js';
 import type { Backend } from '../../src/engine/engine.js';
@@ -16,6 +17,7 @@ const HANDLERS = {
       return (performance.now() - t0 - 1) * 1000;
     }`,
   sleep20: 'export default async function () { await new Promise((r) => setTimeout(r, 20)); }',
+  sleep200: 'export default async function () { await new Promise((r) => setTimeout(r, 200)); }',
   // The same 20 ms spent in one blocking host call: what any host call of that length
   // costs the guest (its exit and re-entry, and the slower run of a guest whose host
   // went idle), to tell the timer's own cost from it.
@@ -48,6 +50,11 @@ export async function benchEventLoop(backend: Backend, record: (r: Result) => vo
     const trivial = summarize(contender, 'x', await collect(scale(100), 10, () => cpu('trivial'))).p50;
     const sleeps = await collect(scale(50), 3, () => cpu('sleep20'));
     record(summarize(contender, 'timer_sleep_cpu_us', sleeps.map((us) => us - trivial)));
+    // What waiting itself costs: the guest CPU a sleep adds per millisecond it lasts
+    // (200 ms against 20 ms), apart from the fixed cost of going to sleep and waking.
+    const sleep20 = summarize(contender, 'x', sleeps).p50;
+    const longSleeps = await collect(scale(15), 2, () => cpu('sleep200'));
+    record(summarize(contender, 'timer_sleep_cpu_per_ms_us', longSleeps.map((us) => (us - sleep20) / 180)));
     const hostWait = summarize(contender, 'x', await collect(scale(50), 3, () => cpu('hostWait20'))).p50;
     record(summarize(contender, 'timer_sleep_cpu_over_host_call_us', sleeps.map((us) => us - hostWait)));
   } finally {

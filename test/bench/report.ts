@@ -135,6 +135,8 @@ export function writeReport(root: string, results: readonly Result[], notes: rea
     `| airlock-wasm timer_wakeup overshoot (µs) | ${p50(W, 'timer_wakeup_us')} | ≤ 200 µs |`,
     `| airlock-kvm timer_sleep_cpu (µs of guest CPU in a 20 ms sleep) | ${p50(K, 'timer_sleep_cpu_us')} | ≈ 0 |`,
     `| airlock-wasm timer_sleep_cpu (µs of guest CPU in a 20 ms sleep) | ${p50(W, 'timer_sleep_cpu_us')} | ≈ 0 |`,
+    `| airlock-kvm timer_sleep_cpu_per_ms (µs of guest CPU per ms slept, 200 ms vs 20 ms) | ${p50(K, 'timer_sleep_cpu_per_ms_us', 2)} | ≈ 0 |`,
+    `| airlock-wasm timer_sleep_cpu_per_ms (µs of guest CPU per ms slept, 200 ms vs 20 ms) | ${p50(W, 'timer_sleep_cpu_per_ms_us', 2)} | ≈ 0 |`,
     // The compile group (compiled-code cache, issue #13) fills these when it runs.
     `| airlock-kvm compile_250k_cached / compile_250k_first | ${ratio([K, 'compile_250k_cached_ms'], [K, 'compile_250k_first_ms'])} | ≤ 0.1× |`,
     `| airlock-wasm compile_250k_cached / compile_250k_first | ${ratio([W, 'compile_250k_cached_ms'], [W, 'compile_250k_first_ms'])} | ≤ 0.1× |`,
@@ -163,7 +165,7 @@ export function writeReport(root: string, results: readonly Result[], notes: rea
     '- `restore_and_call_1mib_us`, `restore_and_call_128mib_us`: a sandbox (512 MiB heap) whose handler module keeps 1 or 128 MiB alive in filled 1 MiB arrays; after a call that writes a few pages, `restore()` plus the next call, timed together.',
     '- `snapshot_load_ms`: `Snapshot.load()` of a saved tag (every blob\'s digest verified) and its first clone (`buildFromSnapshot` → `restoreLoadedSandbox`), a new Snapshot object each time.',
     '- `concurrent_host_calls_ms`: a handler awaiting `Promise.all` of three async host calls that each take 50 ms on the host.',
-    '- `timer_wakeup_us`: a handler\'s `await new Promise((r) => setTimeout(r, 1))`, the overshoot past 1 ms by the guest\'s own clock; `timer_sleep_cpu_us`: the guest CPU time of a call sleeping 20 ms less that of a trivial call.',
+    '- `timer_wakeup_us`: a handler\'s `await new Promise((r) => setTimeout(r, 1))`, the overshoot past 1 ms by the guest\'s own clock; `timer_sleep_cpu_us`: the guest CPU time of a call sleeping 20 ms less that of a trivial call (the fixed cost of one sleep: its exit and re-entry, and the colder run after it); `timer_sleep_cpu_per_ms_us`: a 200 ms sleep\'s guest CPU less the 20 ms sleep\'s, per millisecond of the difference, i.e. what waiting itself is charged.',
     '- `idle_cpu_ms`: 10 sandboxes, one call each, 300 ms to settle, then the CPU time (user + system) of the whole process over the next second. An idle sandbox must cost nothing; the target is ≤ 5 ms.',
   );
   if (notes.length) lines.push('', '## Notes from this run', '', ...notes.map((n) => `- ${n}`));

@@ -22,7 +22,7 @@ async function scratch(): Promise<string> {
 const CHILD = `
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { withIndexLock } from ${JSON.stringify(new URL('../../src/snapshot/index-lock.ts', import.meta.url).pathname)};
+import { withIndexLock } from ${JSON.stringify(join(__dirname, '..', '..', 'src', 'snapshot', 'index-lock.ts'))};
 const [dir, n] = process.argv.slice(2);
 for (let i = 0; i < Number(n); i++) {
   await withIndexLock(dir, async () => {
@@ -54,7 +54,7 @@ describe('snapshot index lock', () => {
     await writeFile(join(dir, 'count'), '0');
     const script = join(dir, 'child.mts');
     await writeFile(script, CHILD);
-    const tsx = new URL('../../node_modules/.bin/tsx', import.meta.url).pathname;
+    const tsx = join(__dirname, '..', '..', 'node_modules', '.bin', 'tsx');
     const children = Array.from({ length: 3 }, () => spawn(tsx, [script, dir, '15'], { stdio: ['ignore', 'ignore', 'pipe'] }));
     const codes = await Promise.all(
       children.map(
