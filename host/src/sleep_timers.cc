@@ -49,11 +49,17 @@ void SleepTimers::arm(const std::shared_ptr<Sandbox> &s, uint64_t atNs) {
 }
 
 void SleepTimers::disarm(const Sandbox *s) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     auto it = entries_.find(s);
     if (it == entries_.end()) return;
-    due_.erase({it->second.atNs, s});
+    const std::pair<uint64_t, const Sandbox *> key{it->second.atNs, s};
+    const bool earliest = *due_.begin() == key;
+    due_.erase(key);
     entries_.erase(it);
+    lock.unlock();
+    // The thread sleeps until the earliest entry: with none left, its retirement
+    // counts from now, not from a deadline that no longer exists.
+    if (earliest) cv_.notify_one();
 }
 
 void SleepTimers::startLocked() {
