@@ -7,6 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { afterEach, expect, it, vi } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
+import { SandboxBuilder } from '../../src/index.js';
 import { describeKvm } from '../support/kvm.js';
 import { type NativeVm, addonPath, buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, programs, rejection } from './raw-guest.js';
 
@@ -205,5 +206,25 @@ describeKvm('host addon: a long timer sleep holds no runner', () => {
     for (const request of forged) expect((await vm.send(request)).output.toString()).toMatch(/^main:\d+$/);
     expect(seen).toEqual(forged);
     expect(parkedSleeps()).toBe(parkedBefore);
+  }, 30_000);
+});
+
+describeKvm('KVM sandboxes: a handler awaiting a timer lets go of its runner', () => {
+  it("returns the handler's value after a parked 200 ms timer under a 20 ms CPU budget", async () => {
+    const js = await (await new SandboxBuilder().setBackend('kvm').build()).loadRuntime();
+    js.addHandler('h', `export default async function (e) {
+      const t0 = Date.now();
+      await new Promise((r) => setTimeout(r, 200));
+      return { after: e.x, slept: Date.now() - t0 >= 200 };
+    }`);
+    const loaded = await js.getLoadedSandbox();
+    try {
+      const parkedBefore = parkedSleeps();
+      expect(await loaded.callHandler('h', { x: 'timer' }, { cpuTimeoutMs: 20 })).toEqual({ after: 'timer', slept: true });
+      expect(loaded.lastCallStats?.terminatedBy).toBeNull();
+      expect(parkedSleeps()).toBeGreaterThan(parkedBefore);
+    } finally {
+      await loaded.dispose();
+    }
   }, 30_000);
 });
