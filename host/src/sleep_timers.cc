@@ -43,7 +43,10 @@ void SleepTimers::arm(const std::shared_ptr<Sandbox> &s, uint64_t atNs) {
     } else {
         entries_.emplace(s.get(), Entry{atNs, s});
     }
-    const bool earliest = due_.emplace(atNs, s.get()).first == due_.begin();
+    // Two statements: the operands of == may be evaluated in either order, and begin()
+    // read before the insertion would never be the new entry.
+    const auto at = due_.emplace(atNs, s.get()).first;
+    const bool earliest = at == due_.begin();
     lock.unlock();
     if (earliest) cv_.notify_one();
 }

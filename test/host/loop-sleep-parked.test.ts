@@ -196,6 +196,15 @@ describeKvm('host addon: a long timer sleep holds no runner', () => {
     expectServed((await vm.send(step('sleep', '[5]'))).output);
   }, 30_000);
 
+  it('wakes each of many short parked sleeps in turn, far within a wall-clock budget', async () => {
+    const [vm] = await sleepers(1);
+    const parkedBefore = parkedSleeps();
+    // Each parks (3 ms > the 2 ms linger), so each needs the sleep timer to queue it
+    // again: one the timer thread missed would wait out the budget instead.
+    for (let i = 0; i < 30; i++) expectServed((await vm.send(step('sleep', '[3]'), { wallClockTimeoutMs: 1_000 })).output);
+    expect(parkedSleeps() - parkedBefore).toBe(30);
+  }, 60_000);
+
   // Long delays in forged steps: a malformed one is the main thread's to judge (it
   // poisons, src/hostcalls/event-loop.ts), never a parked sleep of the guest's choosing.
   it('hands malformed long sleep steps to the main thread without parking them', async () => {
