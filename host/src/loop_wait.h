@@ -16,6 +16,9 @@ constexpr uint64_t kLoopSleepLingerNs = 2'000'000;
 // The end of a sleep is always slept on a runner, for its precision (a futex sleep
 // and a short spin: ~90 us late for 1 ms): the sleep timer queues a parked sleeper
 // this long before its deadline, and a runner's wake-up from the queue fits in it.
+// Measured here (a KVM handler timing its own setTimeout with performance.now(), 3
+// rounds, p50 overshoot): 1 ms (never parked) 81-99 us, 3 ms (parked) 49-58 us,
+// 20 ms (parked) 145-157 us.
 // With another sandbox waiting for a runner, a sleep with more than this left lets go.
 constexpr uint64_t kLoopSleepPreciseNs = 1'000'000;
 
