@@ -27,6 +27,7 @@
         "src/exit_floor.cc",
         "src/out_loop_vm.cc",
         "src/loop_wait.cc",
+        "src/sleep_timers.cc",
         "kvm/kvm.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -39,7 +39,8 @@ namespace airlock {
     X(capChanges)                /* the measured cap moved: each one switches the call path of what follows */    \
     X(hostCallsInMemory)         /* taken from memory by the answer watcher */                                      \
     X(hostCallsByExit)           /* a HOST_CALL exit (the vCPU thread dispatches it) */                             \
-    X(hostReplySleeps)           /* a runner went to sleep on the futex for a host reply */
+    X(hostReplySleeps)           /* a runner went to sleep on the futex for a host reply */                         \
+    X(loopSleepsParked)          /* a guest's timer sleep let go of its runner until its precise end */
 
 struct CallPathCounters {
 #define AIRLOCK_COUNTER_FIELD(name) std::atomic<uint64_t> name{0};

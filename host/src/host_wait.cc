@@ -19,7 +19,9 @@
 namespace airlock {
 
 bool Sandbox::hostWaitOver() const {
-    return handover_.replyWaiting() || cancel_.cancelled() || handover_.settle() != Handover::kInFlight;
+    // A sleep timer that fired late (after its sleep was taken up) marks no reply wait over.
+    return handover_.replyWaiting() || (hostWait_.sleepUntilNs && sleepDue_.load()) || cancel_.cancelled() ||
+           handover_.settle() != Handover::kInFlight;
 }
 
 // The guest is stopped in host call `id`, already dispatched to JavaScript (`givenUp`:
@@ -136,7 +138,8 @@ void VcpuThread::resumeHostCall() {
     s_.hostWait_.parked = false;
     const OpKind kind = s_.record_.op; // Boot or Exchange: the only ops with a session
     try {
-        if (takeHostReply(0) == Next::Run) runSession();
+        // A timer sleep goes on where it stopped; a host call's wait is over.
+        if ((s_.hostWait_.sleepUntilNs ? resumeSleep() : takeHostReply(0)) == Next::Run) runSession();
     } catch (const std::exception &e) {
         s_.hostWait_ = Sandbox::HostWait{};
         if (std::optional<Outcome> o = hypervisorFailed(kind, e.what())) emitDone(kind, std::move(*o));

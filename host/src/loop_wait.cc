@@ -1,7 +1,9 @@
 // loop_wait.cc — the vCPU thread's side of the guest's timer sleep: recognising the
 // `airlock:loop` `sleep` step in guest output (every byte guest-written) and sleeping
 // until its deadline without a main-thread round trip, woken at once by a cancel
-// reason (kill, monitors, dispose). The sleep is not guest CPU time.
+// reason (kill, monitors, dispose). A sleep with more than a short linger left lets
+// go of its runner (host_wait.cc's parking) until the sleep timer (sleep_timers.h)
+// queues it for its precise end. The sleep is not guest CPU time.
 #include "loop_wait.h"
 
 #include <algorithm>
@@ -14,10 +16,12 @@
 #include <x86intrin.h>
 
 #include "../../guest/include/abi.h"
+#include "call_path_counters.h"
 #include "core_budget.h"
 #include "hostcall_memory.h"
 #include "messages.h"
 #include "runner.h"
+#include "sleep_timers.h"
 #include "timing.h"
 #include "vcpu_thread.h"
 
@@ -123,8 +127,9 @@ uint64_t loopSleepRemainingNs(const LoopSleep &sleep, uint64_t guestNowNs) {
 // delay (and the instant it meant, which can only shorten it), and the wall-clock
 // monitor still runs (its signal ends the sleep).
 VcpuThread::Next VcpuThread::sleepInLoop(const LoopSleep &sleep) {
-    const uint64_t cpuLeft = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
-    const uint64_t pauseStart = s_.vcpuCpuNs();
+    Sandbox::HostWait &w = s_.hostWait_;
+    w.cpuLeftNs = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
+    w.pauseStartNs = s_.vcpuCpuNs();
     // The guest's clock now, as the guest reads it (guest/platform/kvm: its TSC in ns at
     // tsc_khz): its exit took tens of µs since it computed the delay. Invariant: guest
     // TSC = host TSC + tscOffset_ at the same rate (attachClockAndHandover); were it off,
@@ -134,13 +139,27 @@ VcpuThread::Next VcpuThread::sleepInLoop(const LoopSleep &sleep) {
                                            1'000'000u / s_.tscKhz_)
                    : 0;
     const uint64_t delayNs = s_.tscKhz_ ? loopSleepRemainingNs(sleep, guestNowNs) : sleep.delayNs;
-    const uint64_t deadline = monotonicNs() + delayNs;
+    // Never 0: it marks the wait as a sleep (a 0 ns sleep ends at once either way).
+    w.sleepUntilNs = monotonicNs() + std::max<uint64_t>(delayNs, 1);
+    return continueSleep();
+}
+
+// Sleeps until hostWait_.sleepUntilNs on the runner while at most kLoopSleepLingerNs
+// of it is left (kLoopSleepPreciseNs when another sandbox waits for a runner), and
+// lets the sandbox go for any longer part: a sleep holds a runner only for its end.
+VcpuThread::Next VcpuThread::continueSleep() {
+    const uint64_t deadline = s_.hostWait_.sleepUntilNs;
+    // The wall clock ends the exchange at its own deadline (the runner's wall timer,
+    // re-armed by the next hold): past it, the sleep's rest is never waited for.
+    const uint64_t wallEnd = s_.record_.wallTimeoutNs ? s_.record_.wallStart + s_.record_.wallTimeoutNs : UINT64_MAX;
+    const uint64_t end = std::min(deadline, wallEnd);
     static thread_local bool slackSet = false;
     if (!slackSet) slackSet = prctl(PR_SET_TIMERSLACK, kTimerSlackNs, 0, 0, 0) == 0;
     // A futex wake-up comes 40-150 us late here (later after longer sleeps: an idle
     // core wakes slowly), so the last vcpuSpinUs are spun, as the vCPU thread's other
     // waits spin, while a core is free for it.
-    const uint64_t spinNs = CoreBudget::instance().spinAllowed() ? std::min(s_.spin_.vcpuSpinNs, delayNs) : 0;
+    const uint64_t spinNs =
+        CoreBudget::instance().spinAllowed() ? std::min(s_.spin_.vcpuSpinNs, deadline - std::min(deadline, monotonicNs())) : 0;
     uint64_t nextYield = 0;
     bool claimed = false;
     for (;;) {
@@ -155,6 +174,10 @@ VcpuThread::Next VcpuThread::sleepInLoop(const LoopSleep &sleep) {
         if (s_.cancel_.wantsInterrupt()) ackInterrupt(); // not in the guest: the bell is heard
         const uint64_t now = monotonicNs();
         if (now >= deadline) break;
+        const uint64_t left = end > now ? end - now : 0;
+        if (left > kLoopSleepLingerNs || (left > kLoopSleepPreciseNs && RunnerPool::contention().load() > 0)) {
+            if (std::optional<Next> parked = parkSleep(end - kLoopSleepPreciseNs)) return *parked;
+        }
         if (now + spinNs < deadline) {
             // Asleep, the runner lets the pool start another for waiting sandboxes.
             RunnerPool::instance().sleeping(true);
@@ -169,18 +192,38 @@ VcpuThread::Next VcpuThread::sleepInLoop(const LoopSleep &sleep) {
             nextYield = now + kSpinYieldNs;
         }
     }
-    if (s_.cancel_.cancelled() || claimed) {
-        s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - pauseStart);
-        if (cancelInFlight()) return Next::Leave;
-        return abortGuest("guest called the host after answering its request");
-    }
+    if (s_.cancel_.cancelled() || claimed) return endHostWait(); // host_wait.cc
+    Sandbox::HostWait &w = s_.hostWait_;
     // No completion is delivered: the guest sleeps only with no async call in flight
     // (a guest that lies gets its completions at its next wait).
     writeHostReturn(*s_.memory_, s_.layout_, encodeHostReturn("[]"));
     s_.writeClockBase();
-    s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - pauseStart);
-    if (s_.record_.cpuTimeoutNs) s_.cpuTimer_->arm(cpuLeft == 0 ? 1 : cpuLeft); // expired as we paused it: fire now
+    s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - w.pauseStartNs);
+    if (s_.record_.cpuTimeoutNs) s_.cpuTimer_->arm(w.cpuLeftNs == 0 ? 1 : w.cpuLeftNs); // expired as we paused it: fire now
+    w = Sandbox::HostWait{};
     return Next::Run;
+}
+
+// Lets the sandbox go until `wakeAtNs`, when the sleep timer queues it again (a
+// cancel, an op or a monitor queues it sooner), as a host call's slow reply does
+// (parkHostCall). nullopt: the timer thread cannot start, so the runner sleeps on.
+std::optional<VcpuThread::Next> VcpuThread::parkSleep(uint64_t wakeAtNs) {
+    s_.sleepDue_.store(false);
+    try {
+        SleepTimers::instance().arm(s_.shared_from_this(), wakeAtNs);
+    } catch (const std::exception &) {
+        return std::nullopt;
+    }
+    AIRLOCK_COUNT(loopSleepsParked);
+    return parkHostCall(); // host_wait.cc
+}
+
+// A runner took up a sandbox let go in its sleep: the timer queued it (the sleep's
+// precise part is left), or a cancel, a monitor or an op did.
+VcpuThread::Next VcpuThread::resumeSleep() {
+    SleepTimers::instance().disarm(&s_);
+    s_.sleepDue_.store(false);
+    return continueSleep();
 }
 
 } // namespace airlock

@@ -9,6 +9,19 @@
 
 namespace airlock {
 
+// A sleep with more than this left lets go of its runner (loop_wait.cc): the host
+// call's reply linger (host_wait.h), so that sleeping costs what waiting for a reply
+// does. The runner lingers this long at most before it serves another sandbox.
+constexpr uint64_t kLoopSleepLingerNs = 2'000'000;
+// The end of a sleep is always slept on a runner, for its precision (a futex sleep
+// and a short spin: ~90 us late for 1 ms): the sleep timer queues a parked sleeper
+// this long before its deadline, and a runner's wake-up from the queue fits in it.
+// Measured here (a KVM handler timing its own setTimeout with performance.now(), 3
+// rounds, p50 overshoot): 1 ms (never parked) 81-99 us, 3 ms (parked) 49-58 us,
+// 20 ms (parked) 145-157 us.
+// With another sandbox waiting for a runner, a sleep with more than this left lets go.
+constexpr uint64_t kLoopSleepPreciseNs = 1'000'000;
+
 // Node's ceiling on a timer delay (src/hostcalls/event-loop.ts MAX_SLEEP_MS): a
 // longer sleep is cut to it, as on the main thread.
 constexpr uint64_t kMaxLoopSleepNs = 2'147'483'647ull * 1'000'000ull;

@@ -33,9 +33,10 @@ constexpr uint64_t kRunnerQuantumNs = 10'000'000;
 constexpr uint64_t kRunnerLingerNs = 2'000'000;
 // A runner idle this long (no sandbox queued) ends its thread.
 constexpr uint64_t kRunnerRetireNs = 2'000'000'000;
-// Runners that may exist at once, whatever else: some of them may sleep in a guest's
-// timer sleep (they hold a sandbox but no CPU), and the pool starts another runner
-// for the queue then, up to this many. A host call's wait holds no runner (host_wait.cc).
+// Runners that may exist at once, whatever else: some of them may sleep through the
+// last 2 ms of a guest's timer sleep (they hold a sandbox but no CPU), and the pool
+// starts another runner for the queue then, up to this many. A host call's wait and
+// the rest of a sleep hold no runner (host_wait.cc, loop_wait.cc).
 constexpr int kRunnerHardCap = 32;
 
 // One runner thread: its identity and the timers aimed at it. The sandbox it holds
@@ -72,8 +73,9 @@ private:
 };
 
 // Where a sandbox stands with the pool (Sandbox::runState_, under the pool's lock).
-// Waiting: its guest is stopped in a host call whose reply has not come, and no
-// runner holds it; the reply, a cancel or an op queues it.
+// Waiting: its guest is stopped in a host call whose reply has not come, or in a
+// timer sleep not yet near its end, and no runner holds it; the reply (the sleep
+// timer), a cancel or an op queues it.
 enum class RunState : uint8_t { Idle, Queued, Held, Waiting, Done };
 
 // What a runner's turn on a sandbox ended with (VcpuThread::serve).

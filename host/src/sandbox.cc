@@ -24,6 +24,7 @@
 #include "core_budget.h"
 #include "hostcall_memory.h"
 #include "messages.h"
+#include "sleep_timers.h"
 #include "timing.h"
 #include "vcpu_thread.h"
 
@@ -80,6 +81,9 @@ Sandbox::~Sandbox() {
     // The queue and the runner holding it own references: nothing runs it any more.
     // The VM and vCPU go before the guest memory they map.
     vcpuThread_.reset();
+    // A sandbox dropped while its sleep was parked (its environment ended) leaves no
+    // entry for another sandbox at the same address to inherit.
+    SleepTimers::instance().disarm(this);
 }
 
 // ---- main thread --------------------------------------------------------------------
@@ -230,6 +234,19 @@ void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
     // A runner let the sandbox go while the call waited: the reply queues it again.
     // (RunnerPool::keepLocked raises the flag before it looks for the reply.)
     if (parkedInHostWait_.load()) RunnerPool::instance().resumeWaiting(shared_from_this());
+}
+
+void Sandbox::sleepDue() {
+    sleepDue_.store(true); // seq_cst: before the flag is read
+    handover_.wake();
+    // As for a reply (postHostReply): RunnerPool::keepLocked raises the flag before it
+    // looks at sleepDue_.
+    if (!parkedInHostWait_.load()) return;
+    try {
+        RunnerPool::instance().resumeWaiting(shared_from_this());
+    } catch (const std::exception &) {
+        // No runner exists and none can start: no op or cancel could run it either.
+    }
 }
 
 void Sandbox::cancel(TerminatedBy why) {

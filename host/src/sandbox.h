@@ -91,6 +91,9 @@ public:
     // (hostWait_), has to run again: its reply came, a cancel reason is recorded, or
     // the exchange was claimed meanwhile (hostcall_memory.cc).
     bool hostWaitOver() const;
+    // The sleep timer's thread (sleep_timers.h): the guest's timer sleep, let go by its
+    // runner, reaches its precise part: queues the sandbox if no runner holds it.
+    void sleepDue();
     // vCPU thread: waits (briefly: a watch is bounded) until no watcher reads guest
     // memory or may claim an exchange, before the guest's memory or exchange changes hands.
     void waitUnwatched() const;
@@ -217,8 +220,12 @@ private:
         bool parked = false;       // no runner holds the sandbox for the wait
         uint64_t cpuLeftNs = 0;    // what the CPU monitor had left when the wait began
         uint64_t pauseStartNs = 0; // the sandbox's CPU clock then: the wait is not guest CPU
+        uint64_t sleepUntilNs = 0; // a timer sleep (loop_wait.cc), not a reply: when it ends
     };
     HostWait hostWait_;
+    // The sleep timer found the parked sleep due (set with parkedInHostWait_'s
+    // ordering, as a reply is posted); cleared by the runner before it parks a sleep.
+    std::atomic<bool> sleepDue_{false};
 
     // The sandbox's own CPU clock (vcpuCpuNs): the CPU time of the runners while they
     // held it. Changed by hold/release under timerMu_; read by the holder, by the main

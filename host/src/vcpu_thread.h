@@ -54,7 +54,11 @@ private:
     Next onIdle();
     Next onAbort();
     Next onHostCall();
-    Next sleepInLoop(const LoopSleep &sleep); // loop_wait.cc
+    // loop_wait.cc: the guest's timer sleep, on the runner or let go of it meanwhile.
+    Next sleepInLoop(const LoopSleep &sleep);
+    Next continueSleep();
+    std::optional<Next> parkSleep(uint64_t wakeAtNs);
+    Next resumeSleep();
     Next onHostCallGivenUp(); // hostcall_memory.cc
     // host_wait.cc: the wait for a host call's reply, and letting the sandbox go meanwhile.
     Next awaitHostReply(uint64_t id, bool givenUp);
