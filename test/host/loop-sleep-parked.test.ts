@@ -202,7 +202,9 @@ describeKvm('host addon: a long timer sleep holds no runner', () => {
     // Each parks (3 ms > the 2 ms linger), so each needs the sleep timer to queue it
     // again: one the timer thread missed would wait out the budget instead.
     for (let i = 0; i < 30; i++) expectServed((await vm.send(step('sleep', '[3]'), { wallClockTimeoutMs: 1_000 })).output);
-    expect(parkedSleeps() - parkedBefore).toBe(30);
+    // At least once each: a sleep the pool took back early with over 1 ms left while
+    // another sandbox wanted a runner parks again.
+    expect(parkedSleeps() - parkedBefore).toBeGreaterThanOrEqual(30);
   }, 60_000);
 
   // Long delays in forged steps: a malformed one is the main thread's to judge (it
