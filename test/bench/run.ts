@@ -64,7 +64,7 @@ function callPathCounters(): Record<string, number> | undefined {
 function record(r: Result): void {
   results.push({ ...r, round });
   console.log(`  ${r.metric.padEnd(30)} ${r.contender.padEnd(20)} p50 ${r.p50.toFixed(3).padStart(10)}  p99 ${r.p99.toFixed(3).padStart(10)}  (n=${r.n})`);
-  if (!process.env.AIRLOCK_BENCH_COUNTERS) return;
+  if (process.env.AIRLOCK_BENCH_COUNTERS !== '1') return;
   const now = callPathCounters();
   if (now && lastCounters && r.contender === 'airlock-kvm') {
     const moved = Object.entries(now)
