@@ -9,6 +9,7 @@ import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
 import { buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, programs, rejection, type NativeVm } from './raw-guest.js';
+import { forgedSleepSteps } from '../support/sleep-steps.js';
 
 const live: NativeVm[] = [];
 afterEach(async () => {
@@ -53,30 +54,7 @@ describeKvm('host addon: the event loop sleep on the vCPU thread', () => {
 
   // Each is either another step, or a malformed one the main thread turns into a
   // protocol violation (src/hostcalls/event-loop.ts): never a sleep of the guest's choosing.
-  const handedOver: [string, Buffer][] = [
-    ['a wait step', step('wait', '[1]')],
-    ['another module', step('sleep', '[1]', 'airlock:loopx')],
-    ['a negative delay', step('sleep', '[-1]')],
-    ['a delay that is a string', step('sleep', '["5"]')],
-    ['a delay past a double', step('sleep', '[1e999]')],
-    ['a hexadecimal delay', step('sleep', '[0x10]')],
-    ['an infinite delay', step('sleep', '[Infinity]')],
-    ['three arguments', step('sleep', '[1,2,3]')],
-    ['an instant that is a string', step('sleep', '[1,"2"]')],
-    ['a negative instant', step('sleep', '[1,-2]')],
-    ['an empty instant', step('sleep', '[1,]')],
-    ['no argument', step('sleep', '[]')],
-    ['an unbracketed delay', step('sleep', '1')],
-    ['a delay longer than any number', step('sleep', `[${'1'.repeat(40)}]`)],
-    ['a fourth field', encodeMessage(abi.AIRLOCK_MSG_HOST_CALL, 0, ['airlock:loop', 'sleep', '[1]', 'x'])],
-    ['console lines before it', Buffer.concat([line('printed first'), step('sleep', '[1]')])],
-    ['bytes after it', Buffer.concat([step('sleep', '[1]'), Buffer.from('tail')])],
-    ['a field overrunning its message', (() => {
-      const m = step('sleep', '[1]');
-      m.writeUInt32LE(0x7fff_ffff, abi.AIRLOCK_MSG_HEADER_SIZE);
-      return m;
-    })()],
-  ];
+  const handedOver = forgedSleepSteps;
   for (const [what, request] of handedOver) {
     it(`hands ${what} to the main thread as it came`, async () => {
       const { vm, seen } = await sleeper();
