@@ -9,7 +9,8 @@ import { afterEach, expect, it, vi } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { SandboxBuilder } from '../../src/index.js';
 import { describeKvm } from '../support/kvm.js';
-import { type NativeVm, addonPath, buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, programs, rejection } from './raw-guest.js';
+import { type NativeVm, addonPath, buildImage, defaultConfig, encodeMessage, loadAddon, programs, rejection } from './raw-guest.js';
+import { servedSleepReply } from '../support/sleep-steps.js';
 
 const addon = loadAddon();
 const live: NativeVm[] = [];
@@ -41,13 +42,9 @@ async function sleepers(n: number, seen: Buffer[] = []): Promise<NativeVm[]> {
   );
 }
 
-/** The HOST_RETURN the vCPU thread answers a served sleep with: no completions. */
+/** A served sleep's answer, as the raw guest hands it back. */
 function expectServed(output: Buffer): void {
-  const [msg, ...rest] = decodeMessages(output);
-  expect(rest).toEqual([]);
-  expect(msg.kind).toBe(abi.AIRLOCK_MSG_HOST_RETURN);
-  expect(msg.status).toBe(abi.AIRLOCK_STATUS_OK);
-  expect(msg.fields.map(String)).toEqual(['[]']);
+  expect(output).toEqual(servedSleepReply);
 }
 
 const parkedSleeps = () => addon.pollingBudget().counters.loopSleepsParked ?? 0;

@@ -9,7 +9,7 @@ import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
 import { buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, programs, rejection, type NativeVm } from './raw-guest.js';
-import { forgedSleepSteps } from '../support/sleep-steps.js';
+import { forgedSleepSteps, servedSleepReply } from '../support/sleep-steps.js';
 
 const live: NativeVm[] = [];
 afterEach(async () => {
@@ -33,13 +33,9 @@ async function sleeper(): Promise<{ vm: NativeVm; seen: Buffer[] }> {
 const step = (name: string, args: string, module = 'airlock:loop') => encodeMessage(abi.AIRLOCK_MSG_HOST_CALL, 0, [module, name, args]);
 const line = (text: string) => encodeMessage(abi.AIRLOCK_MSG_CONSOLE, 0, ['log', text]);
 
-/** The HOST_RETURN the vCPU thread answers a served sleep with: no completions. */
+/** A served sleep's answer, as the raw guest hands it back. */
 function expectServed(output: Buffer): void {
-  const [msg, ...rest] = decodeMessages(output);
-  expect(rest).toEqual([]);
-  expect(msg.kind).toBe(abi.AIRLOCK_MSG_HOST_RETURN);
-  expect(msg.status).toBe(abi.AIRLOCK_STATUS_OK);
-  expect(msg.fields.map(String)).toEqual(['[]']);
+  expect(output).toEqual(servedSleepReply);
 }
 
 describeKvm('host addon: the event loop sleep on the vCPU thread', () => {

@@ -35,3 +35,6 @@ export const forgedSleepSteps: readonly [string, Buffer][] = [
     })(),
   ],
 ];
+
+/** What a sleep server answers a served sleep with: a HOST_RETURN with no completions. */
+export const servedSleepReply = encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, ['[]']);
