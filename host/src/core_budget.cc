@@ -152,11 +152,19 @@ void CoreBudget::sampleLoad(uint64_t now) {
     if (!callPathCpus(cpus)) return;
     const uint64_t busy = busyTicks(cpus);
     const uint64_t ours = processCpuNs();
-    if (lastSampleNs_ && now > lastSampleNs_ && busy >= lastBusyTicks_) {
+    // Busy ticks summed over another set of CPUs (a thread re-pinned since the last
+    // sample) are no baseline: their difference would count a CPU's whole busy time
+    // since boot as others' load of one interval, and hold the cap at 0 for seconds.
+    const bool sameCpus = CPU_EQUAL(&cpus, &lastCpus_);
+    lastCpus_ = cpus;
+    if (lastSampleNs_ && sameCpus && now > lastSampleNs_ && busy >= lastBusyTicks_) {
         const double tickNs = 1e9 / static_cast<double>(sysconf(_SC_CLK_TCK));
         const double busyNs = static_cast<double>(busy - lastBusyTicks_) * tickNs;
         const double oursNs = ours > lastProcessNs_ ? static_cast<double>(ours - lastProcessNs_) : 0;
-        const double sample = std::max(0.0, (busyNs - oursNs) / static_cast<double>(now - lastSampleNs_));
+        // At most every CPU of the set busy: /proc/stat and our own clock are read at
+        // slightly different instants, so a short interval can overshoot.
+        const double sample = std::clamp((busyNs - oursNs) / static_cast<double>(now - lastSampleNs_), 0.0,
+                                         static_cast<double>(CPU_COUNT(&cpus)));
         // Smoothed over about two samples: one burst of someone else's work (a child
         // process starting, a compile) must not switch every call's path for 200 ms.
         others_ = haveOthers_ ? (others_ + sample) / 2 : sample;

@@ -78,6 +78,7 @@ private:
     uint64_t lastBusyTicks_ = 0;
     uint64_t lastProcessNs_ = 0;
     uint64_t lastSampleNs_ = 0;
+    cpu_set_t lastCpus_{};            // the CPUs lastBusyTicks_ summed: a sample spans one set
     double others_ = 0;               // cores' worth of CPU others took, smoothed over the last intervals
     bool haveOthers_ = false;
 };
