@@ -4,9 +4,9 @@
 // kill, dispose and the wall clock still end a waiting sandbox; a late or misdirected
 // reply is never written; the pool's thread count stays within its size.
 import { readdirSync, readFileSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
 import { afterEach, expect, it, vi } from 'vitest';
 import { describeKvm } from '../support/kvm.js';
+import { expectAbandonedSandboxesFreed } from '../support/worker-teardown.js';
 import { type NativeVm, addonPath, buildImage, defaultConfig, loadAddon, programs } from './raw-guest.js';
 
 const addon = loadAddon();
@@ -131,12 +131,11 @@ describeKvm('host addon: host-call waits hold no runner', () => {
   }, 60_000);
 
   it("stops sandboxes waiting in host calls when their environment ends (a worker's teardown runs the finalizers)", async () => {
-    const fds = () => readdirSync('/proc/self/fd').length;
     const { limit } = addon.runnerPool();
     const n = 2 * limit + 2;
-    const before = fds();
     // Plain JavaScript: the worker loads the addon itself and never answers its guests.
-    const worker = new Worker(
+    await expectAbandonedSandboxesFreed(
+      addon,
       `const { workerData, parentPort } = require('node:worker_threads');
        const addon = require(workerData.addonPath);
        let calls = 0;
@@ -151,17 +150,8 @@ describeKvm('host addon: host-call waits hold no runner', () => {
          }
          for (const vm of vms) vm.send(Buffer.from('never answered')).catch(() => {});
        })();`,
-      { eval: true, workerData: { addonPath, n, image: buildImage(programs.hostCall), config: defaultConfig } },
+      { addonPath, n, image: buildImage(programs.hostCall), config: defaultConfig },
     );
-    await new Promise<void>((resolve, reject) => {
-      worker.once('message', () => resolve());
-      worker.once('error', reject);
-    });
-    await worker.terminate();
-    // Every VM's fds (VM, vCPU) go once its Stop op ran, which needs a runner to take
-    // each sandbox from its wait.
-    await vi.waitFor(() => expect(fds()).toBeLessThanOrEqual(before), { timeout: 20_000, interval: 50 });
-    await vi.waitFor(() => expect(addon.runnerPool().runners).toBe(0), { timeout: 10_000, interval: 50 });
   }, 60_000);
 
   it('ends sandboxes on their wall clock while their host calls wait', async () => {

@@ -4,11 +4,11 @@
 // the wall clock and the environment's end still end a parked sleep, a parked sleep
 // ends with its reply and is not guest CPU time, and forged long steps are judged as before.
 import { readdirSync, readFileSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
 import { afterEach, expect, it, vi } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { SandboxBuilder } from '../../src/index.js';
 import { describeKvm } from '../support/kvm.js';
+import { expectAbandonedSandboxesFreed } from '../support/worker-teardown.js';
 import { type NativeVm, addonPath, buildImage, defaultConfig, encodeMessage, loadAddon, programs, rejection } from './raw-guest.js';
 import { servedSleepReply } from '../support/sleep-steps.js';
 
@@ -142,11 +142,10 @@ describeKvm('host addon: a long timer sleep holds no runner', () => {
   }, 60_000);
 
   it("stops parked sleepers when their environment ends (a worker's teardown runs the finalizers)", async () => {
-    const fds = () => readdirSync('/proc/self/fd').length;
     const { limit } = addon.runnerPool();
-    const before = fds();
     // Plain JavaScript: the worker loads the addon itself and drops its sleeping sandboxes.
-    const worker = new Worker(
+    await expectAbandonedSandboxesFreed(
+      addon,
       `const { workerData, parentPort } = require('node:worker_threads');
        const addon = require(workerData.addonPath);
        const parked = () => addon.pollingBudget().counters.loopSleepsParked;
@@ -165,20 +164,8 @@ describeKvm('host addon: a long timer sleep holds no runner', () => {
            parentPort.postMessage('all parked');
          }, 5);
        })();`,
-      {
-        eval: true,
-        workerData: { addonPath, n: 2 * limit + 2, image: buildImage(programs.hostCall), config: defaultConfig, sleep: step('sleep', '[60000]') },
-      },
+      { addonPath, n: 2 * limit + 2, image: buildImage(programs.hostCall), config: defaultConfig, sleep: step('sleep', '[60000]') },
     );
-    await new Promise<void>((resolve, reject) => {
-      worker.once('message', () => resolve());
-      worker.once('error', reject);
-    });
-    await worker.terminate();
-    // Every VM's fds (VM, vCPU) go once its Stop op ran, which needs a runner to take
-    // each sandbox from its parked sleep.
-    await vi.waitFor(() => expect(fds()).toBeLessThanOrEqual(before), { timeout: 20_000, interval: 50 });
-    await vi.waitFor(() => expect(addon.runnerPool().runners).toBe(0), { timeout: 10_000, interval: 50 });
   }, 60_000);
 
   it('ends a parked sleep at its deadline with its reply, not charged to a CPU budget far below it', async () => {
