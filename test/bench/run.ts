@@ -478,7 +478,22 @@ async function runRound(kvm: boolean): Promise<void> {
   if (wants('isolated-vm')) await guarded('isolated-vm', benchIsolatedVm);
 }
 
-main().catch((e) => {
-  console.error(e);
+// Node exits with code 0 when its event loop empties while main() still awaits (a
+// promise nothing will settle): that must be a failure naming itself, not a silent
+// run without a report.
+let finished = false;
+process.on('beforeExit', () => {
+  if (finished) return;
+  console.error('bench: the event loop emptied before the run finished (a call never settled); no report was written');
   process.exitCode = 1;
+  finished = true;
 });
+main()
+  .then(() => {
+    finished = true;
+  })
+  .catch((e) => {
+    finished = true;
+    console.error(e);
+    process.exitCode = 1;
+  });
