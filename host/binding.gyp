@@ -12,6 +12,7 @@
         "src/runner_napi.cc",
         "src/cancellation.cc",
         "src/core_budget.cc",
+        "src/load_sampler.cc",
         "src/answer_watcher.cc",
         "src/hostcall_memory.cc",
         "src/host_wait.cc",

@@ -555,7 +555,8 @@ Napi::Value SetCancelSignal(const Napi::CallbackInfo &info) {
 
 // pollingBudget(): what the process-wide busy-wait budget decided (core_budget.h):
 // the exit floor measured at the first VM's start (0 until then), the CPUs the call
-// path's threads may run on, how many guests may poll at once, and how many do.
+// path's threads may run on, others' load on them, how many guests may poll at once,
+// and how many do.
 Napi::Value PollingBudget(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     CoreBudget &budget = CoreBudget::instance();
@@ -565,6 +566,7 @@ Napi::Value PollingBudget(const Napi::CallbackInfo &info) {
     o.Set("cores", Napi::Number::New(env, budget.cores()));
     o.Set("polling", Napi::Number::New(env, budget.holders()));
     o.Set("sessions", Napi::Number::New(env, budget.sessions()));
+    o.Set("othersLoad", Napi::Number::New(env, budget.othersLoad()));
     Napi::Object counters = Napi::Object::New(env);
 #define AIRLOCK_COUNTER_EXPORT(name)                                                                                   \
     counters.Set(#name, Napi::Number::New(env, static_cast<double>(callPathCounters().name.load(std::memory_order_relaxed))));

@@ -4,7 +4,6 @@
 #include "core_budget.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <cstdlib>
@@ -126,6 +125,8 @@ bool callPathCpus(cpu_set_t &cpus) {
 }
 } // namespace
 
+CoreBudget::CoreBudget() : sampler_(1e9 / static_cast<double>(sysconf(_SC_CLK_TCK))) {}
+
 CoreBudget &CoreBudget::instance() {
     static CoreBudget budget;
     return budget;
@@ -148,31 +149,13 @@ void CoreBudget::measureExitFloorOnce() {
 // re-pinning a thread takes effect within a few calls' worth of time), and the load
 // others put on those cores (/proc/stat, resampled seldom: it costs a file read).
 void CoreBudget::sampleLoad(uint64_t now) {
-    cpu_set_t cpus;
-    if (!callPathCpus(cpus)) return;
-    const uint64_t busy = busyTicks(cpus);
-    const uint64_t ours = processCpuNs();
-    // Busy ticks summed over another set of CPUs (a thread re-pinned since the last
-    // sample) are no baseline: their difference would count a CPU's whole busy time
-    // since boot as others' load of one interval, and hold the cap at 0 for seconds.
-    const bool sameCpus = CPU_EQUAL(&cpus, &lastCpus_);
-    lastCpus_ = cpus;
-    if (lastSampleNs_ && sameCpus && now > lastSampleNs_ && busy >= lastBusyTicks_) {
-        const double tickNs = 1e9 / static_cast<double>(sysconf(_SC_CLK_TCK));
-        const double busyNs = static_cast<double>(busy - lastBusyTicks_) * tickNs;
-        const double oursNs = ours > lastProcessNs_ ? static_cast<double>(ours - lastProcessNs_) : 0;
-        // At most every CPU of the set busy: /proc/stat and our own clock are read at
-        // slightly different instants, so a short interval can overshoot.
-        const double sample = std::clamp((busyNs - oursNs) / static_cast<double>(now - lastSampleNs_), 0.0,
-                                         static_cast<double>(CPU_COUNT(&cpus)));
-        // Smoothed over about two samples: one burst of someone else's work (a child
-        // process starting, a compile) must not switch every call's path for 200 ms.
-        others_ = haveOthers_ ? (others_ + sample) / 2 : sample;
-        haveOthers_ = true;
-    }
-    lastSampleNs_ = now;
-    lastBusyTicks_ = busy;
-    lastProcessNs_ = ours;
+    LoadReading r;
+    if (!callPathCpus(r.cpus)) return;
+    r.busyTicks = busyTicks(r.cpus);
+    r.ourNs = processCpuNs();
+    r.nowNs = now;
+    sampler_.add(r);
+    othersLoad_.store(sampler_.others(), std::memory_order_relaxed);
 }
 
 int CoreBudget::capFromSamples() {
@@ -180,18 +163,7 @@ int CoreBudget::capFromSamples() {
     const int usable = callPathCpus(cpus) ? CPU_COUNT(&cpus) : 0;
     cores_.store(usable, std::memory_order_relaxed);
     if (const int forced = override_.load(); forced >= 0) return forced;
-    const uint64_t floor = exitFloorNs_.load();
-    if (floor == 0 || floor < kCheapExitNs || usable == 0) return 0;
-    // One core stays with the main thread. A core counts as free again once others
-    // leave three quarters of it, and stops counting only once they take more than
-    // 0.6 of it: between the two the cap stays where it is. With one threshold the cap
-    // flipped between samples whenever others' load hovered near it, and the call
-    // path with it (polling ~20 us, exits 50-150 us): the bench's bimodal rounds.
-    const int prev = cap_.load(std::memory_order_relaxed);
-    const int raised = static_cast<int>(std::floor(usable - others_ + 0.25)) - 1;
-    const int kept = static_cast<int>(std::floor(usable - others_ + 0.6)) - 1;
-    const int cap = raised > prev ? raised : std::min(prev, kept);
-    return std::clamp(cap, 0, usable - 1);
+    return pollingCap(usable, sampler_.others(), cap_.load(std::memory_order_relaxed), exitFloorNs_.load(), kCheapExitNs);
 }
 
 void CoreBudget::refresh() {

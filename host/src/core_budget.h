@@ -14,6 +14,8 @@
 #include <sys/types.h>
 #include <vector>
 
+#include "load_sampler.h"
+
 namespace airlock {
 
 class CoreBudget {
@@ -57,9 +59,12 @@ public:
     // The CPUs the call path's threads may run on, as last checked.
     int cores() { refresh(); return cores_.load(std::memory_order_relaxed); }
     uint64_t exitFloorNs() const { return exitFloorNs_.load(std::memory_order_relaxed); }
+    // Others' load on those CPUs (cores' worth, smoothed), as last sampled: what the
+    // cap leaves them.
+    double othersLoad() const { return othersLoad_.load(std::memory_order_relaxed); }
 
 private:
-    CoreBudget() = default;
+    CoreBudget();
     void refresh();             // by whichever caller comes first once a sample is due
     void sampleLoad(uint64_t now);  // others' load and the call path's threads (/proc)
     int capFromSamples();       // the cap from the cores, others' load and the exit floor
@@ -74,13 +79,10 @@ private:
     std::atomic<uint64_t> exitFloorNs_{0}; // 0 until measured
     std::once_flag floorOnce_;
 
-    std::mutex sampleMu_; // the fields below: only the sampling thread, under try_lock
-    uint64_t lastBusyTicks_ = 0;
-    uint64_t lastProcessNs_ = 0;
-    uint64_t lastSampleNs_ = 0;
-    cpu_set_t lastCpus_{};            // the CPUs lastBusyTicks_ summed: a sample spans one set
-    double others_ = 0;               // cores' worth of CPU others took, smoothed over the last intervals
-    bool haveOthers_ = false;
+    std::atomic<double> othersLoad_{0}; // sampler_.others(), readable without sampleMu_
+
+    std::mutex sampleMu_; // the sampler: only the sampling thread, under try_lock
+    LoadSampler sampler_;
 };
 
 } // namespace airlock

@@ -33,11 +33,12 @@ export interface NativeAddon {
   measureExitFloor(iterations: number): Promise<number[]>;
   /** The process-wide busy-wait budget: the exit floor measured when the first VM
    *  started (0 before), the CPUs the call path's threads (main, vCPU)
-   *  may run on, re-checked every 10 ms, how many guests may poll for requests at once
+   *  may run on, re-checked every 10 ms, the load other processes put on them (cores'
+   *  worth, smoothed over two 200 ms samples: what the cap leaves them), how many guests may poll for requests at once
    *  (0: every call takes one exit and nothing spins), how many poll now, how many
    *  guests run now (an exchange or a window after one), and the call-path counters:
    *  process-wide counts of the path each exchange took (docs/PROTOCOL.md, "Polling"). */
-  pollingBudget(): { exitFloorUs: number; cores: number; cap: number; polling: number; sessions: number; counters: Record<string, number> };
+  pollingBudget(): { exitFloorUs: number; cores: number; othersLoad: number; cap: number; polling: number; sessions: number; counters: Record<string, number> };
   /** Chooses the real-time signal that interrupts vCPU threads (0 = automatic, or
    *  AIRLOCK_KVM_SIGNAL); only before the first VM. Throws ERR_INVALID_ARG otherwise. */
   setCancelSignal(signal: number): void;

@@ -43,7 +43,7 @@ async function child(): Promise<void> {
     }),
   );
   const secs = Number(process.hrtime.bigint() - start) / 1e9;
-  const budget = addon.pollingBudget() as unknown as { cap: number; cores: number; exitFloorUs: number; counters?: Counters };
+  const budget = addon.pollingBudget() as unknown as { cap: number; cores: number; othersLoad?: number; exitFloorUs: number; counters?: Counters };
   samples.sort((a, b) => a - b);
   const per: Record<string, number> = {};
   for (const [k, v] of Object.entries(budget.counters ?? {})) {
@@ -57,6 +57,7 @@ async function child(): Promise<void> {
       perS: Math.round(samples.length / secs),
       cap: budget.cap,
       cores: budget.cores,
+      others: Math.round((budget.othersLoad ?? 0) * 100) / 100,
       floor: Math.round(budget.exitFloorUs * 10) / 10,
       perCall: per,
     }),
