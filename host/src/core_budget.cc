@@ -22,6 +22,9 @@ namespace airlock {
 namespace {
 // Resampling the load this often costs one read of /proc/stat per interval.
 constexpr uint64_t kSampleIntervalNs = 200'000'000;
+// The first interval on a new CPU set: long enough for a few clock ticks per CPU
+// (USER_HZ 100: 5 ticks each), short beside a placement that lasts.
+constexpr uint64_t kFirstSampleIntervalNs = 50'000'000;
 // Below this exit floor an exit costs less than the core a poll burns: take the exit.
 constexpr uint64_t kCheapExitNs = 5'000;
 // Round trips timed for the exit floor: enough for a stable median, a few ms in all.
@@ -148,22 +151,19 @@ void CoreBudget::measureExitFloorOnce() {
 // What the cap depends on: where the call path's threads may run (checked often, so
 // re-pinning a thread takes effect within a few calls' worth of time), and the load
 // others put on those cores (/proc/stat, resampled seldom: it costs a file read).
-void CoreBudget::sampleLoad(uint64_t now) {
+void CoreBudget::sampleLoad(const cpu_set_t &cpus, uint64_t now) {
     LoadReading r;
-    if (!callPathCpus(r.cpus)) return;
-    r.busyTicks = busyTicks(r.cpus);
+    r.cpus = cpus;
+    r.busyTicks = busyTicks(cpus);
     r.ourNs = processCpuNs();
     r.nowNs = now;
     sampler_.add(r);
     othersLoad_.store(sampler_.others(), std::memory_order_relaxed);
 }
 
-int CoreBudget::capFromSamples() {
-    cpu_set_t cpus;
-    const int usable = callPathCpus(cpus) ? CPU_COUNT(&cpus) : 0;
-    cores_.store(usable, std::memory_order_relaxed);
+int CoreBudget::capFromSamples(int usable) {
     if (const int forced = override_.load(); forced >= 0) return forced;
-    return pollingCap(usable, sampler_.others(), cap_.load(std::memory_order_relaxed), exitFloorNs_.load(), kCheapExitNs);
+    return sampler_.cap(usable, cap_.load(std::memory_order_relaxed), exitFloorNs_.load(), kCheapExitNs);
 }
 
 void CoreBudget::refresh() {
@@ -172,11 +172,20 @@ void CoreBudget::refresh() {
     std::unique_lock<std::mutex> lock(sampleMu_, std::try_to_lock);
     if (!lock.owns_lock()) return; // another thread samples: use the current cap
     nextSampleNs_.store(now + kAffinityIntervalNs, std::memory_order_relaxed);
-    if (now >= nextLoadSampleNs_.load(std::memory_order_relaxed)) {
-        nextLoadSampleNs_.store(now + kSampleIntervalNs, std::memory_order_relaxed);
-        sampleLoad(now);
+    cpu_set_t cpus;
+    const int usable = callPathCpus(cpus) ? CPU_COUNT(&cpus) : 0;
+    cores_.store(usable, std::memory_order_relaxed);
+    if (usable > 0) {
+        // A new set is read at once (a baseline) and measured after a short first
+        // interval: the bench's placements last a few hundred ms, and the load of the
+        // old set said nothing of the new one.
+        const bool moved = sampler_.setChanged(cpus);
+        if (moved || now >= nextLoadSampleNs_.load(std::memory_order_relaxed)) {
+            nextLoadSampleNs_.store(now + (moved ? kFirstSampleIntervalNs : kSampleIntervalNs), std::memory_order_relaxed);
+            sampleLoad(cpus, now);
+        }
     }
-    const int cap = capFromSamples();
+    const int cap = capFromSamples(usable);
     if (cap_.exchange(cap, std::memory_order_relaxed) != cap) AIRLOCK_COUNT(capChanges);
 }
 

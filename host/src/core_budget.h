@@ -66,8 +66,8 @@ public:
 private:
     CoreBudget();
     void refresh();             // by whichever caller comes first once a sample is due
-    void sampleLoad(uint64_t now);  // others' load and the call path's threads (/proc)
-    int capFromSamples();       // the cap from the cores, others' load and the exit floor
+    void sampleLoad(const cpu_set_t &cpus, uint64_t now); // others' load on `cpus` (/proc/stat)
+    int capFromSamples(int usable); // the cap from the cores, others' load and the exit floor
 
     std::atomic<int> holders_{0};
     std::atomic<int> sessions_{0}; // guests running now (relaxed: a hint, re-read per decision)
