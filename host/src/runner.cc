@@ -65,23 +65,18 @@ void RunnerPool::schedule(const std::shared_ptr<Sandbox> &s, bool urgent) {
     case RunState::Waiting:
         break; // a cancel (first in line) or an op for a guest stopped in a host call's wait
     }
-    const bool notify = enqueueLocked(s, urgent);
-    lock.unlock();
-    // After unlocking: the woken runner's first step is to take the lock.
-    if (notify) cv_.notify_one();
+    enqueueLocked(s, urgent);
 }
 
 void RunnerPool::resumeWaiting(const std::shared_ptr<Sandbox> &s) {
     std::unique_lock<std::mutex> lock(mu_);
     if (s->runState_ != RunState::Waiting) return;
-    const bool notify = enqueueLocked(s, false);
-    lock.unlock();
-    if (notify) cv_.notify_one();
+    enqueueLocked(s, false);
 }
 
-// Under mu_: queues `s` (at the front for a cancel); true when the caller must notify
-// cv_. Throws when no runner exists and none can start, leaving `s` as it was.
-bool RunnerPool::enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front) {
+// Under mu_: queues `s` (at the front for a cancel) and wakes a runner for it. Throws
+// when no runner exists and none can start, leaving `s` as it was.
+void RunnerPool::enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front) {
     const RunState was = s->runState_;
     s->runState_ = RunState::Queued;
     s->parkedInHostWait_.store(false);
@@ -91,7 +86,7 @@ bool RunnerPool::enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front) {
         queue_.push_back(s);
     queued_.store(static_cast<uint32_t>(queue_.size()));
     try {
-        return wakeOrStartLocked();
+        wakeOrStartLocked(*s);
     } catch (...) {
         // No runner exists and none can start: nobody would ever take it.
         if (front)
@@ -105,31 +100,41 @@ bool RunnerPool::enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front) {
     }
 }
 
-// Under mu_, with the queue non-empty: an idle runner takes it (true: the caller
-// notifies cv_), or a new one starts while fewer than limit_ runners are awake, or
-// the sandbox has to wait and the busy runners' quanta start. Throws only when no
-// runner exists and none can start (the runners that exist serve the queue in turn
-// otherwise).
-bool RunnerPool::wakeOrStartLocked() {
-    if (idle_ > 0) return true;
+// Under mu_, with `s` queued: an idle runner takes it (the one that ran it last if it
+// waits, else the latest to go idle), or a new one starts while fewer than limit_
+// runners are awake, or the sandbox has to wait and the busy runners' quanta start.
+// Throws only when no runner exists and none can start (the runners that exist serve
+// the queue in turn otherwise).
+void RunnerPool::wakeOrStartLocked(const Sandbox &s) {
+    if (!idle_.empty()) {
+        auto it = std::find_if(idle_.begin(), idle_.end(), [&](const Runner *r) { return r->index_ == s.lastRunner_; });
+        if (it == idle_.end()) it = idle_.end() - 1;
+        Runner *r = *it;
+        idle_.erase(it);
+        r->chosen_ = true;
+        r->chosenFor_ = &s;
+        // Under the lock: an idle runner outside idle_ may retire once the lock is
+        // free, and its condition variable with it.
+        r->wake_.notify_one();
+        return;
+    }
     // Runners started but not yet waiting take queued sandboxes first.
-    if (static_cast<size_t>(starting_) >= queue_.size()) return false;
+    if (static_cast<size_t>(starting_) >= queue_.size()) return;
     // A lingering runner lets go of its idle sandbox and takes the queue's front.
     if (!lingering_.empty()) {
         lingering_.back()->handover_.wake();
         lingering_.pop_back();
-        return false;
+        return;
     }
     if (runners_ - sleeping_ < limit_ && runners_ < kRunnerHardCap) {
         try {
             startRunnerLocked();
-            return false;
+            return;
         } catch (const std::exception &) {
             if (runners_ == 0) throw;
         }
     }
     armQuantaLocked();
-    return false;
 }
 
 // Under mu_: a sandbox waits for a runner, so each runner holding one yields after a
@@ -171,7 +176,7 @@ void RunnerPool::sleeping(bool asleep) {
     std::lock_guard<std::mutex> lock(mu_);
     if (asleep) {
         ++sleeping_;
-        if (!queue_.empty() && wakeOrStartLocked()) cv_.notify_one();
+        if (!queue_.empty()) wakeOrStartLocked(*queue_.front());
     } else {
         --sleeping_;
     }
@@ -205,21 +210,29 @@ std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<
         if (!queue_.empty()) armQuantaLocked();
         return last;
     }
+    const Sandbox *wanted = nullptr;
     while (queue_.empty()) {
-        ++idle_;
-        const bool woken = cv_.wait_for(lock, std::chrono::nanoseconds(kRunnerRetireNs), [this] { return !queue_.empty(); });
-        --idle_;
+        runner.chosen_ = false;
+        idle_.push_back(&runner);
+        const bool woken = runner.wake_.wait_for(lock, std::chrono::nanoseconds(kRunnerRetireNs), [&] { return runner.chosen_; });
         if (!woken) {
+            idle_.erase(std::find(idle_.begin(), idle_.end(), &runner));
             AIRLOCK_COUNT(runnersRetired);
             --runners_;
             live_.erase(std::find(live_.begin(), live_.end(), &runner));
             return nullptr;
         }
+        // Chosen for a sandbox another runner may have taken meanwhile (one ending its
+        // turn takes the queue's front without waiting): then wait again.
+        wanted = runner.chosenFor_;
     }
-    std::shared_ptr<Sandbox> s = std::move(queue_.front());
-    queue_.pop_front();
+    auto pick = std::find_if(queue_.begin(), queue_.end(), [&](const std::shared_ptr<Sandbox> &q) { return q.get() == wanted; });
+    if (pick == queue_.end()) pick = queue_.begin();
+    std::shared_ptr<Sandbox> s = std::move(*pick);
+    queue_.erase(pick);
     queued_.store(static_cast<uint32_t>(queue_.size()));
     s->runState_ = RunState::Held;
+    s->lastRunner_ = runner.index_;
     runner.holding_ = true;
     AIRLOCK_COUNT(runnerTakes);
     if (!queue_.empty()) armQuantaLocked();
@@ -263,7 +276,7 @@ bool RunnerPool::keepLocked(const std::shared_ptr<Sandbox> &s, Served how) {
     s->runState_ = RunState::Queued;
     queue_.push_back(s);
     queued_.store(static_cast<uint32_t>(queue_.size()));
-    if (wakeOrStartLocked()) cv_.notify_one();
+    wakeOrStartLocked(*s);
     return false;
 }
 

@@ -68,6 +68,11 @@ private:
     // is armed (only while sandboxes wait in the queue).
     bool holding_ = false;
     bool quantumArmed_ = false;
+    // Under the pool's lock, while it waits for a sandbox: it was chosen to take the
+    // queue's next one (woken on its own condition variable, so the pool chooses).
+    bool chosen_ = false;
+    const Sandbox *chosenFor_ = nullptr; // the sandbox it was woken for (compared, never used)
+    std::condition_variable wake_;
     std::unique_ptr<ThreadTimer> wallTimer_, cpuTimer_, windowTimer_, bellTimer_, quantumTimer_;
     std::string timerError_;
 };
@@ -119,20 +124,24 @@ private:
     // `how`: `last` again, or the queue's front; blocks; null: retire.
     std::shared_ptr<Sandbox> next(Runner &runner, const std::shared_ptr<Sandbox> &last, Served how);
     bool keepLocked(const std::shared_ptr<Sandbox> &s, Served how);
-    bool enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front);
+    void enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front);
     void startRunnerLocked();
-    bool wakeOrStartLocked();
+    void wakeOrStartLocked(const Sandbox &s);
     void armQuantaLocked();
 
     std::mutex mu_;
-    std::condition_variable cv_;
     std::deque<std::shared_ptr<Sandbox>> queue_;
     std::vector<Runner *> live_; // every runner thread not retired (each owns its Runner)
+    // Runners waiting for a sandbox, the latest to go idle last: a sandbox goes back
+    // to the runner that ran it last if that one waits, else to the latest idle one
+    // (warm caches; and a placement that pinned a runner apart, the bench's split
+    // cores, stays in force: the oldest waiter, as a shared condition variable woke
+    // it, handed the sandbox to another runner at every take).
+    std::vector<Runner *> idle_;
     std::vector<Sandbox *> lingering_; // sandboxes whose runner lingers on them
     std::atomic<uint32_t> queued_{0}; // queue_.size(), readable from a signal handler
     int limit_;
     int runners_ = 0;  // threads started and not retired
-    int idle_ = 0;     // waiting on cv_ for a sandbox
     int sleeping_ = 0; // holding a sandbox, asleep in a wait
     int starting_ = 0; // started, not yet waiting for a sandbox
     int nextIndex_ = 0;

@@ -174,6 +174,9 @@ private:
 
     // The pool's (under RunnerPool's lock).
     RunState runState_ = RunState::Idle;
+    // Under the pool's lock: the index of the runner that took it last (-1: none yet),
+    // which takes it again when idle (RunnerPool::wakeOrStartLocked).
+    int lastRunner_ = -1;
     // runState_ is, or is about to be, Waiting: set under the pool's lock, read
     // without it by Sandbox::postHostReply, so a reply to a runner still holding the
     // sandbox costs no pool lock.

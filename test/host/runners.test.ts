@@ -2,7 +2,7 @@
 // thread; CPU-bound guests share the runner pool (a short call elsewhere still gets a
 // runner); kills, monitors and the CPU budget follow a sandbox across runners and
 // reach it while it waits in the queue; a runner asleep in a host call's wait does not
-// hold up the queue.
+// hold up the queue; a sandbox goes back to the runner that ran it last.
 import { readdirSync, readFileSync } from 'node:fs';
 import { afterEach, expect, it } from 'vitest';
 import { describeKvm } from '../support/kvm.js';
@@ -36,6 +36,20 @@ function threadNames(): string[] {
       return []; // ended meanwhile
     }
   });
+}
+
+/** CPU time (ns) of each runner thread (airlock-run-N) now. */
+function runnerCpu(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync('/proc/self/task')) {
+    try {
+      if (!readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').startsWith('airlock-run-')) continue;
+      out.set(tid, Number(readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]));
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return out;
 }
 
 afterEach(async () => {
@@ -109,6 +123,25 @@ describeKvm('host addon: the runner pool', () => {
       expect(err.wallTimeNs).toBeGreaterThanOrEqual(200e6);
     }
   }, 60_000);
+
+  it('hands a sandbox back to the runner that ran it last when that runner is idle', async () => {
+    // Two guests spinning at once start a second runner (both stay, idle, for seconds).
+    const spinners = await Promise.all([booted(programs.spin), booted(programs.spin)]);
+    await Promise.all(spinners.map((vm) => rejection(vm.send(Buffer.from('spin'), { wallClockTimeoutMs: 50 }))));
+    expect(addon.runnerPool().runners).toBeGreaterThanOrEqual(2);
+    const vm = await booted(programs.echo);
+    const carriers: string[] = [];
+    for (let round = 0; round < 6; round++) {
+      const before = runnerCpu();
+      for (let i = 0; i < 20; i++) await vm.send(Buffer.from(`call ${i}`));
+      const grown = [...runnerCpu()].map(([tid, ns]) => ({ tid, grew: ns - (before.get(tid) ?? ns) })).sort((a, b) => b.grew - a.grew);
+      carriers.push(grown[0].tid);
+      // Longer than a runner lingers on an idle sandbox: it lets go, and goes idle
+      // after the other runner, so the queue's oldest waiter is the other one.
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(new Set(carriers).size).toBe(1);
+  });
 
   it('serves the queue while runners sleep in host calls nobody answers yet', async () => {
     const { limit } = addon.runnerPool();
