@@ -71,7 +71,7 @@ function record(r: Result): void {
       .filter(([k, v]) => v !== lastCounters![k])
       .map(([k, v]) => `${k} ${((v - lastCounters![k]) / r.n).toFixed(2)}`);
     const budget = loadAddon().addon!.pollingBudget();
-    console.log(`    cap ${budget.cap} cores ${budget.cores} others ${budget.othersLoad.toFixed(2)} sessions ${budget.sessions} per sample: ${moved.join(', ')}`);
+    console.log(`    cap ${budget.cap} cores ${budget.cores} others ${typeof budget.othersLoad === 'number' ? budget.othersLoad.toFixed(2) : '?'} sessions ${budget.sessions} per sample: ${moved.join(', ')}`);
   }
   lastCounters = now;
 }
