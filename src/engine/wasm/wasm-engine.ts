@@ -260,10 +260,9 @@ export class WasmEngine implements GuestEngine {
   }
 
   /**
-   * One request to the guest. Not an async function: the usual call (no host call, the
-   * worker already past its previous post-call work) settles in one reaction to the
-   * Atomics.waitAsync promise, with no async frames between it and the caller; every
-   * other turn (host calls, a worker still in post-call work, a spurious wake-up, a
+   * One request to the guest. Not an async function: the usual call (no host call)
+   * settles in one reaction to the Atomics.waitAsync promise, with no async frames
+   * between it and the caller; every other turn (host calls, a spurious wake-up, a
    * worker that went away) continues in serveExchange. Failures reject, never throw.
    */
   exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
