@@ -177,6 +177,9 @@ export interface WorkerInit {
   /** This worker's slot in `activity`; -1: none (it never spins). */
   activitySlot: number;
   maxActive: number;
+  /** How far below the main thread's priority the worker puts its own thread at start-up
+   *  (pool.ts, WORKER_NICENESS). */
+  niceness: number;
 }
 
 /** Sent on the port before Op.Boot. */

@@ -28,6 +28,8 @@ import { encodeMessage } from '../protocol.js';
 import { threadCpuClockUnavailableReason } from '../thread-cpu-clock.js';
 import {
   CancelReason,
+  atomicsWaitAsync,
+  type WaitAsync,
   INIT_BAD_CONFIG,
   INIT_OK,
   Op,
@@ -257,10 +259,22 @@ export class WasmEngine implements GuestEngine {
     }
   }
 
-  async exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
-    this.enter('call the guest');
+  /**
+   * One request to the guest. Not an async function: the usual call (no host call)
+   * settles in one reaction to the Atomics.waitAsync promise, with no async frames
+   * between it and the caller; every other turn (host calls, a spurious wake-up, a
+   * worker that went away) continues in serveExchange. Failures reject, never throw.
+   */
+  exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
     const started = performance.now();
+    try {
+      this.enter('call the guest');
+    } catch (e) {
+      return Promise.reject(this.withStats(e, undefined, started));
+    }
     let w: GuestWorker | undefined;
+    let flight: Flight;
+    let eagerId: number;
     try {
       w = this.liveWorker('call the guest');
       if (request.byteLength > this.config.inputSize) {
@@ -276,40 +290,143 @@ export class WasmEngine implements GuestEngine {
 
       const ctl = w.control;
       this.eagerImage = undefined;
-      const eagerId = messageKind(request) === AIRLOCK_MSG_LOAD_RUNTIME ? w.prepareImage() : 0;
+      eagerId = messageKind(request) === AIRLOCK_MSG_LOAD_RUNTIME ? w.prepareImage() : 0;
       w.dataBytes.set(request);
       ctl[Slot.Length] = request.byteLength;
       ctl[Slot.Op] = eagerId ? Op.ExchangeSnapshot : Op.Exchange;
       ctl[Slot.CpuLimitUs] = cpu !== undefined ? Math.max(1, Math.min(Math.round(cpu * 1000), 0x7fff_ffff)) : 0;
       ctl[Slot.CpuUsedUs] = -1;
       Atomics.store(ctl, Slot.Cancel, CancelReason.None);
-      const flight = this.startFlight(w, wall, started);
-      w.signal(State.Request);
-      try {
-        const output = await this.serveExchange(w, flight);
-        if (eagerId) this.eagerImage = w.takeImage(eagerId);
-        const reason = Atomics.load(ctl, Slot.Cancel);
-        if (reason !== CancelReason.None) {
-          // The guest stopped at an interrupt check and answered: its console lines
-          // written before the stop are in the output, for the core to deliver.
-          const cancelled = new CancelledError(REASONS[reason] ?? 'kill');
-          cancelled.guestOutput = output;
-          throw cancelled;
-        }
-        const cpuUs = ctl[Slot.CpuUsedUs];
-        return { output, wallTimeNs: Math.round((performance.now() - started) * 1e6), cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null };
-      } finally {
-        flight.end();
-        this.flight = undefined;
+      flight = this.startFlight(w, wall, started);
+    } catch (e) {
+      this.busy = false;
+      return Promise.reject(this.withStats(e, w, started));
+    }
+    this.exchangeStarted = started;
+    this.exchangeEagerId = eagerId;
+    // A worker still in the previous call's post-call work gets deadlines.postCallMs to
+    // finish it. PostCall turns 1 only as an exchange ends, so once it reads 0 after this
+    // request was signalled, that work is over. Usually the worker is still in it (a
+    // waking main thread preempts a worker sharing its CPU, pool.ts WORKER_NICENESS), so
+    // this costs no timer per call: watchPostCall re-arms one timer only when it fires.
+    if (Atomics.load(w.control, Slot.PostCall) === 1) this.watchPostCall(started);
+    w.signal(State.Request);
+    if (w.exitReason === undefined) {
+      const r = (atomicsWaitAsync as WaitAsync)(w.control, Slot.State, State.Request);
+      if (r.async) {
+        // A waitAsync holds no handle: keep the process alive until the worker answers
+        // (a worker that exits notifies the word, pool.ts gone(), which ends the wait).
+        w.thread.ref();
+        return r.value.then(this.afterFirstWait, this.afterFirstWait);
+      }
+    }
+    return this.serveExchange(w, flight).then(this.finishExchange, this.failExchange);
+  }
+
+  /** When the exchange that found its worker in post-call work began waiting for it
+   *  (performance.now()); -1: no exchange is waiting on post-call work. */
+  private postCallSince = -1;
+  private postCallTimer: NodeJS.Timeout | undefined;
+  /** When postCallTimer fires (performance.now()). */
+  private postCallTimerDue = 0;
+
+  private watchPostCall(since: number): void {
+    this.postCallSince = since;
+    const due = since + deadlines.postCallMs;
+    if (this.postCallTimer && this.postCallTimerDue <= due) return;
+    clearTimeout(this.postCallTimer);
+    this.armPostCallTimer(due - performance.now());
+  }
+
+  private armPostCallTimer(ms: number): void {
+    this.postCallTimerDue = performance.now() + ms;
+    // Unreferenced: the exchange's own wait keeps the process alive while it matters.
+    this.postCallTimer = setTimeout(this.onPostCallTimer, Math.max(0, ms));
+    this.postCallTimer.unref();
+  }
+
+  /** deadlines.postCallMs passed for the exchange that found its worker in post-call
+   *  work: a worker still in it loses its guest (expireIfInPostCall); one running the
+   *  request leaves it to the request's own limits. */
+  private readonly onPostCallTimer = (): void => {
+    this.postCallTimer = undefined;
+    const since = this.postCallSince;
+    if (since < 0 || !this.flight) return;
+    // Node's timers can fire a little early: never give up before the limit has passed.
+    const left = since + deadlines.postCallMs - performance.now();
+    if (left > 0) return this.armPostCallTimer(left);
+    this.postCallSince = -1;
+    this.flight.worker.expireIfInPostCall();
+  };
+
+  /** The start of the exchange in flight (performance.now()) and the image id of its
+   *  Op.ExchangeSnapshot (0: none): fields, so its continuations are closures made once. */
+  private exchangeStarted = 0;
+  private exchangeEagerId = 0;
+
+  /** The first wait of an exchange ended: the worker answered (the usual call, settled
+   *  here), or anything else, which serveExchange continues. */
+  private readonly afterFirstWait = (): Promise<ExchangeResult> | ExchangeResult => {
+    const flight = this.flight!;
+    const w = flight.worker;
+    w.thread.unref();
+    const s = Atomics.load(w.control, Slot.State);
+    if (s !== State.Done) return this.serveExchange(w, flight, s).then(this.finishExchange, this.failExchange);
+    let output: Buffer;
+    try {
+      w.idle();
+      this.checkOutcome(w);
+      output = w.dataCopy();
+    } catch (e) {
+      return this.failExchange(e);
+    }
+    return this.finishExchange(output);
+  };
+
+  /** The exchange's final output arrived: its result, or the cancel that stopped it. */
+  private readonly finishExchange = (output: Buffer): ExchangeResult => {
+    const flight = this.flight!;
+    const w = flight.worker;
+    const ctl = w.control;
+    try {
+      const eagerId = this.exchangeEagerId;
+      if (eagerId) this.eagerImage = w.takeImage(eagerId);
+      const reason = Atomics.load(ctl, Slot.Cancel);
+      if (reason !== CancelReason.None) {
+        // The guest stopped at an interrupt check and answered: its console lines
+        // written before the stop are in the output, for the core to deliver.
+        const cancelled = new CancelledError(REASONS[reason] ?? 'kill');
+        cancelled.guestOutput = output;
+        throw cancelled;
       }
     } catch (e) {
-      const err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
-      const cpuUs = w ? w.control[Slot.CpuUsedUs] : -1;
-      err.stats = { wallTimeNs: Math.round((performance.now() - started) * 1e6), cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null };
-      throw err;
-    } finally {
-      this.busy = false;
+      return this.failExchange(e);
     }
+    const cpuUs = ctl[Slot.CpuUsedUs];
+    const result = { output, wallTimeNs: Math.round((performance.now() - this.exchangeStarted) * 1e6), cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null };
+    this.endExchange(flight);
+    return result;
+  };
+
+  /** The exchange failed: ends it and throws the error with the call's stats. */
+  private readonly failExchange = (e: unknown): never => {
+    const flight = this.flight!;
+    this.endExchange(flight);
+    throw this.withStats(e, flight.worker, this.exchangeStarted);
+  };
+
+  private endExchange(flight: Flight): void {
+    this.postCallSince = -1;
+    flight.end();
+    this.flight = undefined;
+    this.busy = false;
+  }
+
+  private withStats(e: unknown, w: GuestWorker | undefined, started: number): AirlockError {
+    const err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
+    const cpuUs = w ? w.control[Slot.CpuUsedUs] : -1;
+    err.stats = { wallTimeNs: Math.round((performance.now() - started) * 1e6), cpuTimeNs: cpuUs >= 0 ? cpuUs * 1000 : null };
+    return err;
   }
 
   private startFlight(w: GuestWorker, wallMs: number | undefined, started: number): Flight {
@@ -333,14 +450,6 @@ export class WasmEngine implements GuestEngine {
     return flight;
   }
 
-  /** deadlines.postCallMs into a request: if the worker is still in the previous
-   *  call's post-call work, the guest is lost and its worker terminated; if it is
-   *  running this request, the request's own limits (or none) apply. A field, not a
-   *  method: the per-call path passes it without allocating a closure. */
-  private readonly checkPostCall = (): void => {
-    this.flight?.worker.expireIfInPostCall();
-  };
-
   /** The grace timer of a cancel ran out while the exchange still ran: the guest does
    *  not poll, so its worker goes. */
   terminateUnresponsive(w: GuestWorker): void {
@@ -348,19 +457,13 @@ export class WasmEngine implements GuestEngine {
     void w.terminate();
   }
 
-  /** Runs the exchange's turns until the final output: serves host calls meanwhile. */
-  private async serveExchange(w: GuestWorker, flight: Flight): Promise<Buffer> {
+  /** Runs the exchange's turns until the final output: serves host calls meanwhile.
+   *  `seen`: the State a first wait already saw (exchange()'s fast path). */
+  private async serveExchange(w: GuestWorker, flight: Flight, seen?: number): Promise<Buffer> {
     let waitingOn = State.Request;
-    // The post-call deadline matters only while the worker is still in the previous
-    // call's post-call work: PostCall turns 1 only as an exchange ends, so once it reads
-    // 0 after this request was signalled, that work is over, and the usual call
-    // arms no timer (main-thread time per call).
-    const inPostCall = Atomics.load(w.control, Slot.PostCall) === 1;
+    let s = seen;
     for (;;) {
-      const s =
-        waitingOn === State.Request && inPostCall
-          ? await w.waitWhile(waitingOn, true, deadlines.postCallMs, this.checkPostCall)
-          : await w.waitWhile(waitingOn);
+      if (s === undefined || s === waitingOn) s = await w.waitWhile(waitingOn);
       if (s === State.Done) {
         w.idle();
         this.checkOutcome(w);
@@ -379,6 +482,7 @@ export class WasmEngine implements GuestEngine {
       w.control[Slot.Length] = reply.byteLength;
       w.signal(State.HostReply);
       waitingOn = State.HostReply;
+      s = undefined;
     }
   }
 

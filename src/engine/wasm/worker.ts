@@ -7,7 +7,8 @@
 // the thread for another sandbox; idle in the pool, it waits from its event loop
 // instead.
 // Everything read from linear memory is hostile and bounds-checked.
-import { openSync, readSync } from 'node:fs';
+import { openSync, readSync, readlinkSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import {
   AIRLOCK_CTRL_OFF_HEAP_ADDR,
@@ -55,6 +56,21 @@ const spinner = new Spinner(SPIN_MS);
 const CPU_CHECK_EVERY = 4;
 
 const init = workerData as WorkerInit;
+lowerOwnPriority(init.niceness);
+
+/** Lowers this thread's priority (only this thread's: Linux keeps a nice value per
+ *  thread, and setpriority takes a thread id) by `niceness` below the one it inherited
+ *  from the main thread. Where /proc/thread-self or the call is unavailable the thread
+ *  keeps its priority: this is scheduling, not a limit anything relies on. */
+function lowerOwnPriority(niceness: number): void {
+  try {
+    // /proc/thread-self links to "<pid>/task/<tid>".
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (Number.isInteger(tid) && tid > 0) setPriority(tid, Math.min(19, getPriority(tid) + niceness));
+  } catch {
+    // Not Linux, or no /proc: nothing to do.
+  }
+}
 const ctl = new Int32Array(init.control);
 const port = init.port;
 const activity = new Int32Array(init.activity);

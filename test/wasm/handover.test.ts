@@ -1,0 +1,158 @@
+// handover.test.ts — the WebAssembly tier's call hand-over (wasm-engine.ts exchange()):
+// the usual call settles in one reaction to the worker's answer, and everything that can
+// happen during that wait (kill, wall clock, dispose, a worker that dies, host calls,
+// outputs as large as the data area, many sandboxes at once) ends the call the way it
+// did through the general path, and leaves the sandbox in the state its error says.
+import { readFileSync, readdirSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SandboxBuilder, type LoadedJSSandbox, type ProtoJSSandbox } from '../../src/index.js';
+import type { AirlockError } from '../../src/errors.js';
+import type { GuestWorker } from '../../src/engine/wasm/pool.js';
+
+const sandboxes: LoadedJSSandbox[] = [];
+afterEach(async () => {
+  await Promise.all(sandboxes.splice(0).map((s) => s.dispose()));
+});
+
+const SPIN = 'function handler() { for (;;) {} }';
+const ECHO = 'function handler(e) { return e; }';
+const OUTPUT_SIZE = 64 << 10;
+
+async function load(handlers: Record<string, string>, setup?: (p: ProtoJSSandbox) => void): Promise<LoadedJSSandbox> {
+  const proto = await new SandboxBuilder().setBackend('wasm').setOutputBufferSize(OUTPUT_SIZE).build();
+  setup?.(proto);
+  const js = await proto.loadRuntime();
+  for (const [name, code] of Object.entries(handlers)) js.addHandler(name, code);
+  const loaded = await js.getLoadedSandbox();
+  sandboxes.push(loaded);
+  return loaded;
+}
+
+/** The worker serving a sandbox (internal: the test ends its thread as a crash would). */
+function workerOf(s: LoadedJSSandbox): GuestWorker {
+  const core = (s as unknown as { core: { engine: { worker: GuestWorker } } }).core;
+  return core.engine.worker;
+}
+
+async function rejection(p: Promise<unknown>): Promise<AirlockError> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e, 'the call should have failed').toBeDefined();
+  return e as AirlockError;
+}
+
+/** Runs `work` while a 1 ms interval counts its ticks. */
+async function ticksDuring(work: () => Promise<void>): Promise<number> {
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
+  try {
+    await work();
+  } finally {
+    clearInterval(timer);
+  }
+  return ticks;
+}
+
+describe('WebAssembly call hand-over', () => {
+  it('kill() during the wait for the answer cancels the call; a restore makes the sandbox usable again', async () => {
+    const s = await load({ spin: SPIN, echo: ECHO });
+    const snap = await s.snapshot();
+    const p = s.callHandler('spin', {});
+    setTimeout(() => s.interruptHandle.kill(), 20);
+    const err = await rejection(p);
+    expect(err.code).toBe('ERR_CANCELLED');
+    expect(s.lastCallStats?.terminatedBy).toBe('kill');
+    expect(s.poisoned).toBe(true);
+    await s.restore(snap);
+    expect(await s.callHandler('echo', { back: 1 })).toEqual({ back: 1 });
+  });
+
+  it('the wall clock cancels a call waiting for its answer, and the next call without one runs as usual', async () => {
+    const s = await load({ spin: SPIN, echo: ECHO });
+    const snap = await s.snapshot();
+    const err = await rejection(s.callHandler('spin', {}, { wallClockTimeoutMs: 30 }));
+    expect(err.code).toBe('ERR_CANCELLED');
+    expect(s.lastCallStats?.terminatedBy).toBe('wall-clock');
+    await s.restore(snap);
+    for (let i = 0; i < 50; i++) expect(await s.callHandler('echo', { i })).toEqual({ i });
+  });
+
+  it('dispose() during the wait rejects the call as consumed and ends the worker', async () => {
+    const s = await load({ spin: SPIN });
+    const w = workerOf(s);
+    const p = s.callHandler('spin', {});
+    await new Promise((r) => setTimeout(r, 20));
+    await s.dispose();
+    expect((await rejection(p)).code).toBe('ERR_CONSUMED');
+    expect(w.reusable).toBe(false);
+  });
+
+  it('a worker that dies during a call fails that call, and the guest is lost until restored', async () => {
+    const s = await load({ spin: SPIN, echo: ECHO });
+    const snap = await s.snapshot();
+    const w = workerOf(s);
+    const p = s.callHandler('spin', {});
+    await new Promise((r) => setTimeout(r, 20));
+    await w.thread.terminate();
+    const err = await rejection(p);
+    expect(err.code).toBe('ERR_INTERNAL');
+    expect(err.message).toContain('the worker exited');
+    expect((await rejection(s.callHandler('echo', {}))).code).toMatch(/^ERR_(GUEST_ABORT|POISONED)$/);
+    await s.restore(snap);
+    expect(await s.callHandler('echo', { alive: true })).toEqual({ alive: true });
+    expect(workerOf(s)).not.toBe(w);
+  });
+
+  it('carries outputs as large as the output buffer, and reports one larger as too large', async () => {
+    const s = await load({ big: 'function handler(e) { return "x".repeat(e.n); }' });
+    // The output buffer holds the RESULT message's header and field around the JSON text.
+    const fits = OUTPUT_SIZE - 256;
+    expect(((await s.callHandler('big', { n: fits })) as string).length).toBe(fits);
+    const err = await rejection(s.callHandler('big', { n: OUTPUT_SIZE }));
+    expect(err.code).not.toBe('ERR_INTERNAL');
+    // A failed call leaves the hand-over intact: the next one is served.
+    expect(((await s.callHandler('big', { n: 3 })) as string).length).toBe(3);
+  });
+
+  it('serves host calls made during a call, then settles the call', async () => {
+    let served = 0;
+    const s = await load({ twice: 'import { inc } from "host:h";\nfunction handler(e) { return inc(inc(e.v)); }' }, (p) =>
+      p.register('h', 'inc', (v: number) => {
+        served++;
+        return v + 1;
+      }),
+    );
+    for (let i = 0; i < 100; i++) expect(await s.callHandler('twice', { v: i })).toBe(i + 2);
+    expect(served).toBe(200);
+  });
+
+  it('keeps sixteen sandboxes apart while each is called back to back, and the event loop ticks meanwhile', async () => {
+    const all = await Promise.all(Array.from({ length: 16 }, () => load({ echo: 'let n = 0;\nfunction handler(e) { n++; return { id: e.id, n }; }' })));
+    const seen = all.map(() => 0);
+    const ticks = await ticksDuring(async () => {
+      await Promise.all(
+        all.map(async (s, id) => {
+          for (let i = 1; i <= 100; i++) {
+            const r = (await s.callHandler('echo', { id })) as { id: number; n: number };
+            if (r.id === id && r.n === i) seen[id]++;
+          }
+        }),
+      );
+    });
+    expect(seen).toEqual(all.map(() => 100));
+    // A main thread kept busy in microtasks would let the interval fire once at most.
+    expect(ticks).toBeGreaterThanOrEqual(5);
+  });
+
+  it.runIf(process.platform === 'linux')('runs its workers at a lower priority than the main thread', async () => {
+    const s = await load({ echo: ECHO });
+    await s.callHandler('echo', {});
+    // Field 19 of /proc/<tid>/stat (after the parenthesised name) is the thread's nice value.
+    const nice = (tid: string) => Number(readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')[16]);
+    const main = nice(String(process.pid));
+    const threads = readdirSync('/proc/self/task').map(nice);
+    expect(threads.filter((n) => n === Math.min(19, main + 5)).length).toBeGreaterThanOrEqual(1);
+  });
+});
