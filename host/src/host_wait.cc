@@ -27,7 +27,11 @@ bool Sandbox::hostWaitOver() const {
 // The main thread wrote the reply of the call the guest waits for into guest memory
 // and moved poll_state off HOST_CALL_TAKEN (only it does, for a registered call).
 bool Sandbox::replyWrittenInMemory() const {
-    return hostWait_.replyInMemory && handover_.poll() != AIRLOCK_POLL_HOST_CALL_TAKEN;
+    if (!hostWait_.replyInMemory) return false;
+    // Pairs with the fence in postHostReply (RunnerPool::keepLocked raises the parked
+    // flag before it asks): one of the two sides sees the other.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return handover_.poll() != AIRLOCK_POLL_HOST_CALL_TAKEN;
 }
 
 // The guest is stopped in host call `id`, already dispatched to JavaScript (`givenUp`:

@@ -146,8 +146,10 @@ void Sandbox::takeHostCallLocked(uint64_t id) {
 // in flight: its reply can go straight into guest memory from the main thread, as for
 // a call the watcher took, instead of through the mailbox and the runner's copy. Then
 // the main thread, not the runner, decides whether the rest of the request is watched
-// (REQUEST): it starts the watch itself, from the core the watcher shares with it, so
-// a request that made one host call with an exit makes its next ones in memory. No
+// (REQUEST): it starts the watch itself (the watcher runs in its place while it
+// sleeps; from the runner, just before KVM_RUN, the watcher woke too late for the
+// guest's wait), so a request that made one host call with an exit makes its next
+// ones in memory. No
 // watcher may hold the request (it would read HOST_CALL_TAKEN as its own call's step).
 bool Sandbox::registerExitHostCall(uint64_t id) {
     const bool polls =
