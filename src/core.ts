@@ -664,14 +664,17 @@ export class SandboxCore {
    * AsyncLocalStorage hook runs on every promise while a host call is in flight.
    */
   private serveHostCall(output: Uint8Array): Uint8Array | Promise<Uint8Array> {
-    const failed = (e: unknown) => hostError(`the host could not answer the call: ${describeThrown(e)}`, this.config.inputSize);
     try {
       const answer = this.answerHostCall(output);
-      return answer instanceof Promise ? answer.catch(failed) : answer;
+      return answer instanceof Promise ? answer.catch(this.hostCallFailed) : answer;
     } catch (e) {
-      return failed(e);
+      return this.hostCallFailed(e);
     }
   }
+
+  /** One function per sandbox, not a closure per host call. */
+  private readonly hostCallFailed = (e: unknown): Uint8Array =>
+    hostError(`the host could not answer the call: ${describeThrown(e)}`, this.config.inputSize);
 
   private answerHostCall(output: Uint8Array): Uint8Array | Promise<Uint8Array> {
     let module = '';
