@@ -657,16 +657,26 @@ export class SandboxCore {
   // ---------------------------------------------------------------------------
   // Host calls: the guest is paused inside a HOST_CALL exit until we answer.
 
-  /** Answers every host call: whatever a callback throws or returns, the guest gets a reply. */
-  private async serveHostCall(output: Uint8Array): Promise<Uint8Array> {
+  /**
+   * Answers every host call: whatever a callback throws or returns, the guest gets a
+   * reply. A host function that returns synchronously is answered at once, without a
+   * promise: each promise turn is main-thread work every host call pays, and the
+   * AsyncLocalStorage hook runs on every promise while a host call is in flight.
+   */
+  private serveHostCall(output: Uint8Array): Uint8Array | Promise<Uint8Array> {
     try {
-      return await this.answerHostCall(output);
+      const answer = this.answerHostCall(output);
+      return answer instanceof Promise ? answer.catch(this.hostCallFailed) : answer;
     } catch (e) {
-      return hostError(`the host could not answer the call: ${describeThrown(e)}`, this.config.inputSize);
+      return this.hostCallFailed(e);
     }
   }
 
-  private async answerHostCall(output: Uint8Array): Promise<Uint8Array> {
+  /** One function per sandbox, not a closure per host call. */
+  private readonly hostCallFailed = (e: unknown): Uint8Array =>
+    hostError(`the host could not answer the call: ${describeThrown(e)}`, this.config.inputSize);
+
+  private answerHostCall(output: Uint8Array): Uint8Array | Promise<Uint8Array> {
     let module = '';
     let fn = '';
     let args: unknown[];
@@ -687,12 +697,10 @@ export class SandboxCore {
       return this.breakProtocol(e instanceof AirlockError ? e : new GuestAbortError(`malformed host call: ${(e as Error).message}`));
     }
     if (module === LOOP_MODULE) {
-      try {
-        return await this.serveLoopStep(fn, args);
-      } catch (e) {
+      return this.serveLoopStep(fn, args).catch((e: unknown) => {
         if (e instanceof LoopProtocolError) return this.breakProtocol(e);
         throw e;
-      }
+      });
     }
 
     const callback = this.hostFunctions.get(module)?.get(fn);
@@ -702,12 +710,30 @@ export class SandboxCore {
     const frame: HostCallFrame = { core: this, active: false };
     enterHostCall(frame);
     try {
-      result = await hostCallChain.run([...this.callerChain, frame], () => callback(...args));
+      result = hostCallChain.run([...this.callerChain, frame], () => callback(...args));
     } catch (e) {
-      return hostError(describeThrown(e), this.config.inputSize);
-    } finally {
       leaveHostCall(frame);
+      return hostError(describeThrown(e), this.config.inputSize);
     }
+    // A thenable is awaited as `await` would (any object with a `then` method).
+    if (isThenable(result)) {
+      return Promise.resolve(result).then(
+        (value) => {
+          leaveHostCall(frame);
+          return this.hostReturn(module, fn, value);
+        },
+        (e: unknown) => {
+          leaveHostCall(frame);
+          return hostError(describeThrown(e), this.config.inputSize);
+        },
+      );
+    }
+    leaveHostCall(frame);
+    return this.hostReturn(module, fn, result);
+  }
+
+  /** The HOST_RETURN of host function `module.fn`'s result (or why it cannot be sent). */
+  private hostReturn(module: string, fn: string, result: unknown): Uint8Array {
     let json: string | undefined;
     let buffers: Uint8Array[] = [];
     try {
@@ -792,6 +818,10 @@ export class SandboxCore {
       }
     };
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as { then?: unknown }).then === 'function';
 }
 
 /** A HOST_RETURN carrying an error; the message is cut so it always fits the input buffer. */

@@ -94,6 +94,10 @@
  *   HOST_CALL_TAKEN -> HOST_CALL_EXIT guest: the reply did not come in time: exit
  *                           with AIRLOCK_EXIT_HOST_CALL; the host writes the reply of
  *                           the call it took, sets REQUEST_EXIT and re-enters
+ * The host may also move REQUEST_EXIT -> HOST_CALL_TAKEN itself while the guest is
+ * stopped at a HOST_CALL exit (its main thread then writes the reply into memory); it
+ * moves it on to REQUEST or REQUEST_EXIT before the guest runs again, so a guest never
+ * sees that step.
  * The CAS decides which side owns a call, so it is dispatched exactly once. An exit
  * with HOST_CALL or HOST_CALL_TAKEN, or any of the three with no request in flight,
  * aborts the guest. The guest's wait for a taken call is not charged to its CPU

@@ -40,6 +40,7 @@ namespace airlock {
     X(hostCallsInMemory)         /* taken from memory by the answer watcher */                                      \
     X(hostCallsByExit)           /* a HOST_CALL exit (the vCPU thread dispatches it) */                             \
     X(hostReplySleeps)           /* a runner went to sleep on the futex for a host reply */                         \
+    X(hostRepliesInMemory)       /* a HOST_CALL exit's reply written into guest memory by the main thread */        \
     X(loopSleepsParked)          /* a guest's timer sleep let go of its runner until its precise end */
 
 struct CallPathCounters {

@@ -20,16 +20,28 @@ namespace airlock {
 
 bool Sandbox::hostWaitOver() const {
     // A sleep timer that fired late (after its sleep was taken up) marks no reply wait over.
-    return handover_.replyWaiting() || (hostWait_.sleepUntilNs && sleepDue_.load()) || cancel_.cancelled() ||
-           handover_.settle() != Handover::kInFlight;
+    return handover_.replyWaiting() || replyWrittenInMemory() || (hostWait_.sleepUntilNs && sleepDue_.load()) ||
+           cancel_.cancelled() || handover_.settle() != Handover::kInFlight;
+}
+
+// The main thread wrote the reply of the call the guest waits for into guest memory
+// and moved poll_state off HOST_CALL_TAKEN (only it does, for a registered call).
+bool Sandbox::replyWrittenInMemory() const {
+    if (!hostWait_.replyInMemory) return false;
+    // Pairs with the fence in postHostReply (RunnerPool::keepLocked raises the parked
+    // flag before it asks): one of the two sides sees the other.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    return handover_.poll() != AIRLOCK_POLL_HOST_CALL_TAKEN;
 }
 
 // The guest is stopped in host call `id`, already dispatched to JavaScript (`givenUp`:
-// taken in memory, then made with an exit after all).
-VcpuThread::Next VcpuThread::awaitHostReply(uint64_t id, bool givenUp) {
+// taken in memory, then made with an exit after all; `replyInMemory`: registered, so
+// the main thread writes the reply into guest memory and sets poll_state).
+VcpuThread::Next VcpuThread::awaitHostReply(uint64_t id, bool givenUp, bool replyInMemory) {
     Sandbox::HostWait &w = s_.hostWait_;
     w.id = id;
     w.givenUp = givenUp;
+    w.replyInMemory = replyInMemory;
     // The host function's time is not guest CPU time: the CPU monitor and the
     // accounting pause until the reply is written (writeHostReply).
     w.cpuLeftNs = s_.record_.cpuTimeoutNs ? s_.cpuTimer_->disarm() : 0;
@@ -42,6 +54,7 @@ VcpuThread::Next VcpuThread::awaitHostReply(uint64_t id, bool givenUp) {
 // letting the sandbox go. Leave: the session is over, or the sandbox was let go.
 VcpuThread::Next VcpuThread::takeHostReply(uint64_t lingerUntil) {
     for (;;) {
+        if (s_.replyWrittenInMemory()) return resumeAfterReply();
         if (s_.handover_.replyWaiting()) {
             // A reply to another call (one that no longer waits) is dropped, never written.
             if (std::optional<HostReply> reply = s_.handover_.takeReply(s_.hostWait_.id)) return writeHostReply(*reply);
@@ -93,7 +106,18 @@ bool VcpuThread::waitForReply(uint64_t until) {
     return over();
 }
 
-// The reply came: the guest goes on with it.
+// The main thread wrote the reply into guest memory and chose the next poll_state
+// (REQUEST, watched, or REQUEST_EXIT): the guest goes on with it.
+VcpuThread::Next VcpuThread::resumeAfterReply() {
+    Sandbox::HostWait &w = s_.hostWait_;
+    s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - w.pauseStartNs);
+    if (s_.record_.cpuTimeoutNs) s_.cpuTimer_->arm(w.cpuLeftNs == 0 ? 1 : w.cpuLeftNs); // expired as we paused it: fire now
+    w = Sandbox::HostWait{};
+    AIRLOCK_COUNT(hostRepliesInMemory);
+    return Next::Run;
+}
+
+// The reply came through the mailbox: the guest goes on with it.
 VcpuThread::Next VcpuThread::writeHostReply(const HostReply &reply) {
     Sandbox::HostWait &w = s_.hostWait_;
     s_.record_.pausedCpuNs.fetch_add(s_.vcpuCpuNs() - w.pauseStartNs);

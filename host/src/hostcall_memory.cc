@@ -65,17 +65,7 @@ bool Sandbox::watchHostCall(uint32_t poll) {
             ev.kind = EventKind::HostCall;
             ev.hostCallId = nextHostCallId_.fetch_add(1);
             if (record_.wallTimeoutNs) ev.wallDeadlineNs = record_.wallStart + record_.wallTimeoutNs;
-            memoryHostCallId_ = ev.hostCallId;
-            takenHostCallId_ = ev.hostCallId;
-            hostCallTaken_ = true;
-            // The wait is the host's, not guest CPU: the monitor gets kHostCallWaitNs
-            // more, and resumeHostCallCpuLocked takes back what the guest did not wait.
-            hostCallCpuPaused_ = true;
-            hostCallCpuStart_ = vcpuCpuNs();
-            if (record_.cpuTimeoutNs) {
-                const uint64_t left = cpuTimer_->disarm();
-                cpuTimer_->arm(left == 0 ? 1 : left + kHostCallWaitNs); // expired as we paused it: fire now
-            }
+            takeHostCallLocked(ev.hostCallId);
         }
     }
     if (!violation.empty()) {
@@ -137,6 +127,48 @@ bool Sandbox::replyHostCallInMemory(uint64_t hostCallId, const std::vector<uint8
 }
 
 // ---- whoever holds hostCallMu_ -------------------------------------------------------
+
+void Sandbox::takeHostCallLocked(uint64_t id) {
+    memoryHostCallId_ = id;
+    takenHostCallId_ = id;
+    hostCallTaken_ = true;
+    // The wait is the host's, not guest CPU: the monitor gets kHostCallWaitNs more, and
+    // resumeHostCallCpuLocked takes back what the guest did not wait.
+    hostCallCpuPaused_ = true;
+    hostCallCpuStart_ = vcpuCpuNs();
+    if (record_.cpuTimeoutNs) {
+        const uint64_t left = cpuTimer_->disarm();
+        cpuTimer_->arm(left == 0 ? 1 : left + kHostCallWaitNs); // expired as we paused it: fire now
+    }
+}
+
+// The guest is stopped at its HOST_CALL exit with poll_state REQUEST_EXIT, the exchange
+// in flight: its reply can go straight into guest memory from the main thread, as for
+// a call the watcher took, instead of through the mailbox and the runner's copy. Then
+// the main thread, not the runner, decides whether the rest of the request is watched
+// (REQUEST): it starts the watch itself (the watcher runs in its place while it
+// sleeps; from the runner, just before KVM_RUN, the watcher woke too late for the
+// guest's wait), so a request that made one host call with an exit makes its next
+// ones in memory. No
+// watcher may hold the request (it would read HOST_CALL_TAKEN as its own call's step).
+bool Sandbox::registerExitHostCall(uint64_t id) {
+    const bool polls =
+        memory_->read<uint32_t>(layout_.header.control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS;
+    if (!polls || watched_.load()) return false;
+    std::lock_guard<std::mutex> lock(hostCallMu_);
+    // The guest is stopped and no watcher holds the exchange: nothing else moves
+    // poll_state before the main thread's reply (or a claim, which clears the call).
+    if (!handover_.swapPoll(AIRLOCK_POLL_REQUEST_EXIT, AIRLOCK_POLL_HOST_CALL_TAKEN)) return false;
+    memoryHostCallId_ = id;
+    return true;
+}
+
+bool Sandbox::hostCallUnanswered() {
+    // The main thread swaps poll_state and clears the flag under this lock, so a guest
+    // that saw its reply never finds the flag still set here.
+    std::lock_guard<std::mutex> lock(hostCallMu_);
+    return hostCallTaken_;
+}
 
 // The guest's wait ends: it is credited up to kHostCallWaitNs, and the CPU monitor
 // loses the part of that allowance the guest did not spend waiting.

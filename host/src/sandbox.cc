@@ -229,8 +229,16 @@ void Sandbox::waitUnwatched() const {
 }
 
 void Sandbox::postHostReply(uint64_t hostCallId, std::vector<uint8_t> reply) {
-    if (replyHostCallInMemory(hostCallId, reply)) return;
-    handover_.postReply(HostReply{hostCallId, std::move(reply)}); // seq_cst: before the flag is read
+    if (replyHostCallInMemory(hostCallId, reply)) {
+        // For a guest stopped at its exit, its runner waits for poll_state to move (a
+        // guest waiting in memory sees it itself; then no runner sleeps on the word).
+        handover_.wake();
+        // Pairs with the fence in replyWrittenInMemory: the swap above and the flag
+        // below, against keepLocked's flag store and its look at poll_state.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+    } else {
+        handover_.postReply(HostReply{hostCallId, std::move(reply)}); // seq_cst: before the flag is read
+    }
     // A runner let the sandbox go while the call waited: the reply queues it again.
     // (RunnerPool::keepLocked raises the flag before it looks for the reply.)
     if (parkedInHostWait_.load()) RunnerPool::instance().resumeWaiting(shared_from_this());

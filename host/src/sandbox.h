@@ -91,6 +91,7 @@ public:
     // (hostWait_), has to run again: its reply came, a cancel reason is recorded, or
     // the exchange was claimed meanwhile (hostcall_memory.cc).
     bool hostWaitOver() const;
+    bool replyWrittenInMemory() const;
     // The sleep timer's thread (sleep_timers.h): the guest's timer sleep, let go by its
     // runner, reaches its precise part: queues the sandbox if no runner holds it.
     void sleepDue();
@@ -133,6 +134,14 @@ private:
     // its reply there (the exchange was claimed, or the guest gave up waiting).
     void forgetHostCallLocked();
     void resumeHostCallCpuLocked();
+    // The watcher took the call: its reply may go into guest memory, and the guest's
+    // wait is not charged to it, up to kHostCallWaitNs.
+    void takeHostCallLocked(uint64_t id);
+    // A taken call is still unanswered: the guest may not answer or call again.
+    bool hostCallUnanswered();
+    // vCPU thread, guest stopped at a HOST_CALL exit: registers the call so that the
+    // main thread writes its reply into guest memory itself; false if it may not.
+    bool registerExitHostCall(uint64_t id);
     Outcome finishExchange(Outcome o);
     void chargeAfterAnswer(uint64_t cpuNow = 0);
     uint64_t vcpuCpuNs() const;
@@ -220,6 +229,7 @@ private:
     struct HostWait {
         uint64_t id = 0;           // 0: the guest waits for no reply
         bool givenUp = false;      // taken in memory, then made with an exit (HOST_CALL_EXIT)
+        bool replyInMemory = false; // the main thread writes the reply into guest memory (HOST_CALL_TAKEN)
         bool parked = false;       // no runner holds the sandbox for the wait
         uint64_t cpuLeftNs = 0;    // what the CPU monitor had left when the wait began
         uint64_t pauseStartNs = 0; // the sandbox's CPU clock then: the wait is not guest CPU

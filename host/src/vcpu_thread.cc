@@ -606,6 +606,7 @@ VcpuThread::Next VcpuThread::onInterrupted() {
 
 VcpuThread::Next VcpuThread::onResponse() {
     if (s_.handover_.settle() != Handover::kInFlight) return abortGuest("guest answered with no request in flight");
+    if (s_.hostCallUnanswered()) return abortGuest("guest answered before the reply to its taken host call");
     const bool polls = mayPoll();
     if (!s_.claimExchange(polls)) return abortGuest("guest answered with no request in flight");
     AIRLOCK_COUNT(answersByExit);
@@ -634,6 +635,8 @@ VcpuThread::Next VcpuThread::onIdle() {
     // request: no side would ever finish it (its monitors fire into an idle thread).
     const bool parked =
         poll == AIRLOCK_POLL_IDLE || (poll == AIRLOCK_POLL_READY && s_.handover_.swapPoll(AIRLOCK_POLL_READY, AIRLOCK_POLL_IDLE));
+    if (parked && state == Handover::kInFlight && s_.hostCallUnanswered())
+        return abortGuest("guest parked while its taken host call waited for the reply");
     if (parked && state == Handover::kInFlight && s_.claimExchange(false)) {
         AIRLOCK_COUNT(answersAtPark);
         Outcome o;
@@ -669,6 +672,8 @@ VcpuThread::Next VcpuThread::onHostCall() {
     if (poll == AIRLOCK_POLL_HOST_CALL || poll == AIRLOCK_POLL_HOST_CALL_TAKEN)
         return abortGuest("guest exited with poll_state " + std::to_string(poll) +
                           ": a host call handed over in memory is not made with an exit");
+    if (s_.hostCallUnanswered())
+        return abortGuest("guest called the host again before the reply to its taken host call");
     Event ev;
     ev.kind = EventKind::HostCall;
     ev.hostCallId = s_.nextHostCallId_.fetch_add(1);
@@ -678,8 +683,10 @@ VcpuThread::Next VcpuThread::onHostCall() {
     const uint64_t id = ev.hostCallId;
     AIRLOCK_COUNT(hostCallsByExit);
     if (s_.record_.wallTimeoutNs) ev.wallDeadlineNs = s_.record_.wallStart + s_.record_.wallTimeoutNs;
+    // Registered before the event can reach JavaScript, so the reply finds it.
+    const bool replyInMemory = s_.registerExitHostCall(id); // hostcall_memory.cc
     emit(std::move(ev));
-    return awaitHostReply(id, false); // host_wait.cc
+    return awaitHostReply(id, false, replyInMemory); // host_wait.cc
 }
 
 std::string VcpuThread::describeExit(const hv::Exit &exit) {

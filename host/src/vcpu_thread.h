@@ -61,7 +61,8 @@ private:
     Next resumeSleep();
     Next onHostCallGivenUp(); // hostcall_memory.cc
     // host_wait.cc: the wait for a host call's reply, and letting the sandbox go meanwhile.
-    Next awaitHostReply(uint64_t id, bool givenUp);
+    Next awaitHostReply(uint64_t id, bool givenUp, bool replyInMemory = false);
+    Next resumeAfterReply();
     Next takeHostReply(uint64_t lingerUntil);
     bool waitForReply(uint64_t until);
     Next writeHostReply(const HostReply &reply);

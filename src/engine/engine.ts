@@ -43,9 +43,11 @@ export interface ExchangeResult {
 /**
  * Called when the guest makes a host call: `output` is the guest's output buffer
  * (console messages then one HOST_CALL message). Resolves with the HOST_RETURN
- * message to place in the guest's input buffer. Runs on the Node main thread.
+ * message to place in the guest's input buffer. Runs on the Node main thread. A host
+ * function that returns synchronously is answered at once (no promise); the handler
+ * never throws.
  */
-export type HostCallHandler = (output: Uint8Array) => Promise<Uint8Array>;
+export type HostCallHandler = (output: Uint8Array) => Uint8Array | Promise<Uint8Array>;
 
 /** Opaque engine-level snapshot; only the engine that made it can restore it. */
 export interface EngineSnapshot {

@@ -90,8 +90,11 @@ export class KvmEngine implements GuestEngine {
     }
     const addon = loadAddon().addon as NativeAddon;
     this.vm = KvmEngine.createVm(addon, from ?? guestImage(), config, (output: Buffer, callId: number) => {
-      onHostCall(output).then(
-        (reply) => this.answerHostCall(reply, callId),
+      const reply = onHostCall(output);
+      // A synchronous host function's reply goes back in the same turn of the event loop.
+      if (!(reply instanceof Promise)) return this.answerHostCall(reply, callId);
+      reply.then(
+        (r) => this.answerHostCall(r, callId),
         // The handler encodes callback failures itself; reaching here means the
         // exchange is already being torn down, so there is nobody left to answer.
         () => undefined,

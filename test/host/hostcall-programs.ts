@@ -119,6 +119,59 @@ export const hostcall = {
       exitWith(abi.AIRLOCK_EXIT_IDLE),
       spinForever(),
     ]),
+  /** After the host took the call, goes on without its reply: `then` is 'answer' (an
+   *  answer by exit), 'call' (another host call by exit) or 'park' (an IDLE exit). */
+  goesOnWhileTaken: (then: 'answer' | 'call' | 'park') =>
+    watchedHostCall([
+      ...waitFor('wait', abi.AIRLOCK_POLL_HOST_CALL_TAKEN),
+      setPoll(then === 'park' ? abi.AIRLOCK_POLL_IDLE : abi.AIRLOCK_POLL_REQUEST_EXIT),
+      exitWith(then === 'answer' ? abi.AIRLOCK_EXIT_RESPONSE : then === 'call' ? abi.AIRLOCK_EXIT_HOST_CALL : abi.AIRLOCK_EXIT_IDLE),
+      spinForever(),
+    ]),
+  /** A poller (flag set) that makes each request's host call with an exit (empty
+   *  output), whichever way the request came, and answers by an exit with the
+   *  HOST_RETURN it is entered again with: the host may write that reply into memory
+   *  from the main thread. */
+  exitCallEchoesReply: () =>
+    assemble([
+      bootAsPoller(),
+      { label: 'top' },
+      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
+      { jump: 'jb', to: 'top' }, // IDLE or READY: no request yet
+      noOutput(),
+      exitWith(abi.AIRLOCK_EXIT_HOST_CALL),
+      echoRequest(),
+      exitResponse(),
+      { jump: 'jmp', to: 'top' },
+    ]),
+  /** A poller (flag set) whose request, entered by an exit, makes one host call with an
+   *  exit; if the host hands the rest of the request back to the watcher (REQUEST after
+   *  that reply), makes a second call in memory and waits there, never giving up, until
+   *  the host takes it and writes the reply. Answers with the last reply it got, in
+   *  memory if still watched, else by an exit. */
+  exitCallThenMemoryCall: () =>
+    assemble([
+      bootAsPoller(),
+      { label: 'top' },
+      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
+      { jump: 'jb', to: 'top' }, // IDLE or READY: no request yet
+      noOutput(),
+      exitWith(abi.AIRLOCK_EXIT_HOST_CALL),
+      noOutput(),
+      casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_HOST_CALL),
+      { jump: 'jne', to: 'answer' }, // REQUEST_EXIT: the rest of the request goes by exits
+      { label: 'wait' },
+      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
+      { jump: 'je', to: 'answer' },
+      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST_EXIT),
+      { jump: 'jne', to: 'wait' },
+      { label: 'answer' },
+      echoRequest(),
+      casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_READY),
+      { jump: 'je', to: 'top' },
+      exitResponse(),
+      { jump: 'jmp', to: 'top' },
+    ]),
   /** A request handed over in memory, then `state` written over REQUEST while the host
    *  watches, as if a call had been taken; then spins. */
   forgesWhileWatched: (state: number) => watchedHostCall([setPoll(state), spinForever()], false),

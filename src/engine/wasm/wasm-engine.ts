@@ -491,7 +491,7 @@ export class WasmEngine implements GuestEngine {
     if (Atomics.load(w.control, Slot.Cancel) !== CancelReason.None) return cancelledReply();
     const output = w.dataCopy();
     const reply = await Promise.race([
-      this.onHostCall(output).catch((e: unknown) =>
+      Promise.resolve(this.onHostCall(output)).catch((e: unknown) =>
         encodeMessage(AIRLOCK_MSG_HOST_RETURN, AIRLOCK_STATUS_HOST_ERROR, [String((e as Error)?.message ?? e)]),
       ),
       flight.cancelled().then(() => undefined),
