@@ -10,6 +10,7 @@ import { finalMessage, realGuestBooter, realImagePresent } from './real-guest-vm
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
 import { encodeMessage, loadAddon, type NativeVm } from './raw-guest.js';
+import { ticksDuring } from '../support/ticks.js';
 
 const present = realImagePresent;
 const final = finalMessage;
@@ -22,19 +23,6 @@ async function call(vm: NativeVm, event: unknown, gc: boolean) {
   return JSON.parse(m.fields[0].toString()) as unknown;
 }
 
-/** Runs `work` with a 1 ms interval armed; returns how often the interval fired. */
-async function firingsDuring(work: () => Promise<void>): Promise<number> {
-  let fired = 0;
-  const timer = setInterval(() => {
-    fired += 1;
-  }, 1);
-  try {
-    await work();
-  } finally {
-    clearInterval(timer);
-  }
-  return fired;
-}
 
 describeKvm('the event loop keeps turning while guests work', () => {
   for (const gc of [true, false]) {
@@ -42,7 +30,7 @@ describeKvm('the event loop keeps turning while guests work', () => {
       const vm = await boot('let n = 0; function handler(e) { n += 1; return n; }');
       let last = 0;
       let sameTurn = 0;
-      const fired = await firingsDuring(async () => {
+      const fired = await ticksDuring(async () => {
         for (let i = 0; i < 2000; i++) {
           let turned = false;
           setImmediate(() => {
@@ -80,7 +68,7 @@ describeKvm('the event loop keeps turning while guests work', () => {
       },
     );
     let value: unknown;
-    const fired = await firingsDuring(async () => {
+    const fired = await ticksDuring(async () => {
       value = await call(vm, { k: 2000 }, false);
     });
     expect(value).toBe(2 * ((1999 * 2000) / 2));
@@ -91,7 +79,7 @@ describeKvm('the event loop keeps turning while guests work', () => {
 
   it.skipIf(!present)('two sandboxes called in a loop each keep the interval firing', async () => {
     const vms = await Promise.all([0, 1].map(() => boot('let n = 0; function handler(e) { n += 1; return n; }')));
-    const fired = await firingsDuring(async () => {
+    const fired = await ticksDuring(async () => {
       await Promise.all(
         vms.map(async (vm) => {
           for (let i = 0; i < 1000; i++) await call(vm, {}, false);

@@ -3,6 +3,7 @@
 // sandboxes run on workers of their own, so their calls are in flight at once.
 import { afterEach, describe, expect, it } from 'vitest';
 import { SandboxBuilder, type LoadedJSSandbox } from '../../src/index.js';
+import { ticksDuring } from '../support/ticks.js';
 
 const sandboxes: LoadedJSSandbox[] = [];
 afterEach(async () => {
@@ -19,17 +20,6 @@ async function load(handlers: Record<string, string>, setup?: (p: import('../../
   return loaded;
 }
 
-/** Counts the ticks of a 1 ms interval while `work` runs. */
-async function ticksDuring(work: () => Promise<void>): Promise<number> {
-  let ticks = 0;
-  const timer = setInterval(() => ticks++, 1);
-  try {
-    await work();
-  } finally {
-    clearInterval(timer);
-  }
-  return ticks;
-}
 
 describe('WebAssembly tier and the event loop', () => {
   it('a 1 ms interval keeps firing during 2000 back-to-back calls', async () => {
