@@ -130,8 +130,12 @@ public:
     void beginPosting() { state_.store(kPosting); } // main thread, fast path only
     void publish() { state_.store(kInFlight); }     // the side that wrote the request
     void reset() { state_.store(kNoExchange); }     // the side that claimed, when done; or an abandoned post
+    // Waits out a main-thread post in progress first: a runner giving up its guest (an
+    // abort) that failed to claim a request still being posted would leave it in flight
+    // with no runner and no clock (the post's swap succeeded before the abort's IDLE).
     bool claim() {
-        int expected = kInFlight;
+        int expected = settle();
+        if (expected != kInFlight) return false;
         return state_.compare_exchange_strong(expected, kClaimed);
     }
     // The state once a main-thread post attempt is over. A post is a memcpy and two

@@ -674,6 +674,11 @@ VcpuThread::Next VcpuThread::onHostCall() {
                           ": a host call handed over in memory is not made with an exit");
     if (s_.hostCallUnanswered())
         return abortGuest("guest called the host again before the reply to its taken host call");
+    // A word that says "answered" lets the answer watcher claim the request while this
+    // host call is served: the reply would then wait for an exchange that is over, and a
+    // request posted after it would have no runner. The guest is stopped: the word holds.
+    if (Handover::answered(poll))
+        return abortGuest("guest called the host with poll_state " + std::to_string(poll) + " after answering");
     Event ev;
     ev.kind = EventKind::HostCall;
     ev.hostCallId = s_.nextHostCallId_.fetch_add(1);
