@@ -80,6 +80,8 @@
  *                          READY before running it on to poll, or IDLE if it will not
  *   READY -> IDLE          guest: poll window over, then AIRLOCK_EXIT_IDLE;
  *                          host (vCPU thread): taking the guest out of its poll
+ *   IDLE -> READY          host (vCPU thread, guest stopped): a restored guest polls
+ *                          for the next request (a window as after an answer)
  * A host call made during a REQUEST (a host thread watches) is handed over in memory
  * too, with three more states:
  *   REQUEST -> HOST_CALL    guest: HOST_CALL message in the output buffer; it waits

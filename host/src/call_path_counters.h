@@ -41,7 +41,9 @@ namespace airlock {
     X(hostCallsByExit)           /* a HOST_CALL exit (the vCPU thread dispatches it) */                             \
     X(hostReplySleeps)           /* a runner went to sleep on the futex for a host reply */                         \
     X(hostRepliesInMemory)       /* a HOST_CALL exit's reply written into guest memory by the main thread */        \
-    X(loopSleepsParked)          /* a guest's timer sleep let go of its runner until its precise end */
+    X(loopSleepsParked)          /* a guest's timer sleep let go of its runner until its precise end */            \
+    X(pollsAfterRestore)         /* a restored guest polls for the next request (a post-restore window) */          \
+    X(repollsAfterRestore)       /* a restored guest stopped mid-poll parked at once and polls afresh */
 
 struct CallPathCounters {
 #define AIRLOCK_COUNTER_FIELD(name) std::atomic<uint64_t> name{0};

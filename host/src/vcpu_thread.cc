@@ -151,7 +151,13 @@ void VcpuThread::runOp(const Op &op, const Runner &runner) {
             outcome = hypervisorFailed(op.kind, e.what());
         }
     }
-    if (outcome) emitDone(op.kind, std::move(*outcome));
+    if (!outcome) return;
+    // The window opens before the Done goes out, so the next call finds the guest
+    // polling even when the woken main thread preempts this runner; the guest runs
+    // after it, so JavaScript is not kept waiting.
+    const bool window = op.kind == OpKind::Restore && outcome->code == OutcomeCode::Ok && openWindowAfterRestore();
+    emitDone(op.kind, std::move(*outcome));
+    if (window) runWindowAfterRestore();
 }
 
 void VcpuThread::emitDone(OpKind kind, Outcome o) {
@@ -401,6 +407,91 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
     return o;
 }
 
+// A restored guest is stopped, so the next request would go in with KVM_RUN through
+// the mailbox. While the last restore was followed by a call (so a restore after a
+// restore keeps its skip, untouchedSince_) and the core budget grants a poll slot (the
+// same rule as after an answer), the restored guest polls for the next request in a
+// post-answer window: the same host budget, CPU account and ways out (an op, the
+// window's end, a yield) as after an answer. True when the window is open: the
+// session runs (a request may be handed over from now on) and the guest is READY.
+bool VcpuThread::openWindowAfterRestore() {
+    const uint64_t lastAnswer = s_.lastAnswerNs_.load(std::memory_order_relaxed);
+    const bool callFollowed = lastRestoreNs_ == 0 || lastAnswer > lastRestoreNs_;
+    const uint64_t now = monotonicNs();
+    lastRestoreNs_ = now;
+    // The longest poll window, not the one adapted to the gap between an answer and the
+    // next request (Sandbox::adaptPollWindow): after a restore the gap is the restore's
+    // answer reaching JavaScript and its next call.
+    const uint64_t pollNs = s_.spin_.guestPollNs;
+    if (!callFollowed || pollNs == 0 || s_.handover_.opWaiting() || !s_.runnable_.load() || !mayPollFor()) return false;
+    // The guest runs again and the host writes its memory: a restore after this reverts.
+    s_.untouchedSince_.store(0);
+    // The guest stopped with the snapshot's poll_ticks; it polls for this window.
+    // Invariant: the control block lies inside the image (parseImageHeader).
+    s_.memory_->write<uint64_t>(s_.layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS,
+                                static_cast<uint64_t>(static_cast<unsigned __int128>(pollNs) * s_.tscKhz_ / 1'000'000));
+    s_.windowEndNs_.store(now + pollNs + kAfterAnswerAllowanceNs);
+    // Its CPU goes to the next exchange, as post-answer time does (chargeAfterAnswer);
+    // stored before a request can be handed over, which charges it.
+    s_.answerCpuNs_.store(s_.vcpuCpuNs());
+    restoreWindowStartNs_ = now;
+    repollAfterRestore_ = true;
+    if (!s_.session_.exchange(true)) CoreBudget::instance().sessionStarted();
+    // Every snapshot is taken with the guest stopped and poll_state IDLE (each way a
+    // session ends leaves IDLE); a restored word that is not IDLE (a snapshot not made
+    // here) gets no window: the next request overwrites it, as without one. READY last:
+    // from it on, Sandbox::postFast may hand a request over.
+    if (!s_.handover_.swapPoll(AIRLOCK_POLL_IDLE, AIRLOCK_POLL_READY)) {
+        leave();
+        return false;
+    }
+    AIRLOCK_COUNT(pollsAfterRestore);
+    return true;
+}
+
+// The window opened by openWindowAfterRestore, with the restore's Done out.
+void VcpuThread::runWindowAfterRestore() {
+    const bool wasRunnable = s_.runnable_.load();
+    try {
+        // As Sandbox::claimExchange: one timer_settime per window (an answer handed
+        // over meanwhile may have armed it); rearmWindow re-arms it for a later end.
+        if (!s_.windowArmed_.exchange(true)) {
+            const uint64_t now = monotonicNs();
+            const uint64_t end = s_.windowEndNs_.load();
+            s_.windowDueNs_.store(std::max(end, now + 1));
+            s_.windowTimer_->arm(end > now ? end - now : 1);
+        }
+        runSession();
+    } catch (const std::exception &e) {
+        // A request handed over in the window fails; the restore's Done is out, and
+        // the poison is what the next op reports.
+        if (std::optional<Outcome> o = hypervisorFailed(OpKind::Exchange, e.what())) emitDone(OpKind::Exchange, std::move(*o));
+    }
+    // A guest that poisons itself here with nothing answered since (not in a request
+    // handed over in the window) does so after restore() succeeded and before the next
+    // op: the reason that op reports says so (it is queued behind this runner, so none
+    // has read the reason yet).
+    if (wasRunnable && !s_.runnable_.load() && s_.lastAnswerNs_.load(std::memory_order_relaxed) < restoreWindowStartNs_) {
+        std::lock_guard<std::mutex> lock(s_.reasonMu_);
+        s_.notRunnableReason_ += " (in its poll window after a restore)";
+    }
+}
+
+// A guest stopped mid-poll when its snapshot was taken resumes in that poll, whose
+// deadline passed while it was stopped: it parks at once. Parked, it starts a fresh
+// poll: once per restore window, and only while nothing was answered since, nothing
+// waits and the window is open.
+bool VcpuThread::repollAfterRestore(int state) {
+    if (!repollAfterRestore_) return false;
+    repollAfterRestore_ = false;
+    if (state != Handover::kNoExchange || s_.lastAnswerNs_.load(std::memory_order_relaxed) >= restoreWindowStartNs_ ||
+        s_.handover_.opWaiting() || !s_.runnable_.load() || windowOver())
+        return false;
+    if (!s_.handover_.swapPoll(AIRLOCK_POLL_IDLE, AIRLOCK_POLL_READY)) return false;
+    AIRLOCK_COUNT(repollsAfterRestore);
+    return true;
+}
+
 // ---- the run loop -------------------------------------------------------------------
 
 // vCPU thread, guest stopped: a Boot or an Exchange the guest answers with an exit.
@@ -423,6 +514,7 @@ void VcpuThread::leave() {
     endSession();
     s_.cancel_.clearKick();
     s_.windowEndNs_.store(0);
+    repollAfterRestore_ = false;
     // A timer never armed needs no timer_settime: on the exit path (nothing polls)
     // that is one system call per call on the vCPU thread.
     if (s_.windowArmed_.load()) s_.windowTimer_->disarm();
@@ -440,10 +532,14 @@ void VcpuThread::releasePollSlot() {
 
 // A guest that answered runs on to poll only with a window and a free core; it keeps
 // the slot for the session (until leave()) while the budget still has a core for it.
-bool VcpuThread::mayPoll() {
+bool VcpuThread::mayPoll() { return s_.pollNs_.load() != 0 && mayPollFor(); }
+
+// mayPoll's rule for any window, whatever its length: the guest polls and the budget
+// has a core for it.
+bool VcpuThread::mayPollFor() {
     const bool flagged =
         s_.memory_->read<uint32_t>(s_.layout_.header.control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS;
-    if (!flagged || s_.pollNs_.load() == 0) return false;
+    if (!flagged) return false;
     // A slot held since an earlier answer goes back once the budget has no core for it
     // (more guests run than the cap, or the threads were pinned to one core).
     if (s_.holdsPollSlot_ && !CoreBudget::instance().pollAllowed()) releasePollSlot();
@@ -646,6 +742,7 @@ VcpuThread::Next VcpuThread::onIdle() {
         done(std::move(o));
         return Next::Leave;
     }
+    if (parked && repollAfterRestore(state)) return Next::Run;
     // Parked with nothing in flight, or the main thread claimed the answer first.
     if (parked) {
         AIRLOCK_COUNT(guestParks);

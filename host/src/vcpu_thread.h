@@ -47,6 +47,9 @@ private:
     void attachClockAndHandover();
     Outcome takeSnapshot();
     Outcome restore(const Snapshot &snap);
+    bool openWindowAfterRestore();
+    void runWindowAfterRestore();
+    bool repollAfterRestore(int state);
     void startExchange(const Op &op);
     void runSession();
     Next onInterrupted();
@@ -76,6 +79,7 @@ private:
     void endSession();
     void releasePollSlot();
     bool mayPoll();
+    bool mayPollFor();
     bool windowOver() const;
     void rearmWindow();
     void setUpGuest();
@@ -87,6 +91,11 @@ private:
     std::unique_ptr<hv::Vm> vm_;
     std::unique_ptr<hv::Vcpu> vcpu_;
     bool suspended_ = false; // an exchange in flight yielded its runner (suspend())
+    // The post-restore window (pollAfterRestore): when the last restore ended, when its
+    // window opened, and whether its guest may still start one fresh poll.
+    uint64_t lastRestoreNs_ = 0;
+    uint64_t restoreWindowStartNs_ = 0;
+    bool repollAfterRestore_ = false;
 };
 
 } // namespace airlock
