@@ -709,14 +709,18 @@ export class SandboxCore {
     let result: unknown;
     const frame: HostCallFrame = { core: this, active: false };
     enterHostCall(frame);
+    // A thenable is awaited as `await` would (any object with a `then` method). Looking
+    // for `then` runs the result's getter, which may throw: inside the try, so the
+    // frame is always left.
+    let thenable: boolean;
     try {
       result = hostCallChain.run([...this.callerChain, frame], () => callback(...args));
+      thenable = isThenable(result);
     } catch (e) {
       leaveHostCall(frame);
       return hostError(describeThrown(e), this.config.inputSize);
     }
-    // A thenable is awaited as `await` would (any object with a `then` method).
-    if (isThenable(result)) {
+    if (thenable) {
       return Promise.resolve(result).then(
         (value) => {
           leaveHostCall(frame);

@@ -102,6 +102,27 @@ describeEachBackend('host functions', (h) => {
     expect(where).toEqual({ main: isMainThread, thread: threadId });
   });
 
+  it('a result whose then getter throws is a guest error, as await would make it, and the sandbox stays usable', async () => {
+    const loaded = await loadWith(
+      (proto) => {
+        proto.register('odd', 'value', () => ({
+          get then(): never {
+            throw new Error('then getter failed');
+          },
+        }));
+        proto.register('odd', 'plain', () => 7);
+      },
+      {
+        odd: `import { value } from "host:odd";
+          function handler() { try { value(); return "no"; } catch (err) { return err.message; } }`,
+        plain: 'import { plain } from "host:odd"; function handler() { return plain(); }',
+      },
+    );
+    expect(await loaded.callHandler('odd', {})).toBe('then getter failed');
+    expect(await loaded.callHandler('plain', {})).toBe(7);
+    expect(await loaded.callHandler('odd', {})).toBe('then getter failed');
+  });
+
   it('turns a throwing or rejecting callback into a catchable guest error with the host message', async () => {
     const loaded = await loadWith(
       (proto) => {
