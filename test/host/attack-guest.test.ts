@@ -3,12 +3,12 @@
 // poisons it with the window named; one that spins without polling is taken out when
 // the window ends and holds no runner), and a guest that gives up on its taken host
 // call at once, racing the main thread's reply into memory, request after request:
-// each request still gets exactly its own call's reply.
+// each request still gets exactly its own call's reply; a malformed host call handed
+// over in memory aborts the request and the guest still running is stopped.
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
-import { misbehavesAfterRestore, windowMisdeeds } from './fixtures/attack-programs.js';
-import { hostcall } from './hostcall-programs.js';
+import { givesUpAtOnce, memoryHostCallWithLength, misbehavesAfterRestore, windowMisdeeds } from './fixtures/attack-programs.js';
 import { buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, type NativeVm } from './raw-guest.js';
 
 // A poll slot whatever this machine's load (read when the addon loads), and a long
@@ -83,7 +83,7 @@ describeKvm('attack: a guest that gives up on its taken host call at once', () =
     let request = 0;
     // Answered in the same turn as the call reaches JavaScript: the main thread writes
     // the reply into memory while the guest swaps HOST_CALL_TAKEN -> HOST_CALL_EXIT.
-    const vm = vmFor(hostcall.givesUpAfterTake(), (v, _out, id) => {
+    const vm = vmFor(givesUpAtOnce(), (v, _out, id) => {
       calls.set(request, (calls.get(request) ?? 0) + 1);
       v.hostReturn(encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [`"request ${request} call ${id}"`]), id);
     });
@@ -103,5 +103,27 @@ describeKvm('attack: a guest that gives up on its taken host call at once', () =
       expect(m.fields[0].toString()).toMatch(new RegExp(`^"request ${request} call \\d+"$`));
     }
     expect(inMemory).toBeGreaterThan(0);
+  });
+});
+
+describeKvm('attack: a malformed host call handed over in memory', () => {
+  it('aborts the request, takes the still-running guest out within its window, and keeps the first reason', async () => {
+    let calls = 0;
+    const vm = vmFor(memoryHostCallWithLength(0xffff_fff0), () => calls++);
+    await vm.boot();
+    // Requests entered by an exit are answered empty; one handed over in memory makes
+    // the malformed call (a loaded machine may keep the guest off its core past the
+    // watcher's bound on some attempts, never on all of them).
+    let r: Awaited<ReturnType<typeof settled>> | undefined;
+    for (let i = 0; i < 1000; i++) {
+      r = await settled(vm.send(Buffer.from('x'), { wallClockTimeoutMs: 10_000 }));
+      if (!r.ok || (r.value as { output: Buffer }).output.length > 0) break;
+    }
+    expect(r).toMatchObject({ ok: false, code: 'ERR_GUEST_ABORT', message: expect.stringContaining('response_len') });
+    expect(calls).toBe(0); // never dispatched to JavaScript
+    // The guest still spins where it stopped: the host ends its run (no runner kept).
+    await eventually(() => loadAddon().pollingBudget().sessions === 0, 'the aborted guest was stopped');
+    const next = await settled(vm.send(Buffer.from('y')));
+    expect(next).toMatchObject({ ok: false, code: 'ERR_POISONED', message: expect.stringContaining('response_len') });
   });
 });
