@@ -86,6 +86,40 @@ describeEachBackend('attack: a host function that turns on its own sandbox', (h)
       expect(await loaded.callHandler('plain', 3)).toBe('plain 3');
     });
   }
+  it("an event whose toJSON disposes the sandbox: the call rejects ERR_CONSUMED and dispose() finishes", async () => {
+    const loaded = await loadWith((p) => p.register('m', 'f', (x) => x));
+    let disposing: Promise<void> | undefined;
+    const event = {
+      toJSON() {
+        disposing = loaded.dispose();
+        return 1;
+      },
+    };
+    await expect(loaded.callHandler('plain', event)).rejects.toMatchObject({ code: 'ERR_CONSUMED' });
+    await disposing;
+  });
+
+  it("an event whose toJSON calls into the same sandbox: both calls settle, in order, each with its own answer", async () => {
+    const loaded = await loadWith((p) => p.register('m', 'f', (x) => x));
+    let inner: Promise<unknown> | undefined;
+    const order: string[] = [];
+    const event = {
+      toJSON() {
+        inner ??= loaded.callHandler('calls', 'inner', { wallClockTimeoutMs: 20_000 }).then((v) => {
+          order.push('inner');
+          return v;
+        });
+        return 'outer';
+      },
+    };
+    const outer = loaded.callHandler('calls', event, { wallClockTimeoutMs: 20_000 }).then((v) => {
+      order.push('outer');
+      return v;
+    });
+    expect(await outer).toBe('outer');
+    expect(await inner).toBe('inner');
+    expect(order).toEqual(['inner', 'outer']);
+  });
 });
 
 describeEachBackend('attack: thenables and late answers', (h) => {
