@@ -58,6 +58,13 @@ describeEachBackend('attack: a host function that turns on its own sandbox', (h)
     let disposing: Promise<void> | undefined;
     loaded = await loadWith((p) =>
       p.register('m', 'f', () => {
+        // Work queued before dispose() holds the main thread after this function
+        // returns: its answer reaches the guest, which may finish the call before the
+        // dispose goes on (as a loaded machine can also make it).
+        queueMicrotask(() => {
+          const until = performance.now() + 100;
+          while (performance.now() < until);
+        });
         disposing = loaded!.dispose();
         return 'answered after dispose';
       }),
