@@ -4,11 +4,13 @@
 // the window ends and holds no runner), and a guest that gives up on its taken host
 // call at once, racing the main thread's reply into memory, request after request:
 // each request still gets exactly its own call's reply; a malformed host call handed
-// over in memory aborts the request and the guest still running is stopped.
+// over in memory aborts the request and the guest still running is stopped; a kill
+// made before the reply of a call taken from memory cancels the request, every time.
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
 import { givesUpAtOnce, memoryHostCallWithLength, misbehavesAfterRestore, windowMisdeeds } from './fixtures/attack-programs.js';
+import { hostcall } from './hostcall-programs.js';
 import { buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, type NativeVm } from './raw-guest.js';
 
 // A poll slot whatever this machine's load (read when the addon loads), and a long
@@ -125,5 +127,34 @@ describeKvm('attack: a malformed host call handed over in memory', () => {
     await eventually(() => loadAddon().pollingBudget().sessions === 0, 'the aborted guest was stopped');
     const next = await settled(vm.send(Buffer.from('y')));
     expect(next).toMatchObject({ ok: false, code: 'ERR_POISONED', message: expect.stringContaining('response_len') });
+  });
+});
+
+describeKvm('attack: a kill before the reply of a host call taken from memory', () => {
+  it('cancels the request: the reply written after the kill never reaches the guest', async () => {
+    let killed = 0;
+    // The host function kills the call, then answers it (as a host function that
+    // calls kill() and returns does). The guest waits in memory and would answer at
+    // once with whatever reply it finds.
+    const make = () => {
+      const vm = vmFor(hostcall.inMemory(), (v, _out, id) => {
+        killed++;
+        v.kill();
+        v.hostReturn(encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, ['"after the kill"']), id);
+      });
+      return vm;
+    };
+    const outcomes: string[] = [];
+    for (let round = 0; round < 50; round++) {
+      const vm = make();
+      await vm.boot();
+      const before = killed;
+      let r: Awaited<ReturnType<typeof settled>> | undefined;
+      // Requests entered by an exit are answered empty, with no host call.
+      for (let i = 0; i < 1000 && killed === before; i++) r = await settled(vm.send(Buffer.from('x'), { wallClockTimeoutMs: 10_000 }));
+      outcomes.push(r!.ok ? 'answered' : `${r!.code}`);
+      await vm.dispose();
+    }
+    expect(outcomes.filter((o) => o !== 'ERR_CANCELLED')).toEqual([]);
   });
 });
