@@ -74,6 +74,20 @@ describeEachBackend('attack: a host function that turns on its own sandbox', (h)
     await expect(loaded.callHandler('plain', 2)).rejects.toMatchObject({ code: 'ERR_CONSUMED' });
   });
 
+  it('an async host function that disposes its own sandbox: the call rejects ERR_CONSUMED and dispose() finishes', async () => {
+    let loaded: LoadedJSSandbox | undefined;
+    let disposing: Promise<void> | undefined;
+    loaded = await loadWith((p) =>
+      p.register('m', 'f', async () => {
+        disposing = loaded!.dispose();
+        await new Promise((r) => setImmediate(r));
+        return 'answered after dispose';
+      }),
+    );
+    await expect(loaded.callHandler('calls', 1, { wallClockTimeoutMs: 20_000 })).rejects.toMatchObject({ code: 'ERR_CONSUMED' });
+    await disposing;
+  });
+
   for (const op of ['restore', 'snapshot', 'callHandler'] as const) {
     it(`a host function that awaits ${op}() on its own sandbox gets ERR_BUSY, not a deadlock`, async () => {
       let loaded: LoadedJSSandbox | undefined;
