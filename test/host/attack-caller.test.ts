@@ -1,7 +1,8 @@
 // attack-caller.test.ts — a hostile caller against the host-call paths of both tiers:
 // host functions that turn on their own sandbox (kill, dispose, restore, another call)
-// while the guest waits for them, thenables that answer twice or late, and binary
-// results of awkward sizes. Every call must settle exactly once, with its own answer,
+// while the guest waits for them, an event whose toJSON does the same, thenables that
+// answer twice, late or never, and binary results of awkward sizes. Every call must
+// settle exactly once, with its own answer (ERR_CONSUMED once dispose() was called),
 // and the sandbox must stay usable (or be restorable) afterwards.
 import { afterEach, expect, it } from 'vitest';
 import type { LoadedJSSandbox, ProtoJSSandbox, Snapshot } from '../../src/index.js';
