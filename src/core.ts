@@ -555,6 +555,10 @@ export class SandboxCore {
     this.protocolFault = undefined;
     try {
       const r = await this.engine.exchange(message, options);
+      // dispose() stops the engine only after a microtask; a host function that called it
+      // has answered the guest by then, which may finish first. The call still ran when
+      // dispose() was called: ERR_CONSUMED, as for one the dispose cut short.
+      if (this.disposing) throw new ConsumedError('the sandbox was disposed while the request ran');
       const fault = this.protocolFault as AirlockError | undefined;
       if (fault) throw fault;
       return { message: this.readFinal(r.output), wallTimeNs: r.wallTimeNs, cpuTimeNs: r.cpuTimeNs };
