@@ -256,7 +256,7 @@ private:
         inFlight_ = true;
         setBusy(true);
         try {
-            if (!sandbox_->postFast(op)) sandbox_->post(std::move(op));
+            if (!sandbox_->postFast(op) && !sandbox_->restoreDirectly(op)) sandbox_->post(std::move(op));
         } catch (const std::exception &e) {
             inFlight_ = false;
             pending_.reset();
@@ -349,6 +349,7 @@ private:
                 d.Resolve(env.Undefined());
                 break;
             case OpKind::Stop:
+            case OpKind::Window: // never emitted (direct_restore.cc)
                 break;
             }
         } else {

@@ -34,6 +34,9 @@ void VcpuThread::ackInterrupt() {
 }
 
 Served VcpuThread::serve(const Runner &runner) {
+    // The vCPU and guest memory are this runner's, except while it waits for an op:
+    // then a direct restore by the main thread may use them (Sandbox::vcpuUse_).
+    std::unique_lock<std::mutex> vcpuUse(s_.vcpuUse_);
     // A runner whose timers could not be made cannot run a guest under a budget: the
     // suspended exchange waits for another runner.
     if ((suspended_ || s_.hostWait_.parked) && !runner.timersReady()) return Served::Preempted;
@@ -49,11 +52,16 @@ Served VcpuThread::serve(const Runner &runner) {
         if (s_.hostWait_.parked) return Served::Waiting;
     }
     for (;;) {
-        if (!waitForOp()) return Served::Idle;
+        settleWhenIdle();
+        vcpuUse.unlock();
+        const bool got = waitForOp();
+        vcpuUse.lock();
+        if (!got) return Served::Idle;
         // Every op may rewrite guest memory or start an exchange: no watcher may
         // still be reading the last one.
         s_.waitUnwatched();
         Op op = s_.handover_.takeOp();
+        noteOpAfterIdle(op.kind);
         s_.cancel_.clearKick();
         ackInterrupt();
         if (op.kind == OpKind::Stop) {
@@ -136,9 +144,39 @@ bool VcpuThread::spinForOp() {
     return true;
 }
 
+// Before the runner waits for its next op (holding vcpuUse_): while restores follow
+// calls, finish the guest's last exit now, off the restore's path, so the main thread
+// can restore the guest itself (a KVM_RUN, which the main thread never makes). A
+// failure poisons the guest: the next op (a restore) reports the hypervisor's error.
+void VcpuThread::settleWhenIdle() {
+    if (!vcpu_ || vcpu_->settled() || !s_.settleWhenIdle_.load() || s_.handover_.opWaiting()) return;
+    settledWhenIdle_ = true;
+    restoresAtSettle_ = s_.restores_.load();
+    AIRLOCK_COUNT(settlesWhenIdle);
+    try {
+        vcpu_->settle();
+    } catch (const std::exception &e) {
+        s_.poison(std::string("a hypervisor operation failed: ") + e.what());
+    }
+}
+
+// The op that ended an idle period: an Exchange with no restore since settleWhenIdle
+// means calls no longer alternate with restores, and settling costs them a KVM_RUN.
+void VcpuThread::noteOpAfterIdle(OpKind kind) {
+    if (!settledWhenIdle_) return;
+    settledWhenIdle_ = false;
+    if (kind == OpKind::Exchange && s_.restores_.load() == restoresAtSettle_) s_.settleWhenIdle_.store(false);
+}
+
 // One op (not Stop) and the Done event it owes, unless its session emits it or it
 // was suspended with its exchange in flight.
 void VcpuThread::runOp(const Op &op, const Runner &runner) {
+    if (op.kind == OpKind::Window) {
+        // A direct restore's window (direct_restore.cc): the same checks as after a
+        // restore made here; no promise waits for it.
+        if (runner.timersReady() && openWindowAfterRestore(true)) runWindowAfterRestore();
+        return;
+    }
     std::optional<Outcome> outcome;
     if (!runner.timersReady()) {
         outcome = Outcome{};
@@ -155,7 +193,8 @@ void VcpuThread::runOp(const Op &op, const Runner &runner) {
     // The window opens before the Done goes out, so the next call finds the guest
     // polling even when the woken main thread preempts this runner; the guest runs
     // after it, so JavaScript is not kept waiting.
-    const bool window = op.kind == OpKind::Restore && outcome->code == OutcomeCode::Ok && openWindowAfterRestore();
+    const bool window =
+        op.kind == OpKind::Restore && outcome->code == OutcomeCode::Ok && openWindowAfterRestore(restoreFollowedCall_);
     emitDone(op.kind, std::move(*outcome));
     if (window) runWindowAfterRestore();
 }
@@ -229,8 +268,10 @@ std::optional<Outcome> VcpuThread::handle(const Op &op) {
     case OpKind::Snapshot:
         return takeSnapshot();
     case OpKind::Restore:
+        AIRLOCK_COUNT(restoresByRunner);
         return restore(*op.snapshot);
     case OpKind::Stop:
+    case OpKind::Window:
         break;
     }
     o.code = OutcomeCode::Internal;
@@ -403,8 +444,21 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
         s_.notRunnableReason_.clear();
     }
     s_.runnable_ = true;
+    restoreFollowedCall_ = restoreFollowsCall();
     o.wallNs = monotonicNs() - start;
     return o;
+}
+
+// Every restore that succeeded, on either thread (holding vcpuUse_): whether a call
+// came since the last one (it decides the post-restore window, and whether runners
+// finish the guest's exits before idling: settleWhenIdle).
+bool VcpuThread::restoreFollowsCall() {
+    const uint64_t lastAnswer = s_.lastAnswerNs_.load(std::memory_order_relaxed);
+    const bool callFollowed = lastRestoreNs_ == 0 || lastAnswer > lastRestoreNs_;
+    lastRestoreNs_ = monotonicNs();
+    s_.settleWhenIdle_.store(callFollowed);
+    s_.restores_.fetch_add(1);
+    return callFollowed;
 }
 
 // A restored guest is stopped, so the next request would go in with KVM_RUN through
@@ -414,11 +468,8 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
 // post-answer window: the same host budget, CPU account and ways out (an op, the
 // window's end, a yield) as after an answer. True when the window is open: the
 // session runs (a request may be handed over from now on) and the guest is READY.
-bool VcpuThread::openWindowAfterRestore() {
-    const uint64_t lastAnswer = s_.lastAnswerNs_.load(std::memory_order_relaxed);
-    const bool callFollowed = lastRestoreNs_ == 0 || lastAnswer > lastRestoreNs_;
+bool VcpuThread::openWindowAfterRestore(bool callFollowed) {
     const uint64_t now = monotonicNs();
-    lastRestoreNs_ = now;
     // The longest poll window, not the one adapted to the gap between an answer and the
     // next request (Sandbox::adaptPollWindow): after a restore the gap is the restore's
     // answer reaching JavaScript and its next call.

@@ -26,6 +26,10 @@ public:
     // A runner's turn on the sandbox (it holds it): resumes a suspended exchange,
     // then serves the mailbox while ops come; on Stop tears the guest down.
     Served serve(const Runner &runner);
+    // Main thread, holding Sandbox::vcpuUse_ (direct_restore.cc): the restore, if
+    // nothing of the guest is in progress; nullopt otherwise (post the op instead).
+    // `window`: the runner should open the post-restore window (a Window op).
+    std::optional<Outcome> restoreDirectly(const Snapshot &snap, bool &window);
 
 private:
     // What the run loop does after handling an exit.
@@ -47,7 +51,10 @@ private:
     void attachClockAndHandover();
     Outcome takeSnapshot();
     Outcome restore(const Snapshot &snap);
-    bool openWindowAfterRestore();
+    bool restoreFollowsCall();
+    bool openWindowAfterRestore(bool callFollowed);
+    void settleWhenIdle();
+    void noteOpAfterIdle(OpKind kind);
     void runWindowAfterRestore();
     bool repollAfterRestore(int state);
     void startExchange(const Op &op);
@@ -96,6 +103,12 @@ private:
     uint64_t lastRestoreNs_ = 0;
     uint64_t restoreWindowStartNs_ = 0;
     bool repollAfterRestore_ = false;
+    bool restoreFollowedCall_ = false; // the last restore's restoreFollowsCall()
+    // settleWhenIdle finished the guest's exit in this idle period, when the sandbox
+    // had had this many restores: an Exchange op next with none since means the settle
+    // was for nothing, and the runner stops doing it until a restore follows a call.
+    bool settledWhenIdle_ = false;
+    uint64_t restoresAtSettle_ = 0;
 };
 
 } // namespace airlock
