@@ -46,7 +46,7 @@ namespace airlock {
     X(repollsAfterRestore)       /* a restored guest stopped mid-poll parked at once and polls afresh */          \
     X(restoresDirect)            /* restore() made by the main thread itself: no runner used the vCPU */            \
     X(restoresByRunner)          /* restore() handed over to the sandbox's runner */                                \
-    X(settlesWhenIdle)           /* a runner finished the guest's last exit before idling, for a direct restore */
+    X(settlesWhenIdle)           /* a runner finished the guest's last exit before idling: a restore was foreseen */
 
 struct CallPathCounters {
 #define AIRLOCK_COUNTER_FIELD(name) std::atomic<uint64_t> name{0};

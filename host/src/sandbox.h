@@ -201,11 +201,9 @@ private:
     // for its next op; the main thread's direct restore only try_locks it, so the main
     // thread never waits for a runner (a runner may wait for a direct restore: ~40 us).
     std::mutex vcpuUse_;
-    // Under vcpuUse_ (whoever restores): the last restore came after a call, so a
-    // runner going idle with the guest's last exit unfinished finishes it first
-    // (VcpuThread::settleWhenIdle) and the restore that follows can be direct.
-    std::atomic<bool> settleWhenIdle_{false};
-    std::atomic<uint64_t> restores_{0}; // restores that succeeded, either way
+    // Exchanges claimed (each once, by whichever side claims it): VcpuThread counts the
+    // calls between restores with it, to foresee the next restore.
+    std::atomic<uint64_t> exchanges_{0};
 
     std::mutex reasonMu_; // guards notRunnableReason_
     CancelState cancel_;

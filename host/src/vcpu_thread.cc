@@ -37,6 +37,13 @@ Served VcpuThread::serve(const Runner &runner) {
     // The vCPU and guest memory are this runner's, except while it waits for an op:
     // then a direct restore by the main thread may use them (Sandbox::vcpuUse_).
     std::unique_lock<std::mutex> vcpuUse(s_.vcpuUse_);
+    heldVcpu_ = &vcpuUse;
+    const Served how = serveHolding(runner, vcpuUse);
+    heldVcpu_ = nullptr;
+    return how;
+}
+
+Served VcpuThread::serveHolding(const Runner &runner, std::unique_lock<std::mutex> &vcpuUse) {
     // A runner whose timers could not be made cannot run a guest under a budget: the
     // suspended exchange waits for another runner.
     if ((suspended_ || s_.hostWait_.parked) && !runner.timersReady()) return Served::Preempted;
@@ -52,8 +59,11 @@ Served VcpuThread::serve(const Runner &runner) {
         if (s_.hostWait_.parked) return Served::Waiting;
     }
     for (;;) {
-        settleWhenIdle();
-        vcpuUse.unlock();
+        // Let go already when the last op ended with an answer by exit (releaseVcpuWhenIdle).
+        if (vcpuUse.owns_lock()) {
+            settleWhenIdle();
+            vcpuUse.unlock();
+        }
         const bool got = waitForOp();
         vcpuUse.lock();
         if (!got) return Served::Idle;
@@ -61,7 +71,6 @@ Served VcpuThread::serve(const Runner &runner) {
         // still be reading the last one.
         s_.waitUnwatched();
         Op op = s_.handover_.takeOp();
-        noteOpAfterIdle(op.kind);
         s_.cancel_.clearKick();
         ackInterrupt();
         if (op.kind == OpKind::Stop) {
@@ -144,14 +153,12 @@ bool VcpuThread::spinForOp() {
     return true;
 }
 
-// Before the runner waits for its next op (holding vcpuUse_): while restores follow
-// calls, finish the guest's last exit now, off the restore's path, so the main thread
-// can restore the guest itself (a KVM_RUN, which the main thread never makes). A
-// failure poisons the guest: the next op (a restore) reports the hypervisor's error.
+// Before the runner waits for its next op (holding vcpuUse_): when a restore is
+// foreseen, finish the guest's last exit now, off the restore's path, so the main
+// thread can restore the guest itself (a KVM_RUN, which the main thread never makes).
+// A failure poisons the guest: the next op (a restore) reports the hypervisor's error.
 void VcpuThread::settleWhenIdle() {
-    if (!vcpu_ || vcpu_->settled() || !s_.settleWhenIdle_.load() || s_.handover_.opWaiting()) return;
-    settledWhenIdle_ = true;
-    restoresAtSettle_ = s_.restores_.load();
+    if (!vcpu_ || vcpu_->settled() || !restoreForeseen() || s_.handover_.opWaiting()) return;
     AIRLOCK_COUNT(settlesWhenIdle);
     try {
         vcpu_->settle();
@@ -160,12 +167,22 @@ void VcpuThread::settleWhenIdle() {
     }
 }
 
-// The op that ended an idle period: an Exchange with no restore since settleWhenIdle
-// means calls no longer alternate with restores, and settling costs them a KVM_RUN.
-void VcpuThread::noteOpAfterIdle(OpKind kind) {
-    if (!settledWhenIdle_) return;
-    settledWhenIdle_ = false;
-    if (kind == OpKind::Exchange && s_.restores_.load() == restoresAtSettle_) s_.settleWhenIdle_.store(false);
+// The guest is stopped, its session over and its answer not yet out: nothing of this
+// runner's turn touches the vCPU or guest memory before its next op. While restores
+// follow calls, finish the guest's exit and let the vCPU go now (serve takes it back
+// before the next op), so the restore the answer leads to can be direct.
+void VcpuThread::releaseVcpuWhenIdle() {
+    if (!heldVcpu_ || !heldVcpu_->owns_lock() || !restoreForeseen()) return;
+    settleWhenIdle();
+    heldVcpu_->unlock();
+}
+
+// Holding vcpuUse_: as many calls have run since the last restore as between the two
+// before it (a sandbox restored after every call, or every n calls): the next op is
+// foreseen to be a restore. A wrong guess costs one KVM_RUN (the settle), once per
+// change of the pattern; calls with no restores never settle early.
+bool VcpuThread::restoreForeseen() const {
+    return callsBetweenRestores_ != 0 && s_.exchanges_.load(std::memory_order_relaxed) - exchangesAtRestore_ == callsBetweenRestores_;
 }
 
 // One op (not Stop) and the Done event it owes, unless its session emits it or it
@@ -450,14 +467,15 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
 }
 
 // Every restore that succeeded, on either thread (holding vcpuUse_): whether a call
-// came since the last one (it decides the post-restore window, and whether runners
-// finish the guest's exits before idling: settleWhenIdle).
+// came since the last one (it decides the post-restore window), and the calls between
+// restores (restoreForeseen).
 bool VcpuThread::restoreFollowsCall() {
     const uint64_t lastAnswer = s_.lastAnswerNs_.load(std::memory_order_relaxed);
     const bool callFollowed = lastRestoreNs_ == 0 || lastAnswer > lastRestoreNs_;
     lastRestoreNs_ = monotonicNs();
-    s_.settleWhenIdle_.store(callFollowed);
-    s_.restores_.fetch_add(1);
+    const uint64_t exchanges = s_.exchanges_.load(std::memory_order_relaxed);
+    callsBetweenRestores_ = exchanges - exchangesAtRestore_;
+    exchangesAtRestore_ = exchanges;
     return callFollowed;
 }
 
@@ -762,11 +780,15 @@ VcpuThread::Next VcpuThread::onResponse() {
     if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
     // The output is copied: the guest may run on (its post-call GC, then poll).
     s_.handover_.setPoll(polls ? AIRLOCK_POLL_READY : AIRLOCK_POLL_IDLE);
-    done(std::move(o));
     if (!polls) {
+        // The session ends before the answer goes out, so a runner that the woken main
+        // thread preempts (one core) does not hold the vCPU a direct restore needs.
         leave();
+        releaseVcpuWhenIdle();
+        done(std::move(o));
         return Next::Leave;
     }
+    done(std::move(o));
     return Next::Run;
 }
 

@@ -35,6 +35,7 @@ private:
     // What the run loop does after handling an exit.
     enum class Next { Run, Leave };
 
+    Served serveHolding(const Runner &runner, std::unique_lock<std::mutex> &vcpuUse);
     void ackInterrupt();
     bool waitForOp();
     bool spinForOp();
@@ -54,7 +55,8 @@ private:
     bool restoreFollowsCall();
     bool openWindowAfterRestore(bool callFollowed);
     void settleWhenIdle();
-    void noteOpAfterIdle(OpKind kind);
+    void releaseVcpuWhenIdle();
+    bool restoreForeseen() const;
     void runWindowAfterRestore();
     bool repollAfterRestore(int state);
     void startExchange(const Op &op);
@@ -104,11 +106,13 @@ private:
     uint64_t restoreWindowStartNs_ = 0;
     bool repollAfterRestore_ = false;
     bool restoreFollowedCall_ = false; // the last restore's restoreFollowsCall()
-    // settleWhenIdle finished the guest's exit in this idle period, when the sandbox
-    // had had this many restores: an Exchange op next with none since means the settle
-    // was for nothing, and the runner stops doing it until a restore follows a call.
-    bool settledWhenIdle_ = false;
-    uint64_t restoresAtSettle_ = 0;
+    // serve's hold of Sandbox::vcpuUse_ (null outside serve), let go early by
+    // releaseVcpuWhenIdle.
+    std::unique_lock<std::mutex> *heldVcpu_ = nullptr;
+    // Under Sandbox::vcpuUse_ (whoever restores): Sandbox::exchanges_ at the last
+    // restore, and the calls between the last two restores (restoreForeseen).
+    uint64_t exchangesAtRestore_ = 0;
+    uint64_t callsBetweenRestores_ = 0;
 };
 
 } // namespace airlock
