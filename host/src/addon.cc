@@ -349,7 +349,6 @@ private:
                 d.Resolve(env.Undefined());
                 break;
             case OpKind::Stop:
-            case OpKind::Window: // never emitted (direct_restore.cc)
                 break;
             }
         } else {

@@ -16,10 +16,11 @@ bool Sandbox::restoreDirectly(const Op &op) {
     // Never a wait: a runner using the vCPU (running the guest, serving an op) keeps
     // the restore on its own path.
     std::unique_lock<std::mutex> use(vcpuUse_, std::try_to_lock);
-    if (!use.owns_lock()) return false;
-    bool window = false;
-    std::optional<Outcome> outcome = vcpuThread_->restoreDirectly(*op.snapshot, window);
-    if (!outcome) return false;
+    // A restore that opens a post-restore window goes to the runner, which opens it
+    // before the restore's answer goes out: a window opened by the runner after a
+    // direct restore lost the race against the next call on a loaded host.
+    if (!use.owns_lock() || !vcpuThread_->mayRestoreDirectly() || vcpuThread_->windowAfterRestoreForeseen()) return false;
+    Outcome outcome = vcpuThread_->restoreDirectly(*op.snapshot);
     use.unlock();
     AIRLOCK_COUNT(restoresDirect);
     // Through the events, as a runner's Done: the promise settles in the next turn of
@@ -27,51 +28,47 @@ bool Sandbox::restoreDirectly(const Op &op) {
     Event ev;
     ev.kind = EventKind::Done;
     ev.op = OpKind::Restore;
-    ev.outcome = std::move(*outcome);
+    ev.outcome = std::move(outcome);
     if (handover_.emit(std::move(ev))) notify_();
-    if (window) {
-        Op open;
-        open.kind = OpKind::Window;
-        try {
-            post(std::move(open));
-        } catch (const std::exception &) {
-            // No runner can start: the next call goes in with KVM_RUN, as without a window.
-        }
-    }
     return true;
 }
 
-std::optional<Outcome> VcpuThread::restoreDirectly(const Snapshot &snap, bool &window) {
-    window = false;
-    // Nothing of the guest in progress: no session (running or polling), no exchange
-    // (in flight, suspended, or stopped in a host call's wait), no op before this one,
-    // no watcher reading guest memory. And its last exit finished: finishing it is a
-    // KVM_RUN, which never runs on the main thread (and would move the vCPU's task).
-    // All of these change only under vcpuUse_ (held by the caller) or by this thread.
-    if (!vcpu_ || !s_.memory_ || suspended_ || s_.hostWait_.parked || s_.session_.load() || s_.watched_.load() ||
-        s_.handover_.opWaiting() || s_.handover_.settle() != Handover::kNoExchange || !vcpu_->settled())
-        return std::nullopt;
+// Nothing of the guest in progress: no session (running or polling), no exchange (in
+// flight, suspended, or stopped in a host call's wait), no op before this one, no
+// watcher reading guest memory. And its last exit finished: finishing it is a KVM_RUN,
+// which never runs on the main thread (and would move the vCPU's task). All of these
+// change only under vcpuUse_ (held by the caller) or by the calling thread.
+bool VcpuThread::mayRestoreDirectly() const {
+    return vcpu_ && s_.memory_ && !suspended_ && !s_.hostWait_.parked && !s_.session_.load() && !s_.watched_.load() &&
+           !s_.handover_.opWaiting() && s_.handover_.settle() == Handover::kNoExchange && vcpu_->settled();
+}
+
+// Whether openWindowAfterRestore may grant a window after this restore, as far as the
+// main thread can tell before it (the guest's flag is the guest's word: a guest that
+// claims to poll only sends its restores to the runner, which checks everything).
+bool VcpuThread::windowAfterRestoreForeseen() const {
+    const bool callFollowed = lastRestoreNs_ == 0 || s_.lastAnswerNs_.load(std::memory_order_relaxed) > lastRestoreNs_;
+    if (!callFollowed || s_.spin_.guestPollNs == 0 || !CoreBudget::instance().pollAllowed()) return false;
+    // Invariant: the control block lies inside the image (parseImageHeader).
+    return s_.memory_->read<uint32_t>(s_.layout_.header.control + AIRLOCK_CTRL_OFF_GUEST_FLAGS) & AIRLOCK_GUEST_FLAG_POLLS;
+}
+
+Outcome VcpuThread::restoreDirectly(const Snapshot &snap) {
     // As the runner before any op: a kick meant for an earlier op is moot.
     s_.cancel_.clearKick();
-    Outcome o;
     try {
-        o = restore(snap);
+        return restore(snap);
     } catch (const std::exception &e) {
         // As VcpuThread::hypervisorFailed for a restore: the guest is poisoned, and no
         // session or timer exists to end.
         std::string reason = std::string("a hypervisor operation failed: ") + e.what();
         s_.poison(reason);
         if (s_.handover_.attached()) s_.handover_.setPoll(AIRLOCK_POLL_IDLE);
-        o = Outcome{};
+        Outcome o;
         o.code = OutcomeCode::Internal;
         o.message = std::move(reason);
         return o;
     }
-    // What openWindowAfterRestore would grant, as far as the main thread can tell; the
-    // runner checks it all again when it takes the Window op.
-    window = o.code == OutcomeCode::Ok && restoreFollowedCall_ && s_.spin_.guestPollNs != 0 && s_.runnable_.load() &&
-             CoreBudget::instance().pollAllowed();
-    return o;
 }
 
 } // namespace airlock

@@ -25,9 +25,7 @@ struct Outcome {
     std::shared_ptr<const Snapshot> snapshot;
 };
 
-// Window: posted by the main thread after a restore it made itself (direct_restore.cc),
-// so the runner opens the post-restore poll window; it owes no Done event.
-enum class OpKind { Boot, Exchange, Snapshot, Restore, Stop, Window };
+enum class OpKind { Boot, Exchange, Snapshot, Restore, Stop };
 
 struct Op {
     OpKind kind = OpKind::Stop;

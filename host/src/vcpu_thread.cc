@@ -155,7 +155,8 @@ bool VcpuThread::spinForOp() {
 
 // Before the runner waits for its next op (holding vcpuUse_): when a restore is
 // foreseen, finish the guest's last exit now, off the restore's path, so the main
-// thread can restore the guest itself (a KVM_RUN, which the main thread never makes).
+// thread can restore the guest itself (a KVM_RUN, which the main thread never makes)
+// and a restore handed to the runner has one KVM_RUN less to wait for.
 // A failure poisons the guest: the next op (a restore) reports the hypervisor's error.
 void VcpuThread::settleWhenIdle() {
     if (!vcpu_ || vcpu_->settled() || !restoreForeseen() || s_.handover_.opWaiting()) return;
@@ -172,28 +173,27 @@ void VcpuThread::settleWhenIdle() {
 // follow calls, finish the guest's exit and let the vCPU go now (serve takes it back
 // before the next op), so the restore the answer leads to can be direct.
 void VcpuThread::releaseVcpuWhenIdle() {
-    if (!heldVcpu_ || !heldVcpu_->owns_lock() || !restoreForeseen()) return;
+    if (!heldVcpu_ || !heldVcpu_->owns_lock() || !directRestoreForeseen()) return;
     settleWhenIdle();
     heldVcpu_->unlock();
 }
 
 // Holding vcpuUse_: as many calls have run since the last restore as between the two
-// before it (a sandbox restored after every call, or every n calls): the next op is
+// before it (a sandbox restored after every call, or every n calls), so the next op is
 // foreseen to be a restore. A wrong guess costs one KVM_RUN (the settle), once per
 // change of the pattern; calls with no restores never settle early.
 bool VcpuThread::restoreForeseen() const {
-    return callsBetweenRestores_ != 0 && s_.exchanges_.load(std::memory_order_relaxed) - exchangesAtRestore_ == callsBetweenRestores_;
+    return callsBetweenRestores_ != 0 &&
+           s_.exchanges_.load(std::memory_order_relaxed) - exchangesAtRestore_ == callsBetweenRestores_;
 }
+
+// And one the main thread would make itself (one that opens a window goes to the
+// runner: direct_restore.cc).
+bool VcpuThread::directRestoreForeseen() const { return restoreForeseen() && !windowAfterRestoreForeseen(); }
 
 // One op (not Stop) and the Done event it owes, unless its session emits it or it
 // was suspended with its exchange in flight.
 void VcpuThread::runOp(const Op &op, const Runner &runner) {
-    if (op.kind == OpKind::Window) {
-        // A direct restore's window (direct_restore.cc): the same checks as after a
-        // restore made here; no promise waits for it.
-        if (runner.timersReady() && openWindowAfterRestore(true)) runWindowAfterRestore();
-        return;
-    }
     std::optional<Outcome> outcome;
     if (!runner.timersReady()) {
         outcome = Outcome{};
@@ -288,7 +288,6 @@ std::optional<Outcome> VcpuThread::handle(const Op &op) {
         AIRLOCK_COUNT(restoresByRunner);
         return restore(*op.snapshot);
     case OpKind::Stop:
-    case OpKind::Window:
         break;
     }
     o.code = OutcomeCode::Internal;
@@ -812,6 +811,7 @@ VcpuThread::Next VcpuThread::onIdle() {
         std::string error;
         if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
         leave();
+        releaseVcpuWhenIdle(); // as for an answer by exit (onResponse)
         done(std::move(o));
         return Next::Leave;
     }

@@ -26,10 +26,12 @@ public:
     // A runner's turn on the sandbox (it holds it): resumes a suspended exchange,
     // then serves the mailbox while ops come; on Stop tears the guest down.
     Served serve(const Runner &runner);
-    // Main thread, holding Sandbox::vcpuUse_ (direct_restore.cc): the restore, if
-    // nothing of the guest is in progress; nullopt otherwise (post the op instead).
-    // `window`: the runner should open the post-restore window (a Window op).
-    std::optional<Outcome> restoreDirectly(const Snapshot &snap, bool &window);
+    // Main thread, holding Sandbox::vcpuUse_ (direct_restore.cc): whether nothing of
+    // the guest is in progress, so it may restore it itself; whether the restore may
+    // open a post-restore window (then the runner makes it); the restore.
+    bool mayRestoreDirectly() const;
+    bool windowAfterRestoreForeseen() const;
+    Outcome restoreDirectly(const Snapshot &snap);
 
 private:
     // What the run loop does after handling an exit.
@@ -57,6 +59,7 @@ private:
     void settleWhenIdle();
     void releaseVcpuWhenIdle();
     bool restoreForeseen() const;
+    bool directRestoreForeseen() const;
     void runWindowAfterRestore();
     bool repollAfterRestore(int state);
     void startExchange(const Op &op);

@@ -5,10 +5,12 @@
 // taken while the guest runs: a guest that ignores its poll window is restored by its
 // runner. The counters (restoresDirect / restoresByRunner) say which path each took.
 import { afterEach, expect, it } from 'vitest';
+import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
 import { YMM_IMAGE_BYTES, YMM_LOAD_OFFSET, LOAD, DUMP, cpuPrograms } from './cpu-programs.js';
 import { hostile } from './hostile-programs.js';
-import { buildImage, defaultConfig, loadAddon, rejection, type NativeVm, type VmConfig } from './raw-guest.js';
+import { buildImage, defaultConfig, encodeMessage, loadAddon, rejection, type NativeVm, type VmConfig } from './raw-guest.js';
+import { finalMessage, realGuestBooter, realGuestConfig, realImagePresent } from './real-guest-vms.js';
 import { PAGE, WRITER, checksum, run, writerConfig } from './restore-writer.js';
 
 // One polling slot whatever this machine's load (read when the addon loads), so the
@@ -138,6 +140,41 @@ describeKvm('restore made by the main thread', () => {
       await faults();
     });
   }
+});
+
+describeKvm('restore made by the main thread: never one that opens a window', () => {
+  const bootReal = realGuestBooter({ ...realGuestConfig, guestPollUs: 1000 });
+  const HANDLER = 'let n = 0; function handler(e) { n++; return n; }';
+
+  it.skipIf(!realImagePresent)('a polling guest restored after a call goes to its runner, which opens the window', async () => {
+    const vm = await bootReal(HANDLER);
+    live.push(vm);
+    const call = async () => {
+      const m = finalMessage((await vm.send(encodeMessage(abi.AIRLOCK_MSG_CALL, 0, ['h', '{}']))).output);
+      expect(m.status, m.fields.map(String).join(' ')).toBe(abi.AIRLOCK_STATUS_OK);
+      return JSON.parse(m.fields[0].toString()) as number;
+    };
+    await call();
+    const snap = await vm.snapshot();
+    let windows = 0;
+    for (let i = 0; i < 10; i++) {
+      const before = counters();
+      await vm.restore(snap);
+      const moved = (name: string) => (counters()[name] ?? 0) - (before[name] ?? 0);
+      // A window opens before the restore's answer goes out, so it is counted by now;
+      // the main thread restores only a guest that gets none.
+      if (moved('pollsAfterRestore') > 0) {
+        windows++;
+        expect(moved('restoresDirect')).toBe(0);
+        expect(moved('restoresByRunner')).toBe(1);
+      }
+      // Each restore gives back the state after the first call: n was 1.
+      expect(await call()).toBe(2);
+      await sleep(5); // the window's poll ends, the guest parks and its runner idles
+    }
+    // One polling slot is granted (AIRLOCK_KVM_POLLERS=1) while no other guest runs.
+    expect(windows).toBeGreaterThan(0);
+  });
 });
 
 describeKvm('restore made by the main thread: races', () => {
