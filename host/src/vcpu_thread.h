@@ -2,9 +2,10 @@
 // holds the sandbox (runner.h), as one type: its mailbox loop, guest setup and
 // teardown, snapshot/restore calls, and the run loop of an exchange with one handler
 // per exit kind. It lives as long as its Sandbox and owns the VM and vCPU; only the
-// runner holding the sandbox calls it, so every vCPU ioctl comes from that runner.
-// Everything it shares with the main thread is in its Sandbox (sandbox.h says who
-// may touch what).
+// runner holding the sandbox calls it, except a direct restore (direct_restore.cc):
+// the main thread, holding Sandbox::vcpuUse_ while the runner waits for an op or no
+// runner holds the sandbox. KVM_RUN only ever runs on a runner. Everything it shares
+// with the main thread is in its Sandbox (sandbox.h says who may touch what).
 #pragma once
 
 #include <memory>
