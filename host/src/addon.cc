@@ -259,7 +259,7 @@ private:
         inFlight_ = true;
         setBusy(true);
         try {
-            if (!sandbox_->postFast(op)) sandbox_->post(std::move(op));
+            if (!sandbox_->postFast(op) && !sandbox_->restoreDirectly(op)) sandbox_->post(std::move(op));
         } catch (const std::exception &e) {
             inFlight_ = false;
             pending_.reset();
