@@ -43,7 +43,13 @@ namespace airlock {
     X(hostRepliesInMemory)       /* a HOST_CALL exit's reply written into guest memory by the main thread */        \
     X(loopSleepsParked)          /* a guest's timer sleep let go of its runner until its precise end */            \
     X(pollsAfterRestore)         /* a restored guest polls for the next request (a post-restore window) */          \
-    X(repollsAfterRestore)       /* a restored guest stopped mid-poll parked at once and polls afresh */
+    X(repollsAfterRestore)       /* a restored guest stopped mid-poll parked at once and polls afresh */ \
+    X(answersWithoutWindow)      /* a RESPONSE exit with the window at zero: the guest parks (no slot asked) */      \
+    X(windowGrows)               /* a request after the guest parked grew its window (poll_window.h) */             \
+    X(windowLateKeeps)           /* a back-to-back request later than the longest window kept it (once) */          \
+    X(windowCloses)              /* back-to-back requests kept missing the longest window: closed, probe later */  \
+    X(windowProbes)              /* at zero, a back-to-back request opened the longest window again */              \
+    X(windowHalvings)            /* a spaced-out request halved the window */
 
 struct CallPathCounters {
 #define AIRLOCK_COUNTER_FIELD(name) std::atomic<uint64_t> name{0};
