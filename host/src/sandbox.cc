@@ -147,7 +147,10 @@ bool Sandbox::postFast(const Op &op) {
     // The guest polls and reads nothing of the request until poll_state says a request.
     cancel_.resetForExchange();
     handover_.beginPosting();
-    adaptPollWindow(true);
+    // A hit brings a stretched window back to the longest (PollWindowRule::judge), for
+    // the poll_ticks written now; the rule itself judges the hit once the swap below
+    // succeeds (a guest that parked first makes this request a miss, judged by post()).
+    pollNs_.store(std::min(pollNs_.load(), spin_.guestPollNs));
     beginExchange(OpKind::Exchange, &op.request, op.wallTimeoutNs, op.cpuTimeoutNs);
     record_.guestEntered = true;
     // With a core to spare, the answer watcher takes the answer from memory (REQUEST);
@@ -157,6 +160,7 @@ bool Sandbox::postFast(const Op &op) {
     if (watch) watched_.store(true);
     if (handover_.swapPoll(AIRLOCK_POLL_READY, watch ? AIRLOCK_POLL_REQUEST : AIRLOCK_POLL_REQUEST_EXIT)) {
         handover_.publish();
+        adaptPollWindow(true);
         if (watch && !AnswerWatcher::instance().watch(shared_from_this())) {
             // No watcher thread: the guest must answer with an exit. If it answered
             // already, the vCPU thread takes the answer when the guest parks.
@@ -468,8 +472,9 @@ void Sandbox::writeClockBase() {
 // Either thread: the window the guest gets after answering the next request.
 void Sandbox::setPollWindow(uint64_t ns) { pollNs_.store(pollRule_.clamp(ns)); }
 
-// Main thread, with the request about to be published (before its poll_ticks are
-// written). `metPollingGuest`: it reached the guest in memory while the guest polled.
+// Main thread, as it publishes a request: a miss before the runner writes its
+// poll_ticks (post), a hit once it is handed over (postFast). `metPollingGuest`: it
+// reached the guest in memory while the guest polled.
 // The gap runs from the last answer's claim to now, the request's post: the time a
 // window had to cover. (Measured when a runner took the request, as before, it also
 // held the runner's wake-up, which no window could have saved.)
