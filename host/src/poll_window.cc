@@ -12,6 +12,7 @@ uint64_t PollWindowRule::clamp(uint64_t ns) const {
 
 WindowDecision PollWindowRule::closeAndBackOff() {
     lateMisses_ = 0;
+    parkedAnswers_ = 0;
     probing_ = false;
     probeBackoff_ = std::min(probeBackoff_ * 2, kMaxProbeBackoff);
     probeCountdown_ = probeBackoff_;
@@ -22,11 +23,20 @@ uint64_t PollWindowRule::cover(uint64_t gapNs) const {
     return std::min(std::max(gapNs + gapNs / 4, maxNs_), kStretch * maxNs_);
 }
 
-WindowDecision PollWindowRule::judge(uint64_t windowNs, bool metPollingGuest, uint64_t gapNs, bool mayPoll) {
-    if (metPollingGuest) {
-        lateMisses_ = 0;
+WindowDecision PollWindowRule::judge(uint64_t windowNs, bool metPollingGuest, uint64_t gapNs, bool mayPoll,
+                                     LastAnswer last) {
+    // Only an answer taken from memory shows the window paid: a request that merely
+    // met the guest polling may still have its answer wait for the guest's park.
+    if (last == LastAnswer::InMemory) {
+        parkedAnswers_ = 0;
         probing_ = false;
         probeBackoff_ = probeCountdown_ = 1;
+    }
+    if (last == LastAnswer::AtPark && windowNs != 0 && maxNs_ != 0 &&
+        (probing_ || ++parkedAnswers_ >= kLateMissesToClose))
+        return closeAndBackOff();
+    if (metPollingGuest) {
+        lateMisses_ = 0;
         // A window stretched to cover a late request goes back to the longest: once
         // requests meet the guest polling, their gaps are the short ones again.
         return {std::min(windowNs, maxNs_), WindowChange::Kept};

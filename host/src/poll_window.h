@@ -19,6 +19,14 @@ enum class WindowChange {
     Halved,   // a spaced-out request: an idle guest must stop spinning
 };
 
+// How the answer before a request was taken: what the window it polled in bought.
+enum class LastAnswer {
+    ByExit,   // a RESPONSE exit (or none yet)
+    InMemory, // the answer watcher took it from memory: the window paid
+    AtPark,   // handed over in memory, but nobody took the answer before the guest parked:
+              // it waited out the whole window and an IDLE exit (a starved watcher)
+};
+
 struct WindowDecision {
     uint64_t windowNs;
     WindowChange change;
@@ -35,11 +43,12 @@ struct WindowDecision {
 // than the longest window stretches the window for the answer it gets (an exit, whose
 // gap is the long one) to cover its gap, up to kStretch longest windows, and a hit
 // brings it back to the longest; only a run of such requests that keep missing closes
-// it (kLateMissesToClose, or one after a probe). At zero, back-to-back requests probe a
-// window again after a backoff that doubles with each failed probe (up to
-// kMaxProbeBackoff requests) and resets on a hit. Spaced-out requests halve it as
-// before, so an idle guest stops spinning. Not thread-safe: one thread judges (the
-// main thread, as it posts each request).
+// it (kLateMissesToClose, or one after a probe), as does a run of answers taken only
+// when the guest parked. At zero, back-to-back requests probe a window again after a
+// backoff that doubles with each failed probe (up to kMaxProbeBackoff requests) and
+// resets once an answer is taken from memory. Spaced-out requests halve it as before,
+// so an idle guest stops spinning. Not thread-safe: one thread judges (the main
+// thread, as it posts each request).
 class PollWindowRule {
 public:
     static constexpr uint64_t kStepNs = 4'000;  // the smallest window after zero; below half of it, zero
@@ -58,8 +67,13 @@ public:
 
     // Judges one request. windowNs: the window in force; metPollingGuest: the request
     // was handed over in memory; gapNs: since the last answer (0: none yet); mayPoll:
-    // the core budget has a core for a window now (no probe otherwise: it could not poll).
-    WindowDecision judge(uint64_t windowNs, bool metPollingGuest, uint64_t gapNs, bool mayPoll);
+    // the core budget has a core for a window now (no probe otherwise: it could not
+    // poll); last: how the previous answer was taken. Answers taken at the guest's park
+    // kLateMissesToClose times without one taken in memory between (or once after a
+    // probe) close the window as late requests do: a hand-over in memory whose answer
+    // nobody watches costs more than an exit.
+    WindowDecision judge(uint64_t windowNs, bool metPollingGuest, uint64_t gapNs, bool mayPoll,
+                         LastAnswer last = LastAnswer::ByExit);
 
     // A window clamped to [0, maxNs], zero below half a step.
     uint64_t clamp(uint64_t ns) const;
@@ -73,6 +87,7 @@ private:
     uint64_t maxNs_;
     uint64_t backToBackNs_;
     int lateMisses_ = 0;       // back-to-back requests in a row that missed the longest window
+    int parkedAnswers_ = 0;    // answers taken at a park since the last taken in memory
     bool probing_ = false;     // the window was opened by a probe and has not had a hit yet
     int probeBackoff_ = 1;     // back-to-back requests at zero before the next probe
     int probeCountdown_ = 1;

@@ -206,6 +206,7 @@ bool Sandbox::watchAnswer(bool giveUp) {
         // otherwise rely on may have fired already, before it went to sleep.
         handover_.wake();
         AIRLOCK_COUNT(answersInMemory);
+        lastAnswerPath_.store(LastAnswer::InMemory, std::memory_order_relaxed); // the emit below publishes it
         Outcome o;
         // The guest runs on (its post-call work), but it writes the output buffer
         // only for the next request.
@@ -482,8 +483,9 @@ void Sandbox::adaptPollWindow(bool metPollingGuest) {
     const uint64_t last = lastAnswerNs_.load(std::memory_order_relaxed);
     const uint64_t now = monotonicNs();
     const uint64_t gap = last && now > last ? now - last : 0;
-    const WindowDecision d =
-        pollRule_.judge(pollNs_.load(), metPollingGuest, gap, metPollingGuest || CoreBudget::instance().pollAllowed());
+    const WindowDecision d = pollRule_.judge(pollNs_.load(), metPollingGuest, gap,
+                                             metPollingGuest || CoreBudget::instance().pollAllowed(),
+                                             lastAnswerPath_.load(std::memory_order_relaxed));
     pollNs_.store(d.windowNs);
     switch (d.change) {
     case WindowChange::Unjudged: break;

@@ -207,6 +207,7 @@ private:
     bool holdsPollSlot_ = false;             // vCPU side: this session holds a CoreBudget slot
     std::atomic<bool> watched_{false};       // the answer watcher watches the exchange in flight
     std::atomic<uint64_t> lastAnswerNs_{0};  // monotonic time the last exchange was claimed
+    std::atomic<LastAnswer> lastAnswerPath_{LastAnswer::ByExit}; // how it was taken; stored before its event
     std::atomic<uint64_t> windowEndNs_{0};   // the guest runs on after an answer until then (0: no window)
     std::atomic<bool> windowArmed_{false};   // windowTimer_ is armed (or fired and not yet seen)
     std::atomic<uint64_t> windowDueNs_{0};   // when the armed windowTimer_ fires (monotonic)

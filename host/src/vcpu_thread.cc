@@ -706,6 +706,7 @@ VcpuThread::Next VcpuThread::onResponse() {
     if (s_.pollNs_.load() == 0) AIRLOCK_COUNT(answersWithoutWindow);
     if (!s_.claimExchange(polls)) return abortGuest("guest answered with no request in flight");
     AIRLOCK_COUNT(answersByExit);
+    s_.lastAnswerPath_.store(LastAnswer::ByExit, std::memory_order_relaxed); // done() publishes it
     Outcome o;
     std::string error;
     if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
@@ -735,6 +736,7 @@ VcpuThread::Next VcpuThread::onIdle() {
         return abortGuest("guest parked while its taken host call waited for the reply");
     if (parked && state == Handover::kInFlight && s_.claimExchange(false)) {
         AIRLOCK_COUNT(answersAtPark);
+        s_.lastAnswerPath_.store(LastAnswer::AtPark, std::memory_order_relaxed); // done() publishes it
         Outcome o;
         std::string error;
         if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);

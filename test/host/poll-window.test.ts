@@ -3,8 +3,8 @@
 // request that came after the guest parked but within the longest window grows it,
 // a back-to-back but late request (a slow turn of the main thread, an answer whose
 // exit woke the main thread across cores) stretches it to cover the gap until a hit,
-// a run of them closes it, a closed
-// window is probed again with a doubling backoff that a hit resets, spaced-out
+// a run of them (or of answers taken only when the guest parked) closes it, a closed
+// window is probed again with a doubling backoff that an answer taken from memory resets, spaced-out
 // requests halve it to zero, and nothing is probed while no core is free. This
 // machine's timing plays no part.
 import { execFileSync } from 'node:child_process';
@@ -26,9 +26,12 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 type Step = [window: number, change: string];
 
-/** One rule with the longest window `maxUs`; each request as [hit, gapUs, mayPoll]. */
-function run(maxUs: number, requests: Array<[hit: 0 | 1, gapUs: number, mayPoll?: 0 | 1]>): Step[] {
-  const input = [`new ${maxUs}`, ...requests.map(([h, g, m = 1]) => `req ${h} ${g} ${m}`)].join('\n') + '\n';
+type Last = 'e' | 'm' | 'p'; // the previous answer: by an exit, from memory, at the guest's park
+type Request = [hit: 0 | 1, gapUs: number, mayPoll?: 0 | 1, last?: Last];
+
+/** One rule with the longest window `maxUs`; each request as [hit, gapUs, mayPoll, last]. */
+function run(maxUs: number, requests: Request[]): Step[] {
+  const input = [`new ${maxUs}`, ...requests.map(([h, g, m = 1, l = 'e']) => `req ${h} ${g} ${m} ${l}`)].join('\n') + '\n';
   const out = execFileSync(driver, { input, encoding: 'utf8' }).trim().split('\n');
   expect(out[0]).toBe('ok');
   return out.slice(1).map((l) => {
@@ -37,9 +40,10 @@ function run(maxUs: number, requests: Array<[hit: 0 | 1, gapUs: number, mayPoll?
   });
 }
 
-const hit = [1, 10] as [1, number];
-const late = [0, 120] as [0, number]; // back-to-back, later than a 50 us window: an exit-mode turn
-const spaced = [0, 3000] as [0, number]; // a caller that waited on a 2 ms timer
+const hit: Request = [1, 10];
+const hitAfterMemory: Request = [1, 10, 1, 'm']; // the previous answer was taken from memory: the window paid
+const late: Request = [0, 120]; // back-to-back, later than a 50 us window: an exit-mode turn
+const spaced: Request = [0, 3000]; // a caller that waited on a 2 ms timer
 
 describe('poll-window rule', () => {
   it('keeps the window on a hit, whatever the gap', () => {
@@ -77,15 +81,15 @@ describe('poll-window rule', () => {
     ]);
   });
 
-  it('stays with a probe that hits, and a hit resets the backoff', () => {
-    const r = run(50, [late, late, late, late, late, hit, hit, late, late, late, late]);
+  it('stays with a probe that hits, and an answer taken from memory resets the backoff', () => {
+    const r = run(50, [late, late, late, late, late, hit, hitAfterMemory, late, late, late, late]);
     expect(r.slice(3, 7)).toEqual([[0, 'unjudged'], [150, 'probed'], [50, 'kept'], [50, 'kept']]);
     // Closed again after three late ones: the backoff starts over at 2.
     expect(r.slice(7)).toEqual([[150, 'late-kept'], [150, 'late-kept'], [0, 'closed'], [0, 'unjudged']]);
   });
 
   it('never probes while no core is free for a window', () => {
-    const r = run(50, [late, late, late, ...Array.from({ length: 20 }, () => [0, 120, 0] as [0, number, 0])]);
+    const r = run(50, [late, late, late, ...Array.from({ length: 20 }, (): Request => [0, 120, 0])]);
     expect(r[2]).toEqual([0, 'closed']);
     expect(r.slice(3).every(([w]) => w === 0)).toBe(true);
   });
@@ -107,6 +111,20 @@ describe('poll-window rule', () => {
   it('stretches a window halved by spaced requests once requests come back-to-back, late', () => {
     const r = run(50, [spaced, late, hit, spaced, spaced, [0, 20], hit]);
     expect(r).toEqual([[25, 'halved'], [150, 'late-kept'], [50, 'kept'], [25, 'halved'], [12.5, 'halved'], [25, 'grown'], [25, 'kept']]);
+  });
+
+  it('closes a window whose answers wait for the guest to park (a starved watcher), and keeps a probe only once an answer is taken from memory', () => {
+    // Requests alternate: one handed over in memory whose answer is taken only at the
+    // park, then one by the mailbox (the guest parked), late.
+    const parked: Request = [0, 120, 1, 'p'];
+    const r = run(50, [hit, parked, hit, parked, hit, parked]);
+    expect(r).toEqual([[50, 'kept'], [150, 'late-kept'], [50, 'kept'], [150, 'late-kept'], [50, 'kept'], [0, 'closed']]);
+    // Backoff 2, a probe, a hit whose answer is again taken at the park: closed at once.
+    const after = run(50, [hit, parked, hit, parked, hit, parked, late, late, hit, parked]);
+    expect(after.slice(6)).toEqual([[0, 'unjudged'], [150, 'probed'], [50, 'kept'], [0, 'closed']]);
+    // After a probe, an answer taken from memory makes it stay: a later park counts anew.
+    const good = run(50, [hit, parked, hit, parked, hit, parked, late, late, hit, hitAfterMemory, parked]);
+    expect(good.slice(8)).toEqual([[50, 'kept'], [50, 'kept'], [150, 'late-kept']]);
   });
 
   it('stays at zero with no longest window (guestPollUs 0)', () => {
