@@ -13,6 +13,7 @@
         "src/cancellation.cc",
         "src/core_budget.cc",
         "src/load_sampler.cc",
+        "src/poll_window.cc",
         "src/answer_watcher.cc",
         "src/hostcall_memory.cc",
         "src/host_wait.cc",

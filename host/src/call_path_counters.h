@@ -46,7 +46,13 @@ namespace airlock {
     X(repollsAfterRestore)       /* a restored guest stopped mid-poll parked at once and polls afresh */          \
     X(restoresDirect)            /* restore() made by the main thread itself: no runner used the vCPU */            \
     X(restoresByRunner)          /* restore() handed over to the sandbox's runner */                                \
-    X(settlesWhenIdle)           /* a runner finished the guest's last exit before idling: a restore was foreseen */
+    X(settlesWhenIdle)           /* a runner finished the guest's last exit before idling: a restore was foreseen */ \
+    X(answersWithoutWindow)      /* a RESPONSE exit with the window at zero: the guest parks (no slot asked) */      \
+    X(windowGrows)               /* a request after the guest parked grew its window (poll_window.h) */             \
+    X(windowLateKeeps)           /* a back-to-back request later than the longest window kept it (once) */          \
+    X(windowCloses)              /* back-to-back requests kept missing the longest window: closed, probe later */  \
+    X(windowProbes)              /* at zero, a back-to-back request opened the longest window again */              \
+    X(windowHalvings)            /* a spaced-out request halved the window */
 
 struct CallPathCounters {
 #define AIRLOCK_COUNTER_FIELD(name) std::atomic<uint64_t> name{0};

@@ -36,7 +36,6 @@ std::atomic<uint64_t> g_nextSandboxId{1};
 // refused (a full real-time queue) or land between the thread's checks; a timer's
 // signal is preallocated, and its next expiry comes regardless.
 constexpr uint64_t kBellIntervalNs = 1'000'000;
-constexpr uint64_t kPollStepNs = 4'000; // smallest window after zero; below half of it, zero
 } // namespace
 
 std::shared_ptr<Sandbox> Sandbox::create(const uint8_t *image, size_t imageSize, const SandboxConfig &config,
@@ -105,6 +104,8 @@ void Sandbox::ring() {
 
 void Sandbox::post(Op op) {
     if (op.kind == OpKind::Boot || op.kind == OpKind::Exchange) cancel_.resetForExchange();
+    // Before the runner can write this request's poll_ticks (beginExchange).
+    if (op.kind == OpKind::Exchange) adaptPollWindow(false);
     handover_.postOp(std::move(op));
     // After the op is in the mailbox: a runner letting go of the sandbox re-checks the
     // mailbox under the pool's lock, so either it keeps the sandbox or this queues it.
@@ -146,6 +147,10 @@ bool Sandbox::postFast(const Op &op) {
     // The guest polls and reads nothing of the request until poll_state says a request.
     cancel_.resetForExchange();
     handover_.beginPosting();
+    // A hit brings a stretched window back to the longest (PollWindowRule::judge), for
+    // the poll_ticks written now; the rule itself judges the hit once the swap below
+    // succeeds (a guest that parked first makes this request a miss, judged by post()).
+    pollNs_.store(std::min(pollNs_.load(), spin_.guestPollNs));
     beginExchange(OpKind::Exchange, &op.request, op.wallTimeoutNs, op.cpuTimeoutNs);
     record_.guestEntered = true;
     // With a core to spare, the answer watcher takes the answer from memory (REQUEST);
@@ -155,6 +160,7 @@ bool Sandbox::postFast(const Op &op) {
     if (watch) watched_.store(true);
     if (handover_.swapPoll(AIRLOCK_POLL_READY, watch ? AIRLOCK_POLL_REQUEST : AIRLOCK_POLL_REQUEST_EXIT)) {
         handover_.publish();
+        adaptPollWindow(true);
         if (watch && !AnswerWatcher::instance().watch(shared_from_this())) {
             // No watcher thread: the guest must answer with an exit. If it answered
             // already, the vCPU thread takes the answer when the guest parks.
@@ -200,6 +206,7 @@ bool Sandbox::watchAnswer(bool giveUp) {
         // otherwise rely on may have fired already, before it went to sleep.
         handover_.wake();
         AIRLOCK_COUNT(answersInMemory);
+        lastAnswerPath_.store(LastAnswer::InMemory, std::memory_order_relaxed); // the emit below publishes it
         Outcome o;
         // The guest runs on (its post-call work), but it writes the output buffer
         // only for the next request.
@@ -464,25 +471,32 @@ void Sandbox::writeClockBase() {
     memory_->write<int64_t>(c + AIRLOCK_CTRL_OFF_WALL_NS_BASE, wall);
 }
 
-// Either thread, when a request arrives: the window the guest gets after answering it.
-void Sandbox::setPollWindow(uint64_t ns) {
-    ns = std::min(ns, spin_.guestPollNs);
-    if (ns < kPollStepNs / 2) ns = 0;
-    pollNs_.store(ns);
-}
+// Either thread: the window the guest gets after answering the next request.
+void Sandbox::setPollWindow(uint64_t ns) { pollNs_.store(pollRule_.clamp(ns)); }
 
-// Either thread, with the request about to be published (whoever publishes it).
-// `metPollingGuest`: it reached the guest in memory while the guest polled.
+// Main thread, as it publishes a request: a miss before the runner writes its
+// poll_ticks (post), a hit once it is handed over (postFast). `metPollingGuest`: it
+// reached the guest in memory while the guest polled.
+// The gap runs from the last answer's claim to now, the request's post: the time a
+// window had to cover. (Measured when a runner took the request, as before, it also
+// held the runner's wake-up, which no window could have saved.)
 void Sandbox::adaptPollWindow(bool metPollingGuest) {
     const uint64_t last = lastAnswerNs_.load(std::memory_order_relaxed);
-    if (metPollingGuest || !last) return; // a hit keeps the window
-    const uint64_t gap = monotonicNs() - last;
-    const uint64_t window = pollNs_.load();
-    if (gap <= spin_.guestPollNs)
-        // A window this long would have caught it (with a quarter to spare).
-        setPollWindow(std::max({kPollStepNs, window * 2, gap + gap / 4}));
-    else
-        setPollWindow(window / 2);
+    const uint64_t now = monotonicNs();
+    const uint64_t gap = last && now > last ? now - last : 0;
+    const WindowDecision d = pollRule_.judge(pollNs_.load(), metPollingGuest, gap,
+                                             metPollingGuest || CoreBudget::instance().pollAllowed(),
+                                             lastAnswerPath_.load(std::memory_order_relaxed));
+    pollNs_.store(d.windowNs);
+    switch (d.change) {
+    case WindowChange::Unjudged: break;
+    case WindowChange::Kept: break;
+    case WindowChange::Grown: AIRLOCK_COUNT(windowGrows); break;
+    case WindowChange::LateKept: AIRLOCK_COUNT(windowLateKeeps); break;
+    case WindowChange::Closed: AIRLOCK_COUNT(windowCloses); break;
+    case WindowChange::Probed: AIRLOCK_COUNT(windowProbes); break;
+    case WindowChange::Halved: AIRLOCK_COUNT(windowHalvings); break;
+    }
 }
 
 // Either thread, before publishing a request. The guest reads poll_ticks when it

@@ -25,6 +25,7 @@
 #include "handover.h"
 #include "layout.h"
 #include "ops.h"
+#include "poll_window.h"
 #include "runner.h"
 #include "snapshot.h"
 #include "template.h"
@@ -153,6 +154,7 @@ private:
     void poison(std::string reason);
     std::optional<Outcome> refuseUnlessRunnable(const char *advice);
     void setPollWindow(uint64_t ns);
+    // Main thread, as it publishes a request (in memory or to the mailbox).
     void adaptPollWindow(bool metPollingGuest);
     void writePollTicks();
 
@@ -210,15 +212,14 @@ private:
     Handover handover_;
     ExchangeRecord record_;
     std::atomic<bool> session_{false}; // vCPU thread is running a guest that may poll
-    // The guest's poll window adapts like halt polling, judged when each request
-    // arrives (adaptPollWindow): kept when the request met a polling guest, grown to
-    // cover the gap when the gap was short enough for a window to have caught it,
-    // halved when even the longest window would have waited in vain. It never
-    // settles where the guest parks just before every request: that grows it.
+    // The guest's poll window, judged by pollRule_ as each request is published
+    // (adaptPollWindow, main thread); set to the longest at boot (attachClockAndHandover).
     std::atomic<uint64_t> pollNs_{0};
+    PollWindowRule pollRule_{spin_.guestPollNs}; // main thread only
     bool holdsPollSlot_ = false;             // vCPU side: this session holds a CoreBudget slot
     std::atomic<bool> watched_{false};       // the answer watcher watches the exchange in flight
     std::atomic<uint64_t> lastAnswerNs_{0};  // monotonic time the last exchange was claimed
+    std::atomic<LastAnswer> lastAnswerPath_{LastAnswer::ByExit}; // how it was taken; stored before its event
     std::atomic<uint64_t> windowEndNs_{0};   // the guest runs on after an answer until then (0: no window)
     std::atomic<bool> windowArmed_{false};   // windowTimer_ is armed (or fired and not yet seen)
     std::atomic<uint64_t> windowDueNs_{0};   // when the armed windowTimer_ fires (monotonic)

@@ -564,7 +564,6 @@ bool VcpuThread::repollAfterRestore(int state) {
 
 // vCPU thread, guest stopped: a Boot or an Exchange the guest answers with an exit.
 void VcpuThread::startExchange(const Op &op) {
-        if (op.kind == OpKind::Exchange) s_.adaptPollWindow(false);
     s_.beginExchange(op.kind, op.kind == OpKind::Exchange ? &op.request : nullptr, op.wallTimeoutNs, op.cpuTimeoutNs);
     s_.handover_.setPoll(AIRLOCK_POLL_REQUEST_EXIT);
     s_.handover_.publish();
@@ -772,8 +771,10 @@ VcpuThread::Next VcpuThread::onResponse() {
     if (s_.handover_.settle() != Handover::kInFlight) return abortGuest("guest answered with no request in flight");
     if (s_.hostCallUnanswered()) return abortGuest("guest answered before the reply to its taken host call");
     const bool polls = mayPoll();
+    if (s_.pollNs_.load() == 0) AIRLOCK_COUNT(answersWithoutWindow);
     if (!s_.claimExchange(polls)) return abortGuest("guest answered with no request in flight");
     AIRLOCK_COUNT(answersByExit);
+    s_.lastAnswerPath_.store(LastAnswer::ByExit, std::memory_order_relaxed); // done() publishes it
     Outcome o;
     std::string error;
     if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
@@ -794,7 +795,7 @@ VcpuThread::Next VcpuThread::onResponse() {
 VcpuThread::Next VcpuThread::onIdle() {
     const uint32_t poll = s_.handover_.poll();
     const int state = s_.handover_.settle();
-    // Whether waiting in vain was a waste is judged when the next request comes
+    // Whether waiting in vain was a waste is judged when the next request is posted
     // (Sandbox::adaptPollWindow): only then is the gap known.
     // With a request in flight, a guest that parks has answered through memory (its
     // window ended before the main thread looked), or broke the protocol by writing
@@ -807,6 +808,7 @@ VcpuThread::Next VcpuThread::onIdle() {
         return abortGuest("guest parked while its taken host call waited for the reply");
     if (parked && state == Handover::kInFlight && s_.claimExchange(false)) {
         AIRLOCK_COUNT(answersAtPark);
+        s_.lastAnswerPath_.store(LastAnswer::AtPark, std::memory_order_relaxed); // done() publishes it
         Outcome o;
         std::string error;
         if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);

@@ -148,6 +148,8 @@ async function benchCalls(backend: Backend): Promise<void> {
   const loaded = await loadAirlock(backend, { echo: ECHO, fib: FIB, spin: 'function handler() { for (;;) {} }', hostloop: 'import { echo } from "host:bench";\nfunction handler(e) { let v = 0; for (let i = 0; i < e.n; i++) v = echo(i); return v; }' }, (p) =>
     p.register('bench', 'echo', (x: unknown) => x),
   );
+  // The first figure's counters (AIRLOCK_BENCH_COUNTERS) start here, not at boot.
+  if (process.env.AIRLOCK_BENCH_COUNTERS === '1' && backend === 'kvm') lastCounters = callPathCounters();
   try {
     // call_roundtrip_us: a trivial handler, host to host, with default options.
     const event = { id: 1, name: 'bench' };

@@ -28,10 +28,13 @@ async function call(vm: NativeVm, event: unknown, gc = false) {
 describeKvm('call path with busy-waiting off', () => {
   it.skipIf(!present)('answers calls with and without GC, and no guest ever holds a polling slot', async () => {
     const vm = await boot('let n = 0; function handler(e) { n += 1; return { n, e }; }');
+    const before = loadAddon().pollingBudget().counters;
     for (let i = 1; i <= 300; i++) {
       expect(await call(vm, i, i % 2 === 0)).toEqual({ n: i, e: i });
       expect(loadAddon().pollingBudget()).toMatchObject({ cap: 0, polling: 0 });
     }
+    // Back-to-back calls never probe a window that no core could serve (poll_window.h).
+    expect(loadAddon().pollingBudget().counters.windowProbes - before.windowProbes).toBe(0);
   });
 
   it.skipIf(!present)('serves host calls answered at once and later', async () => {

@@ -35,7 +35,7 @@ export interface Addon {
   probe(): { usable: boolean; reasons: string[] };
   measureExitFloor(iterations: number): Promise<number[]>;
   /** The process-wide busy-wait budget: exit floor (0 until the first VM started), cap, guests polling now. */
-  pollingBudget(): { exitFloorUs: number; cores: number; cap: number; polling: number; sessions: number; counters: Record<string, number> };
+  pollingBudget(): { exitFloorUs: number; cores: number; cap: number; polling: number; sessions: number; othersLoad: number; counters: Record<string, number> };
   setCancelSignal(signal: number): void;
   /** The runner pool: runners kept busy at once (soft size), the most that may exist, and threads now. */
   runnerPool(): { limit: number; hardCap: number; runners: number };
