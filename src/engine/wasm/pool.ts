@@ -479,9 +479,10 @@ export class GuestWorker {
   private gone(reason: string): void {
     if (this.exitReason !== undefined) return;
     this.exitReason = reason;
-    // Wake any main-thread waiter so it notices the exit (a gone worker writes no byte).
+    // Wake any main-thread waiter so it notices the exit (a gone worker writes no byte);
+    // later, as a waitAsync's task would, not inside whatever code ended the thread.
     Atomics.notify(this.control, Slot.State);
-    checkWakeWaiters();
+    queueMicrotask(checkWakeWaiters);
     for (const fn of [...this.exitListeners]) fn();
     this.exitListeners.clear();
   }
