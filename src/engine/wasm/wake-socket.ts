@@ -124,6 +124,11 @@ async function makePair(): Promise<void> {
   }
 }
 
+/** Stops using the pair as its failure would (a test's way to reach that path). */
+export function abandonWakeSocket(): void {
+  broken();
+}
+
 /** The pair failed: no new request names it, and the waiters wait another way. Both
  *  ends stay open (held in `ends`): a worker may still write to the fd a request named,
  *  and a closed fd's number could be reused for an unrelated file. */
