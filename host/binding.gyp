@@ -24,6 +24,7 @@
         "src/template.cc",
         "src/template_napi.cc",
         "src/clone_boot.cc",
+        "src/direct_restore.cc",
         "src/vm_factory.cc",
         "src/exit_floor.cc",
         "src/out_loop_vm.cc",

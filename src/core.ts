@@ -665,6 +665,10 @@ export class SandboxCore {
   /** The final message of an exchange the engine completed (a protocol fault a host call
    *  found meanwhile is the exchange's error). */
   private exchangeAnswer(r: ExchangeResult): Message {
+    // dispose() stops the engine only after a microtask; a host function that called it
+    // has answered the guest by then, which may finish first. The call still ran when
+    // dispose() was called: ERR_CONSUMED, as for one the dispose cut short.
+    if (this.disposing) throw new ConsumedError('the sandbox was disposed while the request ran');
     const fault = this.protocolFault as AirlockError | undefined;
     if (fault) throw fault;
     return this.readFinal(r.output);

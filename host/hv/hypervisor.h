@@ -114,6 +114,9 @@ public:
     // without executing further guest instructions, so registers read afterwards are
     // consistent and registers written afterwards are not disturbed by it.
     virtual void settle() = 0;
+    // Whether settle() has nothing to finish (no exit since the last one, or it was
+    // interrupted): registers may then be written from any thread without a KVM_RUN.
+    virtual bool settled() const = 0;
 
     virtual Registers getRegisters() = 0;
     virtual void setRegisters(const Registers &regs) = 0;

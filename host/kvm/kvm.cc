@@ -211,6 +211,8 @@ public:
         }
     }
 
+    bool settled() const override { return !exitNeedsSettle_; }
+
     // Registers set through kvm_run's sync area (KVM_CAP_SYNC_REGS) reach the vCPU at
     // the next KVM_RUN, with no ioctl now (each vCPU ioctl costs 7-8 us on nested
     // hosts). Until then they are the vCPU's registers, so reads return them.

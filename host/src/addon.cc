@@ -220,6 +220,9 @@ private:
             dispatchAll(sandbox_ ? sandbox_->drainEvents() : std::vector<Event>{});
         } catch (const Napi::Error &err) {
             napi_fatal_exception(env, err.Value());
+        } catch (const std::exception &err) {
+            // Nothing native may unwind through libuv: that would abort the process.
+            napi_fatal_exception(env, makeError(env, "ERR_INTERNAL", err.what()).Value());
         }
     }
 
@@ -256,7 +259,7 @@ private:
         inFlight_ = true;
         setBusy(true);
         try {
-            if (!sandbox_->postFast(op)) sandbox_->post(std::move(op));
+            if (!sandbox_->postFast(op) && !sandbox_->restoreDirectly(op)) sandbox_->post(std::move(op));
         } catch (const std::exception &e) {
             inFlight_ = false;
             pending_.reset();
@@ -362,10 +365,17 @@ private:
                 e.Set("output", Napi::Buffer<uint8_t>::Copy(env, o.output.data(), o.output.size()));
             d.Reject(e.Value());
         }
-        if (state_ == State::Disposing)
-            startStop();
-        else
+        if (state_ == State::Disposing) {
+            try {
+                startStop();
+            } catch (const std::exception &) {
+                // No runner exists and none can start: the VM stays until the process
+                // ends (as in Sandbox::stopAndJoin), and dispose() still settles.
+                finishDispose();
+            }
+        } else {
             setBusy(false);
+        }
     }
 
     void startStop() {

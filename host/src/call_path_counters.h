@@ -43,7 +43,10 @@ namespace airlock {
     X(hostRepliesInMemory)       /* a HOST_CALL exit's reply written into guest memory by the main thread */        \
     X(loopSleepsParked)          /* a guest's timer sleep let go of its runner until its precise end */            \
     X(pollsAfterRestore)         /* a restored guest polls for the next request (a post-restore window) */          \
-    X(repollsAfterRestore)       /* a restored guest stopped mid-poll parked at once and polls afresh */
+    X(repollsAfterRestore)       /* a restored guest stopped mid-poll parked at once and polls afresh */          \
+    X(restoresDirect)            /* restore() made by the main thread itself: no runner used the vCPU */            \
+    X(restoresByRunner)          /* restore() handed over to the sandbox's runner */                                \
+    X(settlesWhenIdle)           /* a runner finished the guest's last exit before idling: a restore was foreseen */
 
 struct CallPathCounters {
 #define AIRLOCK_COUNTER_FIELD(name) std::atomic<uint64_t> name{0};

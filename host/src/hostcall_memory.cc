@@ -102,6 +102,10 @@ bool Sandbox::replyHostCallInMemory(uint64_t hostCallId, const std::vector<uint8
     // Registered only while the exchange is in flight and unclaimed (every claim takes
     // this mutex and clears it), so the guest and its memory exist.
     if (memoryHostCallId_ == 0 || memoryHostCallId_ != hostCallId) return false;
+    // A cancel already asked for (a host function that called kill() before answering):
+    // the guest must not get a reply it could answer with before the signal lands. The
+    // reply goes to the mailbox, where the runner ending the exchange drops it.
+    if (cancel_.cancelled()) return false;
     memoryHostCallId_ = 0;
     writeHostReturn(*memory_, layout_, reply);
     writeClockBase();

@@ -417,6 +417,7 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
 // the window the host enforces from now.
 bool Sandbox::claimExchange(bool guestRunsOn) {
     if (!handover_.claim()) return false;
+    if (record_.op == OpKind::Exchange) exchanges_.fetch_add(1, std::memory_order_relaxed);
     {
         std::lock_guard<std::mutex> lock(hostCallMu_);
         forgetHostCallLocked();

@@ -80,6 +80,11 @@ public:
     // (hostcall_memory.cc); false: the vCPU thread must deliver it (postHostReply).
     bool replyHostCallInMemory(uint64_t hostCallId, const std::vector<uint8_t> &reply);
     void cancel(TerminatedBy why); // the running exchange ends ERR_CANCELLED
+    // A Restore op made by the main thread itself, with no hand-over (direct_restore.cc):
+    // only while no runner uses the vCPU (vcpuUse_, taken without waiting) and its last
+    // exit is finished. Its Done event is posted as a runner's would be, so the promise
+    // settles in a later turn of the event loop. False: post() it instead.
+    bool restoreDirectly(const Op &op);
     // ---- the answer watcher's thread (answer_watcher.h) ---------------------------
     // Takes an answer the guest handed over in memory, if it did; with `giveUp`, tells
     // the guest to answer with an exit instead. True when done watching this exchange.
@@ -192,6 +197,13 @@ private:
     std::atomic<bool> parkedInHostWait_{false};
     // The runner's code for this sandbox (owns the VM and vCPU).
     std::unique_ptr<VcpuThread> vcpuThread_;
+    // Held by the runner holding the sandbox (VcpuThread::serve) except while it waits
+    // for its next op; the main thread's direct restore only try_locks it, so the main
+    // thread never waits for a runner (a runner may wait for a direct restore: ~40 us).
+    std::mutex vcpuUse_;
+    // Exchanges claimed (each once, by whichever side claims it): VcpuThread counts the
+    // calls between restores with it, to foresee the next restore.
+    std::atomic<uint64_t> exchanges_{0};
 
     std::mutex reasonMu_; // guards notRunnableReason_
     CancelState cancel_;

@@ -34,6 +34,16 @@ void VcpuThread::ackInterrupt() {
 }
 
 Served VcpuThread::serve(const Runner &runner) {
+    // The vCPU and guest memory are this runner's, except while it waits for an op:
+    // then a direct restore by the main thread may use them (Sandbox::vcpuUse_).
+    std::unique_lock<std::mutex> vcpuUse(s_.vcpuUse_);
+    heldVcpu_ = &vcpuUse;
+    const Served how = serveHolding(runner, vcpuUse);
+    heldVcpu_ = nullptr;
+    return how;
+}
+
+Served VcpuThread::serveHolding(const Runner &runner, std::unique_lock<std::mutex> &vcpuUse) {
     // A runner whose timers could not be made cannot run a guest under a budget: the
     // suspended exchange waits for another runner.
     if ((suspended_ || s_.hostWait_.parked) && !runner.timersReady()) return Served::Preempted;
@@ -49,7 +59,14 @@ Served VcpuThread::serve(const Runner &runner) {
         if (s_.hostWait_.parked) return Served::Waiting;
     }
     for (;;) {
-        if (!waitForOp()) return Served::Idle;
+        // Let go already when the last op ended with an answer by exit (releaseVcpuWhenIdle).
+        if (vcpuUse.owns_lock()) {
+            settleWhenIdle();
+            vcpuUse.unlock();
+        }
+        const bool got = waitForOp();
+        vcpuUse.lock();
+        if (!got) return Served::Idle;
         // Every op may rewrite guest memory or start an exchange: no watcher may
         // still be reading the last one.
         s_.waitUnwatched();
@@ -136,6 +153,44 @@ bool VcpuThread::spinForOp() {
     return true;
 }
 
+// Before the runner waits for its next op (holding vcpuUse_): when a restore is
+// foreseen, finish the guest's last exit now, off the restore's path, so the main
+// thread can restore the guest itself (a KVM_RUN, which the main thread never makes)
+// and a restore handed to the runner has one KVM_RUN less to wait for.
+// A failure poisons the guest: the next op (a restore) reports the hypervisor's error.
+void VcpuThread::settleWhenIdle() {
+    if (!vcpu_ || vcpu_->settled() || !restoreForeseen() || s_.handover_.opWaiting()) return;
+    AIRLOCK_COUNT(settlesWhenIdle);
+    try {
+        vcpu_->settle();
+    } catch (const std::exception &e) {
+        s_.poison(std::string("a hypervisor operation failed: ") + e.what());
+    }
+}
+
+// The guest is stopped, its session over and its answer not yet out: nothing of this
+// runner's turn touches the vCPU or guest memory before its next op. While restores
+// follow calls, finish the guest's exit and let the vCPU go now (serve takes it back
+// before the next op), so the restore the answer leads to can be direct.
+void VcpuThread::releaseVcpuWhenIdle() {
+    if (!heldVcpu_ || !heldVcpu_->owns_lock() || !directRestoreForeseen()) return;
+    settleWhenIdle();
+    heldVcpu_->unlock();
+}
+
+// Holding vcpuUse_: as many calls have run since the last restore as between the two
+// before it (a sandbox restored after every call, or every n calls), so the next op is
+// foreseen to be a restore. A wrong guess costs one KVM_RUN (the settle), once per
+// change of the pattern; calls with no restores never settle early.
+bool VcpuThread::restoreForeseen() const {
+    return callsBetweenRestores_ != 0 &&
+           s_.exchanges_.load(std::memory_order_relaxed) - exchangesAtRestore_ == callsBetweenRestores_;
+}
+
+// And one the main thread would make itself (one that opens a window goes to the
+// runner: direct_restore.cc).
+bool VcpuThread::directRestoreForeseen() const { return restoreForeseen() && !windowAfterRestoreForeseen(); }
+
 // One op (not Stop) and the Done event it owes, unless its session emits it or it
 // was suspended with its exchange in flight.
 void VcpuThread::runOp(const Op &op, const Runner &runner) {
@@ -155,7 +210,8 @@ void VcpuThread::runOp(const Op &op, const Runner &runner) {
     // The window opens before the Done goes out, so the next call finds the guest
     // polling even when the woken main thread preempts this runner; the guest runs
     // after it, so JavaScript is not kept waiting.
-    const bool window = op.kind == OpKind::Restore && outcome->code == OutcomeCode::Ok && openWindowAfterRestore();
+    const bool window =
+        op.kind == OpKind::Restore && outcome->code == OutcomeCode::Ok && openWindowAfterRestore(restoreFollowedCall_);
     emitDone(op.kind, std::move(*outcome));
     if (window) runWindowAfterRestore();
 }
@@ -229,6 +285,7 @@ std::optional<Outcome> VcpuThread::handle(const Op &op) {
     case OpKind::Snapshot:
         return takeSnapshot();
     case OpKind::Restore:
+        AIRLOCK_COUNT(restoresByRunner);
         return restore(*op.snapshot);
     case OpKind::Stop:
         break;
@@ -403,8 +460,22 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
         s_.notRunnableReason_.clear();
     }
     s_.runnable_ = true;
+    restoreFollowedCall_ = restoreFollowsCall();
     o.wallNs = monotonicNs() - start;
     return o;
+}
+
+// Every restore that succeeded, on either thread (holding vcpuUse_): whether a call
+// came since the last one (it decides the post-restore window), and the calls between
+// restores (restoreForeseen).
+bool VcpuThread::restoreFollowsCall() {
+    const uint64_t lastAnswer = s_.lastAnswerNs_.load(std::memory_order_relaxed);
+    const bool callFollowed = lastRestoreNs_ == 0 || lastAnswer > lastRestoreNs_;
+    lastRestoreNs_ = monotonicNs();
+    const uint64_t exchanges = s_.exchanges_.load(std::memory_order_relaxed);
+    callsBetweenRestores_ = exchanges - exchangesAtRestore_;
+    exchangesAtRestore_ = exchanges;
+    return callFollowed;
 }
 
 // A restored guest is stopped, so the next request would go in with KVM_RUN through
@@ -414,11 +485,8 @@ Outcome VcpuThread::restore(const Snapshot &snap) {
 // post-answer window: the same host budget, CPU account and ways out (an op, the
 // window's end, a yield) as after an answer. True when the window is open: the
 // session runs (a request may be handed over from now on) and the guest is READY.
-bool VcpuThread::openWindowAfterRestore() {
-    const uint64_t lastAnswer = s_.lastAnswerNs_.load(std::memory_order_relaxed);
-    const bool callFollowed = lastRestoreNs_ == 0 || lastAnswer > lastRestoreNs_;
+bool VcpuThread::openWindowAfterRestore(bool callFollowed) {
     const uint64_t now = monotonicNs();
-    lastRestoreNs_ = now;
     // The longest poll window, not the one adapted to the gap between an answer and the
     // next request (Sandbox::adaptPollWindow): after a restore the gap is the restore's
     // answer reaching JavaScript and its next call.
@@ -711,11 +779,15 @@ VcpuThread::Next VcpuThread::onResponse() {
     if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
     // The output is copied: the guest may run on (its post-call GC, then poll).
     s_.handover_.setPoll(polls ? AIRLOCK_POLL_READY : AIRLOCK_POLL_IDLE);
-    done(std::move(o));
     if (!polls) {
+        // The session ends before the answer goes out, so a runner that the woken main
+        // thread preempts (one core) does not hold the vCPU a direct restore needs.
         leave();
+        releaseVcpuWhenIdle();
+        done(std::move(o));
         return Next::Leave;
     }
+    done(std::move(o));
     return Next::Run;
 }
 
@@ -739,6 +811,7 @@ VcpuThread::Next VcpuThread::onIdle() {
         std::string error;
         if (!readGuestOutput(*s_.memory_, s_.layout_, o.output, error)) return abortGuest(error, true);
         leave();
+        releaseVcpuWhenIdle(); // as for an answer by exit (onResponse)
         done(std::move(o));
         return Next::Leave;
     }

@@ -2,9 +2,10 @@
 // holds the sandbox (runner.h), as one type: its mailbox loop, guest setup and
 // teardown, snapshot/restore calls, and the run loop of an exchange with one handler
 // per exit kind. It lives as long as its Sandbox and owns the VM and vCPU; only the
-// runner holding the sandbox calls it, so every vCPU ioctl comes from that runner.
-// Everything it shares with the main thread is in its Sandbox (sandbox.h says who
-// may touch what).
+// runner holding the sandbox calls it, except a direct restore (direct_restore.cc):
+// the main thread, holding Sandbox::vcpuUse_ while the runner waits for an op or no
+// runner holds the sandbox. KVM_RUN only ever runs on a runner. Everything it shares
+// with the main thread is in its Sandbox (sandbox.h says who may touch what).
 #pragma once
 
 #include <memory>
@@ -26,11 +27,18 @@ public:
     // A runner's turn on the sandbox (it holds it): resumes a suspended exchange,
     // then serves the mailbox while ops come; on Stop tears the guest down.
     Served serve(const Runner &runner);
+    // Main thread, holding Sandbox::vcpuUse_ (direct_restore.cc): whether nothing of
+    // the guest is in progress, so it may restore it itself; whether the restore may
+    // open a post-restore window (then the runner makes it); the restore.
+    bool mayRestoreDirectly() const;
+    bool windowAfterRestoreForeseen() const;
+    Outcome restoreDirectly(const Snapshot &snap);
 
 private:
     // What the run loop does after handling an exit.
     enum class Next { Run, Leave };
 
+    Served serveHolding(const Runner &runner, std::unique_lock<std::mutex> &vcpuUse);
     void ackInterrupt();
     bool waitForOp();
     bool spinForOp();
@@ -47,7 +55,12 @@ private:
     void attachClockAndHandover();
     Outcome takeSnapshot();
     Outcome restore(const Snapshot &snap);
-    bool openWindowAfterRestore();
+    bool restoreFollowsCall();
+    bool openWindowAfterRestore(bool callFollowed);
+    void settleWhenIdle();
+    void releaseVcpuWhenIdle();
+    bool restoreForeseen() const;
+    bool directRestoreForeseen() const;
     void runWindowAfterRestore();
     bool repollAfterRestore(int state);
     void startExchange(const Op &op);
@@ -96,6 +109,14 @@ private:
     uint64_t lastRestoreNs_ = 0;
     uint64_t restoreWindowStartNs_ = 0;
     bool repollAfterRestore_ = false;
+    bool restoreFollowedCall_ = false; // the last restore's restoreFollowsCall()
+    // serve's hold of Sandbox::vcpuUse_ (null outside serve), let go early by
+    // releaseVcpuWhenIdle.
+    std::unique_lock<std::mutex> *heldVcpu_ = nullptr;
+    // Under Sandbox::vcpuUse_ (whoever restores): Sandbox::exchanges_ at the last
+    // restore, and the calls between the last two restores (restoreForeseen).
+    uint64_t exchangesAtRestore_ = 0;
+    uint64_t callsBetweenRestores_ = 0;
 };
 
 } // namespace airlock

@@ -4,12 +4,11 @@
 // calls crossing in memory; kill, the wall clock and dispose end such a call in each
 // state (the runner waiting, the runner let go, the reply written); a guest that goes
 // on while a taken call waits for its reply is aborted.
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
 import { hostcall } from './hostcall-programs.js';
+import { bootTwiceGuest, finalMessage, hostReturnOk } from './twice-guest.js';
 import { buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, rejection, type NativeVm } from './raw-guest.js';
 
 // A core to spare whatever load this machine has now: the budget (core_budget.h) would
@@ -21,7 +20,7 @@ afterEach(async () => {
   await Promise.all(live.splice(0).map((vm) => vm.dispose()));
 });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const reply = (text: string) => encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [text]);
+const reply = hostReturnOk;
 const counters = () => (loadAddon() as unknown as { pollingBudget(): { counters: Record<string, number> } }).pollingBudget().counters;
 const delta = (after: Record<string, number>, before: Record<string, number>, name: string) => after[name] - before[name];
 
@@ -32,27 +31,12 @@ function bootRaw(code: Buffer, answer: Answer, config = defaultConfig) {
   return vm;
 }
 
-const imagePath = join(__dirname, '..', '..', 'out', 'guest', 'kvm', 'airlock-guest.img');
-const realConfig = { heapSize: 64 << 20, stackSize: 1 << 20, inputSize: 1 << 20, outputSize: 1 << 20, consoleLimit: 4096 };
-const final = (output: Buffer) => decodeMessages(output).at(-1)!;
+const final = finalMessage;
 
-/** The real guest with handler h(e) = sum of twice(i) for i < e.k; `guestPollUs` 0: it
- *  never polls, so every request enters it by an exit and its first host call is an exit. */
-async function bootReal(answer: (x: number, send: () => void, id: number) => void, guestPollUs = 0) {
-  const vm: NativeVm = new (loadAddon().Vm)(readFileSync(imagePath), { ...realConfig, guestPollUs }, (out, id) => {
-    const [x] = JSON.parse(final(out).fields[2].toString()) as number[];
-    answer(x, () => vm.hostReturn(reply(String(2 * x)), id), id);
-  });
-  live.push(vm);
-  await vm.boot();
-  await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, 0, ['m', 'twice']));
-  const source =
-    "import { twice } from 'host:m'; function handler(e) { let s = 0; for (let i = 0; i < e.k; i++) s += twice(i); return s; }";
-  expect(final((await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD, 0, ['handler', '', 'h', source]))).output).status).toBe(
-    abi.AIRLOCK_STATUS_OK,
-  );
-  return vm;
-}
+/** The real guest (test/host/twice-guest.ts) with `guestPollUs` 0 by default: it never
+ *  polls, so every request enters it by an exit and its first host call is an exit. */
+const bootReal = (answer: (x: number, send: () => void, id: number) => void, guestPollUs = 0) =>
+  bootTwiceGuest(live, answer, guestPollUs);
 const callReal = (vm: NativeVm, k: number, opts: { wallClockTimeoutMs?: number } = {}) =>
   vm.send(encodeMessage(abi.AIRLOCK_MSG_CALL, 0, ['h', JSON.stringify({ k })]), opts).then(
     (r) => ({ value: JSON.parse(final(r.output).fields[0].toString()) as number, code: undefined, terminatedBy: undefined }),

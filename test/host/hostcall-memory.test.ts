@@ -4,12 +4,11 @@
 // state the guest can forge is a valid step or poisons the sandbox; kill, the
 // monitors and dispose still end a call handed over; the real guest behaves the same
 // whichever way its host calls cross.
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
 import { hostcall } from './hostcall-programs.js';
+import { bootTwiceGuest, finalMessage, hostReturnOk } from './twice-guest.js';
 import { buildImage, decodeMessages, defaultConfig, encodeMessage, loadAddon, rejection, type NativeVm } from './raw-guest.js';
 
 // The hand-over needs a watcher and a polling guest, whatever load this machine has
@@ -29,7 +28,7 @@ function boot(code: Buffer, onHostCall: (vm: NativeVm, output: Buffer, id: numbe
   live.push(vm);
   return vm;
 }
-const reply = (text: string) => encodeMessage(abi.AIRLOCK_MSG_HOST_RETURN, abi.AIRLOCK_STATUS_OK, [text]);
+const reply = hostReturnOk;
 
 type Sent = { output?: Buffer; code?: string; message?: string; terminatedBy?: string; attempts?: number };
 /** Sends until a request reaches the guest in memory while the watcher watches (the
@@ -166,27 +165,10 @@ describeKvm('host calls handed over in memory: forged states', () => {
   });
 });
 
-const imagePath = join(__dirname, '..', '..', 'out', 'guest', 'kvm', 'airlock-guest.img');
-const realConfig = { heapSize: 64 << 20, stackSize: 1 << 20, inputSize: 1 << 20, outputSize: 1 << 20, consoleLimit: 4096 };
-
 describeKvm('host calls handed over in memory: the real guest', () => {
-  const final = (output: Buffer) => decodeMessages(output).at(-1)!;
-
-  async function bootReal(answer: (x: number, send: () => void) => void, guestPollUs: number) {
-    const vm: NativeVm = new (loadAddon().Vm)(readFileSync(imagePath), { ...realConfig, guestPollUs }, (out, id) => {
-      const [x] = JSON.parse(final(out).fields[2].toString()) as number[];
-      answer(x, () => vm.hostReturn(reply(String(2 * x)), id));
-    });
-    live.push(vm);
-    await vm.boot();
-    await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD_RUNTIME, 0, ['m', 'twice']));
-    const source =
-      "import { twice } from 'host:m'; function handler(e) { let s = 0; for (let i = 0; i < e.k; i++) s += twice(i); return s; }";
-    expect(final((await vm.send(encodeMessage(abi.AIRLOCK_MSG_LOAD, 0, ['handler', '', 'h', source]))).output).status).toBe(
-      abi.AIRLOCK_STATUS_OK,
-    );
-    return vm;
-  }
+  const final = finalMessage;
+  const bootReal = (answer: (x: number, send: () => void) => void, guestPollUs: number) =>
+    bootTwiceGuest(live, answer, guestPollUs);
   const call = async (vm: NativeVm, k: number, opts?: { cpuTimeoutMs?: number }) => {
     const r = await vm.send(encodeMessage(abi.AIRLOCK_MSG_CALL, 0, ['h', JSON.stringify({ k })]), opts);
     const m = final(r.output);

@@ -79,25 +79,41 @@ function watchedHostCall(scenario: Item[], call = true): Buffer {
 /** Waits until poll_state == state. */
 const waitFor = (label: string, state: number): Item[] => [{ label }, pauseCmpPoll(state), { jump: 'jne', to: label }];
 
+/** Waits in memory until the host releases the guest (REQUEST, or REQUEST_EXIT without a
+ *  watcher), then answers with the input buffer's bytes: in memory (REQUEST -> READY) if
+ *  still watched, else by an exit; then back to "top". */
+const awaitReplyThenAnswer = (): Item[] => [
+  { label: 'wait' },
+  pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
+  { jump: 'je', to: 'answer' },
+  pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST_EXIT),
+  { jump: 'jne', to: 'wait' },
+  { label: 'answer' },
+  echoRequest(),
+  casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_READY),
+  { jump: 'je', to: 'top' },
+  exitResponse(),
+  { jump: 'jmp', to: 'top' },
+];
+
+/** A poller ("top") that, for each request however it came, makes a host call with an
+ *  exit and no output. */
+const hostCallByExitOnRequest = (): Item[] => [
+  bootAsPoller(),
+  { label: 'top' },
+  pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
+  { jump: 'jb', to: 'top' }, // IDLE or READY: no request yet
+  noOutput(),
+  exitWith(abi.AIRLOCK_EXIT_HOST_CALL),
+];
+
 export const hostcall = {
   /** Makes its host call in memory, waits there (never exits) until the host writes the
    *  reply and releases it (REQUEST, or REQUEST_EXIT without a watcher), then answers
    *  with the HOST_RETURN bytes: in memory (REQUEST -> READY) if still watched, else by
    *  an exit. A request answered with no output went by exit all along. */
   inMemory: () =>
-    watchedHostCall([
-      { label: 'wait' },
-      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
-      { jump: 'je', to: 'got' },
-      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST_EXIT),
-      { jump: 'jne', to: 'wait' },
-      { label: 'got' },
-      echoRequest(),
-      casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_READY),
-      { jump: 'je', to: 'top' },
-      exitResponse(),
-      { jump: 'jmp', to: 'top' },
-    ]),
+    watchedHostCall(awaitReplyThenAnswer()),
   /** Once the host took the call, stops waiting (HOST_CALL_TAKEN -> HOST_CALL_EXIT),
    *  exits, and answers with the reply it is entered with, by an exit. */
   givesUpAfterTake: () =>
@@ -134,12 +150,7 @@ export const hostcall = {
    *  from the main thread. */
   exitCallEchoesReply: () =>
     assemble([
-      bootAsPoller(),
-      { label: 'top' },
-      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
-      { jump: 'jb', to: 'top' }, // IDLE or READY: no request yet
-      noOutput(),
-      exitWith(abi.AIRLOCK_EXIT_HOST_CALL),
+      ...hostCallByExitOnRequest(),
       echoRequest(),
       exitResponse(),
       { jump: 'jmp', to: 'top' },
@@ -151,26 +162,11 @@ export const hostcall = {
    *  memory if still watched, else by an exit. */
   exitCallThenMemoryCall: () =>
     assemble([
-      bootAsPoller(),
-      { label: 'top' },
-      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
-      { jump: 'jb', to: 'top' }, // IDLE or READY: no request yet
-      noOutput(),
-      exitWith(abi.AIRLOCK_EXIT_HOST_CALL),
+      ...hostCallByExitOnRequest(),
       noOutput(),
       casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_HOST_CALL),
       { jump: 'jne', to: 'answer' }, // REQUEST_EXIT: the rest of the request goes by exits
-      { label: 'wait' },
-      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST),
-      { jump: 'je', to: 'answer' },
-      pauseCmpPoll(abi.AIRLOCK_POLL_REQUEST_EXIT),
-      { jump: 'jne', to: 'wait' },
-      { label: 'answer' },
-      echoRequest(),
-      casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_READY),
-      { jump: 'je', to: 'top' },
-      exitResponse(),
-      { jump: 'jmp', to: 'top' },
+      ...awaitReplyThenAnswer(),
     ]),
   /** A request handed over in memory, then `state` written over REQUEST while the host
    *  watches, as if a call had been taken; then spins. */
