@@ -59,10 +59,6 @@ export function addWakeWaiter(w: WakeWaiter): void {
   waiters.add(w);
 }
 
-export function removeWakeWaiter(w: WakeWaiter): void {
-  waiters.delete(w);
-}
-
 /** Settles every waiter whose worker answered or went away: on each byte, and when a
  *  worker exits (pool.ts), which writes none. */
 export function checkWakeWaiters(): void {
