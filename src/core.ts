@@ -25,6 +25,7 @@ import type {
   EngineSnapshot,
   EngineTemplate,
   ExchangeOptions,
+  ExchangeResult,
   GuestEngine,
   HostCallHandler,
   TemplateSupport,
@@ -121,6 +122,9 @@ function idleHostCallChain(): void {
 
 let nextSandboxId = 1;
 
+const NO_FRAMES: readonly HostCallFrame[] = [];
+const NO_BUFFERS: readonly Uint8Array[] = [];
+
 /** The host functions a guest runtime was loaded with, as snapshot requirements list them. */
 export interface HostFunctionRequirement {
   /** The import specifier, `host:<name>`. */
@@ -157,8 +161,7 @@ export class SandboxCore {
   private readonly console: GuestConsole;
   readonly hostFunctions = new Map<string, Map<string, HostFunction>>();
 
-  private queue: Promise<unknown> = Promise.resolve();
-  private callerChain: readonly HostCallFrame[] = [];
+  private callerChain: readonly HostCallFrame[] = NO_FRAMES;
   private protocolFault: AirlockError | undefined;
   private disposed = false;
   private poisonReason: string | undefined;
@@ -353,11 +356,44 @@ export class SandboxCore {
     return this.runtimeOptions.binary === true;
   }
 
-  /** Runs one handler. */
-  /** `gc`: true a full collection after the call, false none, 'auto' one if the guest's
-   *  heap grew enough since the last (guest/runtime/runtime.c, post-call GC policy). */
-  call(name: string, eventJson: string | undefined, options: ExchangeOptions & { gc: boolean | 'auto' }, eventBuffers: readonly Uint8Array[] = []): Promise<unknown> {
-    return this.serialize(async () => {
+  /**
+   * Runs one handler. `gc`: true a full collection after the call, false none, 'auto' one
+   * if the guest's heap grew enough since the last (guest/runtime/runtime.c, post-call GC
+   * policy). `holder`: kept strongly reachable until the call settles (the view whose
+   * finalizer would otherwise dispose the sandbox mid-call).
+   *
+   * Not an async function: every promise turn is main-thread work each call pays, so a
+   * call is one continuation on the engine's promise, which decodes the output, records
+   * the stats and ends the operation (docs/ARCHITECTURE.md, "The main thread's share").
+   */
+  call(
+    name: string,
+    eventJson: string | undefined,
+    options: ExchangeOptions & { gc: boolean | 'auto' },
+    eventBuffers: readonly Uint8Array[] = NO_BUFFERS,
+    holder?: object,
+  ): Promise<unknown> {
+    return this.serialize(() => this.startCall(name, eventJson, options, eventBuffers, holder), true);
+  }
+
+  /** The handler name, start time and holder of the call in flight (calls run one at a
+   *  time): fields, so the call's continuations are functions made once per sandbox. */
+  private callName = '';
+  private callStarted = 0;
+  private callHolder: object | undefined;
+
+  private startCall(
+    name: string,
+    eventJson: string | undefined,
+    options: ExchangeOptions & { gc: boolean | 'auto' },
+    eventBuffers: readonly Uint8Array[],
+    holder: object | undefined,
+  ): Promise<unknown> {
+    this.callName = name;
+    this.callStarted = performance.now();
+    this.callHolder = holder;
+    let message: Buffer;
+    try {
       this.assertNotPoisoned();
       const fields: FieldValue[] = eventJson === undefined ? [name, hostEntropy()] : [name, eventJson, ...eventBuffers, hostEntropy()];
       const size = encodedSize(fields);
@@ -367,24 +403,54 @@ export class SandboxCore {
         );
       }
       const gcFlag = options.gc === 'auto' ? abi.AIRLOCK_CALL_FLAG_GC_AUTO : options.gc ? abi.AIRLOCK_CALL_FLAG_GC : 0;
-      const flags = gcFlag | abi.AIRLOCK_REQUEST_FLAG_ENTROPY;
-      const started = performance.now();
-      let terminatedBy: TerminatedBy | null = null;
-      try {
-        const { message, wallTimeNs, cpuTimeNs } = await this.exchange(encodeMessage(abi.AIRLOCK_MSG_CALL, flags, fields), options);
-        this.lastCallStats = { wallClockMs: wallTimeNs / 1e6, cpuTimeMs: cpuTimeNs === null ? null : cpuTimeNs / 1e6, terminatedBy: null };
-        return this.callResult(name, message);
-      } catch (e) {
-        if (e instanceof CancelledError) terminatedBy = e.terminatedBy;
-        const stats = e instanceof AirlockError ? e.stats : undefined;
-        this.lastCallStats = {
-          wallClockMs: stats ? stats.wallTimeNs / 1e6 : performance.now() - started,
-          cpuTimeMs: stats && stats.cpuTimeNs !== null ? stats.cpuTimeNs / 1e6 : null,
-          terminatedBy,
-        };
-        throw e;
-      }
-    });
+      message = encodeMessage(abi.AIRLOCK_MSG_CALL, gcFlag | abi.AIRLOCK_REQUEST_FLAG_ENTROPY, fields, size);
+    } catch (e) {
+      // Refused before the guest saw it: no stats of a call that never ran.
+      this.endOperation();
+      return Promise.reject(e);
+    }
+    this.protocolFault = undefined;
+    return this.engine.exchange(message, options).then(this.callAnswered, this.callRejected);
+  }
+
+  /** The engine's answer to the call in flight: its result, or the coded error. */
+  private readonly callAnswered = (r: ExchangeResult): unknown => {
+    let message: Message;
+    try {
+      message = this.exchangeAnswer(r);
+    } catch (e) {
+      return this.callRejected(e);
+    }
+    try {
+      this.lastCallStats = { wallClockMs: r.wallTimeNs / 1e6, cpuTimeMs: r.cpuTimeNs === null ? null : r.cpuTimeNs / 1e6, terminatedBy: null };
+      return this.callResult(this.callName, message);
+    } catch (e) {
+      this.recordFailedCall(e);
+      throw e;
+    } finally {
+      this.endOperation();
+    }
+  };
+
+  /** The call in flight failed in the engine or in reading its answer. */
+  private readonly callRejected = (e: unknown): never => {
+    try {
+      const err = this.exchangeFailure(e);
+      this.recordFailedCall(err);
+      throw err;
+    } finally {
+      this.endOperation();
+    }
+  };
+
+  private recordFailedCall(e: unknown): void {
+    const terminatedBy = e instanceof CancelledError ? e.terminatedBy : null;
+    const stats = e instanceof AirlockError ? e.stats : undefined;
+    this.lastCallStats = {
+      wallClockMs: stats ? stats.wallTimeNs / 1e6 : performance.now() - this.callStarted,
+      cpuTimeMs: stats && stats.cpuTimeNs !== null ? stats.cpuTimeNs / 1e6 : null,
+      terminatedBy,
+    };
   }
 
   snapshot(): Promise<EngineSnapshot> {
@@ -497,41 +563,76 @@ export class SandboxCore {
     }
   }
 
-  /** Queues `op` behind earlier operations; refuses calls that would wait on themselves. */
-  private serialize<T>(op: () => Promise<T>): Promise<T> {
+  /** An operation runs (or the next one is about to start: see endOperation). */
+  private operating = false;
+  /** Operations waiting for their turn, in call order. */
+  private readonly backlog: (() => void)[] = [];
+
+  /**
+   * Queues `op` behind earlier operations; refuses calls that would wait on themselves.
+   * With nothing running, `op` starts at once. `endsItself`: `op`'s own settling calls
+   * endOperation() (a call does, saving a promise turn); otherwise it is ended here.
+   */
+  private serialize<T>(op: () => Promise<T>, endsItself = false): Promise<T> {
     if (this.disposed) return Promise.reject(new ConsumedError('the sandbox has been disposed'));
     // Only frames still waiting count: once a host call has been answered, work it
     // started may call into its sandbox like any other caller.
-    const chain = (hostCallChain.getStore() ?? []).filter((f) => f.active);
+    const store = hostCallChain.getStore();
+    const chain = store === undefined || store.length === 0 ? NO_FRAMES : store.filter((f) => f.active);
     idleHostCallChain();
-    if (chain.some((f) => f.core === this)) {
+    if (chain.length !== 0 && chain.some((f) => f.core === this)) {
       return Promise.reject(
         new BusyError('a host function cannot call into the sandbox that is waiting for it (it would deadlock)'),
       );
     }
-    const run = async (): Promise<T> => {
-      if (this.disposed) throw new ConsumedError('the sandbox has been disposed');
-      this.callerChain = chain;
-      try {
-        return await op();
-      } finally {
-        // Timers and async host calls live within one operation: late answers are dropped.
-        this.operationLoop?.close();
-        this.operationLoop = undefined;
-        this.callerChain = [];
-        // Every console line of the operation, host calls included, shared one budget.
-        this.console.end();
-      }
-    };
     this.pendingOps++;
-    const result = this.queue.then(run, run);
-    // One promise per operation for the queue, not two (catch, then finally): each is
-    // main-thread work every call pays.
-    const settled = () => {
-      this.pendingOps--;
-    };
-    this.queue = result.then(settled, settled);
-    return result;
+    if (!this.operating) return this.beginOperation(op, chain, endsItself);
+    return new Promise<T>((resolve, reject) => {
+      this.backlog.push(() => this.beginOperation(op, chain, endsItself).then(resolve, reject));
+    });
+  }
+
+  private beginOperation<T>(op: () => Promise<T>, chain: readonly HostCallFrame[], endsItself: boolean): Promise<T> {
+    this.operating = true;
+    if (this.disposed) {
+      this.endOperation();
+      return Promise.reject(new ConsumedError('the sandbox has been disposed'));
+    }
+    this.callerChain = chain;
+    let result: Promise<T>;
+    try {
+      result = op();
+    } catch (e) {
+      result = Promise.reject(e);
+      if (endsItself) this.endOperation();
+    }
+    if (endsItself) return result;
+    return result.then(
+      (value) => {
+        this.endOperation();
+        return value;
+      },
+      (e: unknown) => {
+        this.endOperation();
+        throw e;
+      },
+    );
+  }
+
+  /** Ends the running operation (before its caller sees the outcome) and hands the turn
+   *  to the next, in a later microtask as a promise chain would. */
+  private endOperation(): void {
+    // Timers and async host calls live within one operation: late answers are dropped.
+    this.operationLoop?.close();
+    this.operationLoop = undefined;
+    this.callerChain = NO_FRAMES;
+    this.callHolder = undefined;
+    // Every console line of the operation, host calls included, shared one budget.
+    this.console.end();
+    this.pendingOps--;
+    const next = this.backlog.shift();
+    if (next) queueMicrotask(next);
+    else this.operating = false;
   }
 
   /** Sends a request of any size (chunked when it exceeds the input buffer). */
@@ -555,33 +656,44 @@ export class SandboxCore {
     this.protocolFault = undefined;
     try {
       const r = await this.engine.exchange(message, options);
-      // dispose() stops the engine only after a microtask; a host function that called it
-      // has answered the guest by then, which may finish first. The call still ran when
-      // dispose() was called: ERR_CONSUMED, as for one the dispose cut short.
-      if (this.disposing) throw new ConsumedError('the sandbox was disposed while the request ran');
-      const fault = this.protocolFault as AirlockError | undefined;
-      if (fault) throw fault;
-      return { message: this.readFinal(r.output), wallTimeNs: r.wallTimeNs, cpuTimeNs: r.cpuTimeNs };
+      return { message: this.exchangeAnswer(r), wallTimeNs: r.wallTimeNs, cpuTimeNs: r.cpuTimeNs };
     } catch (e) {
-      // dispose() stops the guest the way kill() does; say what really happened.
-      if (this.disposed) throw new ConsumedError('the sandbox was disposed while the request ran');
-      let err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
-      // A stopped or aborted call's console lines are the ones that explain it: deliver
-      // them, within the operation's console budget, before the rejection.
-      if (err.guestOutput) {
-        this.console.write(consoleBeforeStop(err.guestOutput), false);
-        err.guestOutput = undefined;
-      }
-      // A malformed host call made us stop the guest; report that, not the stop.
-      // (Set by serveHostCall while the exchange was pending, which TS cannot see.)
-      const fault = this.protocolFault as AirlockError | undefined;
-      if (fault && err instanceof CancelledError) {
-        fault.stats = err.stats;
-        err = fault;
-      }
-      if (poisons(err)) this.poisonReason = `${err.code}: ${err.message}`;
-      throw err;
+      throw this.exchangeFailure(e);
     }
+  }
+
+  /** The final message of an exchange the engine completed (a protocol fault a host call
+   *  found meanwhile is the exchange's error). */
+  private exchangeAnswer(r: ExchangeResult): Message {
+    // dispose() stops the engine only after a microtask; a host function that called it
+    // has answered the guest by then, which may finish first. The call still ran when
+    // dispose() was called: ERR_CONSUMED, as for one the dispose cut short.
+    if (this.disposing) throw new ConsumedError('the sandbox was disposed while the request ran');
+    const fault = this.protocolFault as AirlockError | undefined;
+    if (fault) throw fault;
+    return this.readFinal(r.output);
+  }
+
+  /** The error an exchange fails with, poisoning recorded. */
+  private exchangeFailure(e: unknown): AirlockError {
+    // dispose() stops the guest the way kill() does; say what really happened.
+    if (this.disposed) return new ConsumedError('the sandbox was disposed while the request ran');
+    let err = e instanceof AirlockError ? e : new InternalError(String((e as Error)?.message ?? e), { cause: e });
+    // A stopped or aborted call's console lines are the ones that explain it: deliver
+    // them, within the operation's console budget, before the rejection.
+    if (err.guestOutput) {
+      this.console.write(consoleBeforeStop(err.guestOutput), false);
+      err.guestOutput = undefined;
+    }
+    // A malformed host call made us stop the guest; report that, not the stop.
+    // (Set by serveHostCall while the exchange was pending, which TS cannot see.)
+    const fault = this.protocolFault as AirlockError | undefined;
+    if (fault && err instanceof CancelledError) {
+      fault.stats = err.stats;
+      err = fault;
+    }
+    if (poisons(err)) this.poisonReason = `${err.code}: ${err.message}`;
+    return err;
   }
 
   /** Decodes an output buffer, emits its console lines and returns the final message. */

@@ -49,11 +49,14 @@ export interface ViewSettings {
 const defaultSettings: ViewSettings = { unknownOptions: 'warn' };
 
 const callOptionKeys = ['wallClockTimeoutMs', 'cpuTimeoutMs', 'gc'] as const;
+/** A call without options: one frozen object, not one per call. */
+const DEFAULT_CALL_OPTIONS = Object.freeze({ gc: 'auto' as const });
 
 /**
  * Views with an operation in flight. A view only reachable through its own pending
  * promise must not be garbage-collected (its finalizer would dispose the sandbox mid-
- * call): each pending operation holds its view here until it settles.
+ * call): each pending operation holds its view here until it settles (a call is held
+ * by its core instead: SandboxCore.call's holder).
  */
 const busyViews = new Map<object, number>();
 
@@ -449,19 +452,34 @@ export class LoadedJSSandbox extends SandboxView {
    * CancelledError on a timeout or kill() (the sandbox is then poisoned), PoisonedError
    * when an earlier call poisoned it, InvalidArgumentError for a bad name, event or option.
    */
-  async callHandler<T = any>(handlerName: string, eventData: unknown, options?: CallHandlerOptions): Promise<T> {
-    this.assertUsable();
-    const name = requireName(handlerName, 'handler name');
-    if (options !== undefined && (options === null || typeof options !== 'object')) {
-      throw new InvalidArgumentError('callHandler options must be an object');
+  callHandler<T = any>(handlerName: string, eventData: unknown, options?: CallHandlerOptions): Promise<T> {
+    // Not an async function (each promise turn is main-thread work every call pays):
+    // a bad argument still rejects, never throws.
+    let name: string;
+    let json: string | undefined;
+    let buffers: readonly Uint8Array[] | undefined;
+    let callOptions: { wallClockTimeoutMs?: number; cpuTimeoutMs?: number; gc: boolean | 'auto' };
+    try {
+      this.assertUsable();
+      name = requireName(handlerName, 'handler name');
+      if (options === undefined) callOptions = DEFAULT_CALL_OPTIONS;
+      else {
+        if (options === null || typeof options !== 'object') throw new InvalidArgumentError('callHandler options must be an object');
+        checkOptionKeys(options, callOptionKeys, 'callHandler()', this.settings.unknownOptions);
+        callOptions = {
+          wallClockTimeoutMs: optionalTimeout(options.wallClockTimeoutMs, 'wallClockTimeoutMs'),
+          cpuTimeoutMs: optionalTimeout(options.cpuTimeoutMs, 'cpuTimeoutMs'),
+          gc: options.gc === undefined ? 'auto' : optionalBoolean(options.gc, 'gc', true),
+        };
+      }
+      if (this.core.binaryData) ({ json, buffers } = serializeEventBinary(eventData));
+      else json = serializeEvent(eventData);
+    } catch (e) {
+      return Promise.reject(e);
     }
-    if (options !== undefined) checkOptionKeys(options, callOptionKeys, 'callHandler()', this.settings.unknownOptions);
-    const wallClockTimeoutMs = optionalTimeout(options?.wallClockTimeoutMs, 'wallClockTimeoutMs');
-    const cpuTimeoutMs = optionalTimeout(options?.cpuTimeoutMs, 'cpuTimeoutMs');
-    const gc = options?.gc === undefined ? 'auto' : optionalBoolean(options.gc, 'gc', true);
-    const event = this.core.binaryData ? serializeEventBinary(eventData) : { json: serializeEvent(eventData), buffers: [] };
     // Unchecked cast: the result is whatever the guest produced; T is the caller's claim.
-    return this.pinned(() => this.core.call(name, event.json, { wallClockTimeoutMs, cpuTimeoutMs, gc }, event.buffers)) as Promise<T>;
+    // The core holds this view until the call settles (see busyViews).
+    return this.core.call(name, json, callOptions, buffers, this) as Promise<T>;
   }
 
   /** Drops handlers and modules; returns a JSSandbox to load new ones. Also clears poisoning. */

@@ -20,7 +20,7 @@ import type {
   HostCallHandler,
   TerminatedBy,
 } from './engine.js';
-import { loadAddon, type NativeAddon, type NativeVm } from './native.js';
+import { loadAddon, type NativeAddon, type NativeSendResult, type NativeVm } from './native.js';
 import { kvmImagePath } from './paths.js';
 import { kvmUnusableReasons, unavailableError } from './probe.js';
 
@@ -41,6 +41,10 @@ class KvmSnapshot implements EngineSnapshot {
 }
 
 /** Turns an addon rejection into the taxonomy, keeping its timing. */
+function rejectFromNative(e: unknown): never {
+  throw fromNative(e);
+}
+
 function fromNative(e: unknown): AirlockError {
   if (e instanceof AirlockError) return e;
   const err = e as { code?: string; message?: string; terminatedBy?: string; wallTimeNs?: number; cpuTimeNs?: number; output?: unknown };
@@ -166,17 +170,23 @@ export class KvmEngine implements GuestEngine {
     }
   }
 
-  async exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
-    // Awaited only while a clone starts: every await is a microtask turn on the main
-    // thread, which each call pays (main_thread_cpu_us_per_call).
-    if (this.adopting) await this.adopting;
+  exchange(request: Uint8Array, options?: ExchangeOptions): Promise<ExchangeResult> {
+    // Not an async function: every promise turn is main-thread work each call pays
+    // (main_thread_cpu_us_per_call), so a call is the addon's promise and one
+    // continuation that codes its failures. The addon's result is an ExchangeResult.
+    if (this.adopting) return this.adopting.then(() => this.send(request, options));
+    return this.send(request, options);
+  }
+
+  private send(request: Uint8Array, options: ExchangeOptions | undefined): Promise<ExchangeResult> {
+    let sent: Promise<NativeSendResult>;
     try {
       const buf = Buffer.isBuffer(request) ? request : Buffer.from(request.buffer, request.byteOffset, request.byteLength);
-      const r = await this.vm.send(buf, options);
-      return { output: r.output, wallTimeNs: r.wallTimeNs, cpuTimeNs: r.cpuTimeNs };
+      sent = this.vm.send(buf, options);
     } catch (e) {
-      throw fromNative(e);
+      return Promise.reject(fromNative(e));
     }
+    return sent.then(undefined, rejectFromNative);
   }
 
   kill(): void {

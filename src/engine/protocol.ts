@@ -61,9 +61,10 @@ export function encodedSize(fields: readonly FieldValue[]): number {
   return size;
 }
 
-/** Encodes one message: header then `u32le length + bytes` per field. */
-export function encodeMessage(kind: number, status: number, fields: readonly FieldValue[]): Buffer {
-  const total = encodedSize(fields);
+/** Encodes one message: header then `u32le length + bytes` per field. `total`: the
+ *  caller's encodedSize(fields), when it had to know it anyway (measuring costs a pass
+ *  over every string). */
+export function encodeMessage(kind: number, status: number, fields: readonly FieldValue[], total = encodedSize(fields)): Buffer {
   const buf = Buffer.allocUnsafe(total);
   buf.writeUInt32LE(kind, 0);
   buf.writeUInt32LE(status >>> 0, 4);

@@ -3,11 +3,13 @@
 // happen during that wait (kill, wall clock, dispose, a worker that dies, host calls,
 // outputs as large as the data area, many sandboxes at once) ends the call the way it
 // did through the general path, and leaves the sandbox in the state its error says.
+// Every test here waits on the wake socket (wake-socket.ts), as calls do once it is up.
 import { readFileSync, readdirSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SandboxBuilder, type LoadedJSSandbox, type ProtoJSSandbox } from '../../src/index.js';
 import type { AirlockError } from '../../src/errors.js';
 import type { GuestWorker } from '../../src/engine/wasm/pool.js';
+import { startWakeSocket, wakeSocketWakes } from '../../src/engine/wasm/wake-socket.js';
 import { ticksDuring } from '../support/ticks.js';
 
 const sandboxes: LoadedJSSandbox[] = [];
@@ -46,12 +48,31 @@ async function rejection(p: Promise<unknown>): Promise<AirlockError> {
 
 
 describe('WebAssembly call hand-over', () => {
+  beforeAll(async () => {
+    // Unix sockets exist on every host the tier supports but Windows.
+    expect(await startWakeSocket()).toBe(process.platform !== 'win32');
+  });
+
+  it('settles each back-to-back call through one wake-up of the wake socket, with timers running between', async () => {
+    const s = await load({ echo: ECHO });
+    await s.callHandler('echo', {});
+    const before = wakeSocketWakes();
+    const ticks = await ticksDuring(async () => {
+      for (let i = 0; i < 1000; i++) expect(await s.callHandler('echo', { i })).toEqual({ i });
+    });
+    expect(wakeSocketWakes() - before).toBe(1000);
+    // A main thread kept busy in microtasks would let the interval fire once at most.
+    expect(ticks).toBeGreaterThanOrEqual(2);
+  });
+
   it('kill() during the wait for the answer cancels the call; a restore makes the sandbox usable again', async () => {
     const s = await load({ spin: SPIN, echo: ECHO });
     const snap = await s.snapshot();
+    const before = wakeSocketWakes();
     const p = s.callHandler('spin', {});
     setTimeout(() => s.interruptHandle.kill(), 20);
     const err = await rejection(p);
+    expect(wakeSocketWakes() - before).toBe(1);
     expect(err.code).toBe('ERR_CANCELLED');
     expect(s.lastCallStats?.terminatedBy).toBe('kill');
     expect(s.poisoned).toBe(true);
@@ -87,8 +108,11 @@ describe('WebAssembly call hand-over', () => {
     const p = s.callHandler('spin', {});
     await new Promise((r) => setTimeout(r, 20));
     const failed = rejection(p); // handled before the worker's exit makes it reject
+    const before = wakeSocketWakes();
     await w.thread.terminate();
     const err = await failed;
+    // A dead worker writes no byte: its exit settles the wait.
+    expect(wakeSocketWakes() - before).toBe(1);
     expect(err.code).toBe('ERR_INTERNAL');
     expect(err.message).toContain('the worker exited');
     expect((await rejection(s.callHandler('echo', {}))).code).toMatch(/^ERR_(GUEST_ABORT|POISONED)$/);
@@ -116,13 +140,18 @@ describe('WebAssembly call hand-over', () => {
         return v + 1;
       }),
     );
+    const before = wakeSocketWakes();
     for (let i = 0; i < 100; i++) expect(await s.callHandler('twice', { v: i })).toBe(i + 2);
     expect(served).toBe(200);
+    // The socket wakes the main thread for a call's first host call; its later turns
+    // wait on the State word.
+    expect(wakeSocketWakes() - before).toBe(100);
   });
 
   it('keeps sixteen sandboxes apart while each is called back to back, and the event loop ticks meanwhile', async () => {
     const all = await Promise.all(Array.from({ length: 16 }, () => load({ echo: 'let n = 0;\nfunction handler(e) { n++; return { id: e.id, n }; }' })));
     const seen = all.map(() => 0);
+    const before = wakeSocketWakes();
     const ticks = await ticksDuring(async () => {
       await Promise.all(
         all.map(async (s, id) => {
@@ -134,6 +163,8 @@ describe('WebAssembly call hand-over', () => {
       );
     });
     expect(seen).toEqual(all.map(() => 100));
+    // One socket serves every sandbox: a byte wakes every exchange whose worker answered.
+    expect(wakeSocketWakes() - before).toBe(1600);
     // A main thread kept busy in microtasks would let the interval fire once at most.
     expect(ticks).toBeGreaterThanOrEqual(5);
   });

@@ -25,6 +25,7 @@ import {
   type WorkerInit,
 } from './channel.js';
 import { MAX_SHADOW_STACK_BYTES, readModuleMemory, type GuestSizes, type ModuleMemory } from './module-memory.js';
+import { checkWakeWaiters } from './wake-socket.js';
 
 function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
@@ -478,8 +479,10 @@ export class GuestWorker {
   private gone(reason: string): void {
     if (this.exitReason !== undefined) return;
     this.exitReason = reason;
-    // Wake any main-thread waiter so it notices the exit.
+    // Wake any main-thread waiter so it notices the exit (a gone worker writes no byte);
+    // later, as a waitAsync's task would, not inside whatever code ended the thread.
     Atomics.notify(this.control, Slot.State);
+    queueMicrotask(checkWakeWaiters);
     for (const fn of [...this.exitListeners]) fn();
     this.exitListeners.clear();
   }

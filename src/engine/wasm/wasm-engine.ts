@@ -47,6 +47,7 @@ import {
   type Image,
 } from './pool.js';
 import { WasmTemplate } from './template.js';
+import { addWakeWaiter, startWakeSocket, wakeFd, type WakeWaiter } from './wake-socket.js';
 
 /** After a cancel, how long the guest gets to stop by itself (it polls the cancel
  *  word every ~10k QuickJS operations) before its worker is terminated. */
@@ -125,7 +126,7 @@ function checkSize(name: string, value: number): void {
   }
 }
 
-export class WasmEngine implements GuestEngine {
+export class WasmEngine implements GuestEngine, WakeWaiter {
   readonly backend = 'wasm' as const;
   private worker: GuestWorker | undefined;
   private booted = false;
@@ -153,6 +154,7 @@ export class WasmEngine implements GuestEngine {
     if (!Number.isInteger(config.consoleLimit) || config.consoleLimit < 0 || config.consoleLimit > MAX_U32) {
       throw new InvalidArgumentError(`consoleLimit must be an integer between 0 and ${MAX_U32} (got ${config.consoleLimit})`);
     }
+    void startWakeSocket();
   }
 
   // --- plumbing -----------------------------------------------------------------
@@ -297,6 +299,7 @@ export class WasmEngine implements GuestEngine {
       ctl[Slot.CpuLimitUs] = cpu !== undefined ? Math.max(1, Math.min(Math.round(cpu * 1000), 0x7fff_ffff)) : 0;
       ctl[Slot.CpuUsedUs] = -1;
       Atomics.store(ctl, Slot.Cancel, CancelReason.None);
+      Atomics.store(ctl, Slot.WakeFd, wakeFd());
       flight = this.startFlight(w, wall, started);
     } catch (e) {
       this.busy = false;
@@ -312,15 +315,61 @@ export class WasmEngine implements GuestEngine {
     if (Atomics.load(w.control, Slot.PostCall) === 1) this.watchPostCall(started);
     w.signal(State.Request);
     if (w.exitReason === undefined) {
+      // A waitAsync holds no handle, nor does the unref'd wake socket: keep the process
+      // alive until the worker answers (a worker that exits ends the wait, pool.ts gone()).
+      if (Atomics.load(w.control, Slot.WakeFd) !== 0) {
+        w.thread.ref();
+        addWakeWaiter(this);
+        return new Promise<ExchangeResult>(this.holdSettlers);
+      }
       const r = (atomicsWaitAsync as WaitAsync)(w.control, Slot.State, State.Request);
       if (r.async) {
-        // A waitAsync holds no handle: keep the process alive until the worker answers
-        // (a worker that exits notifies the word, pool.ts gone(), which ends the wait).
         w.thread.ref();
         return r.value.then(this.afterFirstWait, this.afterFirstWait);
       }
     }
     return this.serveExchange(w, flight).then(this.finishExchange, this.failExchange);
+  }
+
+  /** The settlers of the promise a wake-socket exchange returned (one in flight). */
+  private settleExchange: ((r: ExchangeResult | Promise<ExchangeResult>) => void) | undefined;
+  private rejectExchange: ((e: unknown) => void) | undefined;
+  private readonly holdSettlers = (resolve: (r: ExchangeResult | Promise<ExchangeResult>) => void, reject: (e: unknown) => void): void => {
+    this.settleExchange = resolve;
+    this.rejectExchange = reject;
+  };
+
+  /** WakeWaiter: the worker of the exchange in flight answered or went away. */
+  answered(): boolean {
+    const w = this.flight?.worker;
+    return !w || w.exitReason !== undefined || Atomics.load(w.control, Slot.State) !== State.Request;
+  }
+
+  /** WakeWaiter: the exchange's first wait ended; settles its promise as afterFirstWait
+   *  says (the answer, or the general path's continuation). */
+  wake(): void {
+    const resolve = this.settleExchange;
+    const reject = this.rejectExchange;
+    this.settleExchange = this.rejectExchange = undefined;
+    if (!resolve || !reject) return;
+    const w = this.flight?.worker;
+    // Later turns of this exchange (host calls) wait on State, not on the socket.
+    if (w) Atomics.store(w.control, Slot.WakeFd, 0);
+    try {
+      resolve(this.afterFirstWait());
+    } catch (e) {
+      reject(e);
+    }
+  }
+
+  /** WakeWaiter: the wake socket broke before the answer; wait on State instead. */
+  lost(): void {
+    const w = this.flight?.worker;
+    if (!w) return this.wake();
+    Atomics.store(w.control, Slot.WakeFd, 0);
+    const r = (atomicsWaitAsync as WaitAsync)(w.control, Slot.State, State.Request);
+    if (r.async) void r.value.then(() => this.wake());
+    else this.wake();
   }
 
   /** When the exchange that found its worker in post-call work began waiting for it

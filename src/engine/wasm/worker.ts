@@ -7,7 +7,7 @@
 // the thread for another sandbox; idle in the pool, it waits from its event loop
 // instead.
 // Everything read from linear memory is hostile and bounds-checked.
-import { openSync, readSync, readlinkSync } from 'node:fs';
+import { openSync, readSync, readlinkSync, writeSync } from 'node:fs';
 import { getPriority, setPriority } from 'node:os';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import {
@@ -315,6 +315,22 @@ function waitFor(wanted: State): void {
 function signal(state: State): void {
   Atomics.store(ctl, Slot.State, state);
   Atomics.notify(ctl, Slot.State);
+  wakeMain();
+}
+
+const WAKE_BYTE = new Uint8Array([1]);
+
+/** Wakes a main thread that waits for this answer on the wake socket (wake-socket.ts).
+ *  The fd is the main thread's (Slot.WakeFd), never the guest's to choose. */
+function wakeMain(): void {
+  const fdPlusOne = Atomics.load(ctl, Slot.WakeFd);
+  if (fdPlusOne <= 0) return;
+  try {
+    writeSync(fdPlusOne - 1, WAKE_BYTE);
+  } catch {
+    // EAGAIN: unread bytes fill the socket, and they wake the main thread anyway.
+    // Anything else: the main thread's socket broke, and it waits on State instead.
+  }
 }
 
 // --- guest output and input -----------------------------------------------------
