@@ -8,6 +8,9 @@ import { decodeMessages, encodeMessage, loadAddon, type NativeVm, type VmConfig 
 
 export const realImagePath = join(__dirname, '..', '..', 'out', 'guest', 'kvm', 'airlock-guest.img');
 export const realImagePresent = existsSync(realImagePath);
+// Where KVM tests must run (CI), a missing image is a failure, never a quiet skip.
+if (!realImagePresent && process.env.AIRLOCK_REQUIRE_KVM === '1')
+  throw new Error(`AIRLOCK_REQUIRE_KVM=1 but the guest image ${realImagePath} is missing: run bash scripts/setup.sh`);
 export const realGuestConfig: VmConfig = { heapSize: 64 << 20, stackSize: 1 << 20, inputSize: 1 << 20, outputSize: 1 << 20, consoleLimit: 4096 };
 
 /** The last message of an output buffer (the final answer after any console lines). */
