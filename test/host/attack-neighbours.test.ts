@@ -3,26 +3,10 @@
 // not stop another tenant's calls (each of its host calls needs a runner again, and the
 // pool's hand-back rule prefers the runner that ran it last). Progress is asserted,
 // never a time: the other tenant finishes while the neighbours still run.
-import { afterEach, expect, it } from 'vitest';
-import { SandboxBuilder, type LoadedJSSandbox } from '../../src/index.js';
+import { expect, it } from 'vitest';
 import { describeKvm } from '../support/kvm.js';
+import { tenant } from './fixtures/kvm-tenants.js';
 import { loadAddon } from './raw-guest.js';
-
-const open: { dispose(): Promise<void> }[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((s) => s.dispose()));
-});
-
-async function tenant(handlers: Record<string, string>, fns: Record<string, (...a: unknown[]) => unknown> = {}): Promise<LoadedJSSandbox> {
-  const proto = await new SandboxBuilder().setBackend('kvm').build();
-  open.push(proto);
-  for (const [name, fn] of Object.entries(fns)) proto.register('m', name, fn);
-  const js = await proto.loadRuntime();
-  for (const [name, code] of Object.entries(handlers)) js.addHandler(name, code);
-  const loaded = await js.getLoadedSandbox();
-  open.push(loaded);
-  return loaded;
-}
 
 /** Settles with the error code (or 'resolved'); `settled` says whether it did yet. */
 function watch(p: Promise<unknown>): { done: Promise<string>; settled: () => boolean } {

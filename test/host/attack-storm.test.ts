@@ -3,29 +3,13 @@
 // without end, one per runner, keep their exchanges watched, which a runner's quantum
 // does not preempt. Another tenant's calls must still get a runner and finish while
 // the storms go on; a kill ends each storm.
-import { afterEach, expect, it } from 'vitest';
-import { SandboxBuilder, type LoadedJSSandbox } from '../../src/index.js';
+import { expect, it } from 'vitest';
 import { describeKvm } from '../support/kvm.js';
+import { tenant } from './fixtures/kvm-tenants.js';
 import { loadAddon } from './raw-guest.js';
 
 // Read when the addon loads: more guests may poll than this machine has cores.
 process.env.AIRLOCK_KVM_POLLERS = '8';
-
-const open: { dispose(): Promise<void> }[] = [];
-afterEach(async () => {
-  await Promise.all(open.splice(0).map((s) => s.dispose()));
-});
-
-async function tenant(handlers: Record<string, string>, fns: Record<string, (...a: unknown[]) => unknown>): Promise<LoadedJSSandbox> {
-  const proto = await new SandboxBuilder().setBackend('kvm').build();
-  open.push(proto);
-  for (const [name, fn] of Object.entries(fns)) proto.register('m', name, fn);
-  const js = await proto.loadRuntime();
-  for (const [name, code] of Object.entries(handlers)) js.addHandler(name, code);
-  const loaded = await js.getLoadedSandbox();
-  open.push(loaded);
-  return loaded;
-}
 
 describeKvm('attack: host-call storms in memory on every runner', () => {
   it("another tenant's calls finish while the storms go on", async () => {

@@ -18,6 +18,7 @@ import {
   ZMM_IMAGE_BYTES,
   ZMM_LOAD_OFFSET,
   cpuPrograms,
+  pattern,
 } from './cpu-programs.js';
 import { buildImage, defaultConfig, loadAddon, programs, rejection, type NativeVm } from './raw-guest.js';
 
@@ -49,21 +50,6 @@ function expectCpuFault(result: Buffer | Failure): void {
   const err = result as Failure;
   expect(err.code).toBe('ERR_GUEST_ABORT');
   expect(err.message).toMatch(/shutdown \(CPU fault or triple fault\)/);
-}
-
-/** Deterministic bytes that differ per tenant (xorshift32). */
-function pattern(seed: number, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let x = (seed * 0x9e3779b9) >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = x & 0xff;
-  }
-  return out;
 }
 
 const dumpRequest = () => Buffer.from([DUMP]);

@@ -123,3 +123,18 @@ export const cpuPrograms = {
       'b9740100000f32',
     )]),
 };
+
+/** Deterministic bytes that differ per tenant (xorshift32). */
+export function pattern(seed: number, length: number): Buffer {
+  const out = Buffer.alloc(length);
+  let x = (seed * 0x9e3779b9) >>> 0 || 1;
+  for (let i = 0; i < length; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    out[i] = x & 0xff;
+  }
+  return out;
+}

@@ -7,7 +7,7 @@
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
-import { YMM_IMAGE_BYTES, YMM_LOAD_OFFSET, LOAD, DUMP, cpuPrograms } from './cpu-programs.js';
+import { YMM_IMAGE_BYTES, YMM_LOAD_OFFSET, LOAD, DUMP, cpuPrograms, pattern } from './cpu-programs.js';
 import { hostile } from './hostile-programs.js';
 import { buildImage, defaultConfig, encodeMessage, loadAddon, rejection, type NativeVm, type VmConfig } from './raw-guest.js';
 import { finalMessage, realGuestBooter, realGuestConfig, realImagePresent } from './real-guest-vms.js';
@@ -56,21 +56,6 @@ async function restoreUntilDirect(
     await check();
   }
   return direct;
-}
-
-/** Deterministic bytes per tenant (xorshift32), as cpu-isolation.test.ts. */
-function pattern(seed: number, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let x = (seed * 0x9e3779b9) >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = x & 0xff;
-  }
-  return out;
 }
 
 const loadYmm = (image: Buffer) => {
