@@ -45,16 +45,16 @@ export function assemble(items: Item[]): Buffer {
 }
 
 /** pause; cmp dword [C+poll_state], state — F3 90; 83 3C 25 disp32 imm8 */
-const pauseCmpPoll = (state: number) => cat(Buffer.from('f390833c25', 'hex'), u32(POLL), Buffer.from([state]));
+export const pauseCmpPoll = (state: number) => cat(Buffer.from('f390833c25', 'hex'), u32(POLL), Buffer.from([state]));
 const setPoll = (state: number) => movDword(POLL, state);
 const noOutput = () => movDword(CONTROL + abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0);
 const exitResponse = () => exitWith(abi.AIRLOCK_EXIT_RESPONSE);
 
 /** Polls; each request the host enters with (REQUEST_EXIT, the watcher not watching) is
  *  answered at once with no output; a request handed over in memory (REQUEST) moves to
- *  HOST_CALL with no output (with `call`) and runs `scenario` (which may jump back to
- *  "top"). */
-function watchedHostCall(scenario: Item[], call = true): Buffer {
+ *  HOST_CALL with an output of `responseLen` bytes (with `call`) and runs `scenario`
+ *  (which may jump back to "top"). */
+export function watchedHostCall(scenario: Item[], call = true, responseLen = 0): Buffer {
   return assemble([
     bootAsPoller(),
     { label: 'top' },
@@ -63,7 +63,7 @@ function watchedHostCall(scenario: Item[], call = true): Buffer {
     { jump: 'jne', to: 'by-exit' },
     ...(call
       ? [
-          noOutput(),
+          movDword(CONTROL + abi.AIRLOCK_CTRL_OFF_RESPONSE_LEN, responseLen),
           casPoll(abi.AIRLOCK_POLL_REQUEST, abi.AIRLOCK_POLL_HOST_CALL),
           { jump: 'jne', to: 'by-exit' } as Item, // the watcher stopped watching first
         ]
