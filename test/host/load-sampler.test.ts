@@ -3,26 +3,14 @@
 // busy time less this process's own, a reading over another CPU set (a thread re-pinned)
 // only restarts the baseline, and the cap leaves a core to the main thread and holds
 // between its two thresholds. The machine's real load plays no part.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { cxxDriver } from '../support/cxx-driver.js';
 
-const root = join(__dirname, '..', '..');
-let dir: string;
-let driver: string;
-
-beforeAll(() => {
-  dir = mkdtempSync(join(tmpdir(), 'airlock-load-sampler-'));
-  driver = join(dir, 'driver');
-  execFileSync('g++', ['-std=c++17', '-O1', '-Wall', '-Werror', '-o', driver, join(__dirname, 'fixtures', 'load-sampler-driver.cc'), join(root, 'host', 'src', 'load_sampler.cc')]);
-});
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const driver = cxxDriver('load-sampler-driver.cc', 'load_sampler.cc');
 
 /** Runs the commands through one sampler; each answer line split into numbers. */
 function run(commands: string[]): number[][] {
-  const out = execFileSync(driver, { input: commands.join('\n') + '\n', encoding: 'utf8' });
+  const out = driver(commands.join('\n') + '\n');
   return out.trim().split('\n').map((l) => l.split(' ').map(Number));
 }
 

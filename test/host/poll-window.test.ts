@@ -7,22 +7,10 @@
 // window is probed again with a doubling backoff that an answer taken from memory resets, spaced-out
 // requests halve it to zero, and nothing is probed while no core is free. This
 // machine's timing plays no part.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { cxxDriver } from '../support/cxx-driver.js';
 
-const root = join(__dirname, '..', '..');
-let dir: string;
-let driver: string;
-
-beforeAll(() => {
-  dir = mkdtempSync(join(tmpdir(), 'airlock-poll-window-'));
-  driver = join(dir, 'driver');
-  execFileSync('g++', ['-std=c++17', '-O1', '-Wall', '-Werror', '-o', driver, join(__dirname, 'fixtures', 'poll-window-driver.cc'), join(root, 'host', 'src', 'poll_window.cc')]);
-});
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const driver = cxxDriver('poll-window-driver.cc', 'poll_window.cc');
 
 type Step = [window: number, change: string];
 
@@ -32,7 +20,7 @@ type Request = [hit: 0 | 1, gapUs: number, mayPoll?: 0 | 1, last?: Last];
 /** One rule with the longest window `maxUs`; each request as [hit, gapUs, mayPoll, last]. */
 function run(maxUs: number, requests: Request[]): Step[] {
   const input = [`new ${maxUs}`, ...requests.map(([h, g, m = 1, l = 'e']) => `req ${h} ${g} ${m} ${l}`)].join('\n') + '\n';
-  const out = execFileSync(driver, { input, encoding: 'utf8' }).trim().split('\n');
+  const out = driver(input).trim().split('\n');
   expect(out[0]).toBe('ok');
   return out.slice(1).map((l) => {
     const [w, c] = l.split(' ');
