@@ -24,10 +24,11 @@ describeKvm('host addon: undisposed VMs', () => {
     const { before, during, after, pool } = JSON.parse(r.stdout.trim().split('\n').pop()!);
     // 20 live VMs hold a VM fd and a vCPU fd each, but no thread: at most the
     // runner pool's threads come and go ...
-    expect(during.fds).toBeGreaterThanOrEqual(before.fds + 40);
+    expect(during.kvmFds).toBeGreaterThanOrEqual(before.kvmFds + 40);
     expect(during.threads).toBeLessThanOrEqual(before.threads + pool.limit);
     expect(pool.limit).toBeLessThan(20);
     // ... and the finalizer gives the fds (and KVM's threads) back.
+    expect(after.kvmFds).toBeLessThanOrEqual(before.kvmFds);
     expect(after.fds).toBeLessThanOrEqual(before.fds);
     expect(after.kvmThreads).toBeLessThanOrEqual(before.kvmThreads);
     expect(after.threads).toBeLessThanOrEqual(before.threads + pool.limit);
