@@ -10,6 +10,7 @@
         "src/vcpu_thread.cc",
         "src/runner.cc",
         "src/runner_napi.cc",
+        "src/census.cc",
         "src/cancellation.cc",
         "src/core_budget.cc",
         "src/load_sampler.cc",

@@ -16,6 +16,7 @@
 #include "call_path_counters.h"
 #include "core_budget.h"
 #include "exit_floor.h"
+#include "census_napi.h"
 #include "runner_napi.h"
 #include "messages.h"
 #include "reply_deadline.h"
@@ -607,6 +608,7 @@ Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
     exports.Set("measureExitFloor", exitFloorFunction(env));
     exports.Set("measureExchangeFloor", exchangeFloorFunction(env));
     exports.Set("runnerPool", runnerPoolFunction(env));
+    exports.Set("census", censusFunction(env));
     exports.Set("Vm", VmWrap::Init(env));
     registerTemplateApi(env, exports);
     return exports;

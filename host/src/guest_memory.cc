@@ -13,6 +13,7 @@
 #include <system_error>
 #include <unistd.h>
 
+#include "census.h"
 #include "layout.h"
 
 #ifndef MADV_POPULATE_WRITE
@@ -59,6 +60,7 @@ int touchedPagesOnlyFd() {
 } // namespace
 
 GuestMemory::GuestMemory(uint64_t size) : size_(size) {
+    countIn();
     // Over-allocate by one huge page so the guest base can be 2 MiB aligned: the
     // host backs each 2 MiB guest page with one transparent huge page only then.
     mappingSize_ = size + kHugePageSize;
@@ -84,6 +86,12 @@ GuestMemory::GuestMemory(std::shared_ptr<const MemoryImage> image, Reservation r
         ::munmap(mapping_, mappingSize_);
         throw;
     }
+    countIn();
+}
+
+void GuestMemory::countIn() {
+    census().guestMemories.fetch_add(1, std::memory_order_relaxed);
+    census().guestMemoryBytes.fetch_add(static_cast<int64_t>(size_), std::memory_order_relaxed);
 }
 
 void GuestMemory::adopt(std::shared_ptr<const MemoryImage> image) {
@@ -119,6 +127,8 @@ bool GuestMemory::mapTouchedPagesOnly() {
 }
 
 GuestMemory::~GuestMemory() {
+    census().guestMemories.fetch_sub(1, std::memory_order_relaxed);
+    census().guestMemoryBytes.fetch_sub(static_cast<int64_t>(size_), std::memory_order_relaxed);
     // Snapshots of this guest can only be restored into it (or made templates, which
     // pin their image first): their descriptors are of no use any more.
     for (const std::weak_ptr<const MemoryImage> &w : adopted_)

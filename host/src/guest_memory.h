@@ -64,6 +64,7 @@ public:
     bool mapTouchedPagesOnly();
 
 private:
+    void countIn(); // into the census, once constructed
     uint8_t *base_ = nullptr;
     uint64_t size_ = 0;
     void *mapping_ = nullptr;

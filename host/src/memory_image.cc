@@ -9,6 +9,7 @@
 #include <system_error>
 #include <unistd.h>
 
+#include "census.h"
 #include "layout.h"
 
 #ifndef MFD_ALLOW_SEALING
@@ -88,6 +89,7 @@ std::shared_ptr<MemoryImage> MemoryImage::capture(const uint8_t *src, uint64_t s
             page = end;
         }
     }
+    census().memoryImageBytes.fetch_add(static_cast<int64_t>(img->dataBytes_), std::memory_order_relaxed);
     img->seal();
     return img;
 }
@@ -110,7 +112,11 @@ void MemoryImage::retire() const {
     fd_ = -1;
 }
 
+MemoryImage::MemoryImage() { census().memoryImages.fetch_add(1, std::memory_order_relaxed); }
+
 MemoryImage::~MemoryImage() {
+    census().memoryImages.fetch_sub(1, std::memory_order_relaxed);
+    census().memoryImageBytes.fetch_sub(static_cast<int64_t>(dataBytes_), std::memory_order_relaxed);
     if (view_) ::munmap(view_, size_);
     if (fd_ >= 0) ::close(fd_);
 }

@@ -46,7 +46,7 @@ public:
     uint64_t dataBytes() const { return dataBytes_; }
 
 private:
-    MemoryImage() = default;
+    MemoryImage();
     void create(uint64_t size);
     void writeAt(uint64_t offset, const uint8_t *bytes, size_t len);
     void seal();

@@ -191,7 +191,14 @@ void RunnerPool::lingering(Sandbox *s, bool asleep) {
         lingering_.erase(it);
 }
 
-std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<Sandbox> &last, Served how) {
+std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, std::shared_ptr<Sandbox> last, Served how) {
+    if (last && how == Served::Stopped) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            keepLocked(last, how); // marks it done; never kept
+        }
+        last.reset();
+    }
     std::unique_lock<std::mutex> lock(mu_);
     // The sandbox was released (its signal target cleared): a quantum signal still
     // in flight finds no sandbox.
@@ -202,14 +209,21 @@ std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, const std::shared_ptr<
     runner.holding_ = false;
     // In the same hold of the lock as the wait below: a sandbox posted to meanwhile
     // finds this runner idle rather than starting another.
-    if (!last) {
+    if (runner.fresh_) {
+        runner.fresh_ = false;
         --starting_;
-    } else if (keepLocked(last, how)) {
+    } else if (last && keepLocked(last, how)) {
         AIRLOCK_COUNT(runnerKeeps);
         runner.holding_ = true;
         if (!queue_.empty()) armQuantaLocked();
         return last;
     }
+    // Not kept: the runner holds no sandbox while it waits (a disposed one would stay
+    // alive until this runner took another or retired). Rarely the last reference
+    // (its VM object was collected meanwhile): ~Sandbox then runs under the pool's
+    // lock, which is safe, as it takes only the sleep timers' lock, and that is
+    // never held while this one is taken.
+    last.reset();
     const Sandbox *wanted = nullptr;
     while (queue_.empty()) {
         runner.chosen_ = false;
@@ -311,7 +325,7 @@ void Runner::main() {
     RunnerPool &pool = RunnerPool::instance();
     std::shared_ptr<Sandbox> s;
     Served how = Served::Idle;
-    while ((s = pool.next(*this, s, how))) {
+    while ((s = pool.next(*this, std::move(s), how))) {
         s->hold(*this);
         how = s->vcpuThread_->serve(*this);
         s->release();

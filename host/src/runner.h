@@ -67,6 +67,7 @@ private:
     // Under the pool's lock: whether it holds a sandbox, and whether its quantum timer
     // is armed (only while sandboxes wait in the queue).
     bool holding_ = false;
+    bool fresh_ = true; // has not asked the pool for a sandbox yet (counted in starting_)
     bool quantumArmed_ = false;
     // Under the pool's lock, while it waits for a sandbox: it was chosen to take the
     // queue's next one (woken on its own condition variable, so the pool chooses).
@@ -121,8 +122,10 @@ private:
     RunnerPool();
     friend class Runner;
     // The runner's next sandbox after its turn on `last` (null: its first) ended
-    // `how`: `last` again, or the queue's front; blocks; null: retire.
-    std::shared_ptr<Sandbox> next(Runner &runner, const std::shared_ptr<Sandbox> &last, Served how);
+    // `how`: `last` again, or the queue's front; blocks; null: retire. A stopped
+    // `last` is let go before the runner waits, outside the pool's lock (this may be
+    // its last reference, and ~Sandbox takes other locks).
+    std::shared_ptr<Sandbox> next(Runner &runner, std::shared_ptr<Sandbox> last, Served how);
     bool keepLocked(const std::shared_ptr<Sandbox> &s, Served how);
     void enqueueLocked(const std::shared_ptr<Sandbox> &s, bool front);
     void startRunnerLocked();

@@ -21,6 +21,7 @@
 #include "../../guest/include/abi.h"
 #include "answer_watcher.h"
 #include "call_path_counters.h"
+#include "census.h"
 #include "core_budget.h"
 #include "hostcall_memory.h"
 #include "messages.h"
@@ -45,7 +46,7 @@ std::shared_ptr<Sandbox> Sandbox::create(const uint8_t *image, size_t imageSize,
 
 Sandbox::Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &config, const SpinConfig &spin,
                  std::function<void()> notify)
-    : id_(g_nextSandboxId.fetch_add(1)), image_(image, image + imageSize), spin_(spin), notify_(std::move(notify)) {
+    : id_(g_nextSandboxId.fetch_add(1)), image_(image, imageSize), spin_(spin), notify_(std::move(notify)) {
     ImageHeader header = parseImageHeader(image_.data(), image_.size());
     layout_ = computeLayout(header, image_.size(), config);
     cancelSignal(); // fail here, synchronously, if no signal is available
@@ -68,6 +69,7 @@ Sandbox::Sandbox(std::shared_ptr<const Template> t, const SpinConfig &spin, std:
 }
 
 void Sandbox::init() {
+    census().sandboxes.fetch_add(1, std::memory_order_relaxed);
     vcpuThread_ = std::make_unique<VcpuThread>(*this);
     signalTarget_.state = &cancel_;
     signalTarget_.wakeSeq = handover_.wakeWord();
@@ -77,6 +79,7 @@ void Sandbox::init() {
 }
 
 Sandbox::~Sandbox() {
+    census().sandboxes.fetch_sub(1, std::memory_order_relaxed);
     // The queue and the runner holding it own references: nothing runs it any more.
     // The VM and vCPU go before the guest memory they map.
     vcpuThread_.reset();

@@ -24,6 +24,7 @@
 #include "guest_memory.h"
 #include "handover.h"
 #include "layout.h"
+#include "mapped_bytes.h"
 #include "ops.h"
 #include "poll_window.h"
 #include "runner.h"
@@ -175,7 +176,7 @@ private:
     friend class Runner;
 
     const uint64_t id_;
-    std::vector<uint8_t> image_; // empty for a clone
+    MappedBytes image_; // until the guest is set up; empty for a clone
     std::shared_ptr<const Template> template_; // what a clone starts from
     GuestLayout layout_;
     SpinConfig spin_;

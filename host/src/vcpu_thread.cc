@@ -318,6 +318,7 @@ void VcpuThread::setUpGuest() {
     buildSystemRegion(mem, ranges);
 
     std::memcpy(mem.at(h.loadAddr, s_.image_.size()), s_.image_.data(), s_.image_.size());
+    s_.image_.release(); // guest memory holds it now: nothing reads the copy again
     // bss is already zero: the mapping is fresh anonymous memory.
     const uint64_t c = h.control;
     mem.write<uint64_t>(c + AIRLOCK_CTRL_OFF_INPUT_ADDR, l.inputAddr);

@@ -39,7 +39,20 @@ export interface Addon {
   setCancelSignal(signal: number): void;
   /** The runner pool: runners kept busy at once (soft size), the most that may exist, and threads now. */
   runnerPool(): { limit: number; hardCap: number; runners: number };
+  /** Native objects alive now (sandboxes, guest memories, snapshot and template images), what they hold, and malloc's
+   *  totals; `trim` first returns malloc's free pages to the kernel (malloc_trim), so RSS then counts memory in use. */
+  census(opts?: { trim?: boolean }): Census;
   Vm: new (image: Buffer, config: VmConfig, onHostCall: (output: Buffer, callId: number) => void) => NativeVm;
+}
+
+export interface Census {
+  sandboxes: number;
+  guestMemories: number;
+  guestMemoryBytes: number;
+  memoryImages: number;
+  memoryImageBytes: number;
+  mallocInUse: number;
+  mallocFree: number;
 }
 
 export function loadAddon(): Addon {
