@@ -218,12 +218,6 @@ std::shared_ptr<Sandbox> RunnerPool::next(Runner &runner, std::shared_ptr<Sandbo
         if (!queue_.empty()) armQuantaLocked();
         return last;
     }
-    // Not kept: the runner holds no sandbox while it waits (a disposed one would stay
-    // alive until this runner took another or retired). Rarely the last reference
-    // (its VM object was collected meanwhile): ~Sandbox then runs under the pool's
-    // lock, which is safe, as it takes only the sleep timers' lock, and that is
-    // never held while this one is taken.
-    last.reset();
     const Sandbox *wanted = nullptr;
     while (queue_.empty()) {
         runner.chosen_ = false;

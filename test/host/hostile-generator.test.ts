@@ -77,13 +77,16 @@ describeKvm('host addon: seeded random hostile guests', () => {
       expect(summary.end.threads, report).toBeLessThanOrEqual(summary.start.threads);
       expect(summary.end.runners, report).toBeLessThanOrEqual(loadAddon().runnerPool().hardCap);
       // ... and everything native it had let go: the driver dropped every VM and
-      // snapshot, so no sandbox, guest memory or snapshot image is left, and malloc
+      // snapshot, so no guest memory or snapshot image is left, and malloc
       // hands out what it did at the start (a leak of 20 KiB a VM over the ~180 VMs of
       // a run is 4 MiB).
       expect(summary.vmsAlive, report).toBe(0);
       const { census: c0 } = summary.start;
       const { census: c1 } = summary.end;
-      expect([c1.sandboxes, c1.guestMemories, c1.guestMemoryBytes, c1.memoryImages, c1.memoryImageBytes], report).toEqual([0, 0, 0, 0, 0]);
+      expect([c1.guestMemories, c1.guestMemoryBytes, c1.memoryImages, c1.memoryImageBytes], report).toEqual([0, 0, 0, 0]);
+      // A runner waiting for work may still reference the last sandbox it served (its
+      // VM, memory and fds are gone with its Stop): at most one object per runner.
+      expect(c1.sandboxes, report).toBeLessThanOrEqual(summary.end.runners);
       // Under AddressSanitizer freed memory waits in its quarantine on purpose, and
       // its allocator is not malloc's: neither figure says anything about the host.
       if (sanitized) return;
