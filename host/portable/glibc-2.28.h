@@ -4,10 +4,10 @@
 #ifndef AIRLOCK_GLIBC_2_28_H
 #define AIRLOCK_GLIBC_2_28_H
 
-// glibc 2.34 moved librt and libpthread into libc and gave these functions a new default
+// glibc 2.34 moved librt, libpthread and libdl into libc and gave these functions a new default
 // version; the older versions below are the same functions (same ABI as today's headers:
-// timer_t's 2.3.3 ABI on x86-64) and are what glibc 2.28 provides, from librt.so.1 and
-// libpthread.so.0 (the build records both as needed libraries).
+// timer_t's 2.3.3 ABI on x86-64) and are what glibc 2.28 provides, from librt.so.1,
+// libpthread.so.0 and libdl.so.2 (the build records all three as needed libraries).
 __asm__(".symver timer_create,timer_create@GLIBC_2.3.3");
 __asm__(".symver timer_delete,timer_delete@GLIBC_2.3.3");
 __asm__(".symver timer_settime,timer_settime@GLIBC_2.3.3");
@@ -16,6 +16,8 @@ __asm__(".symver pthread_getcpuclockid,pthread_getcpuclockid@GLIBC_2.2.5");
 __asm__(".symver pthread_setname_np,pthread_setname_np@GLIBC_2.12");
 __asm__(".symver pthread_sigqueue,pthread_sigqueue@GLIBC_2.11");
 __asm__(".symver pthread_mutex_trylock,pthread_mutex_trylock@GLIBC_2.2.5");
+// The same move took libdl into libc (census.cc looks mallinfo2 up at run time).
+__asm__(".symver dlsym,dlsym@GLIBC_2.2.5");
 
 #ifdef __cplusplus
 // pthread_cond_clockwait appeared in glibc 2.30. Without this macro libstdc++'s

@@ -1,6 +1,7 @@
 // census.cc — the N-API view of the live-object counters.
 #include "census_napi.h"
 
+#include <dlfcn.h>
 #include <malloc.h>
 
 #include "census.h"
@@ -8,6 +9,22 @@
 namespace airlock {
 
 namespace {
+
+struct MallocTotals {
+    int64_t inUse = -1; // -1: this C library cannot say
+    int64_t free = -1;
+};
+
+// mallinfo2 is glibc 2.33+, above the prebuilt addon's 2.28 baseline: looked up at run
+// time, so the addon links against no newer symbol. Its 32-bit predecessor (mallinfo)
+// wraps past 2 GiB, so it is not a fallback.
+MallocTotals mallocTotals() {
+    using Fn = struct mallinfo2 (*)();
+    static const Fn fn = reinterpret_cast<Fn>(::dlsym(RTLD_DEFAULT, "mallinfo2"));
+    if (!fn) return {};
+    const struct mallinfo2 m = fn();
+    return {static_cast<int64_t>(m.uordblks + m.hblkhd), static_cast<int64_t>(m.fordblks)};
+}
 
 Napi::Value CensusInfo(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
@@ -26,9 +43,9 @@ Napi::Value CensusInfo(const Napi::CallbackInfo &info) {
     set("memoryImages", c.memoryImages.load(std::memory_order_relaxed));
     set("memoryImageBytes", c.memoryImageBytes.load(std::memory_order_relaxed));
     // The whole process's malloc (every arena): bytes handed out and bytes kept free.
-    const struct mallinfo2 m = ::mallinfo2();
-    set("mallocInUse", static_cast<int64_t>(m.uordblks + m.hblkhd));
-    set("mallocFree", static_cast<int64_t>(m.fordblks));
+    const MallocTotals m = mallocTotals();
+    set("mallocInUse", m.inUse);
+    set("mallocFree", m.free);
     return o;
 }
 
