@@ -79,7 +79,9 @@
  *   REQUEST_EXIT           guest answers with AIRLOCK_EXIT_RESPONSE; the host sets
  *                          READY before running it on to poll, or IDLE if it will not
  *   READY -> IDLE          guest: poll window over, then AIRLOCK_EXIT_IDLE;
- *                          host (vCPU thread): taking the guest out of its poll
+ *                          host (vCPU thread, or the thread posting an op other
+ *                          than a request): taking the guest out of its poll; a
+ *                          polling guest that reads IDLE exits AIRLOCK_EXIT_IDLE
  *   IDLE -> READY          host (vCPU thread, guest stopped): a restored guest polls
  *                          for the next request (a window as after an answer)
  * A host call made during a REQUEST (a host thread watches) is handed over in memory

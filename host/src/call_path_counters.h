@@ -23,6 +23,7 @@ namespace airlock {
     X(watchesGivenUp)            /* the watcher's bound passed: REQUEST -> REQUEST_EXIT */                          \
     X(guestParks)                /* an IDLE exit with nothing in flight: the guest's window ran out */              \
     X(windowsEndedByHost)        /* the runner took the guest out of its poll (op waiting, window over, yield) */   \
+    X(pollEndsInMemory)          /* a posted op took a polling guest out of its poll through memory (no signal) */ \
     X(opSpinHits)                /* the runner's spin for the next op caught it */                                  \
     X(opSpinMisses)                                                                                                 \
     X(lingerHits)                /* an op came while the runner lingered asleep on the sandbox */                    \

@@ -2,7 +2,8 @@
 // post-answer window (VcpuThread::openWindowAfterRestore) while a core is free for it:
 // the call after a restore is handed over in memory; the window's run is undone by the
 // next restore and kept by the next snapshot, exactly (memory and registers); kill and
-// dispose end it; a guest that forges poll_state in it is poisoned.
+// dispose end it; a guest that forges poll_state in it is poisoned. A restore or a
+// snapshot of a guest polling after a call takes it out of its poll through memory.
 import { afterEach, expect, it } from 'vitest';
 import * as abi from '../../src/engine/abi.generated.js';
 import { describeKvm } from '../support/kvm.js';
@@ -93,6 +94,34 @@ describeKvm('the guest polls after a restore', () => {
     expect(delta(after, before, 'requestsMailbox')).toBeLessThan(rounds);
     expect(delta(after, before, 'requestsInMemoryWatched', 'requestsInMemoryExit', 'requestsMailbox')).toBe(rounds);
     expect(delta(after, before, 'answersInMemory', 'answersByExit', 'answersAtPark')).toBe(rounds);
+  });
+
+  it.skipIf(!realImagePresent)('takes a guest polling after a call out of its poll through memory for a restore or a snapshot: no signal', async () => {
+    const vm = await bootReal(HANDLER);
+    await call(vm);
+    const snap = await vm.snapshot();
+    const rounds = 20;
+    const before = counters();
+    let polling = 0;
+    let n = 1;
+    for (let i = 0; i < rounds; i++) {
+      expect(await call(vm)).toBe(++n);
+      // Right after an answer the guest polls in its window (10 ms): the restore or the
+      // snapshot writes IDLE into poll_state, and the guest's own IDLE exit brings the
+      // runner to it; no signal interrupts its KVM_RUN.
+      if (loadAddon().pollingBudget().sessions > 0) polling++;
+      if (i % 2 === 0) {
+        await vm.restore(snap); // back to n = 1, exactly
+        n = 1;
+      } else await vm.snapshot();
+    }
+    const after = counters();
+    expect(polling).toBeGreaterThan(0);
+    expect(delta(after, before, 'pollEndsInMemory')).toBeGreaterThan(0);
+    expect(delta(after, before, 'kicks')).toBe(0);
+    // What the restores gave back is exact: n was 1 after the first call.
+    await vm.restore(snap);
+    expect(await call(vm)).toBe(2);
   });
 
   it('a restore after the window reverts what the guest did in it, memory and registers', async () => {
