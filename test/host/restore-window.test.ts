@@ -118,7 +118,10 @@ describeKvm('the guest polls after a restore', () => {
     const after = counters();
     expect(polling).toBeGreaterThan(0);
     expect(delta(after, before, 'pollEndsInMemory')).toBeGreaterThan(0);
-    expect(delta(after, before, 'kicks')).toBe(0);
+    // A kick remains only for an op that meets the guest between states (its answer's
+    // exit taken, READY not yet given back: seen once in 20 under CI's load); with a
+    // kick for every op that finds it polling, most rounds would count one.
+    expect(delta(after, before, 'kicks')).toBeLessThanOrEqual(rounds / 4);
     // What the restores gave back is exact: n was 1 after the first call.
     await vm.restore(snap);
     expect(await call(vm)).toBe(2);
