@@ -54,6 +54,7 @@ Sandbox::Sandbox(const uint8_t *image, size_t imageSize, const SandboxConfig &co
     // Started with the first sandbox (not with the first fast request), so the
     // process's thread count settles as soon as sandboxes exist.
     AnswerWatcher::instance().start();
+    census().sandboxes.fetch_add(1, std::memory_order_relaxed); // last: a throw above runs no destructor
 }
 
 std::shared_ptr<Sandbox> Sandbox::createClone(std::shared_ptr<const Template> t, const SpinConfig &spin,
@@ -66,10 +67,10 @@ Sandbox::Sandbox(std::shared_ptr<const Template> t, const SpinConfig &spin, std:
       notify_(std::move(notify)) {
     cancelSignal(); // fail here, synchronously, if no signal is available
     init();
+    census().sandboxes.fetch_add(1, std::memory_order_relaxed); // last: a throw above runs no destructor
 }
 
 void Sandbox::init() {
-    census().sandboxes.fetch_add(1, std::memory_order_relaxed);
     vcpuThread_ = std::make_unique<VcpuThread>(*this);
     signalTarget_.state = &cancel_;
     signalTarget_.wakeSeq = handover_.wakeWord();
