@@ -419,7 +419,7 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
         memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0);
     }
     writeClockBase();
-    writePollTicks();
+    writePollTicks(kind == OpKind::Exchange && restoreForeseenAfterThis());
     const uint64_t cpuNow = vcpuCpuNs();
     chargeAfterAnswer(cpuNow); // the guest ran on until this request reached it
     record_.op = kind;
@@ -514,14 +514,26 @@ void Sandbox::adaptPollWindow(bool metPollingGuest) {
     }
 }
 
+// Either thread, before publishing a request: whether it is the call a restore is
+// foreseen after (as many calls since the last restore as between the two before it).
+bool Sandbox::restoreForeseenAfterThis() const {
+    const uint64_t due = restoreDueAfter_.load(std::memory_order_relaxed);
+    return due != 0 && exchanges_.load(std::memory_order_relaxed) + 1 == due;
+}
+
 // Either thread, before publishing a request. The guest reads poll_ticks when it
 // starts to wait, and before answering (0: it collects first, as it will not run on).
 // Zero too while no core is free for a poll (CoreBudget): the guest then answers with
-// an exit and parks.
-void Sandbox::writePollTicks() {
+// an exit and parks. And zero for the call a restore is foreseen after (`skipWindow`):
+// a window would catch no request, only the restore, which must then take the guest
+// out of its poll with an exit of its own; parking at once right after the answer
+// makes that exit while JavaScript takes the answer, off the restore's path. A wrong
+// guess costs the next call its window, once per change of the pattern.
+void Sandbox::writePollTicks(bool skipWindow) {
     const bool allowed = CoreBudget::instance().pollAllowed();
     if (!allowed) AIRLOCK_COUNT(requestsWithoutWindow);
-    const uint64_t ns = allowed ? pollNs_.load() : 0;
+    else if (skipWindow) AIRLOCK_COUNT(windowsSkippedForRestore);
+    const uint64_t ns = allowed && !skipWindow ? pollNs_.load() : 0;
     memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS,
                              static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tscKhz_ / 1'000'000));
     memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_HOST_CALL_TICKS,

@@ -157,7 +157,8 @@ private:
     void setPollWindow(uint64_t ns);
     // Main thread, as it publishes a request (in memory or to the mailbox).
     void adaptPollWindow(bool metPollingGuest);
-    void writePollTicks();
+    void writePollTicks(bool skipWindow = false);
+    bool restoreForeseenAfterThis() const;
 
     // Either thread, with the guest stopped or before publishing a request.
     void writeClockBase();
@@ -207,6 +208,10 @@ private:
     // Exchanges claimed (each once, by whichever side claims it): VcpuThread counts the
     // calls between restores with it, to foresee the next restore.
     std::atomic<uint64_t> exchanges_{0};
+    // The ordinal (in exchanges_) of the call a restore is foreseen after, 0 for none:
+    // set by each restore (VcpuThread::restoreFollowsCall, under vcpuUse_), read as a
+    // request is published (writePollTicks) by whichever thread publishes it.
+    std::atomic<uint64_t> restoreDueAfter_{0};
 
     std::mutex reasonMu_; // guards notRunnableReason_
     CancelState cancel_;

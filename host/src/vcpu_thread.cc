@@ -476,6 +476,7 @@ bool VcpuThread::restoreFollowsCall() {
     const uint64_t exchanges = s_.exchanges_.load(std::memory_order_relaxed);
     callsBetweenRestores_ = exchanges - exchangesAtRestore_;
     exchangesAtRestore_ = exchanges;
+    s_.restoreDueAfter_.store(callsBetweenRestores_ ? exchanges + callsBetweenRestores_ : 0, std::memory_order_relaxed);
     return callFollowed;
 }
 
