@@ -175,6 +175,45 @@ describe('wasm engine', () => {
     expect((await call(engine, 'count', {})).value).toBe('2');
   });
 
+  it('a restore with nothing run since keeps the image; a call, a failed call or another image makes the next restore whole', async () => {
+    // The worker skips the copy when memory still holds exactly the image asked for
+    // (nothing ran since it was restored or taken): each step below would see a stale
+    // count if anything that ran guest code let the next restore skip.
+    const engine = await bootWith({
+      count: 'let n = 0; function handler() { return ++n; }',
+      bumpThenThrow: 'function handler() { globalThis.__bumped = (globalThis.__bumped ?? 0) + 1; throw new Error("after a write"); }',
+      bumpThenSpin: 'function handler() { globalThis.__bumped = (globalThis.__bumped ?? 0) + 1; for (;;) {} }',
+      bumped: 'function handler() { return globalThis.__bumped ?? 0; }',
+    });
+    expect((await call(engine, 'count', {})).value).toBe('1');
+    const a = await engine.snapshot();
+    await engine.restore(a); // nothing ran since the snapshot
+    await engine.restore(a);
+    expect((await call(engine, 'count', {})).value).toBe('2');
+    await engine.restore(a); // a call ran
+    expect((await call(engine, 'count', {})).value).toBe('2');
+    await engine.restore(a);
+    expect((await call(engine, 'bumpThenThrow', {})).status).toBe(AIRLOCK_STATUS_EXCEPTION);
+    await engine.restore(a); // a failed call wrote memory
+    expect((await call(engine, 'bumped', {})).value).toBe('0');
+    await engine.restore(a);
+    // Stopped by its CPU budget: no post-call work runs after it, only the call itself.
+    expect((await rejection(call(engine, 'bumpThenSpin', {}, { cpuTimeoutMs: 20 }))).code).toBe('ERR_CANCELLED');
+    await engine.restore(a);
+    expect((await call(engine, 'bumped', {})).value).toBe('0');
+    await engine.restore(a);
+    expect((await call(engine, 'count', {})).value).toBe('2');
+    const b = await engine.snapshot(); // n = 2
+    await engine.restore(b); // nothing ran since b was taken
+    expect((await call(engine, 'count', {})).value).toBe('3');
+    await engine.restore(a); // another image
+    await engine.restore(a);
+    expect((await call(engine, 'count', {})).value).toBe('2');
+    await engine.restore(b);
+    await engine.restore(b);
+    expect((await call(engine, 'count', {})).value).toBe('3');
+  });
+
   it('restore revives a guest whose worker was terminated', async () => {
     const engine = await bootWith({
       count: 'let n = 0; function handler() { return ++n; }',
