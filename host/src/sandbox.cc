@@ -419,7 +419,7 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
         memory_->write<uint32_t>(l.header.control + AIRLOCK_CTRL_OFF_RESPONSE_LEN, 0);
     }
     writeClockBase();
-    writePollTicks(kind == OpKind::Exchange && restoreForeseenAfterThis());
+    const bool windowSkipped = writePollTicks(kind == OpKind::Exchange && restoreForeseenAfterThis());
     const uint64_t cpuNow = vcpuCpuNs();
     chargeAfterAnswer(cpuNow); // the guest ran on until this request reached it
     record_.op = kind;
@@ -429,6 +429,7 @@ void Sandbox::beginExchange(OpKind kind, const std::vector<uint8_t> *request, ui
     record_.carriedCpuNs = carriedCpuNs_.exchange(0);
     record_.guestEntered = false;
     record_.guestRunsOn = false;
+    record_.windowSkipped = windowSkipped;
     record_.wallStart = monotonicNs();
     record_.cpuStart = cpuNow;
     if (wallTimeoutNs) wallTimer_->arm(wallTimeoutNs);
@@ -524,20 +525,25 @@ bool Sandbox::restoreForeseenAfterThis() const {
 // Either thread, before publishing a request. The guest reads poll_ticks when it
 // starts to wait, and before answering (0: it collects first, as it will not run on).
 // Zero too while no core is free for a poll (CoreBudget): the guest then answers with
-// an exit and parks. And zero for the call a restore is foreseen after (`skipWindow`):
-// a window would catch no request, only the restore, which must then take the guest
-// out of its poll with an exit of its own; parking at once right after the answer
-// makes that exit while JavaScript takes the answer, off the restore's path. A wrong
+// an exit and parks. And a window of one tick for the call a restore is foreseen
+// after (`skipWindow`; returns whether it applied): a window would catch no request,
+// only the restore, which must then take the guest out of its poll with an exit of its
+// own. With one tick the guest answers first (a zero window would make it collect
+// before answering, on the call's path), runs its post-call work, and parks at once:
+// that exit happens while JavaScript takes the answer, off the restore's path. An
+// answer by exit does not re-enter the guest at all (VcpuThread::onResponse). A wrong
 // guess costs the next call its window, once per change of the pattern.
-void Sandbox::writePollTicks(bool skipWindow) {
+bool Sandbox::writePollTicks(bool skipWindow) {
     const bool allowed = CoreBudget::instance().pollAllowed();
     if (!allowed) AIRLOCK_COUNT(requestsWithoutWindow);
-    else if (skipWindow) AIRLOCK_COUNT(windowsSkippedForRestore);
-    const uint64_t ns = allowed && !skipWindow ? pollNs_.load() : 0;
-    memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS,
-                             static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tscKhz_ / 1'000'000));
+    const bool skip = allowed && skipWindow;
+    if (skip) AIRLOCK_COUNT(windowsSkippedForRestore);
+    const uint64_t ns = allowed && !skip ? pollNs_.load() : 0;
+    const uint64_t ticks = skip ? 1 : static_cast<uint64_t>(static_cast<unsigned __int128>(ns) * tscKhz_ / 1'000'000);
+    memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_POLL_TICKS, ticks);
     memory_->write<uint64_t>(layout_.header.control + AIRLOCK_CTRL_OFF_HOST_CALL_TICKS,
                              static_cast<uint64_t>(static_cast<unsigned __int128>(kHostCallWaitNs) * tscKhz_ / 1'000'000));
+    return skip;
 }
 
 // The refusal of an operation that needs a booted, runnable guest; nullopt if it may run.

@@ -127,6 +127,7 @@ private:
         uint64_t cpuTimeoutNs = 0;
         uint64_t carriedCpuNs = 0;               // guest time after the previous answer
         bool guestRunsOn = false;                // claimed with the guest running on (a window)
+        bool windowSkipped = false;              // a restore is foreseen after it: no window (writePollTicks)
         std::atomic<uint64_t> pausedCpuNs{0};    // vCPU time spent waiting for host functions
         std::atomic<bool> guestEntered{false};   // false until the guest may have run it
     };
@@ -157,7 +158,7 @@ private:
     void setPollWindow(uint64_t ns);
     // Main thread, as it publishes a request (in memory or to the mailbox).
     void adaptPollWindow(bool metPollingGuest);
-    void writePollTicks(bool skipWindow = false);
+    bool writePollTicks(bool skipWindow = false);
     bool restoreForeseenAfterThis() const;
 
     // Either thread, with the guest stopped or before publishing a request.

@@ -772,7 +772,9 @@ VcpuThread::Next VcpuThread::onInterrupted() {
 VcpuThread::Next VcpuThread::onResponse() {
     if (s_.handover_.settle() != Handover::kInFlight) return abortGuest("guest answered with no request in flight");
     if (s_.hostCallUnanswered()) return abortGuest("guest answered before the reply to its taken host call");
-    const bool polls = mayPoll();
+    // The call a restore is foreseen after parks at once (Sandbox::writePollTicks): no
+    // re-entry for a window, and the vCPU goes free for a direct restore.
+    const bool polls = !s_.record_.windowSkipped && mayPoll();
     if (s_.pollNs_.load() == 0) AIRLOCK_COUNT(answersWithoutWindow);
     if (!s_.claimExchange(polls)) return abortGuest("guest answered with no request in flight");
     AIRLOCK_COUNT(answersByExit);
