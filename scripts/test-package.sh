@@ -43,10 +43,10 @@ tar xzOf "$tarball" package/package.json | node -e '
 ' || fail "the packed package.json would compile or run code at install"
 
 # 3. An empty project, PATH stripped to node and npm, npm offline (dependencies from the
-#    cache). The set-up's `npm install` caches the registry's abbreviated metadata only, while installing a
-#    tarball reads its dependencies' full metadata: a dry run of the same install with the
-#    network allowed fills the cache with it first (once: later runs find it cached), so
-#    a fresh machine passes as a warm one does.
+#    cache). The set-up's `npm install` caches the registry's abbreviated metadata only,
+#    while installing a tarball reads its dependencies' full metadata: a dry run of the
+#    same install with the network allowed fills the cache with it first (once: later
+#    runs find it cached), so a fresh machine passes as a warm one does.
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/prefetch"

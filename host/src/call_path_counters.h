@@ -48,7 +48,7 @@ namespace airlock {
     X(restoresDirect)            /* restore() made by the main thread itself: no runner used the vCPU */            \
     X(restoresByRunner)          /* restore() handed over to the sandbox's runner */                                \
     X(settlesWhenIdle)           /* a runner finished the guest's last exit before idling: a restore was foreseen */ \
-    X(windowsSkippedForRestore)  /* the call a restore is foreseen after was published with no poll window (again after a missed hand-over) */ \
+    X(windowsSkippedForRestore)  /* the call a restore is foreseen after was published with a one-tick window (again after a missed hand-over) */ \
     X(answersWithoutWindow)      /* a RESPONSE exit with the window at zero: the guest parks (no slot asked) */      \
     X(windowGrows)               /* a request after the guest parked grew its window (poll_window.h) */             \
     X(windowLateKeeps)           /* a back-to-back request later than the longest window kept it (once) */          \

@@ -127,7 +127,7 @@ private:
         uint64_t cpuTimeoutNs = 0;
         uint64_t carriedCpuNs = 0;               // guest time after the previous answer
         bool guestRunsOn = false;                // claimed with the guest running on (a window)
-        bool windowSkipped = false;              // a restore is foreseen after it: no window (writePollTicks)
+        bool windowSkipped = false;              // a restore is foreseen after it: a one-tick window (writePollTicks)
         std::atomic<uint64_t> pausedCpuNs{0};    // vCPU time spent waiting for host functions
         std::atomic<bool> guestEntered{false};   // false until the guest may have run it
     };
@@ -158,7 +158,7 @@ private:
     void setPollWindow(uint64_t ns);
     // Main thread, as it publishes a request (in memory or to the mailbox).
     void adaptPollWindow(bool metPollingGuest);
-    bool writePollTicks(bool skipWindow = false);
+    bool writePollTicks(bool skipWindow);
     bool restoreForeseenAfterThis() const;
 
     // Either thread, with the guest stopped or before publishing a request.
@@ -211,7 +211,8 @@ private:
     std::atomic<uint64_t> exchanges_{0};
     // The ordinal (in exchanges_) of the call a restore is foreseen after, 0 for none:
     // set by each restore (VcpuThread::restoreFollowsCall, under vcpuUse_), read as a
-    // request is published (writePollTicks) by whichever thread publishes it.
+    // request is published (writePollTicks) by whichever thread publishes it, and by
+    // the runner before it idles (VcpuThread::restoreForeseen): the one prediction.
     std::atomic<uint64_t> restoreDueAfter_{0};
 
     std::mutex reasonMu_; // guards notRunnableReason_

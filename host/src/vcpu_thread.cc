@@ -183,8 +183,8 @@ void VcpuThread::releaseVcpuWhenIdle() {
 // foreseen to be a restore. A wrong guess costs one KVM_RUN (the settle), once per
 // change of the pattern; calls with no restores never settle early.
 bool VcpuThread::restoreForeseen() const {
-    return callsBetweenRestores_ != 0 &&
-           s_.exchanges_.load(std::memory_order_relaxed) - exchangesAtRestore_ == callsBetweenRestores_;
+    const uint64_t due = s_.restoreDueAfter_.load(std::memory_order_relaxed);
+    return due != 0 && s_.exchanges_.load(std::memory_order_relaxed) == due;
 }
 
 // And one the main thread would make itself (one that opens a window goes to the
@@ -474,9 +474,9 @@ bool VcpuThread::restoreFollowsCall() {
     const bool callFollowed = lastRestoreNs_ == 0 || lastAnswer > lastRestoreNs_;
     lastRestoreNs_ = monotonicNs();
     const uint64_t exchanges = s_.exchanges_.load(std::memory_order_relaxed);
-    callsBetweenRestores_ = exchanges - exchangesAtRestore_;
+    const uint64_t callsBetween = exchanges - exchangesAtRestore_;
     exchangesAtRestore_ = exchanges;
-    s_.restoreDueAfter_.store(callsBetweenRestores_ ? exchanges + callsBetweenRestores_ : 0, std::memory_order_relaxed);
+    s_.restoreDueAfter_.store(callsBetween ? exchanges + callsBetween : 0, std::memory_order_relaxed);
     return callFollowed;
 }
 

@@ -114,9 +114,8 @@ private:
     // releaseVcpuWhenIdle.
     std::unique_lock<std::mutex> *heldVcpu_ = nullptr;
     // Under Sandbox::vcpuUse_ (whoever restores): Sandbox::exchanges_ at the last
-    // restore, and the calls between the last two restores (restoreForeseen).
+    // restore, from which each restore sets Sandbox::restoreDueAfter_ (restoreForeseen).
     uint64_t exchangesAtRestore_ = 0;
-    uint64_t callsBetweenRestores_ = 0;
 };
 
 } // namespace airlock

@@ -507,7 +507,6 @@ function boot(config = receive<BootConfig>()): void {
   data = new Uint8Array(config.data);
   instantiate(config);
   bootSizes = { heapSize: config.heapSize, stackSize: config.stackSize, inputSize: config.inputSize, outputSize: config.outputSize, consoleLimit: config.consoleLimit };
-  guestRuns();
   const code = exportsOf.airlock_init(config.inputSize, config.outputSize, config.heapSize, config.stackSize, config.consoleLimit);
   ctl[Slot.InitCode] = code;
   if (code !== INIT_OK) {
