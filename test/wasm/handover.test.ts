@@ -9,7 +9,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SandboxBuilder, type LoadedJSSandbox, type ProtoJSSandbox } from '../../src/index.js';
 import type { AirlockError } from '../../src/errors.js';
 import type { GuestWorker } from '../../src/engine/wasm/pool.js';
-import { startWakeSocket, wakeSocketWakes } from '../../src/engine/wasm/wake-socket.js';
+import { startWakeSocket, wakeSocketOpWakes, wakeSocketWakes } from '../../src/engine/wasm/wake-socket.js';
 import { ticksDuring } from '../support/ticks.js';
 
 const sandboxes: LoadedJSSandbox[] = [];
@@ -63,6 +63,29 @@ describe('WebAssembly call hand-over', () => {
     expect(wakeSocketWakes() - before).toBe(1000);
     // A main thread kept busy in microtasks would let the interval fire once at most.
     expect(ticks).toBeGreaterThanOrEqual(2);
+  });
+
+  it('settles restores and snapshots through the wake socket too, each restoring the state it should', async () => {
+    const s = await load({ count: 'let n = 0;\nfunction handler() { return ++n; }' });
+    const snap = await s.snapshot();
+    const calls = wakeSocketWakes();
+    const ops = wakeSocketOpWakes();
+    const rounds = 20;
+    for (let i = 0; i < rounds; i++) {
+      expect(await s.callHandler('count', {})).toBe(1);
+      expect(await s.callHandler('count', {})).toBe(2);
+      // The call wrote memory, so the restore copies the image: tens of µs of the
+      // worker's time, during which the main thread is already waiting for its byte.
+      await s.restore(snap);
+    }
+    const later = await s.snapshot();
+    expect(await s.callHandler('count', {})).toBe(1);
+    await s.restore(later);
+    expect(await s.callHandler('count', {})).toBe(1);
+    expect(wakeSocketWakes() - calls).toBe(2 * rounds + 2);
+    // An operation the worker finished before the main thread looked needs no wake-up,
+    // so not every one counts; most must, or they waited some other way.
+    expect(wakeSocketOpWakes() - ops).toBeGreaterThanOrEqual(rounds / 2);
   });
 
   it('kill() during the wait for the answer cancels the call; a restore makes the sandbox usable again', async () => {

@@ -25,7 +25,7 @@ import {
   type WorkerInit,
 } from './channel.js';
 import { MAX_SHADOW_STACK_BYTES, readModuleMemory, type GuestSizes, type ModuleMemory } from './module-memory.js';
-import { checkWakeWaiters } from './wake-socket.js';
+import { addWakeWaiter, checkWakeWaiters, wakeFd } from './wake-socket.js';
 
 function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
@@ -309,8 +309,7 @@ export class GuestWorker {
     }
     try {
       while (s === value && this.exitReason === undefined) {
-        const r = (atomicsWaitAsync as WaitAsync)(ctl, Slot.State, value);
-        if (r.async) await r.value;
+        await this.stateMayChange(value);
         s = Atomics.load(ctl, Slot.State);
       }
     } finally {
@@ -320,12 +319,37 @@ export class GuestWorker {
     return s;
   }
 
+  /** Resolves once State may have left `value` or the thread went away: on the wake
+   *  socket's byte when the request in flight named it (Slot.WakeFd), else through
+   *  Atomics.waitAsync (two context switches of the main thread per wake, not one). */
+  private stateMayChange(value: State): Promise<unknown> {
+    const ctl = this.control;
+    if (Atomics.load(ctl, Slot.WakeFd) !== 0) {
+      return new Promise<void>((resolve) => {
+        addWakeWaiter({
+          op: true,
+          answered: () => this.exitReason !== undefined || Atomics.load(ctl, Slot.State) !== value,
+          wake: resolve,
+          // The pair broke: the caller looks at State again, then waits on it alone.
+          lost: () => {
+            Atomics.store(ctl, Slot.WakeFd, 0);
+            resolve();
+          },
+        });
+      });
+    }
+    const r = (atomicsWaitAsync as WaitAsync)(ctl, Slot.State, value);
+    return r.async ? r.value : Promise.resolve();
+  }
+
   /** Runs one operation to completion within `deadlineMs`. Resolves with Outcome (Done)
    *  or rejects with the exit reason when the thread went away or missed the deadline. */
   async runOp(op: Op, argument: unknown, keepAlive: boolean, deadlineMs: number): Promise<Outcome> {
     if (argument !== undefined) this.port.postMessage(argument);
     this.control[Slot.Op] = op;
     this.control[Slot.Cancel] = 0;
+    // The answer wakes the main thread through the wake socket (one byte) when it is up.
+    Atomics.store(this.control, Slot.WakeFd, wakeFd());
     this.signal(State.Request);
     // A worker still in the previous guest's post-call work after deadlines.postCallMs
     // is given up at once; one busy with this operation gets the rest of the deadline.

@@ -24,14 +24,19 @@ export interface WakeWaiter {
   wake(): void;
   /** Called instead of wake() when the pair broke before the answer: wait another way. */
   lost(): void;
+  /** Waits for an operation (boot, snapshot, restore, reset), not a call's answer:
+   *  counted apart, so a count of calls' wakes says which path the calls took. */
+  readonly op?: boolean;
 }
 
 const waiters = new Set<WakeWaiter>();
 /** The write end's fd plus 1 (0: no wake socket), as Slot.WakeFd carries it. */
 let writeFdPlusOne = 0;
 let starting: Promise<boolean> | undefined;
-/** Waiters settled so far (tests count them to know which path a call took). */
+/** Waiters settled so far, calls' and operations' apart (tests count them to know
+ *  which path a call or an operation took). */
 let wakes = 0;
+let opWakes = 0;
 /** Held so neither end is collected and closed while workers write to it. */
 let ends: { reader: Socket; writer: Socket } | undefined;
 
@@ -55,8 +60,19 @@ export function wakeSocketWakes(): number {
   return wakes;
 }
 
+/** How many waits for an operation the wake socket (or a worker's exit) has settled. */
+export function wakeSocketOpWakes(): number {
+  return opWakes;
+}
+
 export function addWakeWaiter(w: WakeWaiter): void {
   waiters.add(w);
+}
+
+/** The reader's `onread` callback: the bytes are only hints (see the top). */
+function onWakeBytes(): boolean {
+  checkWakeWaiters();
+  return true;
 }
 
 /** Settles every waiter whose worker answered or went away: on each byte, and when a
@@ -65,7 +81,8 @@ export function checkWakeWaiters(): void {
   for (const w of waiters) {
     if (!w.answered()) continue;
     waiters.delete(w);
-    wakes++;
+    if (w.op) opWakes++;
+    else wakes++;
     w.wake();
   }
 }
@@ -87,13 +104,17 @@ async function makePair(): Promise<void> {
         server.listen(path, resolve);
       });
       server.unref();
-      const writer = connect(path);
-      writer.unref();
+      // The reader is the connecting end, made with `onread`: each read lands in one
+      // small buffer kept for the process and goes straight to the callback, with no
+      // Buffer allocated and no stream machinery per wake (a few µs of the main
+      // thread's CPU per call). The accepted end is the one workers write to.
+      const reader = connect({ path, onread: { buffer: Buffer.alloc(64), callback: onWakeBytes } });
+      reader.unref();
       await new Promise<void>((resolve, reject) => {
-        writer.once('connect', resolve);
-        writer.once('error', reject);
+        reader.once('connect', resolve);
+        reader.once('error', reject);
       });
-      const reader = await accepted;
+      const writer = await accepted;
       // Internal but long-standing: a connected net.Socket's handle exposes its fd (-1
       // where the platform has none to share, e.g. Windows pipes).
       const fd = (writer as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
@@ -102,8 +123,7 @@ async function makePair(): Promise<void> {
         reader.destroy();
         return;
       }
-      reader.unref();
-      reader.on('data', checkWakeWaiters);
+      writer.unref();
       reader.on('error', broken);
       reader.on('close', broken);
       // The write end only ever carries the workers' bytes; it reads nothing, so its own
