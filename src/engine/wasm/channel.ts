@@ -99,9 +99,10 @@ export enum Slot {
    *  written to its output buffer (its console lines, hostile) follow the error text's
    *  Length bytes in the data area; 0 otherwise. */
   StoppedLength = 10,
-  /** The wake socket's write end as fd + 1 (wake-socket.ts), set by the main thread
-   *  with a request it waits for on that socket; 0: it waits on State alone. The worker
-   *  writes one byte there after each Done or HostCall while it is set. */
+  /** The wake socket's write end as fd + 1 (wake-socket.ts); 0: none. The main thread
+   *  clears it with each turn it hands over and sets it as it starts to wait on that
+   *  socket (GuestWorker.armWake), then reads State again. The worker writes one byte
+   *  there after each Done or HostCall while it is set. */
   WakeFd = 11,
 }
 export const CONTROL_SLOTS = 12;

@@ -25,7 +25,7 @@ import {
   type WorkerInit,
 } from './channel.js';
 import { MAX_SHADOW_STACK_BYTES, readModuleMemory, type GuestSizes, type ModuleMemory } from './module-memory.js';
-import { addWakeWaiter, checkWakeWaiters, wakeFd } from './wake-socket.js';
+import { addWakeWaiter, checkWakeWaiters, noteWakeSkipped, wakeFd } from './wake-socket.js';
 
 function sizesKey(c: GuestSizes): string {
   return `${c.heapSize}/${c.stackSize}/${c.inputSize}/${c.outputSize}/${c.consoleLimit}`;
@@ -266,9 +266,30 @@ export class GuestWorker {
     this.spoiled = true;
   }
 
+  /** Hands the turn to the worker. Its answer names no wake socket until the main
+   *  thread arms one as it starts to wait (armWake). */
   signal(state: State): void {
+    Atomics.store(this.control, Slot.WakeFd, 0);
     Atomics.store(this.control, Slot.State, state);
     Atomics.notify(this.control, Slot.State);
+  }
+
+  /**
+   * Asks the worker to write a byte to the wake socket when it next leaves State
+   * `value`; false when there is no socket (wait on State instead), or when the worker
+   * already left it or went away (nothing to wait for). Set only now, not with the
+   * request, so an answer that comes before the main thread waits writes no byte that
+   * would wake the event loop for nothing. The store and the read of State after it
+   * are both sequentially consistent, as are the worker's store of State and its read
+   * of WakeFd after it: either the worker sees the fd and writes, or this sees it moved on.
+   */
+  armWake(value: State, op = false): boolean {
+    const fd = wakeFd();
+    if (fd === 0) return false;
+    Atomics.store(this.control, Slot.WakeFd, fd);
+    if (this.exitReason === undefined && Atomics.load(this.control, Slot.State) === value) return true;
+    noteWakeSkipped(op);
+    return false;
   }
 
   /** Takes the worker's answer: the worker waits for the next Request, not for this. */
@@ -289,6 +310,7 @@ export class GuestWorker {
     keepAlive = true,
     deadlineMs = Infinity,
     onDeadline?: () => number | void,
+    op = false,
   ): Promise<number> {
     const ctl = this.control;
     let s = Atomics.load(ctl, Slot.State);
@@ -309,7 +331,7 @@ export class GuestWorker {
     }
     try {
       while (s === value && this.exitReason === undefined) {
-        await this.stateMayChange(value);
+        await this.stateMayChange(value, op);
         s = Atomics.load(ctl, Slot.State);
       }
     } finally {
@@ -320,14 +342,15 @@ export class GuestWorker {
   }
 
   /** Resolves once State may have left `value` or the thread went away: on the wake
-   *  socket's byte when the request in flight named it (Slot.WakeFd), else through
-   *  Atomics.waitAsync (two context switches of the main thread per wake, not one). */
-  private stateMayChange(value: State): Promise<unknown> {
+   *  socket's byte when there is one, else through Atomics.waitAsync (two context
+   *  switches of the main thread per wake, not one). */
+  private stateMayChange(value: State, op: boolean): Promise<unknown> {
     const ctl = this.control;
-    if (Atomics.load(ctl, Slot.WakeFd) !== 0) {
+    if (wakeFd() !== 0) {
+      if (!this.armWake(value, op)) return Promise.resolve();
       return new Promise<void>((resolve) => {
         addWakeWaiter({
-          op: true,
+          op,
           answered: () => this.exitReason !== undefined || Atomics.load(ctl, Slot.State) !== value,
           wake: resolve,
           // The pair broke: the caller looks at State again, then waits on it alone.
@@ -348,13 +371,11 @@ export class GuestWorker {
     if (argument !== undefined) this.port.postMessage(argument);
     this.control[Slot.Op] = op;
     this.control[Slot.Cancel] = 0;
-    // The answer wakes the main thread through the wake socket (one byte) when it is up.
-    Atomics.store(this.control, Slot.WakeFd, wakeFd());
     this.signal(State.Request);
     // A worker still in the previous guest's post-call work after deadlines.postCallMs
     // is given up at once; one busy with this operation gets the rest of the deadline.
     const first = Math.min(deadlineMs, deadlines.postCallMs);
-    const s = await this.waitWhile(State.Request, keepAlive, first, () => (this.expireIfInPostCall() ? undefined : deadlineMs - first));
+    const s = await this.waitWhile(State.Request, keepAlive, first, () => (this.expireIfInPostCall() ? undefined : deadlineMs - first), true);
     if (s !== State.Done) throw new Error(this.exitReason ?? 'the worker stopped answering');
     this.idle();
     return this.control[Slot.Outcome] as Outcome;

@@ -37,6 +37,10 @@ let starting: Promise<boolean> | undefined;
  *  which path a call or an operation took). */
 let wakes = 0;
 let opWakes = 0;
+/** Waits that needed no wake-up: the worker answered before the main thread armed the
+ *  socket (GuestWorker.armWake), so it wrote no byte either. */
+let skips = 0;
+let opSkips = 0;
 /** Held so neither end is collected and closed while workers write to it. */
 let ends: { reader: Socket; writer: Socket } | undefined;
 
@@ -63,6 +67,17 @@ export function wakeSocketWakes(): number {
 /** How many waits for an operation the wake socket (or a worker's exit) has settled. */
 export function wakeSocketOpWakes(): number {
   return opWakes;
+}
+
+/** How many calls' (or operations') waits found the answer there as they armed the socket. */
+export function wakeSocketSkips(op = false): number {
+  return op ? opSkips : skips;
+}
+
+/** Counts a wait that found its answer as it armed the socket. */
+export function noteWakeSkipped(op: boolean): void {
+  if (op) opSkips++;
+  else skips++;
 }
 
 export function addWakeWaiter(w: WakeWaiter): void {

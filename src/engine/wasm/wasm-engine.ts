@@ -299,7 +299,6 @@ export class WasmEngine implements GuestEngine, WakeWaiter {
       ctl[Slot.CpuLimitUs] = cpu !== undefined ? Math.max(1, Math.min(Math.round(cpu * 1000), 0x7fff_ffff)) : 0;
       ctl[Slot.CpuUsedUs] = -1;
       Atomics.store(ctl, Slot.Cancel, CancelReason.None);
-      Atomics.store(ctl, Slot.WakeFd, wakeFd());
       flight = this.startFlight(w, wall, started);
     } catch (e) {
       this.busy = false;
@@ -317,10 +316,14 @@ export class WasmEngine implements GuestEngine, WakeWaiter {
     if (w.exitReason === undefined) {
       // A waitAsync holds no handle, nor does the unref'd wake socket: keep the process
       // alive until the worker answers (a worker that exits ends the wait, pool.ts gone()).
-      if (Atomics.load(w.control, Slot.WakeFd) !== 0) {
-        w.thread.ref();
-        addWakeWaiter(this);
-        return new Promise<ExchangeResult>(this.holdSettlers);
+      // Without a socket armed here the worker answered already (serveExchange takes it).
+      if (wakeFd() !== 0) {
+        if (w.armWake(State.Request)) {
+          w.thread.ref();
+          addWakeWaiter(this);
+          return new Promise<ExchangeResult>(this.holdSettlers);
+        }
+        return this.serveExchange(w, flight).then(this.finishExchange, this.failExchange);
       }
       const r = (atomicsWaitAsync as WaitAsync)(w.control, Slot.State, State.Request);
       if (r.async) {
@@ -352,9 +355,6 @@ export class WasmEngine implements GuestEngine, WakeWaiter {
     const reject = this.rejectExchange;
     this.settleExchange = this.rejectExchange = undefined;
     if (!resolve || !reject) return;
-    const w = this.flight?.worker;
-    // Later turns of this exchange (host calls) wait on State, not on the socket.
-    if (w) Atomics.store(w.control, Slot.WakeFd, 0);
     try {
       resolve(this.afterFirstWait());
     } catch (e) {
