@@ -42,6 +42,11 @@ int plat_interrupt_requested(void);
 /* The guest cannot continue: report `msg` to the host as an ABORT and never return. */
 _Noreturn void plat_abort(const char *msg);
 
+/* Targets built with AIRLOCK_WEBAPI_EXTERNAL (wasm), whose Web API sources stay with the
+ * host: copies `len` bytes from `offset` of the prelude blob to `dst`; 0, or -1 when the
+ * range is not the blob's. */
+int plat_webapi_read(uint32_t offset, char *dst, uint32_t len);
+
 /* Entry points of the shared runtime, called by the target's main loop. */
 
 /* Creates the JS runtime; writes READY (or ABORT on failure) into the output buffer

@@ -11,7 +11,8 @@
 
 struct webapi_group {
     const char *name;
-    const char *source; /* NUL-terminated, `len` bytes before the NUL */
+    const char *source; /* NUL-terminated, `len` bytes before the NUL; NULL: external */
+    uint32_t offset;    /* where the source starts in the host's prelude blob */
     uint32_t len;
     const char *const *globals; /* NULL-terminated */
     int on_demand;              /* an internal group a loaded group may ask for by name */
@@ -58,7 +59,23 @@ static JSValue group_evaluate(JSContext *ctx, const struct webapi_group *g)
 {
     char filename[64];
     snprintf(filename, sizeof filename, "airlock:webapi/%s", g->name);
+#ifdef AIRLOCK_WEBAPI_EXTERNAL
+    /* The WebAssembly guest keeps the sources (~360 KiB) out of its linear memory, whose
+     * static data every restore copies: the host copies one group in when it is used. */
+    char *src = airlock_malloc((size_t)g->len + 1);
+    if (!src)
+        return JS_ThrowOutOfMemory(ctx);
+    if (plat_webapi_read(g->offset, src, g->len) != 0) {
+        airlock_free(src);
+        return JS_ThrowInternalError(ctx, "the source of the Web API group %s is not available", g->name);
+    }
+    src[g->len] = '\0';
+    JSValue v = JS_Eval(ctx, src, g->len, filename, JS_EVAL_TYPE_GLOBAL | JS_EVAL_FLAG_STRICT);
+    airlock_free(src);
+    return v;
+#else
     return JS_Eval(ctx, g->source, g->len, filename, JS_EVAL_TYPE_GLOBAL | JS_EVAL_FLAG_STRICT);
+#endif
 }
 
 /* ---------------------------------------------------------------------------

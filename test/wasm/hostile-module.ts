@@ -184,5 +184,5 @@ export function hostileModuleBytes(hostility: Hostility): Uint8Array<ArrayBuffer
 /** The compiled hostile module with what the pool reads from it, ready for GuestWorker.start. */
 export function hostileModule(hostility: Hostility): GuestModule {
   const bytes = hostileModuleBytes(hostility);
-  return { module: new WebAssembly.Module(bytes), memory: readModuleMemory(bytes) };
+  return { module: new WebAssembly.Module(bytes), memory: readModuleMemory(bytes), webapi: new SharedArrayBuffer(0) };
 }

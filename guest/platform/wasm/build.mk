@@ -41,7 +41,7 @@ WASM_CFLAGS := --target=wasm32-wasi -nostdlibinc \
 # compiler can inline: JS_RunGC (after every call by default) takes ~40% less time.
 WASM_QUICKJS_CFLAGS := $(WASM_CFLAGS) -O3 -mllvm -funcspec-on-address -mllvm -force-specialization -Wno-everything
 WASM_OWN_CFLAGS := $(WASM_CFLAGS) -isystem $(WASM_QUICKJS_DIR) -I$(WASM_GUEST_DIR)/include -I$(WASM_GUEST_DIR)/runtime \
-  -std=gnu11 -Wall -Wextra -Wno-unused-parameter
+  -std=gnu11 -Wall -Wextra -Wno-unused-parameter -DAIRLOCK_WEBAPI_EXTERNAL
 
 # The allocator's entry points are wrapped by platform.c, which grows linear memory
 # under the heap as it is used.
@@ -62,9 +62,13 @@ wasm: $(WASM_OUT_DIR)/airlock-guest.wasm
 
 # Relinked when this file changes too: the link flags decide the module's imports
 # (--import-memory), which the worker depends on.
-$(WASM_OUT_DIR)/airlock-guest.wasm: $(WASM_QUICKJS_OBJ) $(WASM_OWN_OBJ) $(WASM_GUEST_DIR)/platform/wasm/build.mk
+# The Web API sources ride in a custom section (scripts/wasm-add-section.mjs), out of
+# linear memory: static data there is copied by every restore.
+WASM_WEBAPI_BLOB ?= $(abspath $(or $(WEBAPI_BLOB),$(WASM_ROOT_DIR)/out/guest/webapi-prelude.bin))
+$(WASM_OUT_DIR)/airlock-guest.wasm: $(WASM_QUICKJS_OBJ) $(WASM_OWN_OBJ) $(WASM_GUEST_DIR)/platform/wasm/build.mk $(WASM_WEBAPI_BLOB) $(WASM_ROOT_DIR)/scripts/wasm-add-section.mjs
 	@mkdir -p $(@D)
 	$(WASM_CC) -o $@.tmp $(filter %.o,$^) $(WASM_LDFLAGS)
+	node $(WASM_ROOT_DIR)/scripts/wasm-add-section.mjs $@.tmp airlock.webapi $(WASM_WEBAPI_BLOB)
 	mv $@.tmp $@
 
 $(WASM_OBJ_DIR)/quickjs/%.o: $(WASM_QUICKJS_DIR)/%.c

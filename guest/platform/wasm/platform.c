@@ -42,6 +42,11 @@ AIRLOCK_IMPORT("monotonic_ms") double import_monotonic_ms(void);
 AIRLOCK_IMPORT("interrupt_requested") int32_t import_interrupt_requested(void);
 /* Never returns: the worker unwinds the module and reports the message. */
 AIRLOCK_IMPORT("abort") void import_abort(const char *msg, uint32_t len);
+/* Copies part of the Web API prelude, which the module carries in its custom section
+ * "airlock.webapi" rather than in linear memory (webapi.c, group_evaluate). */
+AIRLOCK_IMPORT("webapi_read") int32_t import_webapi_read(uint32_t offset, void *dst, uint32_t len);
+
+int plat_webapi_read(uint32_t offset, char *dst, uint32_t len) { return import_webapi_read(offset, dst, len); }
 
 #define WASM_PAGE_SIZE 65536u
 /* Bytes of shadow stack kept below QuickJS's limit for C code that runs between

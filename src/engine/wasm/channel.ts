@@ -172,6 +172,9 @@ export interface WorkerInit {
   module: WebAssembly.Module;
   /** What the module needs of the memory the worker creates for each instance. */
   memory: ModuleMemory;
+  /** The Web API prelude's sources (pool.ts GuestModule.webapi), read by the guest
+   *  through the webapi_read import. */
+  webapi: SharedArrayBuffer;
   control: SharedArrayBuffer;
   port: import('node:worker_threads').MessagePort;
   /** Int32 per worker, shared by all workers: 1 while a worker serving a sandbox runs
@@ -250,4 +253,19 @@ export interface RestoreRequest {
   /** The sandbox's sizes: a worker with no instance creates one for them. */
   sizes: GuestSizes;
   image: MemoryImage;
+}
+
+/**
+ * The guest's webapi_read import: copies [offset, offset + len) of the Web API prelude
+ * (`source`) to `mem` at `dst`, 0; or -1 with nothing copied. Every argument is the
+ * guest's (i32s, read as unsigned): a range outside the prelude or outside memory is
+ * refused, and the guest reports an error instead of evaluating the group.
+ */
+export function copyWebapiSource(source: Uint8Array, mem: Uint8Array, offset: number, dst: number, len: number): number {
+  offset >>>= 0;
+  dst >>>= 0;
+  len >>>= 0;
+  if (offset + len > source.length || dst + len > mem.length) return -1;
+  mem.set(source.subarray(offset, offset + len), dst);
+  return 0;
 }

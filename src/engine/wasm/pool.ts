@@ -110,16 +110,26 @@ export function wasmAvailable(): { usable: boolean; reasons: string[] } {
 export interface GuestModule {
   module: WebAssembly.Module;
   memory: ModuleMemory;
+  /** The Web API prelude the module carries in its custom section "airlock.webapi",
+   *  copied once into memory every worker shares (the guest reads it on first use of a
+   *  group; it is not in linear memory, whose static data every restore copies). */
+  webapi: SharedArrayBuffer;
 }
 
 let compiled: Promise<GuestModule> | undefined;
+const WEBAPI_SECTION = 'airlock.webapi';
 
 /** The guest module, compiled on first use and shared by all workers. */
 export function guestModule(): Promise<GuestModule> {
   compiled ??= (async () => {
     const bytes = readFileSync(wasmModulePath);
     const memory = readModuleMemory(bytes);
-    return { module: await WebAssembly.compile(bytes), memory };
+    const module = await WebAssembly.compile(bytes);
+    const sections = WebAssembly.Module.customSections(module, WEBAPI_SECTION);
+    if (sections.length !== 1) throw new Error(`the guest module ${wasmModulePath} has ${sections.length} "${WEBAPI_SECTION}" sections, not one (run \`npm run setup\`)`);
+    const webapi = new SharedArrayBuffer(sections[0].byteLength);
+    new Uint8Array(webapi).set(new Uint8Array(sections[0]));
+    return { module, memory, webapi };
   })().catch((e: unknown) => {
     compiled = undefined;
     throw e;
@@ -202,7 +212,7 @@ export class GuestWorker {
     const { port1, port2 } = new MessageChannel();
     const script = workerScript();
     const activitySlot = freeActivitySlots.pop() ?? -1;
-    const init: WorkerInit = { module: guest.module, memory: guest.memory, control, port: port2, activity, activitySlot, maxActive: MAX_ACTIVE, niceness: WORKER_NICENESS };
+    const init: WorkerInit = { module: guest.module, memory: guest.memory, webapi: guest.webapi, control, port: port2, activity, activitySlot, maxActive: MAX_ACTIVE, niceness: WORKER_NICENESS };
     const thread = new Worker(script.source, {
       eval: script.eval,
       // The compiled script needs none of the host process's options; inheriting a

@@ -36,6 +36,7 @@ import {
   Slot,
   State,
   atomicsWaitAsync,
+  copyWebapiSource,
   Spinner,
   type BootConfig,
   type GuestLayout,
@@ -238,6 +239,13 @@ function wasiImports(module: WebAssembly.Module): Record<string, (...args: numbe
   return out;
 }
 
+const webapiSource = new Uint8Array(init.webapi);
+
+/** The webapi_read import (copyWebapiSource into the current instance's memory). */
+function webapiRead(offset: number, dst: number, len: number): number {
+  return copyWebapiSource(webapiSource, memoryBytes(), offset, dst, len);
+}
+
 // The imports hold no state of their own: they reach the current instance through the
 // module-level bindings, so every instance of this thread shares them.
 const imports: WebAssembly.Imports = {
@@ -249,6 +257,7 @@ const imports: WebAssembly.Imports = {
     abort: (ptr: number, len: number) => {
       throw new GuestAbort(`guest abort: ${readGuestText(ptr, len)}`);
     },
+    webapi_read: webapiRead,
   },
   wasi_snapshot_preview1: wasiImports(init.module),
 };
