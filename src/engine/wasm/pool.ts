@@ -311,10 +311,11 @@ export class GuestWorker {
    *  the process open meanwhile (someone awaits the answer; the pool's own work does
    *  not). `deadlineMs`: past it `onDeadline` runs, by default terminating the worker
    *  (expire), which ends the wait; `onDeadline` returns how many ms more to wait
-   *  before that, or nothing when it dealt with the deadline itself.
-   *  The main thread never spins here: the answer arrives through Atomics.waitAsync,
-   *  whose wake-up is a task of the event loop, so timers and I/O run between the
-   *  turns of back-to-back calls and host-call storms (issue #10). */
+   *  before that, or nothing when it dealt with the deadline itself. `op`: an
+   *  operation's wait, not a call's turn (counted apart, wake-socket.ts).
+   *  The main thread never spins here: the answer arrives as a task of the event loop
+   *  (the wake socket's read callback, or Atomics.waitAsync's), so timers and I/O run
+   *  between the turns of back-to-back calls and host-call storms (issue #10). */
   async waitWhile(
     value: State,
     keepAlive = true,
@@ -352,8 +353,8 @@ export class GuestWorker {
   }
 
   /** Resolves once State may have left `value` or the thread went away: on the wake
-   *  socket's byte when there is one, else through Atomics.waitAsync (two context
-   *  switches of the main thread per wake, not one). */
+   *  socket's byte when there is one (one context switch of the main thread per wake),
+   *  else through Atomics.waitAsync (two). */
   private stateMayChange(value: State, op: boolean): Promise<unknown> {
     const ctl = this.control;
     if (wakeFd() !== 0) {
