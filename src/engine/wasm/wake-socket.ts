@@ -1,8 +1,8 @@
 // wake-socket.ts — how the main thread wakes for a WebAssembly answer: one connected
-// pair of Unix sockets per process. A worker that answers an exchange writes one byte
-// to the write end (its fd is in the control words, Slot.WakeFd); the read end's I/O
-// callback, a task of the event loop like any socket's, settles every waiting exchange
-// whose State word changed. Bytes are only hints: a waiter is settled by the State word
+// pair of Unix sockets per process. A worker that answers while the main thread waits
+// for it (a call's turn or an operation) writes one byte to the write end (its fd is in
+// the control words, Slot.WakeFd, armed by the waiter); the read end's I/O callback, a
+// task of the event loop like any socket's, settles every waiter whose State word changed. Bytes are only hints: a waiter is settled by the State word
 // it reads, never by a byte, so a stale, merged or missing-peer byte changes nothing.
 //
 // Why not Atomics.waitAsync: V8 resolves it with a task it posts while holding its
@@ -59,14 +59,10 @@ export function startWakeSocket(): Promise<boolean> {
   return starting;
 }
 
-/** How many waiting exchanges the wake socket (or a worker's exit) has settled. */
-export function wakeSocketWakes(): number {
-  return wakes;
-}
-
-/** How many waits for an operation the wake socket (or a worker's exit) has settled. */
-export function wakeSocketOpWakes(): number {
-  return opWakes;
+/** How many waits of calls (`op`: of operations) the wake socket, or a worker's exit,
+ *  has settled. */
+export function wakeSocketWakes(op = false): number {
+  return op ? opWakes : wakes;
 }
 
 /** How many calls' (or operations') waits found the answer there as they armed the socket. */

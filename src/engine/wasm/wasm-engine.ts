@@ -316,19 +316,20 @@ export class WasmEngine implements GuestEngine, WakeWaiter {
     if (w.exitReason === undefined) {
       // A waitAsync holds no handle, nor does the unref'd wake socket: keep the process
       // alive until the worker answers (a worker that exits ends the wait, pool.ts gone()).
-      // Without a socket armed here the worker answered already (serveExchange takes it).
+      // With a socket that armWake does not arm, the worker answered already
+      // (serveExchange below takes it).
       if (wakeFd() !== 0) {
         if (w.armWake(State.Request)) {
           w.thread.ref();
           addWakeWaiter(this);
           return new Promise<ExchangeResult>(this.holdSettlers);
         }
-        return this.serveExchange(w, flight).then(this.finishExchange, this.failExchange);
-      }
-      const r = (atomicsWaitAsync as WaitAsync)(w.control, Slot.State, State.Request);
-      if (r.async) {
-        w.thread.ref();
-        return r.value.then(this.afterFirstWait, this.afterFirstWait);
+      } else {
+        const r = (atomicsWaitAsync as WaitAsync)(w.control, Slot.State, State.Request);
+        if (r.async) {
+          w.thread.ref();
+          return r.value.then(this.afterFirstWait, this.afterFirstWait);
+        }
       }
     }
     return this.serveExchange(w, flight).then(this.finishExchange, this.failExchange);

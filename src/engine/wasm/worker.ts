@@ -110,7 +110,7 @@ let held: { id: number; image: MemoryImage; sizes: GuestSizes } | undefined;
  *  restored or taken (0: none). Only guest code writes guest memory (the memory is this
  *  thread's own, not shared, and the host writes it only to hand a request over, which
  *  the guest then runs on), so restoring that image again has nothing to copy: the
- *  usual restore after a restore costs a hand-over, not 600 KB of copying and checks.
+ *  usual restore after a restore costs a hand-over, not ~200 KB of copying and checks.
  *  Cleared before anything runs guest code or replaces the instance (guestRuns). */
 let pristineId = 0;
 
