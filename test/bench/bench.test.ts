@@ -52,8 +52,8 @@ describeKvm('bench: call-path groups', () => {
     };
     want('raw-kvm', 'exchange_floor_us');
     for (const contender of ['airlock-kvm', 'airlock-wasm']) {
-      want(contender, 'call_roundtrip_same_core_us');
-      if (twoCpus) want(contender, 'call_roundtrip_split_cores_us');
+      for (const m of ['call_roundtrip_same_core_us', 'main_thread_cpu_same_core_us_per_call', 'other_threads_cpu_same_core_us_per_call']) want(contender, m);
+      if (twoCpus) for (const m of ['call_roundtrip_split_cores_us', 'main_thread_cpu_split_cores_us_per_call', 'other_threads_cpu_split_cores_us_per_call']) want(contender, m);
       for (const metric of ['main_thread_cpu_us_per_call', 'throughput_1_per_s', 'throughput_2_per_s', 'throughput_8_per_s', 'event_loop_gap_calls_ms', 'event_loop_gap_hostcalls_ms', 'call_roundtrip_live_heap_us']) {
         want(contender, metric);
       }

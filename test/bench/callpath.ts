@@ -4,7 +4,7 @@
 // calls and during a host-call storm, and the call into a sandbox holding a live heap.
 import type { LoadedJSSandbox, ProtoJSSandbox } from '../../src/index.js';
 import type { Backend } from '../../src/engine/engine.js';
-import { eventLoopGaps, mainThreadCpuPerCall, throughput } from './loops.js';
+import { eventLoopGaps, mainThreadCpuPerCall, threadsCpuPerCall, throughput } from './loops.js';
 import { collect, summarize, usSince, type Result } from './stats.js';
 import { allowedCpus, cpuList, pinProcess, pinThread, threadCpuNs, threadIds, threadName } from './threads.js';
 
@@ -56,6 +56,9 @@ async function callingThread(backend: Backend, burst: () => Promise<unknown>): P
  * first, the thread carrying the sandbox's calls on the second. Pinned with
  * sched_setaffinity (taskset -p per thread) from inside the bench; the sandbox is
  * created under the placement and disposed before the process is set free again.
+ * Under each placement also the main thread's CPU per call and that of every other
+ * thread (main_thread_cpu_<placement>_us_per_call, other_threads_cpu_<…>): what the
+ * round trip is made of.
  */
 export async function benchPlacement(c: CallpathContext): Promise<void> {
   const contender = `airlock-${c.backend}`;
@@ -75,8 +78,13 @@ export async function benchPlacement(c: CallpathContext): Promise<void> {
         const tid = await callingThread(c.backend, () => sandbox.callHandler('echo', EVENT));
         if (!pinThread(tid, String(cpus[1]))) throw new Error(`cannot pin thread ${tid} (${threadName(tid)}) to CPU ${cpus[1]}`);
       }
-      const metric = mode === 'same' ? 'call_roundtrip_same_core_us' : 'call_roundtrip_split_cores_us';
-      c.record(summarize(contender, metric, await collect(c.scale(3000), 300, timedCall(loaded))));
+      const place = mode === 'same' ? 'same_core' : 'split_cores';
+      c.record(summarize(contender, `call_roundtrip_${place}_us`, await collect(c.scale(3000), 300, timedCall(loaded))));
+      // Where the round trip's time goes under this placement: the main thread's CPU
+      // and the sandbox's threads' (every other thread of the process), per call.
+      const cpu = await threadsCpuPerCall(() => sandbox.callHandler('echo', EVENT), c.scale(2000), c.scale(5));
+      c.record(summarize(contender, `main_thread_cpu_${place}_us_per_call`, cpu.main));
+      c.record(summarize(contender, `other_threads_cpu_${place}_us_per_call`, cpu.others));
     } finally {
       await loaded?.dispose();
       pinProcess(original);

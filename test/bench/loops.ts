@@ -2,7 +2,7 @@
 // isolated-vm child's): main-thread CPU per call, throughput of concurrent callers and
 // the event loop's gaps during a call loop. Each takes the call to make as a function.
 import { collect, usSince } from './stats.js';
-import { threadCpuNs } from './threads.js';
+import { threadCpuNs, threadIds } from './threads.js';
 
 export type Call = () => Promise<unknown> | unknown;
 
@@ -23,6 +23,30 @@ export async function mainThreadCpuPerCall(call: Call, calls: number, rounds: nu
     await sleep();
     return (threadCpuNs() - before) / 1e3 / calls;
   });
+}
+
+/**
+ * Per round, as mainThreadCpuPerCall: the main thread's CPU per call and, apart, that of
+ * every other thread of the process (the sandbox's runner or worker threads, Node's own
+ * helpers), summed over the threads alive at the round's end (µs per call).
+ */
+export async function threadsCpuPerCall(call: Call, calls: number, rounds: number): Promise<{ main: number[]; others: number[] }> {
+  const main: number[] = [];
+  const others: number[] = [];
+  const cpuOf = () => new Map(threadIds().map((t) => [t, threadCpuNs(t)] as const));
+  await collect(rounds, 1, async () => {
+    await sleep();
+    const before = cpuOf();
+    for (let i = 0; i < calls; i++) await call();
+    await sleep();
+    let rest = 0;
+    for (const [tid, ns] of cpuOf()) if (tid !== process.pid) rest += ns - (before.get(tid) ?? 0);
+    const own = (threadCpuNs() - (before.get(process.pid) ?? 0)) / 1e3 / calls;
+    main.push(own);
+    others.push(rest / 1e3 / calls);
+    return own;
+  });
+  return { main: main.slice(1), others: others.slice(1) };
 }
 
 /** Calls per second with every caller calling in its own loop at once, for `ms`, per round. */
