@@ -599,8 +599,21 @@ void readPollersOverride(Napi::Env env) {
     CoreBudget::instance().setOverride(static_cast<int>(n));
 }
 
+// AIRLOCK_KVM_RUNNERS=n: how many sandboxes run at once (the runner pool's soft size),
+// instead of twice the CPUs the process may use.
+void readRunnersOverride(Napi::Env env) {
+    const char *v = std::getenv("AIRLOCK_KVM_RUNNERS");
+    if (!v || !*v) return;
+    char *end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (*end != '\0' || n < 1 || n > 16)
+        throw makeError(env, "ERR_INVALID_ARG", "AIRLOCK_KVM_RUNNERS must be an integer in [1, 16]");
+    RunnerPool::setSoftSizeOverride(static_cast<int>(n));
+}
+
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
     readPollersOverride(env);
+    readRunnersOverride(env);
     exports.Set("pollingBudget", Napi::Function::New(env, PollingBudget, "pollingBudget"));
     exports.Set("setCancelSignal", Napi::Function::New(env, SetCancelSignal, "setCancelSignal"));
     exports.Set("abiVersion", Napi::Number::New(env, AIRLOCK_ABI_VERSION));

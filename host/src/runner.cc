@@ -20,9 +20,14 @@ namespace airlock {
 
 namespace {
 
-// Twice the CPUs the process may use (a runner may spin or sleep briefly between a
-// guest's exits), at least 2, and never near the thread budget the pool is judged by.
+// AIRLOCK_KVM_RUNNERS as the addon read it (0: none).
+std::atomic<int> g_softSizeOverride{0};
+
+// The operator's size when set; else twice the CPUs the process may use (a runner may
+// spin or sleep briefly between a guest's exits), at least 2, and never near the
+// thread budget the pool is judged by.
 int runnerLimit() {
+    if (const int forced = g_softSizeOverride.load()) return forced;
     cpu_set_t cpus;
     int allowed = 1;
     if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) allowed = std::max(1, CPU_COUNT(&cpus));
@@ -38,6 +43,13 @@ RunnerPool &RunnerPool::instance() {
 }
 
 RunnerPool::RunnerPool() : limit_(runnerLimit()) {}
+
+void RunnerPool::setSoftSizeOverride(int n) {
+    g_softSizeOverride.store(n);
+    RunnerPool &pool = instance();
+    std::lock_guard<std::mutex> lock(pool.mu_);
+    pool.limit_.store(runnerLimit());
+}
 
 int RunnerPool::runnerCount() {
     std::lock_guard<std::mutex> lock(mu_);

@@ -115,7 +115,14 @@ public:
     // while it does, a sandbox that needs a runner wakes it to let go of `s` first.
     void lingering(Sandbox *s, bool asleep);
     // Runners the pool keeps busy at once (its soft size), and how many exist now.
-    int limit() const { return limit_; }
+    int limit() const { return limit_.load(std::memory_order_relaxed); }
+    // The operator's soft size (AIRLOCK_KVM_RUNNERS, read by the addon as it loads):
+    // at most this many sandboxes run at once instead of 2 x the CPUs; 0 puts the
+    // measured size back. Where a guest exit is dear, fewer running sandboxes than
+    // free cores let each guest poll for its requests instead of exiting per call
+    // (docs/ARCHITECTURE.md, "Runners for throughput"): more calls per second with
+    // many sandboxes, at the price of turns of a quantum each.
+    static void setSoftSizeOverride(int n);
     int runnerCount();
 
 private:
@@ -147,7 +154,7 @@ private:
     std::vector<Runner *> idle_;
     std::vector<Sandbox *> lingering_; // sandboxes whose runner lingers on them
     std::atomic<uint32_t> queued_{0}; // queue_.size(), readable from a signal handler
-    int limit_;
+    std::atomic<int> limit_;
     int runners_ = 0;  // threads started and not retired
     int sleeping_ = 0; // holding a sandbox, asleep in a wait
     int starting_ = 0; // started, not yet waiting for a sandbox

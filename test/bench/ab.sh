@@ -3,6 +3,8 @@
 # interleaved (A B A B ...) so machine noise falls on both alike, on all cores and with
 # every thread pinned to one core (taskset), as users' hosts differ.
 #   bash test/bench/ab.sh <tree A> <tree B> [rounds=3] [groups=exit-floor,calls,idle]
+# Two settings of one build: the same tree twice, with AB_ENV_A / AB_ENV_B naming the
+# environment of each side (e.g. AB_ENV_B="AIRLOCK_KVM_RUNNERS=1").
 # Each tree must be built (bash scripts/setup.sh). Both run THIS tree's bench scripts
 # (test/bench/*.ts are copied in), so the same code measures both. Results go to
 # out/ab/<placement>-<A|B>-<round>.json; test/bench/ab-summary.ts prints the ratios.
@@ -18,9 +20,10 @@ for round in $(seq 1 "$rounds"); do
   for placement in spread one-core; do
     for side in A B; do
       tree=$a; [[ $side == B ]] && tree=$b
+      read -r -a envs <<< "$([[ $side == A ]] && echo "${AB_ENV_A:-}" || echo "${AB_ENV_B:-}")"
       pin=(); [[ $placement == one-core ]] && pin=(taskset -c 0)
       echo "== round $round, $placement, $side ($tree)"
-      (cd "$tree" && AIRLOCK_BENCH_QUICK="${AIRLOCK_BENCH_QUICK:-}" AIRLOCK_BENCH_ONLY="$groups" "${pin[@]}" npx tsx test/bench/run.ts >/dev/null)
+      (cd "$tree" && env "${envs[@]}" AIRLOCK_BENCH_QUICK="${AIRLOCK_BENCH_QUICK:-}" AIRLOCK_BENCH_ONLY="$groups" "${pin[@]}" npx tsx test/bench/run.ts >/dev/null)
       cp "$tree/out/bench-partial.json" "$here/out/ab/$placement-$side-$round.json"
     done
   done
