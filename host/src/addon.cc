@@ -587,33 +587,31 @@ Napi::Value PollingBudget(const Napi::CallbackInfo &info) {
     return o;
 }
 
-// AIRLOCK_KVM_POLLERS=n: how many guests may poll at once, instead of what the
-// budget measures (0 turns polling and spinning off).
-void readPollersOverride(Napi::Env env) {
-    const char *v = std::getenv("AIRLOCK_KVM_POLLERS");
-    if (!v || !*v) return;
+// An integer setting from the environment in [lo, hi], or nullopt when unset; anything
+// else refuses to load the addon, naming the variable and the range.
+std::optional<int> envInteger(Napi::Env env, const char *name, long lo, long hi) {
+    const char *v = std::getenv(name);
+    if (!v || !*v) return std::nullopt;
     char *end = nullptr;
     const long n = std::strtol(v, &end, 10);
-    if (*end != '\0' || n < 0 || n > 1024)
-        throw makeError(env, "ERR_INVALID_ARG", "AIRLOCK_KVM_POLLERS must be an integer in [0, 1024]");
-    CoreBudget::instance().setOverride(static_cast<int>(n));
+    if (*end != '\0' || n < lo || n > hi)
+        throw makeError(env, "ERR_INVALID_ARG",
+                        std::string(name) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return static_cast<int>(n);
 }
 
-// AIRLOCK_KVM_RUNNERS=n: how many sandboxes run at once (the runner pool's soft size),
-// instead of twice the CPUs the process may use.
-void readRunnersOverride(Napi::Env env) {
-    const char *v = std::getenv("AIRLOCK_KVM_RUNNERS");
-    if (!v || !*v) return;
-    char *end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (*end != '\0' || n < 1 || n > 16)
-        throw makeError(env, "ERR_INVALID_ARG", "AIRLOCK_KVM_RUNNERS must be an integer in [1, 16]");
-    RunnerPool::setSoftSizeOverride(static_cast<int>(n));
+// AIRLOCK_KVM_POLLERS=n: how many guests may poll at once, instead of what the budget
+// measures (0 turns polling and spinning off). AIRLOCK_KVM_RUNNERS=n: how many sandboxes
+// run at once (the runner pool's soft size), instead of twice the CPUs.
+void readEnvironment(Napi::Env env) {
+    if (const std::optional<int> pollers = envInteger(env, "AIRLOCK_KVM_POLLERS", 0, 1024))
+        CoreBudget::instance().setOverride(*pollers);
+    if (const std::optional<int> runners = envInteger(env, "AIRLOCK_KVM_RUNNERS", 1, 16))
+        RunnerPool::setSoftSizeOverride(*runners);
 }
 
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
-    readPollersOverride(env);
-    readRunnersOverride(env);
+    readEnvironment(env);
     exports.Set("pollingBudget", Napi::Function::New(env, PollingBudget, "pollingBudget"));
     exports.Set("setCancelSignal", Napi::Function::New(env, SetCancelSignal, "setCancelSignal"));
     exports.Set("abiVersion", Napi::Number::New(env, AIRLOCK_ABI_VERSION));

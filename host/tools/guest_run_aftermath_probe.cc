@@ -19,22 +19,13 @@
 #include <vector>
 
 #include "../src/out_loop_vm.h"
+#include "probe_report.h"
 
 using namespace airlock;
+using airlock::probe::nowUs;
+using airlock::probe::report;
 
 namespace {
-
-double nowUs() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) / 1e3;
-}
-
-void report(const char *what, std::vector<double> us) {
-    std::sort(us.begin(), us.end());
-    const auto at = [&](double q) { return us[static_cast<size_t>(q * static_cast<double>(us.size() - 1))]; };
-    std::printf("%-52s p50 %8.2f us  p90 %8.2f us  (n=%zu)\n", what, at(0.5), at(0.9), us.size());
-}
 
 // Two threads on one CPU taking turns through a futex word: even values are the
 // caller's turns, odd values the helper's.

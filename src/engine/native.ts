@@ -69,9 +69,14 @@ export function loadAddon(): { addon?: NativeAddon; error?: string } {
     const req = createRequire(__filename);
     cached = { addon: req(addonPath) as NativeAddon };
   } catch (e) {
-    const fix = prebuilt
-      ? 'the prebuilt addon needs linux-x64 with glibc 2.28 or newer (not musl); the WebAssembly tier runs here'
-      : 'rebuild it with `npm run setup`';
+    // A setting of the addon's own from the environment (AIRLOCK_KVM_POLLERS, ...) that
+    // it refused: the fix is the setting, not a rebuild.
+    const fix =
+      (e as { code?: unknown }).code === 'ERR_INVALID_ARG'
+        ? 'correct or unset it'
+        : prebuilt
+          ? 'the prebuilt addon needs linux-x64 with glibc 2.28 or newer (not musl); the WebAssembly tier runs here'
+          : 'rebuild it with `npm run setup`';
     cached = { error: `the host addon failed to load: ${(e as Error).message} (${fix})` };
   }
   return cached;

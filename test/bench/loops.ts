@@ -16,19 +16,13 @@ const sleep = () => new Promise((r) => setTimeout(r, 2));
  * follows a short sleep (the sleep's own wake-up is in the figure, spread over `calls`).
  */
 export async function mainThreadCpuPerCall(call: Call, calls: number, rounds: number): Promise<number[]> {
-  return collect(rounds, 1, async () => {
-    await sleep();
-    const before = threadCpuNs();
-    for (let i = 0; i < calls; i++) await call();
-    await sleep();
-    return (threadCpuNs() - before) / 1e3 / calls;
-  });
+  return (await threadsCpuPerCall(call, calls, rounds)).main;
 }
 
 /**
- * Per round, as mainThreadCpuPerCall: the main thread's CPU per call and, apart, that of
- * every other thread of the process (the sandbox's runner or worker threads, Node's own
- * helpers), summed over the threads alive at the round's end (µs per call).
+ * Per round: the main thread's CPU per call (as mainThreadCpuPerCall) and, apart, that
+ * of every other thread of the process (the sandbox's runner or worker threads, Node's
+ * own helpers), summed over the threads alive at the round's end (µs per call).
  */
 export async function threadsCpuPerCall(call: Call, calls: number, rounds: number): Promise<{ main: number[]; others: number[] }> {
   const main: number[] = [];

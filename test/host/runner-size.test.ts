@@ -2,8 +2,11 @@
 // (AIRLOCK_KVM_RUNNERS): at most that many sandboxes run at once, the others wait in
 // the queue and take turns of a quantum, so none starves, a guest that never ends
 // holds the only runner for a quantum at a time and no longer, and its own CPU limit
-// still ends it; a value outside [1, 16] refuses to load the addon, naming the range.
+// still ends it; a value outside [1, 16] refuses to load the addon, naming the range,
+// and the library gives that as the reason KVM is unavailable.
 import { execFileSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { finalMessage, realGuestBooter, realImagePresent } from './real-guest-vms.js';
 import * as abi from '../../src/engine/abi.generated.js';
@@ -77,5 +80,17 @@ describeKvm('runner pool size set by AIRLOCK_KVM_RUNNERS', () => {
       }
       expect(out, `AIRLOCK_KVM_RUNNERS=${bad}`).toContain('AIRLOCK_KVM_RUNNERS must be an integer in [1, 16]');
     }
+  });
+
+  it('the library names the bad setting as the reason KVM is unavailable, and does not tell the user to rebuild', () => {
+    const native = join(__dirname, '..', '..', 'src', 'engine', 'native.ts');
+    const reason = execFileSync(
+      process.execPath,
+      ['--require', createRequire(__filename).resolve('tsx/cjs'), '-e', `process.stdout.write(String(require(${JSON.stringify(native)}).loadAddon().error))`],
+      { env: { ...process.env, AIRLOCK_KVM_RUNNERS: '0' }, encoding: 'utf8' },
+    );
+    expect(reason).toContain('AIRLOCK_KVM_RUNNERS must be an integer in [1, 16]');
+    expect(reason).toContain('correct or unset it');
+    expect(reason).not.toContain('rebuild');
   });
 });
